@@ -1,0 +1,49 @@
+"""Shared test fixtures.
+
+Tests on real data need the official files under ``$REPRO_DATA`` (CI points it at ../shared/data); without them
+those tests are skipped with a reason that says so, never faked with synthetic data.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from repro.data import data_root
+
+# Two cores on CI; more threads only add contention.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def _have(*relative: str) -> bool:
+    return all((data_root() / r).exists() for r in relative)
+
+
+HAVE_MNIST = _have("MNIST/raw/t10k-images-idx3-ubyte")
+HAVE_CIFAR10 = _have("cifar-10-batches-py/test_batch")
+HAVE_DEEPSEC = _have("deepsec-raw-models/MNIST_raw.pt", "deepsec-raw-models/CIFAR10_raw.pt")
+
+needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason="no MNIST under the data root (set REPRO_DATA): real-data test skipped")
+needs_cifar10 = pytest.mark.skipif(not HAVE_CIFAR10,
+                                   reason="no CIFAR-10 under the data root (set REPRO_DATA): real-data test skipped")
+needs_deepsec = pytest.mark.skipif(not (HAVE_DEEPSEC and HAVE_MNIST and HAVE_CIFAR10),
+                                   reason="the data root (REPRO_DATA) lacks DeepSec's checkpoints or the datasets: test skipped")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def deepsec_mnist():
+    from repro.models import load_deepsec
+    return load_deepsec("mnist")
+
+
+@pytest.fixture(scope="session")
+def deepsec_cifar10():
+    from repro.models import load_deepsec
+    return load_deepsec("cifar10")

@@ -1,0 +1,126 @@
+"""repro.models: architectures, the registry, DeepSec's released checkpoints."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from repro import models
+from repro.data import load, predict_logits
+from repro.models import ChecksumError, build, load_deepsec
+
+from .conftest import needs_cifar10, needs_deepsec, needs_mnist
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name, kwargs, shape, count", [
+    ("mnist_convnet", {}, (2, 1, 28, 28), 312_202),
+    ("resnet20", {}, (2, 3, 32, 32), 272_586),
+    ("resnet20", {"width": 2}, (2, 3, 32, 32), None),
+    ("wide_resnet", {"depth": 10, "widen_factor": 1}, (2, 3, 32, 32), None),
+])
+def test_shapes_and_parameter_counts(name, kwargs, shape, count):
+    model = build(name, **kwargs).eval()
+    out = model(torch.rand(shape))
+    assert out.shape == (2, 10)
+    if count is not None:
+        assert n_params(model) == count
+
+
+def test_wide_resnet_34_10_has_madry_size_and_robustbench_keys():
+    model = build("wide_resnet")  # WRN-34-10: 46.16M parameters, as published
+    assert n_params(model) == 46_160_474
+    keys = model.state_dict().keys()
+    for key in ["conv1.weight", "block1.layer.0.bn1.weight", "block1.layer.0.convShortcut.weight",
+                "block3.layer.4.conv2.weight", "bn1.running_mean", "fc.weight"]:
+        assert key in keys
+    assert "block1.layer.1.convShortcut.weight" not in keys
+
+
+def test_follow_up_wide_resnet_is_resnet20_times_ten():
+    wide = build("resnet20", width=10)
+    assert wide.fc.in_features == 640 and wide.layer1[0].conv1.out_channels == 160
+    assert "layer1.0.downsample.0.bias" in wide.state_dict()  # the width change needs a projection in stage 1
+
+
+def test_logit_shift_changes_logits_not_probabilities():
+    torch.manual_seed(1)
+    shifted = build("mnist_convnet", logit_shift=True).eval()
+    plain = build("mnist_convnet", logit_shift=False).eval()
+    plain.load_state_dict(shifted.state_dict())
+    x = torch.rand(4, 1, 28, 28)
+    a, b = shifted(x), plain(x)
+    assert torch.allclose(a.amax(1), torch.zeros(4))
+    assert torch.allclose(a.softmax(1), b.softmax(1), atol=1e-6)
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("bad", [dict(name="vgg16"), dict(name="resnet20", width=0),
+                                 dict(name="wide_resnet", depth=33)])
+def test_bad_model_arguments(bad):
+    name = bad.pop("name")
+    with pytest.raises(ValueError, match=r"vgg16|width|depth"):
+        build(name, **bad)
+
+
+@needs_deepsec
+@needs_mnist
+def test_deepsec_mnist_checkpoint_accuracy(deepsec_mnist):
+    x, y = load("mnist", split="test")
+    accuracy = (predict_logits(deepsec_mnist, x).argmax(1) == y).float().mean().item()
+    assert accuracy >= 0.990  # measured 99.34 % (paper: 99.27 %)
+    assert deepsec_mnist.training is False
+
+
+@needs_deepsec
+@needs_cifar10
+def test_deepsec_cifar10_checkpoint_accuracy(deepsec_cifar10):
+    x, y = load("cifar10", split="test")
+    accuracy = (predict_logits(deepsec_cifar10, x).argmax(1) == y).float().mean().item()
+    assert accuracy >= 0.85  # measured 89.58 % on the 1,017 available test images (paper: 85.95 % on 10k)
+
+
+@needs_deepsec
+def test_corrupted_checkpoint_is_refused(tmp_path, monkeypatch):
+    from repro.data import data_root
+
+    fake_root = tmp_path / "data"
+    (fake_root / "deepsec-raw-models").mkdir(parents=True)
+    target = fake_root / "deepsec-raw-models" / "MNIST_raw.pt"
+    shutil.copy(data_root() / "deepsec-raw-models" / "MNIST_raw.pt", target)
+    with open(target, "r+b") as f:  # flip one byte
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    monkeypatch.setenv("REPRO_DATA", str(fake_root))
+    with pytest.raises(ChecksumError, match=r"MNIST_raw.pt has sha256 [0-9a-f]{64}, expected e04a324e"):
+        load_deepsec("mnist")
+
+
+def test_wrong_hash_download_is_refused_and_not_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("REPRO_CACHE", str(tmp_path / "cache"))
+    served = tmp_path / "served.pt"
+    served.write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(models, "DEEPSEC_URL", served.as_uri())
+    with pytest.raises(ChecksumError, match="expected e04a324e"):
+        load_deepsec("mnist")
+    assert not list((tmp_path / "cache" / "deepsec").iterdir()), "nothing half-written is left behind"
+
+
+def test_missing_checkpoint_offline_names_the_places(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("REPRO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "DEEPSEC_URL", (tmp_path / "nowhere.pt").as_uri())
+    with pytest.raises(FileNotFoundError, match=r"deepsec-raw-models/CIFAR10_raw.pt"):
+        load_deepsec("cifar10")
+
+
+def test_unknown_deepsec_dataset():
+    with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
+        load_deepsec("svhn")

@@ -1,0 +1,30 @@
+"""DeepSec's utility metrics: attacks (:mod:`.attack`, MR … RIC) and defences (:mod:`.defense`, CAV … COS).
+
+Both follow DeepSec's released code (SPEC §6); keywords select the paper's definitions where they differ.
+"""
+from .attack import (
+    KEYS as ATTACK_KEYS,
+    acac,
+    actc,
+    ald,
+    ass,
+    attack_utility,
+    gaussian_blur_8bit,
+    guetzli_jpeg_8bit,
+    local_std,
+    mr,
+    nte,
+    psd,
+    ric,
+    rgb,
+    ssim,
+    success_mask,
+    to_8bit,
+)
+from .defense import KEYS as DEFENSE_KEYS, cav, ccv, cos, crr, csr, defense_utility, js_divergence
+
+__all__ = [
+    "ATTACK_KEYS", "DEFENSE_KEYS", "attack_utility", "defense_utility", "success_mask", "to_8bit", "ssim",
+    "local_std", "gaussian_blur_8bit", "guetzli_jpeg_8bit", "mr", "acac", "actc", "ald", "ass", "psd", "nte", "rgb",
+    "ric", "cav", "crr", "csr", "ccv", "cos", "js_divergence",
+]

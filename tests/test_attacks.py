@@ -1,0 +1,357 @@
+"""Attacks: threat model, no side effects, batch consistency, step direction, determinism, strength, errors, and
+differential checks against torchattacks. Tiny models on CPU; real data only where marked."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from repro.attacks import (ATTACKS, CONFIGS, TARGETED, bim, cw2, cw_margin, fgsm, get_config, illc, labels_field, llc,
+                           pgd, run_attack)
+
+from .conftest import needs_deepsec
+
+N, SIDE, CLASSES = 16, 8, 10
+EPS = 0.1
+TOL = 1e-6  # float32 rounding of x ± eps
+
+# Small budgets for every attack, so that each test runs in milliseconds.
+SMALL = {
+    "fgsm": dict(eps=EPS),
+    "llc": dict(eps=EPS),
+    "bim": dict(eps=EPS, step_size=0.03, steps=5),
+    "illc": dict(eps=EPS, step_size=0.03, steps=5),
+    "pgd": dict(eps=EPS, step_size=0.03, steps=5),
+    "cw2": dict(binary_search_steps=3, max_iterations=30, initial_const=1.0, lr=0.05),
+}
+LINF = ("fgsm", "llc", "bim", "illc", "pgd")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine extra threads cost 10×.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_convnet() -> nn.Module:
+    """1×8×8 images → 10 logits, with batch norm and dropout so that train and eval modes differ."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * 6 * 6, CLASSES),
+    )
+
+
+def batch(n: int = N):
+    x = torch.rand(n, 1, SIDE, SIDE)
+    y = torch.randint(0, CLASSES, (n,))
+    return x, y
+
+
+def attack_labels(name: str, y: torch.Tensor) -> torch.Tensor:
+    """True labels for untargeted attacks; a different class for targeted ones."""
+    return (y + 1) % CLASSES if name in TARGETED else y
+
+
+def deterministic(name: str) -> dict:
+    params = dict(SMALL[name])
+    if name == "pgd":
+        params["random_start"] = False
+    return params
+
+
+# ---------------------------------------------------------------------------------------------- threat model
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_threat_model_eps_ball_and_box(name):
+    model = tiny_convnet().eval()
+    x, y = batch()
+    x[0] = 0.0  # pixels at the box's edges
+    x[1] = 1.0
+    x_adv = ATTACKS[name](model, x, attack_labels(name, y), **SMALL[name])
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    if name in LINF:
+        assert (x_adv - x).abs().max() <= EPS + TOL
+        assert (x_adv - x).abs().max() >= EPS - TOL  # the budget is used, not ignored
+
+
+@pytest.mark.parametrize("name", ["fgsm", "llc", "pgd"])
+def test_per_sample_eps(name):
+    model = tiny_convnet().eval()
+    x, y = batch()
+    eps = torch.linspace(0.0, 0.2, N)
+    x_adv = ATTACKS[name](model, x, attack_labels(name, y), **{**SMALL[name], "eps": eps})
+    per_sample = (x_adv - x).abs().flatten(1).amax(1)
+    assert torch.all(per_sample <= eps + TOL)
+    assert per_sample[0] == 0.0
+
+
+# -------------------------------------------------------------------------------------------- no side effects
+@pytest.mark.parametrize("train_mode", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_no_side_effects(name, train_mode):
+    model = tiny_convnet().train(train_mode)
+    params_before = [p.detach().clone() for p in model.parameters()]
+    x, y = batch()
+    labels = attack_labels(name, y)
+    x_copy, labels_copy = x.clone(), labels.clone()
+    x_adv = ATTACKS[name](model, x, labels, **SMALL[name])
+    assert torch.equal(x, x_copy) and torch.equal(labels, labels_copy)
+    assert all(m.training == train_mode for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params_before))
+    assert not x_adv.requires_grad and x_adv.grad_fn is None
+    assert x_adv.data_ptr() != x.data_ptr() and x_adv.device == x.device
+
+
+# --------------------------------------------------------------------------------------- batch consistency
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_batch_consistency(name):
+    model = tiny_convnet().eval()
+    x, y = batch(8)
+    labels = attack_labels(name, y)
+    params = deterministic(name)
+    whole = ATTACKS[name](model, x, labels, **params)
+    rows = torch.cat([ATTACKS[name](model, x[i : i + 1], labels[i : i + 1], **params) for i in range(len(x))])
+    torch.testing.assert_close(whole, rows, rtol=0, atol=1e-5)
+
+
+def test_runner_batches_equal_one_call_and_times_the_attack():
+    model = tiny_convnet().eval()
+    x, y = batch(10)
+    params = SMALL["bim"]
+    run = run_attack("bim", model, x, y, params=params, batch_size=3, progress=False)
+    torch.testing.assert_close(run.x_adv, bim(model, x, y, **params), rtol=0, atol=1e-5)
+    assert run.n == 10 and run.x_adv.device.type == "cpu" and run.device.startswith("cpu")
+    assert run.seconds > 0 and run.seconds_per_example == pytest.approx(run.seconds / 10)
+
+
+def test_runner_seed_reproducible_and_cuda_options_refused_on_cpu():
+    model = tiny_convnet().eval()
+    x, y = batch()
+    params = SMALL["pgd"]
+    first = run_attack("pgd", model, x, y, params=params, batch_size=5, progress=False, seed=7)
+    torch.manual_seed(123)  # the global RNG must not matter when a seed is given
+    second = run_attack("pgd", model, x, y, params=params, batch_size=5, progress=False, seed=7)
+    assert torch.equal(first.x_adv, second.x_adv)
+    with pytest.raises(ValueError, match="CUDA-only"):
+        run_attack("pgd", model, x, y, params=params, progress=False, autocast_bf16=True, device="cpu")
+    with pytest.raises(ValueError, match="unknown attack 'pdg'"):
+        run_attack("pdg", model, x, y, params=params, progress=False)
+
+
+def test_runner_channels_last_on_cpu_matches_and_restores_layout():
+    model = tiny_convnet().eval()
+    x, y = batch()
+    params = SMALL["pgd"]
+    plain = run_attack("pgd", model, x, y, params=params, batch_size=5, progress=False, seed=3)
+    fast = run_attack("pgd", model, x, y, params=params, batch_size=5, progress=False, seed=3, channels_last=True)
+    assert torch.allclose(plain.x_adv, fast.x_adv, atol=1e-6) and fast.x_adv.is_contiguous()
+    assert all(p.is_contiguous() for p in model.parameters()), "the model's memory layout is restored"
+
+
+# ------------------------------------------------------------------------------------ one step, linear model
+def two_class_linear() -> nn.Module:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(2, SIDE * SIDE))
+    return model.eval()
+
+
+def test_pgd_one_step_moves_along_sign_of_weight_difference():
+    model = two_class_linear()
+    w = model[1].weight.detach()
+    direction = torch.sign(w[1] - w[0]).view(1, 1, SIDE, SIDE)  # ∇ₓ CE(y=0) = p₁·(w₁ − w₀)
+    assert torch.all(direction != 0)
+    x = torch.full((4, 1, SIDE, SIDE), 0.5)
+    y = torch.tensor([0, 0, 1, 1])
+    step = 0.05
+    x_adv = pgd(model, x, y, eps=0.2, step_size=step, steps=1, random_start=False)
+    sign = torch.tensor([1.0, 1.0, -1.0, -1.0]).view(4, 1, 1, 1)
+    torch.testing.assert_close(x_adv - x, step * sign * direction, rtol=0, atol=1e-7)
+    # LLC descends towards its target: the same direction for target 1.
+    torch.testing.assert_close(llc(model, x, torch.ones(4, dtype=torch.int64), eps=step) - x,
+                               step * direction.expand_as(x), rtol=0, atol=1e-7)
+
+
+def test_pgd_random_start_reaches_the_model_unclipped_as_in_deepsec():
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, x):
+            seen.append((x.min().item(), x.max().item()))
+            return x.flatten(1)[:, :CLASSES] * 3.0
+
+    x = torch.zeros(N, 1, SIDE, SIDE)
+    x[:, :, :4] = 1.0
+    pgd(Recorder(), x, torch.zeros(N, dtype=torch.int64), eps=0.3, step_size=0.01, steps=2)
+    (first_lo, first_hi), (second_lo, second_hi) = seen
+    assert first_lo < 0.0 and first_hi > 1.0  # U(−ε, ε) start, not clipped before step 1
+    assert second_lo >= 0.0 and second_hi <= 1.0  # projected after each step
+
+
+# ----------------------------------------------------------------------------------------------- determinism
+def test_pgd_deterministic_under_a_seed():
+    model = tiny_convnet().eval()
+    x, y = batch()
+    params = SMALL["pgd"]
+    torch.manual_seed(5)
+    a = pgd(model, x, y, **params)
+    torch.manual_seed(5)
+    b = pgd(model, x, y, **params)
+    assert torch.equal(a, b)
+    c = pgd(model, x, y, **params, generator=torch.Generator().manual_seed(1))
+    d = pgd(model, x, y, **params, generator=torch.Generator().manual_seed(1))
+    e = pgd(model, x, y, **params, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(c, d) and not torch.equal(c, e)
+
+
+# ------------------------------------------------------------------------------------------------ strength
+@pytest.fixture(scope="module")
+def mnist_candidates(deepsec_mnist):
+    from repro.data import candidates
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # module-scoped: runs before the per-test thread fixture
+    try:
+        return candidates(deepsec_mnist, "mnist", n=100, seed=100)
+    finally:
+        torch.set_num_threads(before)
+
+
+def misclassified(model, x_adv, y) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x_adv).argmax(1) != y
+
+
+@needs_deepsec
+def test_deepsec_mnist_pgd_deepsec_params_mr_at_least_99_percent(deepsec_mnist, mnist_candidates):
+    c = mnist_candidates
+    x_adv = pgd(deepsec_mnist, c.x, c.y, **get_config("pgd", "deepsec_mnist"))
+    assert misclassified(deepsec_mnist, x_adv, c.y).float().mean() >= 0.99
+
+
+@needs_deepsec
+def test_pgd_at_least_as_strong_as_fgsm_on_a_trained_model(deepsec_mnist, mnist_candidates):
+    c = mnist_candidates
+    eps = 0.15  # small enough that neither attack saturates
+    mr_fgsm = misclassified(deepsec_mnist, fgsm(deepsec_mnist, c.x, c.y, eps=eps), c.y).float().mean()
+    mr_pgd = misclassified(deepsec_mnist, pgd(deepsec_mnist, c.x, c.y, eps=eps, step_size=0.025, steps=15),
+                           c.y).float().mean()
+    assert mr_pgd >= mr_fgsm
+    assert mr_pgd > 0.5
+
+
+# --------------------------------------------------------------------------------------------------- CW2
+def test_cw_margin_with_negative_logits():
+    logits = torch.tensor([[-5.0, -1.0, -3.0], [-2.0, -9.0, -0.5]])
+    target = torch.tensor([0, 2])
+    torch.testing.assert_close(cw_margin(logits, target), torch.tensor([4.0, -1.5]))
+
+
+def test_cw2_separable_problem_succeeds_with_margin_and_beats_pgd_l2():
+    model = nn.Sequential(two_class_linear(), ShiftLogits()).eval()  # all logits ≤ 0, as DeepSec's models return
+    x = torch.rand(N, 1, SIDE, SIDE) * 0.5 + 0.25
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    target = 1 - y
+    kappa = 0.5
+    x_adv = cw2(model, x, target, confidence=kappa, initial_const=0.1, binary_search_steps=6, max_iterations=100,
+                lr=0.05)
+    with torch.no_grad():
+        logits = model(x_adv)
+    assert torch.all(-cw_margin(logits, target) >= kappa - 1e-4)
+    x_pgd = pgd(model, x, y, eps=0.5, step_size=0.05, steps=15)
+    pgd_ok = misclassified(model, x_pgd, y)
+    assert pgd_ok.sum() >= N // 2
+    l2_cw = (x_adv - x).flatten(1).norm(dim=1)
+    l2_pgd = (x_pgd - x).flatten(1).norm(dim=1)
+    assert torch.all(l2_cw[pgd_ok] < l2_pgd[pgd_ok])
+
+
+class ShiftLogits(nn.Module):
+    def forward(self, logits):
+        return logits - logits.amax(1, keepdim=True)
+
+
+def test_cw2_returns_the_clean_image_when_never_successful():
+    model = two_class_linear()
+    x = torch.rand(4, 1, SIDE, SIDE)
+    with torch.no_grad():
+        target = 1 - model(x).argmax(1)
+    x_adv = cw2(model, x, target, binary_search_steps=1, max_iterations=1, initial_const=1e-6)
+    assert torch.equal(x_adv, x)
+
+
+# ------------------------------------------------------------------------------------- differential tests
+def test_pgd_and_fgsm_equal_torchattacks():
+    torchattacks = pytest.importorskip("torchattacks")
+    model = tiny_convnet().eval()
+    x, y = batch()  # a power-of-two batch: torchattacks' mean-reduced gradient is ours scaled exactly
+    ours = pgd(model, x, y, eps=EPS, step_size=0.02, steps=7, random_start=False)
+    theirs = torchattacks.PGD(model, eps=EPS, alpha=0.02, steps=7, random_start=False)(x, y)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    ours = fgsm(model, x, y, eps=EPS)
+    theirs = torchattacks.FGSM(model, eps=EPS)(x, y)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    assert not model.training
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def probability_model() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, CLASSES), nn.Softmax(dim=1)).eval()
+
+
+BAD_CASES = {
+    "negative eps": (lambda m, x, y: pgd(m, x, y, eps=-0.1, step_size=0.01, steps=2), "eps must be"),
+    "negative step": (lambda m, x, y: bim(m, x, y, eps=0.1, step_size=-0.01, steps=2), "step_size must be"),
+    "zero steps": (lambda m, x, y: illc(m, x, y, eps=0.1, step_size=0.01, steps=0), "steps must be an integer"),
+    "float steps": (lambda m, x, y: pgd(m, x, y, eps=0.1, step_size=0.01, steps=2.0), "steps must be an integer"),
+    "image > 1": (lambda m, x, y: fgsm(m, x * 255, y, eps=0.1), r"must lie in \[0, 1\]"),
+    "image < 0": (lambda m, x, y: fgsm(m, x - 0.5, y, eps=0.1), r"must lie in \[0, 1\]"),
+    "batch mismatch": (lambda m, x, y: pgd(m, x, y[:-1], eps=0.1, step_size=0.01, steps=2), "must have shape"),
+    "int32 labels": (lambda m, x, y: fgsm(m, x, y.int(), eps=0.1), "int64"),
+    "label out of range": (lambda m, x, y: llc(m, x, y + CLASSES, eps=0.1), r"0\.\.9"),
+    "per-sample eps shape": (lambda m, x, y: llc(m, x, y, eps=torch.full((3,), 0.1)), r"per-sample eps"),
+    "integer images": (lambda m, x, y: fgsm(m, (x * 255).to(torch.uint8), y, eps=0.1), "floating-point"),
+    "cw2 search rule": (lambda m, x, y: cw2(m, x, y, search="bisect", max_iterations=1), "unknown search rule"),
+    "cw2 zero lr": (lambda m, x, y: cw2(m, x, y, lr=0.0, max_iterations=1), "lr must be > 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_raises_value_error(case):
+    call, message = BAD_CASES[case]
+    x, y = batch(4)
+    with pytest.raises(ValueError, match=message):
+        call(tiny_convnet().eval(), x, y)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_probabilities_instead_of_logits_raise(name):
+    x, y = batch(4)
+    with pytest.raises(ValueError, match="returns probabilities"):
+        ATTACKS[name](probability_model(), x, attack_labels(name, y), **SMALL[name])
+
+
+def test_eps_of_one_or_more_warns_and_small_eps_does_not():
+    model = tiny_convnet().eval()
+    x, y = batch(4)
+    with pytest.warns(UserWarning, match="8/255"):
+        x_adv = pgd(model, x, y, **get_config("pgd", "followup_eps8"))
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pgd(model, x, y, **get_config("pgd", "madry_cifar10_train"))
+
+
+def test_registry_and_configs():
+    assert set(CONFIGS) == set(ATTACKS) and set(TARGETED) <= set(ATTACKS)
+    assert labels_field("illc") == "least_likely" and labels_field("cw2") == "target" and labels_field("pgd") == "y"
+    assert get_config("pgd", "deepsec_cifar10") == dict(eps=0.1, step_size=0.01, steps=15)
+    assert get_config("cw2", "carlini_wagner")["binary_search_steps"] == 9
+    with pytest.raises(ValueError, match="unknown pgd configuration"):
+        get_config("pgd", "madry")

@@ -10,7 +10,6 @@ official checksum and how many images were found, and every result records it.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import random
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from ._io import file_digest
 
 DATASETS = ("mnist", "cifar10")
 SPLITS = ("train", "test")
@@ -59,14 +60,6 @@ def data_root() -> Path:
 def _check_choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _missing_message(dataset: str, root: Path, files: list[str], cause: BaseException | None) -> str:
@@ -191,13 +184,13 @@ def provenance(dataset: str, *, root: str | Path | None = None) -> dict:
     files: dict[str, dict] = {}
     if dataset == "cifar10":
         for name, official in CIFAR10_MD5.items():
-            md5 = _md5(root / CIFAR10_FOLDER / name)
+            md5 = file_digest(root / CIFAR10_FOLDER / name, "md5")
             files[name] = {"md5": md5, "official_md5": official, "matches": md5 == official}
     else:
         # torchvision verified the .gz archives' md5s when it read or extracted them; record what is there.
         for split in SPLITS:
             for name in MNIST_FILES[split]:
-                files[name] = {"md5": _md5(root / "MNIST" / "raw" / name)}
+                files[name] = {"md5": file_digest(root / "MNIST" / "raw" / name, "md5")}
     complete = all(counts[s] == FULL_SIZES[dataset][s] for s in SPLITS)
     checksums_ok = all(f.get("matches", True) for f in files.values())
     return {

@@ -17,6 +17,7 @@ class Profile:
     description: str
     # Attacks (Table 1).
     n_candidates: int  # clean candidates attacked per column (DeepSec: 1000)
+    cw2_n_candidates: int  # clean candidates attacked by CW2 (DeepSec: 1000); CW2 is by far the costliest attack
     cw2_binary_search_steps: int  # DeepSec: 10
     cw2_max_iterations: int  # DeepSec: 10,000 Adam steps per search step
     # Raw models: "deepsec" loads DeepSec's released checkpoints, "train" trains them with DeepSec's recipes.
@@ -26,6 +27,7 @@ class Profile:
     train_subset: int | None  # training images used; None: all that are available
     defence_init: str  # "scratch" (as DeepSec) or "raw" (fine-tune from the raw model: cheaper)
     defence_epochs: int | None  # None: the recipe's epochs
+    defence_subset: int | None  # training images for the defences; None: all that are available
     # The follow-up's "Wide ResNet": DeepSec's ResNet-20 with stage widths × wide_width (paper: 10).
     wide_width: int
     # Evaluation.
@@ -42,6 +44,7 @@ PROFILES: dict[str, Profile] = {
         name="smoke",
         description="seconds on a CPU, for CI: tiny budgets, numbers are not meaningful",
         n_candidates=16,
+        cw2_n_candidates=16,
         cw2_binary_search_steps=2,
         cw2_max_iterations=10,
         raw_source="deepsec",
@@ -49,6 +52,7 @@ PROFILES: dict[str, Profile] = {
         train_subset=256,
         defence_init="raw",
         defence_epochs=1,
+        defence_subset=256,
         wide_width=1,
         eval_subset=256,
         history_subset=64,
@@ -59,13 +63,15 @@ PROFILES: dict[str, Profile] = {
         description="real data on 2 CPU cores in under an hour: DeepSec's released raw models, reduced CW2 and "
                     "training budgets, a narrower wide ResNet trained on the available CIFAR-10 images",
         n_candidates=1000,
+        cw2_n_candidates=300,
         cw2_binary_search_steps=5,
-        cw2_max_iterations=100,
+        cw2_max_iterations=500,
         raw_source="deepsec",
         train_epochs=8,
         train_subset=None,
         defence_init="raw",
         defence_epochs=2,
+        defence_subset=4000,
         wide_width=2,
         eval_subset=None,
         history_subset=500,
@@ -76,6 +82,7 @@ PROFILES: dict[str, Profile] = {
         description="the papers' settings (a GPU job): raw models trained from scratch with DeepSec's recipes, "
                     "1000 candidates, CW2 at 10 × 10,000 iterations, the ×10 wide ResNet",
         n_candidates=1000,
+        cw2_n_candidates=1000,
         cw2_binary_search_steps=10,
         cw2_max_iterations=10_000,
         raw_source="train",
@@ -83,6 +90,7 @@ PROFILES: dict[str, Profile] = {
         train_subset=None,
         defence_init="scratch",
         defence_epochs=None,
+        defence_subset=None,
         wide_width=10,
         eval_subset=None,
         history_subset=1000,

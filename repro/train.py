@@ -21,8 +21,6 @@ import functools
 import json
 import math
 import os
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,12 +33,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import _checkpoint as ckpt
+from . import _io as ckpt
 from .attacks.llc import llc
 from .attacks.pgd import pgd
 from .data import DATASETS, data_root, load, provenance
 from .models import DEEPSEC_CHECKPOINTS, MODELS, build, cache_dir, load_deepsec
 from .profiles import get_profile
+from .results import git_info
 
 # Bump when a change to this module changes what a configuration trains (or the checkpoint format): old cache
 # entries then get new keys instead of being returned for a configuration they were not trained with.
@@ -642,16 +641,6 @@ def _write_checkpoint(payload: dict, path: Path) -> None:
     ckpt.save_atomic(payload, path)
 
 
-def _git_commit() -> str | None:
-    root = Path(__file__).resolve().parent.parent
-    if shutil.which("git") is None:
-        return None
-    out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
-    if out.returncode != 0:
-        return None  # not a git checkout (an installed package): provenance says so with null
-    return out.stdout.strip()
-
-
 # ------------------------------------------------------------------------------------------------------ the loop
 def train(config: TrainConfig, *, resume: bool = True, progress: bool = True,
           out_dir: str | Path | None = None) -> TrainResult:
@@ -840,7 +829,7 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True,
         record = {
             "key": key, "config": effective, "history": history, "best_epoch": best["epoch"],
             "best_val_acc": best["val_acc"], "train_time_s": sum(h["epoch_time_s"] for h in history),
-            "provenance": {"git_commit": _git_commit(), "torch": torch.__version__, "python": sys.version.split()[0],
+            "provenance": {"git": git_info(), "torch": torch.__version__, "python": sys.version.split()[0],
                            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
                            "world_size": world, "data": provenance(config.dataset)},
         }

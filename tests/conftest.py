@@ -6,7 +6,6 @@ those tests are skipped with a reason that says so, never faked with synthetic d
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Callable
@@ -14,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .._io import atomic_file, sha256_file
 from ..data import data_root
 from .mnist_convnet import MNISTConvNet, mnist_convnet
 from .resnet import ResNet, resnet20
@@ -65,14 +65,6 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "repro"
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_sha256(path: Path, expected: str) -> None:
     """Raise :class:`ChecksumError` naming the file and both hashes if ``path`` does not hash to ``expected``."""
     got = sha256_file(path)
@@ -82,17 +74,13 @@ def verify_sha256(path: Path, expected: str) -> None:
 
 
 def _download(url: str, dst: Path, sha256: str) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=dst.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-        verify_sha256(Path(tmp), sha256)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(dst, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+        digest = hashlib.sha256()
+        while chunk := response.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+        if digest.hexdigest() != sha256:  # raising inside atomic_file discards the download
+            raise ChecksumError(f"{url} has sha256 {digest.hexdigest()}, expected {sha256}: not the released file")
 
 
 def deepsec_checkpoint(dataset: str, *, download: bool = True) -> Path:

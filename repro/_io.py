@@ -1,7 +1,7 @@
-"""Checkpoint plumbing for :mod:`repro.train`: canonical JSON keys, atomic writes, RNG snapshots.
+"""File plumbing shared by the package: digests, atomic writes, canonical JSON keys, checkpoints, RNG snapshots.
 
 Kept apart from the training loop so that the loop reads like the papers' algorithm boxes. Everything here is
-format, not method: changing it never changes what a model learns.
+format, not method: changing it never changes what a model learns or what a metric measures.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -27,47 +28,53 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of the file at ``path``."""
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest (``"sha256"``, ``"md5"``, ...) of the file at ``path``, read in 1 MiB chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def save_atomic(obj, path: Path) -> None:
-    """``torch.save(obj)`` to ``path`` so that a reader sees either the old file or the complete new one.
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of the file at ``path``."""
+    return file_digest(path, "sha256")
 
-    Writes a temporary file in the same folder (same file system, so the rename is atomic), flushes it to disk, then
-    ``os.replace``s it over ``path``. A kill at any moment leaves no half-written checkpoint under ``path``.
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb"):
+    """Open a temporary file beside ``path`` for writing; on success flush it to disk and rename it over ``path``.
+
+    The temporary file is in the same folder (same file system, so ``os.replace`` is atomic): a reader sees either
+    the old file or the complete new one, and a kill or an exception at any moment leaves nothing half-written
+    under ``path`` (the temporary file is removed). The file gets ordinary 0644 permissions.
     """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def save_atomic(obj, path: Path) -> None:
+    """``torch.save(obj)`` to ``path`` atomically (see :func:`atomic_file`)."""
+    with atomic_file(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def write_text_atomic(text: str, path: Path) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_file`)."""
+    with atomic_file(path, "w") as f:
+        f.write(text)
 
 
 def load(path: Path) -> dict:

@@ -17,18 +17,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[book,test]'
 	touch $@
 
+# Unit tests, the paper-profile dry run and the smoke-book build (tests/), then nbval on the smoke executions of every
+# notebook (tests/regression/, refreshed by `make regression`), comparing the cells marked # NBVAL_CHECK_OUTPUT.
 test: $(STAMP)
 	$(PY) -m pytest
+	$(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/regression/sanitize.cfg tests/regression
 
+# Run the plan's stale columns with papermill (results/$(PROFILE)/), then render _build/html with jupyter-book.
 book: $(STAMP)
 	$(PY) -m repro.run --profile $(PROFILE)
-	$(PY) -m repro.run --build-book
+	$(PY) -m repro.run --build-book --profile $(PROFILE)
 
 regression: $(STAMP)
 	$(PY) -m repro.run --refresh-regression
 
 screenshot: $(STAMP)
-	$(PY) -m repro.run --screenshot
+	$(PY) -m repro.run --screenshot --profile $(PROFILE)
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/attacks.py

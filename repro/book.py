@@ -1,0 +1,424 @@
+"""Generate the book's data-driven pages from the result JSONs of one profile and the published CSVs.
+
+:func:`generate` writes Markdown pages, figures, copies of the executed notebooks and the MyST substitutions
+(numbers quoted in the hand-written chapters) into a staging folder that ``repro.run`` then hands to jupyter-book.
+The comparison logic is :func:`comparison_rows`: ours, the follow-up's and DeepSec's value per metric, the
+differences, and whether each lies within the tolerance of :data:`repro.plan.TOLERANCES`.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import yaml
+
+from . import results as results_mod
+from .plan import (ATTACK_METRICS, COLUMNS, DEFENCE_METRICS, METRIC_LABELS, PRINTED_UNIT, TOLERANCES, Column,
+                   columns_for, published, to_printed_unit)
+from .profiles import get_profile
+
+MADRY_ANCHOR = {"clean": 0.873, "pgd20": 0.458}  # Madry et al. (2018), adversarially trained wide network, CIFAR-10
+NOT_COMPUTED = "–"
+
+
+# ------------------------------------------------------------------------------------------------- comparison
+def comparison_rows(col: Column, result: results_mod.Result | None) -> list[dict]:
+    """One dict per metric of ``col``'s table: ``metric``, ``ours``, ``followup``, ``deepsec`` (fractions or None),
+    the differences ``d_followup``/``d_deepsec`` (ours − published, fractions) and ``ok_followup``/``ok_deepsec``
+    (within tolerance; None when there is nothing to compare)."""
+    metrics = ATTACK_METRICS if col.table in ("1",) or col.notebook in ("pgd.ipynb", "cw2.ipynb") else DEFENCE_METRICS
+    pub = {}
+    if col.compare_with is not None:
+        for row in published(col.table):
+            if row.column == col.compare_with:
+                pub[(row.source, row.metric)] = row
+    rows = []
+    for metric in metrics:
+        ours = None if result is None else result.metrics.get(metric)
+        if isinstance(ours, float) and not math.isfinite(ours):
+            ours = None
+        row = {"metric": metric, "ours": ours}
+        for source, key in (("follow-up", "followup"), ("deepsec", "deepsec")):
+            entry = pub.get((source, metric))
+            row[key] = None if entry is None else entry.value
+            row[f"note_{key}"] = "" if entry is None else entry.note
+            if entry is None or ours is None:
+                row[f"d_{key}"], row[f"ok_{key}"] = None, None
+            else:
+                row[f"d_{key}"] = ours - entry.value
+                row[f"ok_{key}"] = TOLERANCES[metric].within(ours, entry.value)
+        rows.append(row)
+    return rows
+
+
+def _fmt(metric: str, value) -> str:
+    printed = to_printed_unit(metric, value)
+    if printed is None:
+        return NOT_COMPUTED
+    if metric == "COS":
+        return f"{printed:.4f}"
+    if PRINTED_UNIT.get(metric) == "%":
+        return f"{printed:.2f}"
+    return f"{printed:.1f}" if abs(printed) >= 100 else f"{printed:.3f}"
+
+
+def _fmt_diff(metric: str, value) -> str:
+    printed = to_printed_unit(metric, value)
+    if printed is None:
+        return ""
+    if metric == "COS":
+        return f"{printed:+.4f}"
+    if PRINTED_UNIT.get(metric) == "%":
+        return f"{printed:+.2f}"
+    return f"{printed:+.1f}" if abs(printed) >= 100 else f"{printed:+.3f}"
+
+
+def _mark(ok) -> str:
+    return "" if ok is None else ("✓" if ok else "✗")
+
+
+def _label(metric: str) -> str:
+    unit = " (%)" if PRINTED_UNIT.get(metric) == "%" else ""
+    return METRIC_LABELS.get(metric, metric) + unit
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header))] + [line(r) for r in rows]) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------------- pages
+def _column_section(col: Column, result: results_mod.Result | None, profile: str, fresh: bool,
+                    figures_dir: Path) -> str:
+    from . import figures
+
+    out = [f"({col.id})=\n## {col.title}\n"]
+    if result is None:
+        out.append(f"*Not computed under the {profile} profile.*\n")
+        return "\n".join(out)
+    prov = result.provenance
+    device = prov.get("device", {})
+    git = prov.get("git", {})
+    commit = (git.get("commit") or "no commit")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
+    out.append(f"**Model:** {col.model_label}. **Executed notebook:** [{col.id}](columns/{col.id}.ipynb). "
+               f"**Computed** {result.created} on {device.get('name', '?')} ({device.get('device', '?')}) in "
+               f"{prov.get('wall_time_s', float('nan')):.0f} s, code {commit}.\n")
+    if not fresh:
+        out.append("```{warning}\nThis result was computed with different code or parameters than the current "
+                   "plan (its fingerprint differs); rerun the column to refresh it.\n```\n")
+    rows = comparison_rows(col, result)
+    table = []
+    for r in rows:
+        table.append([_label(r["metric"]), _fmt(r["metric"], r["ours"]),
+                      _fmt(r["metric"], r["followup"]), _fmt_diff(r["metric"], r["d_followup"]),
+                      _mark(r["ok_followup"]),
+                      _fmt(r["metric"], r["deepsec"]), _fmt_diff(r["metric"], r["d_deepsec"]), _mark(r["ok_deepsec"])])
+    if "CC" in result.metrics and result.metrics["CC"] is not None:
+        table.append(["CC (ms per AE)", f"{1e3 * result.metrics['CC']:.2f}", NOT_COMPUTED, "", "", NOT_COMPUTED, "",
+                      ""])
+    out.append(_md_table(["metric", "ours", "follow-up", "Δ", "", "DeepSec", "Δ", ""], table))
+    counts = [sum(1 for r in rows if r[k] is True) for k in ("ok_followup", "ok_deepsec")]
+    totals = [sum(1 for r in rows if r[k] is not None) for k in ("ok_followup", "ok_deepsec")]
+    if any(totals):
+        out.append(f"Within tolerance: {counts[0]} of {totals[0]} metrics against the follow-up, {counts[1]} of "
+                   f"{totals[1]} against DeepSec ({{ref}}`tolerances <tolerances>`).\n")
+    corrections = sorted({p.correction for p in published(col.table) if p.column == col.compare_with and p.correction})
+    notes = sorted({f"{METRIC_LABELS[p.metric]}: {p.note}" for p in published(col.table)
+                    if p.column == col.compare_with and p.note})
+    if corrections or notes:
+        out.append("**The published numbers, corrected:**\n")
+        out.extend(f"- {c}" for c in corrections + notes)
+        out.append("")
+    out.append(f"**Departures from the paper** ({profile} profile):\n")
+    deps = result.departures or ["none"]
+    out.extend(f"- {d}" for d in deps)
+    out.append("")
+    params = {k: v for k, v in result.parameters.items() if k not in ("results_dir", "device", "column", "profile")}
+    out.append("**Effective parameters:** " + ", ".join(f"`{k}={v!r}`" for k, v in params.items()) + "\n")
+    if col.compare_with is not None:
+        fig = figures.comparison_bars(rows, title=f"{col.title}: ours vs published")
+        figures.save(fig, figures_dir / f"{col.id}_bars.png")
+        out.append(f"```{{figure}} figures/{col.id}_bars.png\n:name: fig-{col.id.replace('_', '-')}-bars\n"
+                   f":width: 100%\n\n{col.title}: our value next to the follow-up's and DeepSec's, per metric.\n```\n")
+    return "\n".join(out)
+
+
+def _overview(cols: list[Column], found: dict, metrics) -> str:
+    header = ["metric"]
+    for col in cols:
+        header += [f"{col.id}: ours", "follow-up / DeepSec"]
+    rows = []
+    comps = {col.id: {r["metric"]: r for r in comparison_rows(col, found.get(col.id))} for col in cols}
+    for metric in metrics:
+        row = [_label(metric)]
+        for col in cols:
+            r = comps[col.id][metric]
+            row += [_fmt(metric, r["ours"]) + (f" {_mark(r['ok_followup'])}" if r["ok_followup"] is not None else ""),
+                    f"{_fmt(metric, r['followup'])} / {_fmt(metric, r['deepsec'])}"]
+        rows.append(row)
+    return _md_table(header, rows)
+
+
+TABLE_INTRO = {
+    "1": ("Table 1: attack utility metrics",
+          "The follow-up's Table 1 with DeepSec's values beside it, and our numbers for every metric. Published "
+          "numbers are converted from the printed units (MR in percent); the follow-up's rows \"L1\"/\"L2\" are "
+          "printed here under their real names, L2 and L∞, its \"ACTA\" as ACTC, and its \"PGD (ε = 0.3137)\" "
+          "column as DeepSec's ε = 0.1 (see {ref}`the findings <mislabelled>`). RIC and CC are not in the "
+          "published table; we report ours. ✓/✗: our value is within / outside the "
+          "{ref}`tolerance <tolerances>` of the published one."),
+    "2": ("Table 2: defence utility metrics",
+          "The follow-up's Table 2 with DeepSec's values beside it, and our numbers for every metric, on the clean "
+          "test images (the whole test split in the paper setting). Accuracies, CAV, CRR, CSR and CCV in percent. "
+          "The follow-up's \"PAT (ε = 0.1)\" column is DeepSec's PAT with ε = 8/255. ✓/✗: our value is within / "
+          "outside the {ref}`tolerance <tolerances>` of the published one."),
+}
+
+
+def _table_page(table: str, cols, found, fresh, profile, figures_dir) -> str:
+    title, intro = TABLE_INTRO[table]
+    metrics = ATTACK_METRICS if table == "1" else DEFENCE_METRICS
+    parts = [f"# {title}\n", intro + "\n", f"```{{note}}\nProfile **{profile}**: "
+             f"{get_profile(profile).description}. Each column below lists its departures from the paper.\n```\n",
+             "## Overview\n", _overview(cols, found, metrics)]
+    for col in cols:
+        parts.append(_column_section(col, found.get(col.id), profile, fresh.get(col.id, False), figures_dir))
+    return "\n".join(parts)
+
+
+def _corrected_page(profile, found, fresh, figures_dir) -> str:
+    from . import figures
+
+    parts = ["# Corrected columns: ε = 8/255 on the wide ResNet\n",
+             "The follow-up meant Madry et al.'s budget, 8/255 on a 0…255 scale, when it wrote \"ε = 8\". These "
+             "columns run the wide ResNet with that budget, next to our literal \"ε = 8\" runs, so that the effect of "
+             "the unit mistake is visible. Nothing was published for them; Madry et al. report 87.3 % clean and "
+             "45.8 % accuracy under 20-step PGD for their (much larger) adversarially trained WRN-34-10.\n"]
+    pairs = (("pgd_eps8_wide", "pgd_8_255_wide", ATTACK_METRICS), ("pat_eps8_wide", "pat_8_255_wide", DEFENCE_METRICS))
+    for literal, corrected, metrics in pairs:
+        a, b = found.get(literal), found.get(corrected)
+        title = "PGD" if literal.startswith("pgd") else "PAT"
+        parts.append(f"## {title}: \"ε = 8\" versus ε = 8/255\n")
+        rows = [[_label(m), _fmt(m, None if a is None else a.metrics.get(m)),
+                 _fmt(m, None if b is None else b.metrics.get(m))] for m in metrics]
+        parts.append(_md_table(["metric", f"literal \"ε = 8\" ([{literal}](columns/{literal}.ipynb))",
+                                f"ε = 8/255 ([{corrected}](columns/{corrected}.ipynb))"], rows))
+        if b is not None:
+            parts.append(f"**Departures from the paper** ({profile} profile), ε = 8/255 column:\n")
+            parts.extend(f"- {d}" for d in (b.departures or ["none"]))
+            parts.append("")
+            if not fresh.get(corrected, False):
+                parts.append("```{warning}\nThe ε = 8/255 result is stale (computed with other code or "
+                             "parameters).\n```\n")
+    curves = {COLUMNS[cid].title: found[cid].extra["accuracy_vs_eps"] for cid in
+              ("pat_resnet20", "pat_eps8_wide", "pat_8_255_wide")
+              if cid in found and "accuracy_vs_eps" in found[cid].extra}
+    if curves:
+        parts.append("## Accuracy under attack\n")
+        parts.append("Each model is attacked by PGD run *against itself* (10 steps of ε/4, random start) on the first "
+                     "test images; ε = 0 is clean accuracy. DeepSec's defence metrics only look at clean images, so "
+                     "these curves are what they leave out.\n")
+        for i, (label, curve) in enumerate(curves.items()):
+            fig = figures.accuracy_curves({"": curve}, title=label)
+            name = f"curve_{i}.png"
+            figures.save(fig, figures_dir / name)
+            parts.append(f"```{{figure}} figures/{name}\n:width: 70%\n\n{label}: raw and defended accuracy versus "
+                         f"ε ({curve['n']} test images).\n```\n")
+    return "\n".join(parts)
+
+
+def _tolerances_page() -> str:
+    rows = []
+    for metric, tol in TOLERANCES.items():
+        unit = PRINTED_UNIT.get(metric)
+        scale = 100 if unit == "%" else 1
+        parts = [f"±{tol.abs * scale:g}{' pp' if unit == '%' else ''}"]
+        if tol.rel:
+            parts.append(f"±{tol.rel * 100:g} % of the published value")
+        rows.append([_label(metric), " or ".join(parts) + (" (the larger)" if tol.rel else "")])
+    return _md_table(["metric", "tolerance"], rows)
+
+
+def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict) -> None:
+    from . import findings
+
+    names = ("eps8", "norms", "definitions", "shift", "pat")
+    if result is None:
+        for name in names:
+            (gen / f"findings_{name}.md").write_text("*Not computed under this profile.*\n", encoding="utf-8")
+        return
+    tables = findings.evidence_tables(result.extra)
+    for name in names:
+        (gen / f"findings_{name}.md").write_text(findings.as_markdown(tables[name]), encoding="utf-8")
+    ev = result.extra
+    subs.update({
+        "f_eps8_n": str(ev["eps8"]["n"]),
+        "f_eps8_saturated": f"{100 * ev['eps8']['eps8']['saturated']:.0f} %",
+        "f_eps8_ass_code": findings._f(ev['eps8']['eps8']['ASS_code']),
+        "f_eps8_ass_255": findings._f(ev['eps8']['eps8']['ASS_255']),
+        "f_eps8_255_ass_code": findings._f(ev['eps8']['eps8_255']['ASS_code']),
+        "f_eps8_255_ass_255": findings._f(ev['eps8']['eps8_255']['ASS_255']),
+        "f_def_n_mnist": str(ev["definitions"]["mnist"]["n"]),
+        "f_def_n_cifar": str(ev["definitions"]["cifar10"]["n"]),
+        "f_shift_n": str(ev["logit_shift"]["n"]),
+        "f_pat_crr_csr": f"{ev['pat_arithmetic']['crr_minus_csr']:.2f} %",
+        "f_pat_implied": f"{ev['pat_arithmetic']['implied_defended']:.2f} %",
+    })
+
+
+def _appendix_pages(gen: Path, profile: str, cols, found) -> None:
+    rows, versions = [], {}
+    for col in cols:
+        r = found.get(col.id)
+        if r is None:
+            rows.append([col.id, col.notebook, NOT_COMPUTED, NOT_COMPUTED, NOT_COMPUTED, NOT_COMPUTED])
+            continue
+        prov = r.provenance
+        dev = prov.get("device", {})
+        git = prov.get("git", {})
+        commit = (git.get("commit") or "none")[:10] + (" (dirty)" if git.get("dirty") else "")
+        pipeline = prov.get("pipeline_wall_time_s")
+        rows.append([f"[{col.id}](generated/columns/{col.id}.ipynb)", col.notebook, f"{dev.get('name', '?')} "
+                     f"({dev.get('device', '?')}, {dev.get('threads', '–')} threads)",
+                     f"{prov.get('wall_time_s', float('nan')):.0f}",
+                     NOT_COMPUTED if pipeline is None else f"{pipeline:.0f}", commit])
+        versions = prov.get("versions", versions)
+    total = sum(found[c.id].provenance.get("wall_time_s", 0) for c in cols if c.id in found)
+    text = _md_table(["column", "notebook", "device", "notebook wall time (s)", "with kernel start (s)", "commit"],
+                     rows)
+    text += f"\nTotal notebook wall time: {total:.0f} s ({total / 60:.1f} min) for the {profile} profile.\n"
+    if versions:
+        text += "\n" + _md_table(["software", "version"], [[k, f"`{v}`"] for k, v in versions.items()
+                                                         if k != "executable"])
+    (gen / "appendix_runs.md").write_text(text, encoding="utf-8")
+
+    data_rows = {}
+    for r in found.values():
+        for name, prov in r.provenance.get("data", {}).get("datasets", {}).items():
+            data_rows[name] = [name, "official" if prov.get("official") else "**partial copy**",
+                               f"{prov.get('train', 0):,} / {prov.get('full_train', 0):,}",
+                               f"{prov.get('test', 0):,} / {prov.get('full_test', 0):,}"]
+    models = {}
+    for r in found.values():
+        for role, info in r.provenance.get("models", {}).items():
+            if info.get("source") == "DeepSec's released checkpoint":
+                models[info.get("sha256")] = [f"DeepSec's released {role} model", f"`{info.get('sha256', '')}`"]
+    text = _md_table(["dataset", "copy", "training images (found / official)", "test images (found / official)"],
+                     list(data_rows.values()))
+    if models:
+        text += "\n" + _md_table(["model", "sha256"], list(models.values()))
+    (gen / "appendix_data.md").write_text(text, encoding="utf-8")
+    (gen / "appendix_gpu.md").write_text(gpu_estimate(found), encoding="utf-8")
+
+
+def gpu_estimate(found: dict) -> str:
+    """The paper setting's workload in image-gradient steps, timed with our measured per-step throughput.
+
+    CPU seconds per image-step come from our own runs (PGD/CW2 CC divided by the steps per image). The GPU estimate
+    scales the same workload by the follow-up's report that PAT on the ×10 wide ResNet took about 7,000 minutes on a
+    GTX 1080 (200 epochs × 45,000 images × (10 + 1) forward-backward passes), i.e. it assumes that GPU's throughput.
+    """
+    from .models import build
+
+    def params(model, **kw):
+        return sum(p.numel() for p in build(model, **kw).parameters())
+
+    # Forward-backward cost per image relative to ResNet-20 (conv FLOPs scale with width² at fixed resolution).
+    rel = {"mnist_convnet": 0.3, "resnet20": 1.0, "resnet20_x10": 100.0}
+    anchor_steps = 200 * 45_000 * 11 * rel["resnet20_x10"]
+    seconds_per_rel_step = 7000 * 60 / anchor_steps
+    work = [
+        ("CW2, MNIST: 1,000 images × 10 × 10,000 iterations", 1000 * 10 * 10_000 * rel["mnist_convnet"]),
+        ("PGD, ResNet-20: 1,000 × 15 steps", 1000 * 15 * rel["resnet20"]),
+        ("PGD, wide ResNet ×10: 1,000 × 15 steps", 1000 * 15 * rel["resnet20_x10"]),
+        ("raw MNIST ConvNet: 20 epochs × 54,000", 20 * 54_000 * rel["mnist_convnet"]),
+        ("raw ResNet-20: 200 epochs × 45,000", 200 * 45_000 * rel["resnet20"]),
+        ("raw wide ResNet ×10: 200 epochs × 45,000", 200 * 45_000 * rel["resnet20_x10"]),
+        ("NAT, MNIST: 20 epochs × 54,000 × 2 passes", 20 * 54_000 * 2 * rel["mnist_convnet"]),
+        ("PAT, ResNet-20: 200 epochs × 45,000 × (7 + 1)", 200 * 45_000 * 8 * rel["resnet20"]),
+        ("PAT \"ε = 8\", wide ×10: 200 × 45,000 × (10 + 1)", 200 * 45_000 * 11 * rel["resnet20_x10"]),
+        ("PAT ε = 8/255, wide ×10: 200 × 45,000 × (7 + 1)", 200 * 45_000 * 8 * rel["resnet20_x10"]),
+    ]
+    cpu = None
+    r = found.get("pgd_resnet20")
+    if r is not None and r.metrics.get("CC"):
+        cpu = r.metrics["CC"] / r.parameters["steps"]
+    rows, total_gpu, total_cpu = [], 0.0, 0.0
+    for label, steps in work:
+        gpu_h = steps * seconds_per_rel_step / 3600
+        total_gpu += gpu_h
+        cpu_h = None if cpu is None else steps * cpu / 3600
+        total_cpu += cpu_h or 0.0
+        rows.append([label, f"{steps:.3g}", f"{gpu_h:.1f}", NOT_COMPUTED if cpu_h is None else f"{cpu_h:,.0f}"])
+    rows.append(["**total**", "", f"**{total_gpu:.0f}**", NOT_COMPUTED if cpu is None else f"**{total_cpu:,.0f}**"])
+    text = ("The paper setting's work, counted in forward-backward passes of one image through ResNet-20 "
+            "(\"ResNet-20 steps\"; the MNIST ConvNet costs about 0.3 of one, the ×10 wide ResNet about 100, since "
+            "convolution cost grows with the square of the width). "
+            f"The wide ResNet ×10 has {params('resnet20', width=10):,} parameters against ResNet-20's "
+            f"{params('resnet20'):,}.\n\n")
+    text += _md_table(["run", "ResNet-20 steps", "GPU hours (GTX 1080 class)", "CPU hours (our measurement)"], rows)
+    text += ("\nGPU hours assume the throughput implied by the follow-up's report that PAT on the ×10 wide ResNet "
+             f"took about 7,000 minutes on a GTX 1080 ({seconds_per_rel_step * 1e6:.1f} µs per ResNet-20 step). ")
+    if cpu is not None:
+        text += (f"CPU hours use our measured {cpu * 1e3:.2f} ms per ResNet-20 step (PGD's CC divided by its steps, "
+                 f"on {r.provenance.get('device', {}).get('name', '?')}). ")
+    text += ("A current data-centre GPU is several times faster than a GTX 1080; the `paper` profile is meant for "
+             "one.\n")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------- generate
+def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list[str]:
+    """Write every generated page into ``stage/book/generated/`` and the substitutions into ``stage/_config.yml``.
+
+    Returns the ids of the profile's columns that have no result (the caller decides whether that is an error).
+    """
+    from .run import column_fingerprint, executed_notebook
+
+    get_profile(profile)
+    gen = stage / "book" / "generated"
+    figures_dir = gen / "figures"
+    (gen / "columns").mkdir(parents=True, exist_ok=True)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    cols = columns_for(profile)
+    found, fresh, missing = {}, {}, []
+    for col in cols:
+        path = results_mod.result_path(results_dir, profile, col.id)
+        nb = executed_notebook(results_dir, profile, col.id)
+        if not path.exists() or not nb.exists():
+            missing.append(col.id)
+            continue
+        found[col.id] = results_mod.load(path)
+        fresh[col.id] = found[col.id].fingerprint == column_fingerprint(col, profile)
+        shutil.copy2(nb, gen / "columns" / f"{col.id}.ipynb")
+    if missing:
+        return missing
+
+    for table in ("1", "2"):
+        tcols = [c for c in cols if c.table == table]
+        (gen / f"table{table}.md").write_text(_table_page(table, tcols, found, fresh, profile, figures_dir),
+                                              encoding="utf-8")
+    (gen / "corrected.md").write_text(_corrected_page(profile, found, fresh, figures_dir), encoding="utf-8")
+    (gen / "tolerances.md").write_text(_tolerances_page(), encoding="utf-8")
+    (gen / "notebooks.md").write_text(
+        "# Executed notebooks\n\nEvery column of the tables, as papermill executed it under the "
+        f"**{profile}** profile. Each saves one result file under `results/{profile}/`; the tables are generated "
+        "from those files.\n", encoding="utf-8")
+
+    prof = get_profile(profile)
+    subs = {"profile": profile, "profile_description": prof.description,
+            "profile_warning": ("Numbers from this profile are **not meaningful**: it exists to exercise every code "
+                                "path in seconds." if profile == "smoke" else
+                                "Every column lists where this run departs from the published setting."
+                                if profile != "paper" else "This is the papers' own setting.")}
+    _findings_pages(gen, found.get("findings"), subs)
+    _appendix_pages(gen, profile, cols, found)
+    config_path = stage / "_config.yml"
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    config.setdefault("parse", {})["myst_substitutions"] = subs
+    config["title"] = f"{config.get('title', '')} ({profile} profile)"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return []

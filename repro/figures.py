@@ -1,0 +1,182 @@
+"""Plot and table helpers for the notebooks and the book: each returns a matplotlib Figure or a pandas DataFrame.
+
+Nothing here computes a metric; it only formats numbers that :mod:`repro.experiments` measured. Numbers are
+shown in the unit the papers print them in (percent for MR and the accuracies), rounded for display only.
+"""
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from .plan import METRIC_LABELS, PRINTED_UNIT, to_printed_unit
+
+# Amplification of the perturbation in the image grids (a perturbation of 8/255 is invisible at ×1).
+AMPLIFY_TARGET = 0.5
+
+
+def _fmt(metric: str, value) -> str:
+    printed = to_printed_unit(metric, value)
+    if printed is None:
+        return "–"
+    if PRINTED_UNIT.get(metric) == "%":
+        return f"{printed:.2f} %"
+    if abs(printed) >= 100:
+        return f"{printed:.1f}"
+    return f"{printed:.3f}" if metric != "COS" else f"{printed:.4f}"
+
+
+def metrics_table(metrics: dict, *, keys=None):
+    """A one-column DataFrame of ``metrics`` (fractions) formatted as the papers print them; timings excluded."""
+    import pandas as pd
+
+    keys = [k for k in (keys or metrics) if k in metrics and k != "CC"]
+    return pd.DataFrame({"value": [_fmt(k, metrics[k]) for k in keys]},
+                        index=pd.Index([METRIC_LABELS.get(k, k) for k in keys], name="metric"))
+
+
+def parameters_table(params: dict):
+    """The effective parameters as a two-column DataFrame (paths and the device are left out: they vary)."""
+    import pandas as pd
+
+    skip = {"results_dir", "device"}
+    rows = [(k, repr(v)) for k, v in params.items() if k not in skip]
+    return pd.DataFrame(rows, columns=["parameter", "value"]).set_index("parameter")
+
+
+def _to_hwc(img: torch.Tensor) -> np.ndarray:
+    arr = img.detach().cpu().float().numpy()
+    return arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
+
+
+def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, *, n: int = 6, labels=None, adv_labels=None,
+                     title: str = ""):
+    """Clean images, adversarial images and the perturbation amplified to be visible, one column per example.
+
+    Args:
+        x, x_adv: (N, C, H, W) in [0, 1]; the first ``n`` are shown.
+        labels, adv_labels: optional predicted classes to print above the clean / adversarial images.
+
+    Returns:
+        A matplotlib Figure with three rows: clean, adversarial, perturbation × k (k printed in the row label;
+        0.5 is zero perturbation).
+    """
+    n = min(n, len(x))
+    delta = (x_adv[:n] - x[:n]).float()
+    peak = float(delta.abs().max()) if n else 0.0
+    gain = AMPLIFY_TARGET / peak if peak > 0 else 1.0
+    fig, axes = plt.subplots(3, max(n, 1), figsize=(1.6 * max(n, 1), 5.2), squeeze=False)
+    cmap = "gray" if x.shape[1] == 1 else None
+    for i in range(n):
+        for row, img in enumerate((x[i], x_adv[i], (0.5 + gain * delta[i]).clamp(0, 1))):
+            ax = axes[row][i]
+            ax.imshow(_to_hwc(img), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if labels is not None:
+            axes[0][i].set_title(f"class {int(labels[i])}", fontsize=8)
+        if adv_labels is not None:
+            axes[1][i].set_title(f"→ {int(adv_labels[i])}", fontsize=8)
+    axes[0][0].set_ylabel("clean")
+    axes[1][0].set_ylabel("adversarial")
+    axes[2][0].set_ylabel(f"δ × {gain:.3g}")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_bars(rows: list[dict], *, title: str = ""):
+    """Grouped bars, one group per metric: ours, the follow-up's and DeepSec's values, in printed units.
+
+    Args:
+        rows: dicts with ``metric``, ``ours``, ``followup``, ``deepsec`` (fractions or ``None``).
+
+    Metrics on very different scales (PSD in the hundreds, MR in percent) get their own panel each.
+    """
+    rows = [r for r in rows if any(r.get(k) is not None for k in ("ours", "followup", "deepsec"))]
+    n = max(len(rows), 1)
+    cols = min(n, 6)
+    nrows = math.ceil(n / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(2.0 * cols, 2.3 * nrows), squeeze=False)
+    series = (("ours", "ours", "#1f77b4"), ("followup", "follow-up", "#ff7f0e"), ("deepsec", "DeepSec", "#2ca02c"))
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for ax, row in zip(axes.flat, rows):
+        ax.set_visible(True)
+        values = [to_printed_unit(row["metric"], row.get(key)) for key, _, _ in series]
+        for j, ((_, label, colour), v) in enumerate(zip(series, values)):
+            if v is not None:
+                ax.bar(j, v, color=colour, label=label)
+        ax.set_xticks(range(3), ["ours", "f-up", "DS"], fontsize=7)
+        unit = " (%)" if PRINTED_UNIT.get(row["metric"]) == "%" else ""
+        ax.set_title(METRIC_LABELS.get(row["metric"], row["metric"]) + unit, fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for _, _, c in series]
+    fig.legend(handles, [label for _, label, _ in series], loc="lower center", ncol=3, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def accuracy_curves(curves: dict[str, dict], *, title: str = ""):
+    """Accuracy versus ε, one line per model (and per column when several are given).
+
+    Args:
+        curves: label → the dict :func:`repro.experiments.accuracy_vs_eps` returns.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, curve in curves.items():
+        eps = np.asarray(curve["eps"]) * 255
+        for name in [k for k in curve if k not in ("eps", "n", "steps")]:
+            ax.plot(eps, np.asarray(curve[name]) * 100, marker="o", label=f"{label}: {name}" if label else name)
+    ax.axvline(8, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("ε × 255 (PGD run against each model)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def training_history(history: list[dict] | None, *, title: str = ""):
+    """Per-epoch training loss and validation / PGD accuracy from :class:`repro.train.TrainResult` ``history``.
+
+    ``None`` or an empty list (a model not trained here) gives a figure that says so.
+    """
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3))
+    if not history:
+        ax1.text(0.5, 0.5, "no training history (model not trained here)", ha="center", va="center")
+        ax1.set_axis_off()
+        ax2.set_axis_off()
+        return fig
+    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    ax1.plot(epochs, [h.get("loss") for h in history], marker="o")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("training loss")
+    for key, label in (("val_acc", "clean (validation)"), ("pgd_acc", "PGD (validation)")):
+        values = [h.get(key) for h in history]
+        if any(v is not None for v in values):
+            ax2.plot(epochs, [np.nan if v is None else 100 * v for v in values], marker="o", label=label)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("accuracy (%)")
+    ax2.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, path) -> None:
+    """Save ``fig`` as PNG (100 dpi) and close it."""
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)

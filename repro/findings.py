@@ -1,0 +1,224 @@
+"""Evidence for the known problems of the published numbers (SPEC §8), computed on DeepSec's released models.
+
+Each function runs one small experiment and returns JSON-ready numbers; ``notebooks/findings.ipynb`` calls them and
+the book's findings chapter prints them. Fractions throughout, distances in [0, 1] pixel units.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor
+
+from . import data as data_mod
+from .plan import published_value
+
+# The follow-up's literal "ε = 8" PGD (ε_iter 0.875; steps not given, DeepSec's 15) and Madry's intended 8/255
+# with the same number of steps, so that only the budget differs.
+EPS8_SETTINGS = {
+    "eps8": dict(eps=8.0, step_size=0.875, steps=15),
+    "eps8_255": dict(eps=8 / 255, step_size=2 / 255, steps=15),
+}
+# DeepSec's PGD and FGSM evaluation parameters (SPEC §4).
+DEEPSEC_PGD = {"mnist": dict(eps=0.3, step_size=0.05, steps=15), "cifar10": dict(eps=0.1, step_size=0.01, steps=15)}
+DEEPSEC_FGSM = {"mnist": dict(eps=0.3), "cifar10": dict(eps=0.1)}
+
+
+def _attack(name: str, model, cands, params: dict, *, batch_size: int, device, seed: int) -> Tensor:
+    from .attacks import run_attack
+
+    with warnings.catch_warnings():
+        if params.get("eps", 0) >= 1:
+            warnings.simplefilter("ignore", UserWarning)  # the ε ≥ 1 warning is the point of this experiment
+        return run_attack(name, model, cands.x, cands.y, params=params, batch_size=batch_size, device=device,
+                          progress=False, seed=seed).x_adv
+
+
+def _success(model, x_adv: Tensor, y: Tensor, *, batch_size: int, device) -> Tensor:
+    from .metrics import success_mask
+
+    logits = data_mod.predict_logits(model, x_adv, batch_size=batch_size, device=device)
+    return success_mask(logits, y)
+
+
+def eps8_evidence(model, cands, *, batch_size: int, device, seed: int) -> dict:
+    """PGD "ε = 8" versus ε = 8/255 on the same candidates: distortion, saturation and SSIM with both data ranges.
+
+    Returns ``{setting: {"MR", "ALD_Linf", "ALD_L2", "PSD", "ASS_code", "ASS_255", "saturated", ...}}`` where
+    ``saturated`` is the fraction of adversarial pixel values at exactly 0 or 1 (``saturated_clean`` the same
+    for the clean images), all over the successful AEs except MR.
+    """
+    from .metrics import ald, ass, mr, psd
+
+    out = {"n": len(cands.y)}
+    for key, params in EPS8_SETTINGS.items():
+        x_adv = _attack("pgd", model, cands, params, batch_size=batch_size, device=device, seed=seed)
+        ok = _success(model, x_adv, cands.y, batch_size=batch_size, device=device)
+        adv, clean = x_adv[ok], cands.x[ok]
+        out[key] = {
+            "params": params, "MR": mr(ok),
+            "ALD_Linf": ald(cands.x, x_adv, ok, p=math.inf), "ALD_L2": ald(cands.x, x_adv, ok, p=2),
+            "PSD": psd(cands.x, x_adv, ok), "ASS_code": ass(cands.x, x_adv, ok, data_range=2.0),
+            "ASS_255": ass(cands.x, x_adv, ok, data_range=255.0),
+            "saturated": float(((adv == 0) | (adv == 1)).float().mean()) if len(adv) else math.nan,
+            "saturated_clean": float(((clean == 0) | (clean == 1)).float().mean()) if len(clean) else math.nan,
+        }
+    return out
+
+
+def definition_evidence(model, cands, *, dataset: str, batch_size: int, device, seed: int) -> dict:
+    """DeepSec's PGD on ``model``, scored with the code's and the paper's metric definitions, plus the L1 norm.
+
+    Returns ``{"n", "MR", "code": {...}, "paper": {...}, "norms": {"L1", "L2", "Linf"}}``; ``code``/``paper`` hold
+    ALD_L0, ALD_L2, ALD_Linf, PSD and ASS (code: unnormalised ALD, 1 − std PSD, SSIM range 2; paper: ALD divided
+    by ‖x‖_p, 1/std PSD, and the correct SSIM range 255).
+    """
+    from .metrics import ald, ass, mr, psd
+
+    x_adv = _attack("pgd", model, cands, DEEPSEC_PGD[dataset], batch_size=batch_size, device=device, seed=seed)
+    ok = _success(model, x_adv, cands.y, batch_size=batch_size, device=device)
+    delta = (x_adv[ok].double() - cands.x[ok].double()).flatten(1)
+
+    def mean_norm(p):
+        return float(torch.linalg.vector_norm(delta, ord=p, dim=1).mean()) if len(delta) else math.nan
+
+    def scored(normalized: bool, weighting: str, data_range: float) -> dict:
+        return {"ALD_L0": ald(cands.x, x_adv, ok, p=0, normalized=normalized),
+                "ALD_L2": ald(cands.x, x_adv, ok, p=2, normalized=normalized),
+                "ALD_Linf": ald(cands.x, x_adv, ok, p=math.inf, normalized=normalized),
+                "PSD": psd(cands.x, x_adv, ok, weighting=weighting),
+                "ASS": ass(cands.x, x_adv, ok, data_range=data_range)}
+
+    return {"n": len(cands.y), "params": DEEPSEC_PGD[dataset], "MR": mr(ok),
+            "code": scored(False, "one_minus_std", 2.0), "paper": scored(True, "inverse_std", 255.0),
+            "norms": {"L1": mean_norm(1), "L2": mean_norm(2), "Linf": mean_norm(math.inf)}}
+
+
+def logit_shift_evidence(dataset: str, *, n: int, batch_size: int, device, seed: int) -> dict:
+    """FGSM and PGD (DeepSec's parameters) against DeepSec's released model with and without the logit max-shift.
+
+    The two variants compute the same function (same predictions, same candidates); only float32 gradients
+    differ. Returns ``{"n", "fgsm": {"shift", "no_shift"}, "pgd": {...}}`` with MR values.
+    """
+    from .metrics import mr
+    from .models import load_deepsec
+
+    shifted = load_deepsec(dataset, logit_shift=True, map_location=device)
+    plain = load_deepsec(dataset, logit_shift=False, map_location=device)
+    cands = data_mod.candidates(shifted, dataset, n=n, seed=seed, batch_size=batch_size, device=device)
+    out: dict = {"n": len(cands.y), "dataset": dataset}
+    for attack, params in (("fgsm", DEEPSEC_FGSM[dataset]), ("pgd", DEEPSEC_PGD[dataset])):
+        out[attack] = {"params": params}
+        for key, model in (("shift", shifted), ("no_shift", plain)):
+            x_adv = _attack(attack, model, cands, params, batch_size=batch_size, device=device, seed=seed)
+            out[attack][key] = mr(_success(model, x_adv, cands.y, batch_size=batch_size, device=device))
+    return out
+
+
+def pat_arithmetic() -> dict:
+    """The follow-up's PAT "ε = 8" column checked against CAV = ACC defended − ACC raw = CRR − CSR (percent)."""
+    def printed(metric):
+        return published_value("2", "pat_eps8_wide", "follow-up", metric).printed
+
+    raw, defended, cav, crr, csr = (printed(m) for m in ("ACC_raw", "ACC_defended", "CAV", "CRR", "CSR"))
+    return {"ACC_raw": raw, "ACC_defended": defended, "CAV": cav, "CRR": crr, "CSR": csr,
+            "defended_minus_raw": round(defended - raw, 2), "crr_minus_csr": round(crr - csr, 2),
+            "implied_defended": round(raw + cav, 2), "text_defended": 40.06}
+
+
+def headline(evidence: dict) -> dict:
+    """The few numbers the book quotes in its text, flattened (fractions)."""
+    eps8, shift = evidence["eps8"], evidence["logit_shift"]
+    return {
+        "eps8_MR": eps8["eps8"]["MR"], "eps8_ALD_Linf": eps8["eps8"]["ALD_Linf"],
+        "eps8_ASS_code": eps8["eps8"]["ASS_code"], "eps8_ASS_255": eps8["eps8"]["ASS_255"],
+        "eps8_saturated": eps8["eps8"]["saturated"],
+        "eps8_255_ASS_code": eps8["eps8_255"]["ASS_code"], "eps8_255_ASS_255": eps8["eps8_255"]["ASS_255"],
+        "fgsm_MR_shift": shift["fgsm"]["shift"], "fgsm_MR_no_shift": shift["fgsm"]["no_shift"],
+        "pgd_MR_shift": shift["pgd"]["shift"], "pgd_MR_no_shift": shift["pgd"]["no_shift"],
+    }
+
+
+def _f(value, digits=3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "∞" if value == math.inf else "–"
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.000"
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
+    """The findings as small tables (header row first, strings), for the notebook and the book alike."""
+    eps8 = evidence["eps8"]
+    tables = {"eps8": [["", "ε = 8, step 0.875 (follow-up)", "ε = 8/255, step 2/255 (Madry)",
+                        "follow-up's \"ε = 8\" column"]]}
+    published = {m: published_value("1", "pgd_eps8_wide", "follow-up", m) for m in
+                 ("MR", "ALD_Linf", "ALD_L2", "PSD", "ASS")}
+    rows = (("MR", "MR", _pct), ("L∞ (ALD)", "ALD_Linf", _f), ("L2 (ALD)", "ALD_L2", _f), ("PSD", "PSD", _f),
+            ("ASS, data range 2 (DeepSec's code)", "ASS_code", _f), ("ASS, data range 255 (correct)", "ASS_255", _f),
+            ("pixel values at exactly 0 or 1", "saturated", _pct))
+    for label, key, fmt in rows:
+        pub_key = "ASS" if key == "ASS_code" else key
+        pub = published.get(pub_key)
+        pub_text = "–" if pub is None or key == "ASS_255" else (f"{pub.printed:g} %" if pub.unit == "%" else
+                                                                f"{pub.printed:.3f}")
+        tables["eps8"].append([label, fmt(eps8["eps8"][key]), fmt(eps8["eps8_255"][key]), pub_text])
+    clean = eps8["eps8"]["saturated_clean"]
+    tables["eps8"].append(["(clean images: values at 0 or 1)", _pct(clean), _pct(eps8["eps8_255"]["saturated_clean"]),
+                           "–"])
+
+    cifar = evidence["definitions"]["cifar10"]
+    pub_l1 = published_value("1", "pgd_resnet20", "follow-up", "ALD_L2")
+    pub_l2 = published_value("1", "pgd_resnet20", "follow-up", "ALD_Linf")
+    tables["norms"] = [["norm of the perturbation", "ours (mean over successful AEs)", "follow-up's row"],
+                       ["L1", _f(cifar["norms"]["L1"], 1), "–"],
+                       ["L2", _f(cifar["norms"]["L2"]), f"\"L1\": {pub_l1.printed:.3f}"],
+                       ["L∞", _f(cifar["norms"]["Linf"]), f"\"L2\": {pub_l2.printed:.3f}"]]
+
+    defs = [["metric", "MNIST: code", "MNIST: paper", "CIFAR-10: code", "CIFAR-10: paper"]]
+    mnist = evidence["definitions"]["mnist"]
+    labels = {"ALD_L0": "ALD L0 (code: per element / C·H·W; paper: / ‖x‖₀)",
+              "ALD_L2": "ALD L2 (code: raw; paper: / ‖x‖₂)",
+              "ALD_Linf": "ALD L∞ (code: raw; paper: / ‖x‖∞)",
+              "PSD": "PSD (code: 1 − std; paper: 1/std)", "ASS": "ASS (code: data range 2; correct: 255)"}
+    for key, label in labels.items():
+        defs.append([label, _f(mnist["code"][key]), _f(mnist["paper"][key]), _f(cifar["code"][key]),
+                     _f(cifar["paper"][key])])
+    tables["definitions"] = defs
+
+    shift = evidence["logit_shift"]
+    tables["shift"] = [["attack (DeepSec's MNIST parameters)", "MR with the shift (DeepSec's code)",
+                        "MR without the shift"],
+                       ["FGSM ε = 0.3", _pct(shift["fgsm"]["shift"]), _pct(shift["fgsm"]["no_shift"])],
+                       ["PGD ε = 0.3, step 0.05, 15 steps", _pct(shift["pgd"]["shift"]),
+                        _pct(shift["pgd"]["no_shift"])]]
+
+    pat = evidence["pat_arithmetic"]
+    tables["pat"] = [["quantity", "value (%)"],
+                     ["ACC raw (printed)", f"{pat['ACC_raw']:.2f}"],
+                     ["ACC defended (printed)", f"{pat['ACC_defended']:.2f}"],
+                     ["CAV (printed)", f"{pat['CAV']:.2f}"],
+                     ["ACC defended − ACC raw", f"{pat['defended_minus_raw']:.2f}"],
+                     ["CRR − CSR", f"{pat['crr_minus_csr']:.2f}"],
+                     ["ACC raw + CAV (implied ACC defended)", f"{pat['implied_defended']:.2f}"],
+                     ["ACC defended in the follow-up's text", f"{pat['text_defended']:.2f}"]]
+    return tables
+
+
+def as_markdown(table: list[list[str]]) -> str:
+    """A table from :func:`evidence_tables` as a Markdown pipe table."""
+    def row(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([row(table[0]), row(["---"] * len(table[0]))] + [row(r) for r in table[1:]]) + "\n"
+
+
+def as_dataframe(table: list[list[str]]):
+    """A table from :func:`evidence_tables` as a pandas DataFrame (for notebooks)."""
+    import pandas as pd
+
+    return pd.DataFrame(table[1:], columns=table[0]).set_index(table[0][0])

@@ -1,0 +1,107 @@
+"""The book: comparison logic on hand-made results, and the smoke book built end to end with jupyter-book."""
+from __future__ import annotations
+
+import re
+import shutil
+from html.parser import HTMLParser
+
+import pytest
+
+from repro import book, plan, results
+from repro.run import build_book, run_plan
+
+from .conftest import needs_deepsec
+
+NUMBER = re.compile(r"^[+−-]?\d+(\.\d+)?( [✓✗])?$")
+
+
+def _result(column: str, metrics: dict) -> results.Result:
+    return results.Result(column=column, kind="attack", notebook="pgd.ipynb", profile="quick", parameters={},
+                          metrics=metrics)
+
+
+def test_comparison_marks_within_and_outside_tolerance():
+    col = plan.column("pgd_resnet20")
+    rows = {r["metric"]: r for r in book.comparison_rows(col, _result(col.id, {"MR": 0.99, "ALD_Linf": 0.2}))}
+    assert rows["MR"]["followup"] == pytest.approx(1.0) and rows["MR"]["ok_followup"] is True
+    assert rows["MR"]["d_followup"] == pytest.approx(-0.01)
+    assert rows["ALD_Linf"]["ok_followup"] is False and rows["ALD_Linf"]["ok_deepsec"] is False
+    assert rows["ASS"]["ours"] is None and rows["ASS"]["ok_followup"] is None  # not computed: no mark
+    assert rows["RIC"]["followup"] is None  # not in the published table
+
+
+def test_comparison_for_defences_uses_percent_points():
+    col = plan.column("nat_mnist")
+    rows = {r["metric"]: r for r in book.comparison_rows(col, _result(col.id, {"ACC_raw": 0.9935, "CAV": 0.05}))}
+    assert rows["ACC_raw"]["ok_followup"] is True  # 99.35 vs 99.36 %
+    assert rows["CAV"]["ok_followup"] is False  # 5 % vs −0.09 %
+    assert book._fmt("CAV", -0.0009) == "-0.09"
+
+
+def test_gpu_estimate_without_measurements():
+    text = book.gpu_estimate({})
+    assert "total" in text and "7,000 minutes" in text
+
+
+class _Tables(HTMLParser):
+    """Collects every <table> of a page as rows of cell texts."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self._cell = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append(" ".join(self._cell.split()))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+@pytest.mark.slow
+@needs_deepsec
+def test_smoke_book_builds_with_both_tables(tmp_path):
+    """Build the smoke book from the committed smoke results (re-running only stale columns) into a temporary
+    folder, and check that each table's overview shows a number in every cell we computed."""
+    results_dir = tmp_path / "results"
+    committed = results.repo_root() / "results" / "smoke"
+    if committed.exists():
+        shutil.copytree(committed, results_dir / "smoke")
+    run_plan("smoke", results_dir=str(results_dir), device="cpu", log=lambda *a: None)
+    html = build_book("smoke", results_dir=str(results_dir), output=tmp_path, log=lambda *a: None)
+    assert (html / "index.html").exists()
+    found = results.load_profile(results_dir, "smoke")
+    for table, metrics in (("1", plan.ATTACK_METRICS), ("2", plan.DEFENCE_METRICS)):
+        page = (html / "book" / "generated" / f"table{table}.html").read_text(encoding="utf-8")
+        assert f"Table {table}" in page
+        parser = _Tables()
+        parser.feed(page)
+        overview = parser.tables[0]
+        header = overview[0]
+        cols = [c for c in plan.PLAN if c.table == table]
+        assert len(overview) == 1 + len(metrics)
+        for col in cols:
+            j = header.index(f"{col.id}: ours")
+            for i, metric in enumerate(metrics, start=1):
+                value = found[col.id].metrics.get(metric)
+                cell = overview[i][j]
+                if value is not None:
+                    assert NUMBER.match(cell), f"table {table}, {col.id}, {metric}: {cell!r} is not a number"
+                # the published columns are filled wherever the paper printed a number
+                pub = plan.published_value(table, col.compare_with, "follow-up", metric)
+                if pub is not None:
+                    followup = overview[i][j + 1].split(" / ")[0]
+                    assert NUMBER.match(followup), (col.id, metric, overview[i][j + 1])
+    for page in ("book/intro.html", "book/findings.html", "book/appendix.html", "book/generated/corrected.html",
+                 "book/generated/columns/findings.html"):
+        assert (html / page).exists(), page

@@ -1,0 +1,152 @@
+"""The plan of columns, the published numbers and the notebooks' parameter validation agree with each other."""
+from __future__ import annotations
+
+import ast
+import json
+
+import pytest
+
+from repro import experiments, plan
+from repro.profiles import PROFILES, get_profile
+from repro.results import repo_root
+
+NOTEBOOK_KIND = {"cw2.ipynb": "cw2", "pgd.ipynb": "pgd", "nat.ipynb": "nat", "pat.ipynb": "pat",
+                 "findings.ipynb": "findings"}
+
+
+def _parameters_cell(notebook: str) -> dict:
+    nb = json.loads((repo_root() / "notebooks" / notebook).read_text())
+    cells = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    assert len(cells) == 1, f"{notebook} must have exactly one cell tagged 'parameters'"
+    tree = ast.parse("".join(cells[0]["source"]))
+    values = {}
+    for node in tree.body:
+        assert isinstance(node, ast.Assign), f"{notebook}: the parameters cell holds assignments only"
+        values[node.targets[0].id] = ast.literal_eval(node.value)  # literals only (STYLE rule 9)
+    return values
+
+
+def test_column_ids_are_unique_and_notebooks_exist():
+    assert len({c.id for c in plan.PLAN}) == len(plan.PLAN)
+    for col in plan.PLAN:
+        assert (repo_root() / "notebooks" / col.notebook).exists(), col.notebook
+
+
+@pytest.mark.parametrize("col", plan.PLAN, ids=lambda c: c.id)
+def test_notebook_declares_every_parameter_the_pipeline_passes(col):
+    declared = _parameters_cell(col.notebook)
+    for profile in col.profiles:
+        passed = set(col.parameters_for(profile)) | {"column", "results_dir", "device"}
+        assert passed <= set(declared), f"{col.notebook} lacks {sorted(passed - set(declared))}"
+
+
+@pytest.mark.parametrize("col", plan.PLAN, ids=lambda c: c.id)
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_every_column_resolves_under_every_profile(col, profile):
+    params = {**_parameters_cell(col.notebook), **col.parameters_for(profile), "column": col.id, "device": "cpu"}
+    effective = experiments.resolve(NOTEBOOK_KIND[col.notebook], **params)
+    assert effective["profile"] == profile
+    assert all(v is not None for k, v in effective.items() if k in ("n_samples", "batch_size", "steps",
+                                                                      "binary_search_steps", "max_iterations"))
+
+
+def test_validation_fails_with_clear_messages():
+    base = {**_parameters_cell("pgd.ipynb"), "device": "cpu"}
+    with pytest.raises(experiments.ParameterError, match="mnist model but dataset is 'cifar10'"):
+        experiments.resolve("pgd", **{**base, "model": "mnist_convnet"})
+    with pytest.raises(experiments.ParameterError, match="eps must be >= 0"):
+        experiments.resolve("pgd", **{**base, "eps": -0.1})
+    with pytest.raises(experiments.ParameterError, match="unknown profile 'fast'"):
+        experiments.resolve("pgd", **{**base, "profile": "fast"})
+    with pytest.raises(experiments.ParameterError, match="steps must be an integer >= 1"):
+        experiments.resolve("pgd", **{**base, "steps": 0})
+    with pytest.raises(experiments.ParameterError, match="same parameter"):
+        experiments.resolve("pgd", **{**base, "eps_iter": 0.5, "step_size": 0.01})
+    with pytest.raises(experiments.ParameterError, match="unknown model"):
+        experiments.resolve("pgd", **{**base, "model": "vgg16"})
+
+
+def test_eps_iter_is_step_size_and_eps_8_is_allowed_with_a_note():
+    base = {**_parameters_cell("pgd.ipynb"), "device": "cpu"}
+    p = experiments.resolve("pgd", **{**base, "eps": 8, "eps_iter": 0.875, "step_size": None})
+    assert p["step_size"] == 0.875 and "eps_iter" not in p
+    assert "box" in p["note"]
+
+
+def test_budgets_come_from_the_profile_unless_given():
+    base = {**_parameters_cell("cw2.ipynb"), "device": "cpu"}
+    p = experiments.resolve("cw2", **{**base, "profile": "quick"})
+    quick = get_profile("quick")
+    assert (p["n_samples"], p["binary_search_steps"], p["max_iterations"]) == (
+        quick.cw2_n_candidates, quick.cw2_binary_search_steps, quick.cw2_max_iterations)
+    assert experiments.resolve("pgd", **{**_parameters_cell("pgd.ipynb"), "device": "cpu"})["n_samples"] == \
+        get_profile("quick").n_candidates
+    p = experiments.resolve("cw2", **{**base, "profile": "quick", "n_samples": 3, "max_iterations": 7})
+    assert (p["n_samples"], p["max_iterations"]) == (3, 7)
+
+
+def test_compared_columns_exist_in_the_published_tables():
+    for col in plan.PLAN:
+        if col.compare_with is not None:
+            assert any(r.column == col.compare_with for r in plan.published(col.table)), col.id
+
+
+@pytest.mark.parametrize("table", ["1", "2"])
+def test_published_rows_are_complete_and_converted(table):
+    rows = plan.published(table)
+    metrics = plan.ATTACK_METRICS if table == "1" else plan.DEFENCE_METRICS
+    for row in rows:
+        assert row.metric in metrics and row.source in ("follow-up", "deepsec")
+        assert row.value == pytest.approx(row.printed / 100 if row.unit == "%" else row.printed)
+    # each published column has every metric the paper printed for it, once
+    for column in {r.column for r in rows}:
+        for source in {r.source for r in rows if r.column == column}:
+            got = [r.metric for r in rows if (r.column, r.source) == (column, source)]
+            assert len(got) == len(set(got))
+            assert set(got) == set(metrics) - {"RIC"}
+
+
+def test_mislabelled_rows_are_corrected_and_say_so():
+    rows = plan.published("1")
+    for row in rows:
+        if row.printed_metric == "L1":
+            assert row.metric == "ALD_L2" and "L2" in row.correction
+        if row.printed_metric == "L2":
+            assert row.metric == "ALD_Linf" and "L∞" in row.correction
+        if row.printed_metric == "ACTA":
+            assert row.metric == "ACTC" and "ACTC" in row.correction
+    pgd = [r for r in rows if r.column == "pgd_resnet20" and r.source == "follow-up"]
+    assert all("0.1" in r.correction for r in pgd)
+    assert plan.published_value("1", "pgd_resnet20", "follow-up", "ALD_Linf").value == pytest.approx(0.1)
+    pat = [r for r in plan.published("2") if r.column == "pat_resnet20" and r.source == "follow-up"]
+    assert all("8/255" in r.correction for r in pat)
+
+
+def test_pat_eps8_arithmetic_is_inconsistent_as_published():
+    get = lambda m: plan.published_value("2", "pat_eps8_wide", "follow-up", m).printed  # noqa: E731
+    assert get("CRR") - get("CSR") == pytest.approx(get("CAV"))
+    assert get("ACC_raw") + get("CAV") == pytest.approx(44.40)
+    assert get("ACC_defended") != pytest.approx(44.40)
+
+
+def test_departures_follow_the_profile():
+    cw2 = plan.column("cw2_mnist")
+    quick = plan.departures(cw2, "quick")
+    assert any("10,000" in d for d in quick) and any("released checkpoint" in d for d in quick)
+    assert plan.departures(cw2, "paper") == []
+    pat = plan.departures(plan.column("pat_eps8_wide"), "quick")
+    assert any("fine-tuned" in d for d in pat) and any("×2" in d for d in pat)
+    assert not any("fine-tuned" in d for d in plan.departures(plan.column("pat_eps8_wide"), "paper"))
+
+
+def test_tolerance_semantics():
+    tol = plan.Tolerance(abs=0.01, rel=0.2)
+    assert tol.within(1.19, 1.0) and not tol.within(1.21, 1.0)
+    assert tol.within(0.009, 0.0) and not tol.within(0.02, 0.0)
+    assert set(plan.TOLERANCES) == set(plan.ATTACK_METRICS) | set(plan.DEFENCE_METRICS)
+
+
+def test_printed_units():
+    assert plan.to_printed_unit("MR", 0.998) == pytest.approx(99.8)
+    assert plan.to_printed_unit("ASS", 0.5) == 0.5
+    assert plan.to_printed_unit("CAV", None) is None

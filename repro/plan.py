@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 
 from .profiles import Profile, get_profile
@@ -271,10 +272,18 @@ class Published:
     note: str
 
 
-def published(table: str) -> list[Published]:
-    """The published numbers of Table ``table`` ("1" or "2"), as printed plus converted to fractions."""
+def published(table: str) -> tuple[Published, ...]:
+    """The published numbers of Table ``table`` ("1" or "2"), as printed plus converted to fractions.
+
+    The CSV is read once per table (the book looks up every cell of every column).
+    """
     if table not in ("1", "2"):
         raise ValueError(f"unknown table {table!r}; allowed: '1', '2'")
+    return _read_published(table)
+
+
+@lru_cache(maxsize=None)
+def _read_published(table: str) -> tuple[Published, ...]:
     text = resources.files("repro").joinpath("published", f"table{table}.csv").read_text(encoding="utf-8")
     rows = []
     for row in csv.DictReader(text.splitlines()):
@@ -285,15 +294,17 @@ def published(table: str) -> list[Published]:
         rows.append(Published(column=row["column"], source=row["source"], metric=row["metric"], value=value,
                               printed=printed, unit=row["unit"], printed_column=row["printed_column"],
                               printed_metric=row["printed_metric"], correction=row["correction"], note=row["note"]))
-    return rows
+    return tuple(rows)
+
+
+@lru_cache(maxsize=None)
+def _published_index(table: str) -> dict[tuple[str, str, str], Published]:
+    return {(row.column, row.source, row.metric): row for row in published(table)}
 
 
 def published_value(table: str, column_id: str, source: str, metric: str) -> Published | None:
     """The published entry for (column, source, metric), or ``None`` when that paper has no such number."""
-    for row in published(table):
-        if (row.column, row.source, row.metric) == (column_id, source, metric):
-            return row
-    return None
+    return _published_index(table).get((column_id, source, metric))
 
 
 def to_printed_unit(metric: str, value: float | None) -> float | None:

@@ -244,23 +244,28 @@ def candidates(
     root: str | Path | None = None,
     batch_size: int = 500,
     device=None,
+    allow_fewer: bool = False,
 ) -> Candidates:
     """Select ``n`` clean candidates as DeepSec does (SPEC §3).
 
     The test split is classified by ``model`` (in whatever mode the caller set; use ``eval()``); the correctly
     classified indices are listed in test order and ``random.Random(seed).sample`` picks ``n`` of them. Each gets a
-    target drawn uniformly from the 9 wrong classes and the model's least-likely class.
+    target drawn uniformly from the 9 wrong classes and the model's least-likely class. With ``allow_fewer`` (for a
+    partial copy of the data) every correctly classified image is selected when there are fewer than ``n``.
 
     Raises:
-        ValueError: ``n`` < 1, or fewer than ``n`` test images are classified correctly.
+        ValueError: ``n`` < 1, or fewer than ``n`` test images are classified correctly (without ``allow_fewer``).
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     x, y = load(dataset, split="test", root=root)
     logits = predict_logits(model, x, batch_size=batch_size, device=device)
     correct = torch.nonzero(logits.argmax(1) == y).flatten().tolist()
-    if len(correct) < n:
-        raise ValueError(f"asked for n={n} candidates but the model classifies only {len(correct)} of {len(y)} "
+    requested = n
+    if len(correct) < n and allow_fewer:
+        n = len(correct)
+    if len(correct) < n or n == 0:
+        raise ValueError(f"asked for n={requested} candidates but the model classifies only {len(correct)} of {len(y)} "
                          f"{dataset} test images correctly")
     rng = random.Random(seed)
     chosen = torch.tensor(sorted(rng.sample(correct, n)), dtype=torch.int64)

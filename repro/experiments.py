@@ -306,15 +306,12 @@ def candidates(ctx: Context, model: torch.nn.Module) -> data_mod.Candidates:
     """
     p = ctx.params
     n = p["n_samples"]
-    x_test, y_test = data_mod.load(p["dataset"], split="test")
-    logits = data_mod.predict_logits(model, x_test, batch_size=p["batch_size"], device=ctx.device)
-    n_correct = int((logits.argmax(1) == y_test).sum())
-    if n > n_correct and not ctx.data["datasets"][p["dataset"]]["official"]:
-        ctx.departures.append(f"{n_correct:,} candidates attacked instead of {n:,}: the model classifies only "
-                              f"{n_correct:,} of the {len(y_test):,} test images of the partial copy correctly")
-        p["n_samples_requested"], p["n_samples"] = n, n_correct
-    cands = data_mod.candidates(model, p["dataset"], n=p["n_samples"], seed=p["seed"], batch_size=p["batch_size"],
-                                device=ctx.device)
+    cands = data_mod.candidates(model, p["dataset"], n=n, seed=p["seed"], batch_size=p["batch_size"],
+                                device=ctx.device, allow_fewer=not ctx.data["datasets"][p["dataset"]]["official"])
+    if len(cands.y) < n:
+        ctx.departures.append(f"{len(cands.y):,} candidates attacked instead of {n:,}: the model classifies only "
+                              f"{cands.n_correct:,} of the {cands.n_test:,} test images of the partial copy correctly")
+        p["n_samples_requested"], p["n_samples"] = n, len(cands.y)
     ctx.data["candidates"] = {"n": len(cands.y), "n_correct": cands.n_correct, "n_test": cands.n_test,
                               "raw_accuracy": cands.n_correct / cands.n_test}
     return cands

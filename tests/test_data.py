@@ -122,3 +122,7 @@ def test_candidates_follow_deepsec(deepsec_mnist):
 def test_candidates_reject_more_than_correct(deepsec_cifar10):
     with pytest.raises(ValueError, match="classifies only"):
         candidates(deepsec_cifar10, "cifar10", n=5000)
+    # A partial copy may allow fewer: then every correctly classified image is a candidate, in test order.
+    fewer = candidates(deepsec_cifar10, "cifar10", n=5000, allow_fewer=True)
+    assert len(fewer.y) == fewer.n_correct < 5000 and fewer.index.tolist() == sorted(fewer.index.tolist())
+    assert (deepsec_cifar10(fewer.x).argmax(1) == fewer.y).all()

@@ -338,7 +338,9 @@ def attack(ctx: Context, model: torch.nn.Module, cands: data_mod.Candidates):
             warnings.simplefilter("ignore", UserWarning)
         run = run_attack(name, model, cands.x, labels, params=params, batch_size=p["batch_size"],
                          device=ctx.device, progress=False, seed=p["seed"])
-    ctx.notes.append(f"attack ran on {run.device}")
+    prepared = [what for what, on in (("BatchNorm folded into the convolutions", run.options["fold_batchnorm"]),
+                                      ("channels-last tensors", run.options["channels_last"])) if on]
+    ctx.notes.append(f"attack ran on {run.device}" + (f", with {' and '.join(prepared)}" if prepared else ""))
     return run
 
 

@@ -46,3 +46,15 @@ def deepsec_mnist():
 def deepsec_cifar10():
     from repro.models import load_deepsec
     return load_deepsec("cifar10")
+
+
+def random_bn_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    """Give every BatchNorm2d non-trivial running statistics and affine parameters; returns the model in eval()."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval()

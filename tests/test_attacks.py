@@ -11,7 +11,9 @@ from torch import nn
 from repro.attacks import (ATTACKS, CONFIGS, TARGETED, bim, cw2, cw_margin, fgsm, get_config, illc, labels_field, llc,
                            pgd, run_attack)
 
-from .conftest import needs_deepsec
+from repro.data import load
+
+from .conftest import needs_deepsec, random_bn_statistics
 
 N, SIDE, CLASSES = 16, 8, 10
 EPS = 0.1
@@ -143,14 +145,67 @@ def test_runner_seed_reproducible_and_cuda_options_refused_on_cpu():
         run_attack("pdg", model, x, y, params=params, progress=False)
 
 
-def test_runner_channels_last_on_cpu_matches_and_restores_layout():
-    model = tiny_convnet().eval()
+def test_runner_attacks_a_folded_channels_last_copy_and_leaves_the_model_alone():
+    model = random_bn_statistics(tiny_convnet())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = batch(64)
+    params = dict(eps=EPS, step_size=0.03, steps=1, random_start=False)
+    exact = run_attack("pgd", model, x, y, params=params, progress=False, fold_batchnorm=False, channels_last=False)
+    fast = run_attack("pgd", model, x, y, params=params, progress=False)
+    assert exact.options == dict(autocast_bf16=False, channels_last=False, fold_batchnorm=False)
+    assert fast.options == dict(autocast_bf16=False, channels_last=True, fold_batchnorm=True)
+    assert torch.equal(exact.x_adv, pgd(model, x, y, **params))
+    # The same function up to float32 rounding: a sign flips only where a gradient component is within rounding of 0.
+    assert (fast.x_adv != exact.x_adv).float().mean() < 1e-3 and fast.x_adv.is_contiguous()
+    assert (fast.x_adv - x).abs().max() <= EPS + TOL
+    assert not model.training and all(p.is_contiguous() and p.requires_grad and p.grad is None
+                                      for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_runner_folding_follows_the_mode_and_says_why_it_cannot_fold():
     x, y = batch()
-    params = SMALL["pgd"]
-    plain = run_attack("pgd", model, x, y, params=params, batch_size=5, progress=False, seed=3)
-    fast = run_attack("pgd", model, x, y, params=params, batch_size=5, progress=False, seed=3, channels_last=True)
-    assert torch.allclose(plain.x_adv, fast.x_adv, atol=1e-6) and fast.x_adv.is_contiguous()
-    assert all(p.is_contiguous() for p in model.parameters()), "the model's memory layout is restored"
+    params = SMALL["fgsm"]
+    training = tiny_convnet().train()
+    assert run_attack("fgsm", training, x, y, params=params, progress=False).options["fold_batchnorm"] is False
+    assert training.training
+    with pytest.raises(ValueError, match="eval"):
+        run_attack("fgsm", training, x, y, params=params, progress=False, fold_batchnorm=True)
+
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_convnet()
+
+        def forward(self, x):
+            return self.net(x) if x.shape[0] > 0 else x
+
+    model = Untraceable().eval()
+    with pytest.warns(UserWarning, match="without BatchNorm folding"):
+        run = run_attack("fgsm", model, x, y, params=params, progress=False)
+    assert run.options["fold_batchnorm"] is False and torch.equal(run.x_adv, fgsm(model, x, y, **params))
+    with pytest.raises(ValueError, match="cannot trace Untraceable"):
+        run_attack("fgsm", model, x, y, params=params, progress=False, fold_batchnorm=True)
+    flat = nn.Sequential(nn.Linear(SIDE * SIDE, CLASSES)).eval()
+    run = run_attack("fgsm", flat, x.flatten(1), y, params=params, progress=False)
+    assert run.options == dict(autocast_bf16=False, channels_last=False, fold_batchnorm=False)
+    with pytest.raises(ValueError, match="channels_last needs NCHW"):
+        run_attack("fgsm", flat, x.flatten(1), y, params=params, progress=False, channels_last=True)
+
+
+@needs_deepsec
+def test_folded_channels_last_pgd_gives_deepsec_resnet_the_same_metrics(deepsec_cifar10):
+    # Iterated sign steps amplify rounding: after 15 steps many pixels differ, but not MR or the mean distortion.
+    x, y = load("cifar10", split="test", n=200)
+    params = get_config("pgd", "deepsec_cifar10")
+    exact = run_attack("pgd", deepsec_cifar10, x, y, params=params, batch_size=100, progress=False, seed=0,
+                       fold_batchnorm=False, channels_last=False)
+    fast = run_attack("pgd", deepsec_cifar10, x, y, params=params, batch_size=100, progress=False, seed=0)
+    assert fast.options["fold_batchnorm"] and fast.options["channels_last"]
+    assert misclassified(deepsec_cifar10, fast.x_adv, y).sum() == misclassified(deepsec_cifar10, exact.x_adv, y).sum()
+    l2 = [float((run.x_adv - x).flatten(1).norm(dim=1).mean()) for run in (exact, fast)]
+    assert l2[1] == pytest.approx(l2[0], rel=0.01)
+    assert (fast.x_adv - x).abs().max() <= params["eps"] + TOL
 
 
 # ------------------------------------------------------------------------------------ one step, linear model

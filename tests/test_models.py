@@ -5,12 +5,13 @@ import shutil
 
 import pytest
 import torch
+from torch import nn
 
 from repro import models
 from repro.data import load, predict_logits
-from repro.models import ChecksumError, build, load_deepsec
+from repro.models import ChecksumError, build, fold_batchnorm, load_deepsec, resnet20, wide_resnet
 
-from .conftest import needs_cifar10, needs_deepsec, needs_mnist
+from .conftest import needs_cifar10, needs_deepsec, needs_mnist, random_bn_statistics
 
 
 def n_params(model):
@@ -124,3 +125,66 @@ def test_missing_checkpoint_offline_names_the_places(tmp_path, monkeypatch):
 def test_unknown_deepsec_dataset():
     with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
         load_deepsec("svhn")
+
+
+# ---------------------------------------------------------------------------------------------- BN folding
+def test_fold_batchnorm_same_function_no_bn_left_original_untouched():
+    model = random_bn_statistics(resnet20())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert not folded.training and not any(p.requires_grad for p in folded.parameters())
+    x = torch.rand(8, 3, 32, 32)
+    with torch.no_grad():
+        expected, got = model(x), folded(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert sum(isinstance(m, nn.Conv2d) for m in folded.modules()) == sum(
+        isinstance(m, nn.Conv2d) for m in model.modules())
+    assert not model.training and all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_fold_batchnorm_leaves_bn_that_does_not_follow_a_conv_alone():
+    # Pre-activation BN (after a ReLU or an addition) is not an affine map of a conv's output alone.
+    model = random_bn_statistics(wide_resnet(depth=10, widen_factor=1))
+    folded = fold_batchnorm(model)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    # Each block's second BN follows its first conv (folded); the pre-activation BNs stay.
+    assert 0 < sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) < n_bn
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_fold_batchnorm_skips_a_shared_conv_and_a_conv_with_two_users():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.bn2 = nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return (self.bn(h) + h + self.bn2(self.conv(x))).flatten(1)
+
+    model = random_bn_statistics(Shared())
+    folded = fold_batchnorm(model)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == 2
+    x = torch.rand(3, 1, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x))
+
+
+def test_fold_batchnorm_refuses_training_mode_and_untraceable_models():
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(resnet20().train())
+
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)).flatten(1) if x.sum() > 0 else x.flatten(1)
+
+    with pytest.raises(ValueError, match="cannot trace DataDependent"):
+        fold_batchnorm(DataDependent().eval())

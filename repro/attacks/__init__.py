@@ -15,7 +15,7 @@ from .fgsm import FGSM_CONFIGS, fgsm
 from .illc import ILLC_CONFIGS, illc
 from .llc import LLC_CONFIGS, llc
 from .pgd import PGD_CONFIGS, pgd
-from .runner import AttackRun, run_attack
+from .runner import AttackRun, prepare_model, run_attack
 
 ATTACKS: dict[str, Callable] = {"fgsm": fgsm, "llc": llc, "bim": bim, "illc": illc, "pgd": pgd, "cw2": cw2}
 
@@ -54,7 +54,8 @@ def get_config(attack: str, name: str) -> dict:
 
 
 __all__ = [
-    "ATTACKS", "CONFIGS", "TARGETED", "AttackRun", "labels_field", "get_config", "run_attack", "cw_margin",
+    "ATTACKS", "CONFIGS", "TARGETED", "AttackRun", "labels_field", "get_config", "prepare_model", "run_attack",
+    "cw_margin",
     "fgsm", "llc", "bim", "illc", "pgd", "cw2",
     "FGSM_CONFIGS", "LLC_CONFIGS", "BIM_CONFIGS", "ILLC_CONFIGS", "PGD_CONFIGS", "CW2_CONFIGS",
 ]

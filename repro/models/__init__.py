@@ -15,6 +15,7 @@ from torch import nn
 
 from .._io import atomic_file, sha256_file
 from ..data import data_root
+from .fold import fold_batchnorm, has_batchnorm
 from .mnist_convnet import MNISTConvNet, mnist_convnet
 from .resnet import ResNet, resnet20
 from .wide_resnet import WideResNet, wide_resnet
@@ -132,5 +133,6 @@ def load_deepsec(dataset: str, *, logit_shift: bool = True, map_location: str | 
 
 __all__ = [
     "MODELS", "build", "load_deepsec", "deepsec_checkpoint", "cache_dir", "verify_sha256", "ChecksumError",
-    "MNISTConvNet", "ResNet", "WideResNet", "mnist_convnet", "resnet20", "wide_resnet",
+    "MNISTConvNet", "ResNet", "WideResNet", "mnist_convnet", "resnet20", "wide_resnet", "fold_batchnorm",
+    "has_batchnorm",
 ]

@@ -106,6 +106,8 @@ def _column_section(col: Column, result: results_mod.Result | None, profile: str
     out.append(f"**Model:** {col.model_label}. **Executed notebook:** [{col.id}](columns/{col.id}.ipynb). "
                f"**Computed** {result.created} on {device.get('name', '?')} ({device.get('device', '?')}) in "
                f"{prov.get('wall_time_s', float('nan')):.0f} s, code {commit}.\n")
+    if prov.get("notes"):
+        out.append("**How it ran:** " + "; ".join(prov["notes"]) + ".\n")
     if not fresh:
         out.append("```{warning}\nThis result was computed with different code or parameters than the current "
                    "plan (its fingerprint differs); rerun the column to refresh it.\n```\n")

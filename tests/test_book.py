@@ -102,6 +102,9 @@ def test_smoke_book_builds_with_both_tables(tmp_path):
                 if pub is not None:
                     followup = overview[i][j + 1].split(" / ")[0]
                     assert NUMBER.match(followup), (col.id, metric, overview[i][j + 1])
+    # Each attack column says how its attack ran (device; BN folding and channels-last of the prepared model).
+    table1 = (html / "book" / "generated" / "table1.html").read_text(encoding="utf-8")
+    assert "How it ran:" in table1 and "BatchNorm folded into the convolutions" in table1
     for page in ("book/intro.html", "book/findings.html", "book/appendix.html", "book/generated/corrected.html",
                  "book/generated/columns/findings.html"):
         assert (html / page).exists(), page

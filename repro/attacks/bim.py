@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import as_eps, box_bounds, check_images, check_labels, check_nonnegative, check_steps, input_gradient
+from .pgd import pgd
 
 # DeepSec's evaluation parameters (SPEC §4; DeepSec's Attacks/BIM_Test.py).
 BIM_CONFIGS: dict[str, dict] = {
@@ -37,15 +37,5 @@ def bim(
     Raises:
         ValueError: invalid images, labels, eps, step_size, steps, or a model that returns probabilities.
     """
-    check_images(x)
-    check_labels(y, x, name="y")
-    eps = as_eps(eps, x)
-    step_size = check_nonnegative(step_size, name="step_size")
-    steps = check_steps(steps)
-    x = x.detach()
-    lower, upper = box_bounds(x, eps)
-    x_adv = x
-    for step in range(steps):
-        grad = input_gradient(model, x_adv, y, check=step == 0, name="y")
-        x_adv = torch.add(x_adv, grad.sign_(), alpha=step_size).clamp_(min=lower, max=upper)
-    return x_adv
+    # DeepSec's BIM loop is PGD's without the random start: one implementation, so the two cannot drift apart.
+    return pgd(model, x, y, eps=eps, step_size=step_size, steps=steps, random_start=False)

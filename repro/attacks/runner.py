@@ -52,17 +52,15 @@ def prepare_model(model: torch.nn.Module, *, fold_batchnorm: bool | None = None,
     See :func:`run_attack` for the options (``fold_batchnorm=None``: fold when possible, warn when tracing fails).
     ``model`` is never modified. Returns ``(model_to_attack, folded)``.
     """
-    if fold_batchnorm is None:
+    auto = fold_batchnorm is None
+    if auto:
         fold_batchnorm = not model.training and has_batchnorm(model)
-        strict = False
-    else:
-        strict = fold_batchnorm = bool(fold_batchnorm)
     folded = False
     if fold_batchnorm:
         try:
             model, folded = fold_batchnorm_copy(model), True
         except ValueError as err:
-            if strict:
+            if not auto:
                 raise
             warnings.warn(f"attacking without BatchNorm folding: {err}", UserWarning, stacklevel=2)
     if channels_last:

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= quick
 STAMP := $(VENV)/.installed
 
-.PHONY: install test book regression screenshot benchmarks clean
+.PHONY: install test book screenshot benchmarks clean
 
 install: $(STAMP)
 
@@ -17,22 +17,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[book,test]'
 	touch $@
 
-# Unit tests, the paper-profile dry run and the smoke-book build (tests/), then nbval on the smoke executions of every
-# notebook (tests/regression/, refreshed by `make regression`), comparing the cells marked # NBVAL_CHECK_OUTPUT.
+# Unit tests, the paper-profile dry run and the smoke-book build (tests/), then nbval on the committed smoke executions
+# (results/smoke/*.ipynb, refreshed by `make book PROFILE=smoke`), comparing the cells marked # NBVAL_CHECK_OUTPUT.
+# Re-executed notebooks write their results under runs/pipeline/ (ignored), never into results/.
 test: $(STAMP)
 	$(PY) -m pytest
-	$(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/regression/sanitize.cfg tests/regression
+	$(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg results/smoke
 
 # Run the plan's stale columns with papermill (results/$(PROFILE)/), then render _build/html with jupyter-book.
 book: $(STAMP)
-	$(PY) -m repro.run --profile $(PROFILE)
-	$(PY) -m repro.run --build-book --profile $(PROFILE)
-
-regression: $(STAMP)
-	$(PY) -m repro.run --refresh-regression
+	$(PY) -m repro.pipeline --profile $(PROFILE)
+	$(PY) -m repro.pipeline --build-book --profile $(PROFILE)
 
 screenshot: $(STAMP)
-	$(PY) -m repro.run --screenshot --profile $(PROFILE)
+	$(PY) -m repro.pipeline --screenshot --profile $(PROFILE)
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/attacks.py

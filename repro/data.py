@@ -3,13 +3,19 @@
 Images are float32 NCHW in [0, 1] with no mean/std normalisation (DeepSec trains on plain ``ToTensor()``); labels
 are int64 class indices. The data root is ``$REPRO_DATA`` when set, else ``~/.cache/repro/data``.
 
-MNIST is read through torchvision, which downloads and md5-checks the official files when they are missing. CIFAR-10
-is read from the official python pickles by our own reader, so that a copy whose md5s are not the official ones
-(a partial rebuild, say) still loads — but never silently: :func:`provenance` reports whether each file matched its
-official checksum and how many images were found, and every result records it.
+MNIST is downloaded by torchvision when missing (it md5-checks the ``.gz`` archives), but read by our own reader,
+which md5-checks the bytes it actually parses — the unzipped file, or the ``.gz`` decompressed in memory when there
+is no unzipped copy — against the official files' digests, and refuses (:class:`DataCorruptedError`, naming the
+file) anything else. CIFAR-10 is read from the official python pickles by our own reader, so that a copy whose md5s
+are not the official ones (a partial rebuild, say) still loads — but never silently: :func:`provenance` reports
+whether each file matched its official checksum and how many images were found, and every result records it. A
+batch file that does not unpickle (truncated, say) raises :class:`DataCorruptedError` naming it.
 """
 from __future__ import annotations
 
+import contextlib
+import gzip
+import hashlib
 import os
 import pickle
 import random
@@ -32,6 +38,14 @@ MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+# md5 of each *decompressed* official MNIST file: gunzip of the .gz archives whose md5s torchvision lists
+# (torchvision.datasets.MNIST.resources), computed once here. These are the bytes we parse, so this is the check.
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_MD5 = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f",
@@ -47,6 +61,10 @@ NUM_CLASSES = 10
 
 class DataNotFoundError(FileNotFoundError):
     """The dataset is neither on disk nor downloadable; the message says which files are expected where."""
+
+
+class DataCorruptedError(ValueError):
+    """A data file is there but its content is not a valid (or, for MNIST, the official) file; the message names it."""
 
 
 def data_root() -> Path:
@@ -73,33 +91,80 @@ def _missing_message(dataset: str, root: Path, files: list[str], cause: BaseExce
 
 
 # ----------------------------------------------------------------------------------------------------------- MNIST
-def _load_mnist(split: str, root: Path, download: bool) -> tuple[Tensor, Tensor]:
-    from torchvision.datasets import MNIST
+def _mnist_bytes(raw: Path, name: str) -> tuple[bytes, Path]:
+    """The decompressed content of MNIST file ``name`` and the file it came from.
 
-    raw = root / "MNIST" / "raw"
-    expected = [str(Path("MNIST/raw") / f) for f in MNIST_FILES[split]]
-    have_files = all((raw / f).exists() or (raw / f"{f}.gz").exists() for f in MNIST_FILES[split])
+    The unzipped file is preferred (torchvision extracts next to the archive); otherwise the ``.gz`` is decompressed
+    in memory. Either way the caller checks the md5 of these bytes, which are the ones parsed.
+    """
+    path = raw / name
+    if path.exists():
+        return path.read_bytes(), path
+    archive = raw / f"{name}.gz"
+    if not archive.exists():
+        raise DataNotFoundError(f"neither {path} nor {archive} exists")
     try:
-        # torchvision md5-checks the .gz files it downloads or finds, and extracts them.
-        ds = MNIST(str(root), train=split == "train", download=download or have_files)
-    except Exception as err:  # torchvision raises RuntimeError/URLError variants; we re-raise one clear error
-        raise DataNotFoundError(_missing_message("MNIST", root, expected, err)) from err
-    x = ds.data.unsqueeze(1).to(torch.float32).div_(255.0)
-    y = ds.targets.to(torch.int64)
+        return gzip.decompress(archive.read_bytes()), archive
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError; a truncated stream raises EOFError
+        raise DataCorruptedError(f"{archive}: not a valid gzip file ({err}); it is truncated or corrupted. Delete "
+                                 "it and load again with download=True, or copy the official file there.") from err
+
+
+def _read_mnist_file(raw: Path, name: str) -> np.ndarray:
+    """Parse one official idx file after checking the md5 of exactly the bytes parsed (:data:`MNIST_MD5`)."""
+    payload, source = _mnist_bytes(raw, name)
+    md5 = hashlib.md5(payload).hexdigest()
+    if md5 != MNIST_MD5[name]:
+        what = f"{source} (decompressed)" if source.suffix == ".gz" else str(source)
+        raise DataCorruptedError(
+            f"{what}: md5 {md5} is not the official {MNIST_MD5[name]} of {name}; the file is modified, truncated or "
+            "not MNIST. Delete it (and its .gz) and load again with download=True, or copy the official file there.")
+    # The md5 vouches for the idx layout: a 4-byte magic whose last byte is the number of dimensions, each dimension
+    # as a big-endian uint32, then the uint8 values.
+    ndim = payload[3]
+    shape = tuple(int.from_bytes(payload[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(payload, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _load_mnist(split: str, root: Path, download: bool) -> tuple[Tensor, Tensor]:
+    raw = root / "MNIST" / "raw"
+    names = MNIST_FILES[split]
+    expected = [str(Path("MNIST/raw") / f) for f in names]
+    have_files = all((raw / f).exists() or (raw / f"{f}.gz").exists() for f in names)
+    if not have_files:
+        if not download:
+            raise DataNotFoundError(_missing_message("MNIST", root, expected, None))
+        from torchvision.datasets import MNIST
+
+        try:
+            # torchvision downloads the .gz archives, md5-checks and extracts them; we read (and check) the result.
+            MNIST(str(root), train=split == "train", download=True)
+        except Exception as err:  # torchvision raises RuntimeError/URLError variants; we re-raise one clear error
+            raise DataNotFoundError(_missing_message("MNIST", root, expected, err)) from err
+    images, labels = (_read_mnist_file(raw, f) for f in names)
+    x = torch.from_numpy(images.copy()).unsqueeze(1).to(torch.float32).div_(255.0)
+    y = torch.from_numpy(labels.astype(np.int64))
     return x, y
 
 
 # -------------------------------------------------------------------------------------------------------- CIFAR-10
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
-    data = np.asarray(entry["data"], dtype=np.uint8)
-    labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+    # A cut-off pickle raises UnpicklingError or EOFError; other damage surfaces as a missing key or a wrong type.
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, AttributeError, ValueError) as err:
+        raise DataCorruptedError(
+            f"{path}: not a readable CIFAR-10 batch ({type(err).__name__}: {err}); the file is truncated or "
+            f"corrupted (md5 {file_digest(path, 'md5')}). Replace it with the official file, or delete the "
+            f"{CIFAR10_FOLDER} folder and load again with download=True.") from err
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path}: expected an (N, 3072) uint8 'data' array, found shape {data.shape}")
+        raise DataCorruptedError(f"{path}: expected an (N, 3072) uint8 'data' array, found shape {data.shape}")
     # A partial rebuild may keep all official labels but fewer image rows; row i is still official image i.
     if len(labels) < len(data):
-        raise ValueError(f"{path}: {len(data)} image rows but only {len(labels)} labels")
+        raise DataCorruptedError(f"{path}: {len(data)} image rows but only {len(labels)} labels")
     return data, labels[: len(data)]
 
 
@@ -131,8 +196,23 @@ def _load_cifar10(split: str, root: Path, download: bool) -> tuple[Tensor, Tenso
 
 
 # ------------------------------------------------------------------------------------------------------ public API
+def _files_state(dataset: str, split: str, root: Path) -> tuple:
+    """(name, mtime, size) of each file :func:`load` would read: part of the cache key, so that a file replaced or
+    damaged after a first load is read (and checked) again instead of served from memory."""
+    if dataset == "mnist":
+        paths = [root / "MNIST" / "raw" / f"{f}{ext}" for f in MNIST_FILES[split] for ext in ("", ".gz")]
+    else:
+        paths = [root / CIFAR10_FOLDER / name for name in CIFAR10_BATCHES[split]]
+    state = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            state.append((path.name, st.st_mtime_ns, st.st_size))
+    return tuple(state)
+
+
 @lru_cache(maxsize=8)
-def _load_cached(dataset: str, split: str, root: str, download: bool) -> tuple[Tensor, Tensor]:
+def _load_cached(dataset: str, split: str, root: str, download: bool, files_state: tuple) -> tuple[Tensor, Tensor]:
     loader = _load_mnist if dataset == "mnist" else _load_cifar10
     x, y = loader(split, Path(root), download)
     x.requires_grad_(False)
@@ -158,13 +238,16 @@ def load(
     Raises:
         ValueError: unknown dataset or split, or ``n`` < 1.
         DataNotFoundError: the files are not there and cannot be downloaded; the message names them.
+        DataCorruptedError: a file is there but unreadable (a truncated CIFAR-10 batch) or, for MNIST, not the
+            official file (its md5 differs); the message names it.
     """
     _check_choice("dataset", dataset, DATASETS)
     _check_choice("split", split, SPLITS)
     if n is not None and (not isinstance(n, int) or n < 1):
         raise ValueError(f"n must be a positive integer or None, got {n!r}")
     root = Path(root) if root is not None else data_root()
-    x, y = _load_cached(dataset, split, str(root.expanduser().resolve()), download)
+    root = root.expanduser().resolve()
+    x, y = _load_cached(dataset, split, str(root), download, _files_state(dataset, split, root))
     if n is not None:
         x, y = x[:n], y[:n]
     return x.clone(), y.clone()
@@ -187,10 +270,11 @@ def provenance(dataset: str, *, root: str | Path | None = None) -> dict:
             md5 = file_digest(root / CIFAR10_FOLDER / name, "md5")
             files[name] = {"md5": md5, "official_md5": official, "matches": md5 == official}
     else:
-        # torchvision verified the .gz archives' md5s when it read or extracted them; record what is there.
+        # load() above refused any MNIST file whose parsed bytes differ from the official ones; record them anyway.
         for split in SPLITS:
             for name in MNIST_FILES[split]:
-                files[name] = {"md5": file_digest(root / "MNIST" / "raw" / name, "md5")}
+                md5 = hashlib.md5(_mnist_bytes(root / "MNIST" / "raw", name)[0]).hexdigest()
+                files[name] = {"md5": md5, "official_md5": MNIST_MD5[name], "matches": md5 == MNIST_MD5[name]}
     complete = all(counts[s] == FULL_SIZES[dataset][s] for s in SPLITS)
     checksums_ok = all(f.get("matches", True) for f in files.values())
     return {

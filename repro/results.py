@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ._io import write_text_atomic
 
-SCHEMA = 1
+SCHEMA = 2
 
 
 def repo_root() -> Path:
@@ -55,6 +55,8 @@ class Result:
         fingerprint: hash of the parameters and of the source files the numbers depend on (the pipeline re-runs a
             column when it changes).
         created: UTC time the result was saved (ISO 8601).
+        run_id: a random id per run; the pipeline stores it in the executed notebook too, so a JSON and a notebook
+            from different runs are never taken for a pair.
     """
 
     column: str
@@ -68,6 +70,7 @@ class Result:
     provenance: dict = field(default_factory=dict)
     fingerprint: str = ""
     created: str = ""
+    run_id: str = ""
     schema: int = SCHEMA
 
     def to_json(self) -> dict:
@@ -94,6 +97,11 @@ def _clean(value):
 def result_path(results_dir: str | os.PathLike, profile: str, column: str) -> Path:
     """``<results_dir>/<profile>/<column>.json`` (relative paths are taken from the repository root)."""
     return resolve_path(results_dir) / profile / f"{column}.json"
+
+
+def executed_notebook_path(results_dir: str | os.PathLike, profile: str, column: str) -> Path:
+    """``<results_dir>/<profile>/<column>.ipynb``: the executed notebook lives beside its result JSON."""
+    return resolve_path(results_dir) / profile / f"{column}.ipynb"
 
 
 def save(result: Result, path: str | os.PathLike) -> Path:

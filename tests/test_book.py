@@ -7,8 +7,10 @@ from html.parser import HTMLParser
 
 import pytest
 
-from repro import book, plan, results
-from repro.run import build_book, run_plan
+from repro import results
+from repro.pipeline import build_book, run_plan
+from repro.report import pages as book
+from repro.study import plan
 
 from .conftest import needs_deepsec
 
@@ -81,7 +83,7 @@ def test_smoke_book_builds_with_both_tables(tmp_path):
     html = build_book("smoke", results_dir=str(results_dir), output=tmp_path, log=lambda *a: None)
     assert (html / "index.html").exists()
     found = results.load_profile(results_dir, "smoke")
-    for table, metrics in (("1", plan.ATTACK_METRICS), ("2", plan.DEFENCE_METRICS)):
+    for table, metrics in plan.TABLE_METRICS.items():
         page = (html / "book" / "generated" / f"table{table}.html").read_text(encoding="utf-8")
         assert f"Table {table}" in page
         parser = _Tables()

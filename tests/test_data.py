@@ -47,6 +47,7 @@ def test_partial_cifar10_is_read_and_reported_as_partial():
 def test_mnist_provenance_is_official():
     prov = provenance("mnist")
     assert prov["official"] is True and prov["train"] == 60_000 and prov["test"] == 10_000
+    assert all(f["matches"] and f["md5"] == data.MNIST_MD5[name] for name, f in prov["files"].items())
 
 
 def test_cifar_reader_matches_official_layout(tmp_path):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from repro.metrics import (
-    ATTACK_KEYS, DEFENSE_KEYS, acac, actc, ald, ass, attack_utility, cav, ccv, cos, crr, csr, defense_utility,
+    ATTACK_KEYS, DEFENCE_KEYS, acac, actc, ald, ass, attack_utility, cav, ccv, cos, crr, csr, defence_utility,
     gaussian_blur_8bit, guetzli_jpeg_8bit, js_divergence, local_std, mr, nte, psd, ric, rgb, ssim, success_mask,
     to_8bit,
 )
@@ -325,10 +325,10 @@ DEF = [[0.6, 0.2, 0.2], [0.5, 0.4, 0.1], [0.1, 0.2, 0.7], [0.5, 0.4, 0.1], [0.3,
 DEF_Y = torch.tensor([0, 1, 2, 0, 1])
 
 
-def test_defense_utility_hand_computed():
+def test_defence_utility_hand_computed():
     raw, defended = TableModel(log_probs(RAW)), TableModel(log_probs(DEF))
-    got = defense_utility(raw, defended, table_images(5), DEF_Y)
-    assert tuple(got) == DEFENSE_KEYS
+    got = defence_utility(raw, defended, table_images(5), DEF_Y)
+    assert tuple(got) == DEFENCE_KEYS
     assert got["ACC_raw"] == pytest.approx(3 / 5)
     assert got["ACC_defended"] == pytest.approx(4 / 5)
     assert got["CAV"] == pytest.approx(0.2)
@@ -378,11 +378,11 @@ def test_errors_name_the_value_and_what_is_allowed():
     with pytest.raises(ValueError, match=r"x_adv has values in \[0, 1\.5\]; images must lie in \[0, 1\]"):
         attack_utility(model, x, too_bright, y)
     with pytest.raises(ValueError, match=r"x has values in \[-0\.25, .*\]; images must lie in \[0, 1\]"):
-        defense_utility(model, model, x - 0.25, y)
-    with pytest.raises(ValueError, match="returned probabilities .* need logits"):
+        defence_utility(model, model, x - 0.25, y)
+    with pytest.raises(ValueError, match="model's outputs: .* probabilities, not logits"):
         attack_utility(SoftmaxModel(), x, x, y)
-    with pytest.raises(ValueError, match="defended_model returned probabilities"):
-        defense_utility(model, SoftmaxModel(), x, y)
+    with pytest.raises(ValueError, match="defended_model's outputs: .* probabilities, not logits"):
+        defence_utility(model, SoftmaxModel(), x, y)
     with pytest.raises(ValueError, match=r"y has shape \(2,\); it must be a 1-D tensor of 3 class indices"):
         attack_utility(model, x, x, y[:2])
     with pytest.raises(ValueError, match=r"quality must be an integer in \[84, 100\] \(Guetzli's range\), got 50"):

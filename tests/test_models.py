@@ -9,7 +9,7 @@ from torch import nn
 
 from repro import models
 from repro.data import load, predict_logits
-from repro.models import ChecksumError, build, fold_batchnorm, load_deepsec, resnet20, wide_resnet
+from repro.models import ChecksumError, build, fold_batchnorm, load_deepsec, madry_wrn, resnet20
 
 from .conftest import needs_cifar10, needs_deepsec, needs_mnist, random_bn_statistics
 
@@ -21,8 +21,8 @@ def n_params(model):
 @pytest.mark.parametrize("name, kwargs, shape, count", [
     ("mnist_convnet", {}, (2, 1, 28, 28), 312_202),
     ("resnet20", {}, (2, 3, 32, 32), 272_586),
-    ("resnet20", {"width": 2}, (2, 3, 32, 32), None),
-    ("wide_resnet", {"depth": 10, "widen_factor": 1}, (2, 3, 32, 32), None),
+    ("resnet20_wide", {"width": 2}, (2, 3, 32, 32), None),
+    ("madry_wrn", {"depth": 10, "widen_factor": 1}, (2, 3, 32, 32), None),
 ])
 def test_shapes_and_parameter_counts(name, kwargs, shape, count):
     model = build(name, **kwargs).eval()
@@ -33,7 +33,7 @@ def test_shapes_and_parameter_counts(name, kwargs, shape, count):
 
 
 def test_wide_resnet_34_10_has_madry_size_and_robustbench_keys():
-    model = build("wide_resnet")  # WRN-34-10: 46.16M parameters, as published
+    model = build("madry_wrn")  # WRN-34-10: 46.16M parameters, as published
     assert n_params(model) == 46_160_474
     keys = model.state_dict().keys()
     for key in ["conv1.weight", "block1.layer.0.bn1.weight", "block1.layer.0.convShortcut.weight",
@@ -43,7 +43,7 @@ def test_wide_resnet_34_10_has_madry_size_and_robustbench_keys():
 
 
 def test_follow_up_wide_resnet_is_resnet20_times_ten():
-    wide = build("resnet20", width=10)
+    wide = build("resnet20_wide", width=10)
     assert wide.fc.in_features == 640 and wide.layer1[0].conv1.out_channels == 160
     assert "layer1.0.downsample.0.bias" in wide.state_dict()  # the width change needs a projection in stage 1
 
@@ -60,8 +60,8 @@ def test_logit_shift_changes_logits_not_probabilities():
     assert not torch.allclose(a, b)
 
 
-@pytest.mark.parametrize("bad", [dict(name="vgg16"), dict(name="resnet20", width=0),
-                                 dict(name="wide_resnet", depth=33)])
+@pytest.mark.parametrize("bad", [dict(name="vgg16"), dict(name="resnet20_wide", width=0),
+                                 dict(name="madry_wrn", depth=33)])
 def test_bad_model_arguments(bad):
     name = bad.pop("name")
     with pytest.raises(ValueError, match=r"vgg16|width|depth"):
@@ -146,7 +146,7 @@ def test_fold_batchnorm_same_function_no_bn_left_original_untouched():
 
 def test_fold_batchnorm_leaves_bn_that_does_not_follow_a_conv_alone():
     # Pre-activation BN (after a ReLU or an addition) is not an affine map of a conv's output alone.
-    model = random_bn_statistics(wide_resnet(depth=10, widen_factor=1))
+    model = random_bn_statistics(madry_wrn(depth=10, widen_factor=1))
     folded = fold_batchnorm(model)
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     # Each block's second BN follows its first conv (folded); the pre-activation BNs stay.

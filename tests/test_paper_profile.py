@@ -15,17 +15,17 @@ import json
 import pytest
 import torch
 
-from repro import plan
-from repro.profiles import get_profile
-from repro.run import execute
+from repro.pipeline import execute
+from repro.study import plan
+from repro.study.profiles import get_profile
 
 from .conftest import needs_deepsec
 
 pytestmark = [pytest.mark.slow, needs_deepsec]
 
 TINY = {
-    "n_samples": 2, "batch_size": 20, "epochs": 1, "train_subset": 20, "defence_epochs": 1, "eval_subset": 20,
-    "curve_samples": 2, "curve_steps": 1, "binary_search_steps": 1, "max_iterations": 1,
+    "n_samples": 2, "batch_size": 20, "epochs": 1, "train_subset": 20, "defence_epochs": 1, "defence_subset": 20,
+    "eval_subset": 20, "curve_samples": 2, "curve_steps": 1, "binary_search_steps": 1, "max_iterations": 1,
 }
 
 
@@ -40,7 +40,7 @@ def _tiny(col: plan.Column) -> dict:
 
 
 def _declared(notebook: str) -> set[str]:
-    from .test_plan import _parameters_cell
+    from .test_study import _parameters_cell
 
     return set(_parameters_cell(notebook))
 
@@ -55,16 +55,16 @@ def paper_cache(tmp_path_factory):
 
 @pytest.mark.parametrize("col", plan.columns_for("paper"), ids=lambda c: c.id)
 def test_paper_column_runs_one_step(col, paper_cache, tmp_path):
-    assert get_profile("paper").raw_source == "train"  # the dry run must exercise training the raw models
+    assert get_profile("paper").raw.source == "train"  # the dry run must exercise training the raw models
     overrides = _tiny(col)
-    execute(col, "paper", results_dir=str(tmp_path), output=tmp_path / f"{col.id}.ipynb", device="cpu",
-            overrides=overrides, log=lambda *a: None)
+    execute(col, "paper", results_dir=str(tmp_path), device="cpu", overrides=overrides, log=lambda *a: None)
     result = json.loads((tmp_path / "paper" / f"{col.id}.json").read_text())
     assert result["profile"] == "paper"
     for key, value in overrides.items():
         assert result["parameters"][key] == value
     assert result["metrics"], "the notebook saved no metrics"
-    if col.table in ("2", "corrected") and col.notebook in ("nat.ipynb", "pat.ipynb"):
+    if col.defence:
+        assert result["provenance"]["models"]["defended"]["config"]["train_images"] == 20
         assert result["provenance"]["models"]["defended"]["config"]["init"] == "scratch"
     if col.notebook != "findings.ipynb":
         assert result["provenance"]["models"]["raw"]["source"] == "trained here"
@@ -73,7 +73,7 @@ def test_paper_column_runs_one_step(col, paper_cache, tmp_path):
 def test_paper_wide_resnet_builds():
     from repro.models import build
 
-    model = build("resnet20", width=get_profile("paper").wide_width)
+    model = build("resnet20_wide", width=get_profile("paper").wide_width)
     x = torch.rand(2, 3, 32, 32, requires_grad=True)
     loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1]))
     (grad,) = torch.autograd.grad(loss, x)

@@ -18,12 +18,27 @@ import torch
 from torch import nn
 
 import repro.models
-import repro.train as train_mod
+import repro.train.cache
+import repro.train.runtime as runtime
+from repro.train import augment, defences
+from repro.train.__main__ import config_from_args, parse_args
 from repro.attacks.llc import llc
 from repro.attacks.pgd import pgd
 from repro.data import load
-from repro.train import (NATParams, PATParams, PGDParams, RECIPES, TrainConfig, config_for, config_key, load_trained,
-                         train, train_cached)
+from repro.study.steps import train_config
+from repro.train import (NATParams, PATParams, PGDParams, RECIPES, TrainConfig, config_key, initial_weights,
+                         load_trained, train_cached)
+from repro.train import train as _train
+
+
+def train(config, *, out_dir, resume=True, progress=False):
+    """The loop with the initial weights the config names, resolved by the caller as the pipeline does."""
+    return _train(config, out_dir=out_dir, initial_weights=initial_weights(config), resume=resume, progress=progress)
+
+
+def config_for(dataset, *, defence=None, variant=None, profile="quick", wide=False):
+    model = ("resnet20_wide" if wide else "resnet20") if dataset == "cifar10" else "mnist_convnet"
+    return train_config(dataset=dataset, model=model, profile=profile, defence=defence, defence_params=variant)
 
 from .conftest import needs_mnist
 
@@ -50,6 +65,7 @@ BASE = dict(dataset="mnist", model="tiny_mlp", subset=5000, epochs=3, history_su
 def tiny(monkeypatch, tmp_path):
     """Register ``tiny_mlp`` and point the cache at a temporary folder; returns a small standard-training config."""
     monkeypatch.setitem(repro.models.MODELS, "tiny_mlp", tiny_mlp)
+    monkeypatch.setitem(repro.models.MODEL_DATASET, "tiny_mlp", "mnist")
     monkeypatch.setenv("REPRO_CACHE", str(tmp_path / "cache"))
     return TrainConfig(**BASE)
 
@@ -59,6 +75,7 @@ def trained(tmp_path_factory):
     """Standard, PAT and NAT training of the tiny MLP on 4,500 MNIST images for 3 epochs (about a second each)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(repro.models.MODELS, "tiny_mlp", tiny_mlp)
+        mp.setitem(repro.models.MODEL_DATASET, "tiny_mlp", "mnist")
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         base = TrainConfig(**BASE)
@@ -87,7 +104,7 @@ def _state(model) -> dict:
 def test_lr_schedule_matches_deepsec_adjust_learning_rate():
     """DeepSec decays after 0-based epochs 80, 120, 160 (×0.1) and 180 (×0.5), floor 0.5e-6."""
     recipe = RECIPES["deepsec_cifar10"]
-    factor = train_mod._LRFactor(recipe)
+    factor = runtime.LRFactor(recipe)
     lr = [recipe.lr * factor(k) for k in range(200)]
     # DeepSec: lr used in epoch k, with adjust_learning_rate(epoch) called after epoch k trains.
     ref, cur = [], recipe.lr
@@ -105,21 +122,21 @@ def test_translate_flip_on_tensors():
     x = torch.rand(3, 2, 20, 12)  # shifts up to ⌈0.1·20⌉ = 2 pixels
     zero = torch.zeros(3, dtype=torch.long)
     no_flip = torch.zeros(3, dtype=torch.bool)
-    assert torch.equal(train_mod._translate_flip(x, zero, zero, no_flip), x)
-    assert torch.equal(train_mod._translate_flip(x, zero, zero, ~no_flip), x.flip(-1))
+    assert torch.equal(augment.translate_flip(x, zero, zero, no_flip), x)
+    assert torch.equal(augment.translate_flip(x, zero, zero, ~no_flip), x.flip(-1))
     dx, dy = torch.tensor([1, -2, 0]), torch.tensor([0, 1, -1])
-    out = train_mod._translate_flip(x, dx, dy, no_flip)
+    out = augment.translate_flip(x, dx, dy, no_flip)
     # Image 0 moves one pixel right: column 0 is zero fill, the rest is the original shifted.
     assert torch.equal(out[0, :, :, 1:], x[0, :, :, :-1]) and out[0, :, :, 0].abs().sum() == 0
     assert torch.equal(out[1, :, 1:, :-2], x[1, :, :-1, 2:]) and out[1, :, 0].abs().sum() == 0
     assert torch.equal(out[2, :, :-1], x[2, :, 1:])
     # Shifts as RandomAffine(translate=(0.1, 0.1)) draws them on 32-pixel images: integers in -3..3.
-    dx, dy, flip = train_mod._draw_augmentation(10_000, 32, 32, torch.Generator().manual_seed(0))
+    dx, dy, flip = augment.draw_augmentation(10_000, 32, 32, torch.Generator().manual_seed(0))
     assert dx.min() == -3 and dx.max() == 3 and dy.abs().max() == 3 and 0.45 < flip.float().mean() < 0.55
 
 
 def test_nat_eps_distribution():
-    eps = train_mod._draw_nat_eps(100_000, NATParams(sigma=50.0, eps_max=0.3), torch.Generator().manual_seed(0))
+    eps = defences.draw_nat_eps(100_000, NATParams(sigma=50.0, eps_max=0.3), torch.Generator().manual_seed(0))
     assert eps.min() >= 0 and eps.max() == pytest.approx(0.3)
     # E|N(0, 50)|/255 = 50·√(2/π)/255 ≈ 0.156 before clipping (clipping at 0.3 ≈ 1.5σ lowers it a little).
     assert 0.13 < eps.mean().item() < 0.16
@@ -129,7 +146,7 @@ def test_nat_eps_distribution():
 def test_validation_split_is_deepsecs(tiny):
     """Validation = first 10 % of indices shuffled by numpy seeded 100 (DeepSec's Utils/dataset.py)."""
     cfg = dataclasses.replace(tiny, subset=200)
-    data = train_mod._prepare_data(cfg, torch.device("cpu"))
+    data = runtime.split_data(cfg, torch.device("cpu"))
     x, y = load("mnist", split="train", n=200)
     indices = list(range(200))
     np.random.seed(100)
@@ -155,7 +172,7 @@ def test_pat_raises_pgd_accuracy_over_standard_training(trained):
 @needs_mnist
 def test_nat_raises_llc_accuracy_over_standard_training(trained):
     x, y = load("mnist", split="test", n=1000)
-    assert trained["nat"].config.defence_params == NATParams(sigma=50.0, eps_max=0.3, adv_ratio=0.3)
+    assert trained["nat"].config.defence_params == NATParams(sigma=50.0, eps_max=0.3, adv_weight=0.3)
     robust = {}
     for name in ("standard", "nat"):
         model = trained[name].model
@@ -183,16 +200,16 @@ def test_resume_after_kill_reaches_identical_weights(tiny, monkeypatch):
                               defence_params=PATParams(eps=0.1, step_size=0.05, steps=2))
     straight = train(cfg, out_dir=_out("straight"), progress=False)
 
-    write = train_mod._write_checkpoint
+    write = runtime.write_checkpoint
 
     def write_then_die(payload, path):
         write(payload, path)
         raise _Killed  # the process dies right after epoch 1's checkpoint is on disk
 
-    monkeypatch.setattr(train_mod, "_write_checkpoint", write_then_die)
+    monkeypatch.setattr(runtime, "write_checkpoint", write_then_die)
     with pytest.raises(_Killed):
         train(cfg, out_dir=_out("resumed"), progress=False)
-    monkeypatch.setattr(train_mod, "_write_checkpoint", write)
+    monkeypatch.setattr(runtime, "write_checkpoint", write)
     assert torch.load(_out("resumed") / "checkpoint.pt", weights_only=True)["epoch"] == 1
     resumed = train(cfg, out_dir=_out("resumed"), resume=True, progress=False)
 
@@ -217,7 +234,7 @@ def test_cache_returns_the_trained_model_without_training(tiny, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("train() called although the model is cached")
 
-    monkeypatch.setattr(train_mod, "train", no_training)
+    monkeypatch.setattr(repro.train.cache, "train", no_training)
     second = train_cached(dataclasses.replace(cfg, device="auto"))  # the device is not part of the key
     assert second.from_cache and not second.model.training
     a, b = _state(first.model), _state(second.model)
@@ -237,7 +254,7 @@ def test_key_resolves_defaults_and_tracks_every_setting(tiny):
     pat = dataclasses.replace(tiny, defence="pat")
     assert config_key(pat) == config_key(dataclasses.replace(tiny, defence="pat", defence_params="deepsec_mnist"))
     others = [dataclasses.replace(tiny, seed=1), dataclasses.replace(tiny, bf16=True), pat,
-              dataclasses.replace(pat, defence_params="madry_mnist"),
+              dataclasses.replace(pat, defence_params=PATParams(eps=0.3, step_size=0.01, steps=40, loss="adversarial")),
               dataclasses.replace(tiny, history_pgd=PGDParams(eps=0.1, step_size=0.01, steps=3))]
     assert len({config_key(c) for c in [tiny, *others]}) == 1 + len(others)
 
@@ -261,7 +278,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
 
-    config = train_mod.config_from_args(train_mod._parse_args(args))
+    config = config_from_args(parse_args(args))
     assert summary["key"] == config_key(config)
     single = train(config, out_dir=tmp_path / "single", progress=False)
     ddp = torch.load(tmp_path / "ddp" / "model.pt", weights_only=True)
@@ -307,5 +324,5 @@ def test_profiles_map_to_configs():
     assert paper_pat.defence_params == PATParams(eps=8 / 255, step_size=2 / 255, steps=7, loss="mixed")
     wide = config_for("cifar10", defence="pat", variant="followup_eps8", profile="quick", wide=True)
     # Not DeepSec's architecture: fine-tuned from the raw wide model this module trains with the same profile.
-    assert wide.model_kwargs == {"width": 2} and isinstance(wide.init, TrainConfig) and wide.init.defence is None
+    assert wide.model == "resnet20_wide" and wide.model_kwargs == {"width": 2} and isinstance(wide.init, TrainConfig) and wide.init.defence is None
     assert wide.defence_params == PATParams(eps=8.0, step_size=2.0, steps=10)

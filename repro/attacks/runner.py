@@ -14,6 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..models.fold import fold_batchnorm as fold_batchnorm_copy, has_batchnorm
+from ._common import check_device, check_image_batch
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,14 @@ def prepare_model(model: torch.nn.Module, *, fold_batchnorm: bool | None = None,
     return model, folded
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    # "cuda" and "cuda:0" name the same GPU when 0 is the current one.
+    def index(d: torch.device):
+        return torch.cuda.current_device() if d.type == "cuda" and d.index is None else d.index
+
+    return a.type == b.type and index(a) == index(b)
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -98,12 +107,13 @@ def run_attack(
             ``f(model, x, labels, **params)``.
         model: maps [0, 1] images to logits; its mode is the caller's (``eval()`` for attacks); it must already be
             on ``device``.
-        x: images ``(N, C, H, W)`` in [0, 1], any device.
+        x: float32 images ``(N, C, H, W)`` (channels first), N ≥ 1, in [0, 1], any device.
         labels: ``(N,)`` int64: true labels for untargeted attacks, target or least-likely classes for targeted ones
             (see :data:`repro.attacks.TARGETED`).
         params: the attack's keyword hyper-parameters (e.g. ``repro.attacks.get_config("pgd", "deepsec_mnist")``).
         batch_size: images per attack call, ≥ 1.
-        device: where to attack; default the device of the model's parameters.
+        device: where to attack, one this machine has (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...); default the
+            device of the model's parameters, which must be this one.
         progress: show a tqdm progress bar.
         seed: if given and the attack takes a ``generator`` (PGD's random start), a CPU generator seeded with it is
             used across batches, so the run is reproducible for a given batch size.
@@ -123,8 +133,9 @@ def run_attack(
         :class:`AttackRun` with ``x_adv`` on the CPU, timings, the device description and the effective options.
 
     Raises:
-        ValueError: unknown attack name, bad batch size, mismatched ``x``/``labels``, or bf16 autocast on a
-            device other than CUDA; the attack's own ValueErrors propagate.
+        ValueError: unknown attack name, bad batch size, an empty, non-float32 or channels-last ``x``, mismatched
+            ``x``/``labels``, a device this machine lacks (e.g. ``"cuda"`` without a GPU) or one other than the
+            model's, or bf16 autocast on a device other than CUDA; the attack's own ValueErrors propagate.
     """
     from . import ATTACKS
 
@@ -138,13 +149,18 @@ def run_attack(
         raise ValueError(f"attack must be a name in {sorted(ATTACKS)} or a function, got {attack!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not isinstance(x, Tensor) or not isinstance(labels, Tensor) or x.dim() < 1 or labels.shape != x.shape[:1]:
+    # Checked here once, before any batch moves, so that a custom attack function gets the same refusals.
+    check_image_batch(x)
+    if not isinstance(labels, Tensor) or labels.shape != x.shape[:1]:
         raise ValueError(f"x (N, ...) and labels (N,) must be tensors with the same N, got shapes "
-                         f"{tuple(getattr(x, 'shape', ()))} and {tuple(getattr(labels, 'shape', ()))}")
+                         f"{tuple(x.shape)} and {tuple(getattr(labels, 'shape', ()))}")
+    first = next(model.parameters(), None)
     if device is None:
-        first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = check_device(device)
+    if first is not None and not _same_device(first.device, device):
+        raise ValueError(f"the model is on {first.device} but device is {device}; move it there first "
+                         "(model.to(device)): run_attack never moves the caller's model")
     if autocast_bf16 and device.type != "cuda":
         raise ValueError(f"autocast_bf16 is a CUDA-only option; the device is {device}")
     if channels_last and x.dim() != 4:
@@ -175,7 +191,7 @@ def run_attack(
             bar.update(len(xb))
     return AttackRun(
         attack=name, params=dict(params), x_adv=torch.cat(outputs), n=n, seconds=seconds,
-        seconds_per_example=seconds / n if n else float("nan"), device=_device_name(device),
+        seconds_per_example=seconds / n, device=_device_name(device),
         batch_size=batch_size, seed=seed,
         options=dict(autocast_bf16=autocast_bf16, channels_last=channels_last, fold_batchnorm=folded),
     )

@@ -1,4 +1,4 @@
-"""DeepSec's utility metrics: attacks (:mod:`.attack`, MR … RIC) and defences (:mod:`.defense`, CAV … COS).
+"""DeepSec's utility metrics: attacks (:mod:`.attack`, MR … RIC) and defences (:mod:`.defence`, CAV … COS).
 
 Both follow DeepSec's released code (SPEC §6); keywords select the paper's definitions where they differ.
 """
@@ -21,10 +21,10 @@ from .attack import (
     success_mask,
     to_8bit,
 )
-from .defense import KEYS as DEFENSE_KEYS, cav, ccv, cos, crr, csr, defense_utility, js_divergence
+from .defence import KEYS as DEFENCE_KEYS, cav, ccv, cos, crr, csr, defence_utility, js_divergence
 
 __all__ = [
-    "ATTACK_KEYS", "DEFENSE_KEYS", "attack_utility", "defense_utility", "success_mask", "to_8bit", "ssim",
+    "ATTACK_KEYS", "DEFENCE_KEYS", "attack_utility", "defence_utility", "success_mask", "to_8bit", "ssim",
     "local_std", "gaussian_blur_8bit", "guetzli_jpeg_8bit", "mr", "acac", "actc", "ald", "ass", "psd", "nte", "rgb",
     "ric", "cav", "crr", "csr", "ccv", "cos", "js_divergence",
 ]

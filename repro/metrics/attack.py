@@ -5,13 +5,18 @@ Every metric follows DeepSec's released code, which is what produced the publish
 * success is decided once, by :func:`success_mask`, and passed to every metric;
 * MR divides by all ``N`` attacked samples; every other metric averages over the ``n`` successful adversarial
   examples (AEs) only, and is NaN when ``n = 0`` (there is nothing to average; 0 would be a fake value);
+* an empty input (``N = 0``) is refused with a ValueError ("no samples") by every metric: that is a mistake upstream,
+  not a measurement, while ``n = 0`` successful AEs among ``N > 0`` is a result (the NaN above);
 * ALD_L0, ASS, RGB and RIC work on 8-bit images, ``round(x · 255)``. DeepSec used ``np.round`` on float32 arrays;
   :func:`to_8bit` does the same product in the input's dtype and rounds half to even, as ``np.round`` does.
 
 Where the paper's text and the code disagree, a keyword selects the paper's definition (``ald(normalized=True)``,
 ``psd(weighting="inverse_std")``, ``ass(data_range=255)``); the defaults are the code's.
 
-Images are float NCHW in [0, 1]; models return logits. Metrics run on the device the tensors are on (in float64,
+Images are float32 NCHW in [0, 1] (float32 because ``round(x·255)`` must be DeepSec's float32 product); models return
+logits, and the functions that take logits refuse probabilities (rows in [0, 1] summing to 1) and labels outside
+``0..K-1``. Every refusal is a ValueError naming the value and what is allowed (the checks are the attacks' own,
+:mod:`repro.attacks._common`). Metrics run on the device the tensors are on (in float64,
 so MPS, which lacks float64, is not supported); only RGB's Pillow blur and RIC's Guetzli encoder run on the CPU.
 CC (DeepSec's classification cost) is the attack runner's wall time per AE, so it is not computed here.
 """
@@ -28,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..attacks._common import check_class_range, check_device, check_images, looks_like_probabilities
+
 # SSIM constants: Wang et al. (2004), as in scikit-image's structural_similarity, which DeepSec called.
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
@@ -40,28 +47,20 @@ DEEPSEC_BLUR_RADIUS = 0.5
 DEEPSEC_JPEG_QUALITY = 90
 PSD_WEIGHTINGS = ("one_minus_std", "inverse_std")
 ALD_NORMS = (0, 2, math.inf)
-# Tolerance for recognising softmax output (rows summing to 1) handed in by mistake instead of logits.
-_PROBABILITY_ATOL = 1e-4
 
 KEYS = ("MR", "ACAC", "ACTC", "ALD_L0", "ALD_L2", "ALD_Linf", "ASS", "PSD", "NTE", "RGB", "RIC")
 
 
 # ------------------------------------------------------------------------------------------------------ validation
+def _no_samples(name: str) -> ValueError:
+    return ValueError(f"{name} has no samples (N = 0); a metric needs at least one (N > 0 samples with no successful "
+                      "adversarial example give NaN instead)")
+
+
 def _check_images(name: str, x: Tensor) -> None:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of images, got {type(x).__name__}")
+    check_images(x, name=name)
     if x.dim() != 4:
         raise ValueError(f"{name} has shape {tuple(x.shape)}; images must be 4-D (N, C, H, W)")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} has dtype {x.dtype}; images must be floating point in [0, 1]")
-    if x.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); at least one image is needed")
-    lo, hi = (float(v) for v in torch.aminmax(x))
-    if math.isnan(lo) or math.isnan(hi):
-        raise ValueError(f"{name} contains NaN values; images must be finite, in [0, 1]")
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"{name} has values in [{lo:.6g}, {hi:.6g}]; images must lie in [0, 1] "
-                         "(ToTensor() scale, no mean/std normalisation)")
 
 
 def _check_pair(x: Tensor, x_adv: Tensor) -> None:
@@ -72,31 +71,49 @@ def _check_pair(x: Tensor, x_adv: Tensor) -> None:
                          "they must be equal (one adversarial example per clean image)")
 
 
-def _check_labels(name: str, labels: Tensor, n: int) -> None:
+def _check_labels(name: str, labels: Tensor, n: int, *, n_classes: int | None = None) -> None:
+    """``labels`` must be ``n`` integer class indices, and in ``0..n_classes-1`` when ``n_classes`` is given."""
     if not isinstance(labels, Tensor) or labels.shape != (n,):
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
         raise ValueError(f"{name} has shape {shape}; it must be a 1-D tensor of {n} class indices")
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"{name} has dtype {labels.dtype}; class indices must be integers (int64)")
+    if n_classes is not None:
+        check_class_range(labels, n_classes, name=name)
 
 
-def _check_success(success: Tensor, n: int) -> None:
-    if not isinstance(success, Tensor) or success.dtype != torch.bool or success.shape != (n,):
+def _check_success(success: Tensor, n: int | None = None) -> None:
+    """``success`` must be a bool tensor ``(n,)`` from :func:`success_mask` (any N ≥ 1 when ``n`` is None)."""
+    if (not isinstance(success, Tensor) or success.dtype != torch.bool or success.dim() != 1
+            or (n is not None and len(success) != n)):
         desc = f"{success.dtype} {tuple(success.shape)}" if isinstance(success, Tensor) else type(success).__name__
-        raise ValueError(f"success is {desc}; it must be a bool tensor of shape ({n},), from success_mask()")
+        raise ValueError(f"success is {desc}; it must be a bool tensor of shape ({'N' if n is None else n},), "
+                         "from success_mask()")
+    if len(success) == 0:
+        raise _no_samples("success")
 
 
-def _check_logits(logits: Tensor, who: str) -> None:
-    """Refuse softmax output: every metric here applies its own softmax to logits (SPEC: models return logits)."""
-    if logits.dim() != 2 or logits.shape[1] < 2:
-        raise ValueError(f"{who} returned shape {tuple(logits.shape)}; expected logits (N, K) with K >= 2 classes")
-    in_unit = bool(((logits >= 0) & (logits <= 1)).all())
-    sums_to_one = bool(torch.allclose(logits.double().sum(1), torch.ones(len(logits), dtype=torch.float64,
-                                                                          device=logits.device),
-                                      atol=_PROBABILITY_ATOL, rtol=0.0))
-    if in_unit and sums_to_one:
-        raise ValueError(f"{who} returned probabilities (every row in [0, 1] and summing to 1); the metrics need "
-                         "logits — drop the final softmax")
+def _check_logits(logits: Tensor, *, name: str, n: int | None = None) -> None:
+    """Logits ``(N, K)``, N ≥ 1 (``n`` if given), K ≥ 2, no NaN or +inf, and not softmax output.
+
+    Every metric here applies its own softmax, so probabilities would be softmaxed twice into a wrong number.
+    """
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[1] < 2:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"{name} has shape {shape}; expected logits (N, K) with K >= 2 classes")
+    if len(logits) == 0:
+        raise _no_samples(name)
+    if n is not None and len(logits) != n:
+        raise ValueError(f"{name} has {len(logits)} rows for {n} images; one row of logits per image is needed")
+    if not logits.is_floating_point():
+        raise ValueError(f"{name} has dtype {logits.dtype}; logits must be floating point")
+    # NaN fails `< inf` too; -inf is a legitimate logit (a class ruled out), +inf makes softmax NaN.
+    if not bool((logits < math.inf).all()):
+        raise ValueError(f"{name} contains NaN or +inf; logits must be finite (or -inf for a class ruled out)")
+    if looks_like_probabilities(logits):
+        raise ValueError(f"{name}: every row lies in [0, 1] and sums to 1, so these are probabilities, not logits; the "
+                         "metrics apply softmax themselves and need logits: drop the final softmax, or pass "
+                         "log(probabilities)")
 
 
 def _device_of(model: torch.nn.Module, fallback: torch.device) -> torch.device:
@@ -109,14 +126,12 @@ def _device_of(model: torch.nn.Module, fallback: torch.device) -> torch.device:
 
 @torch.no_grad()
 def _predict(model: torch.nn.Module, x: Tensor, *, batch_size: int, device: torch.device, who: str) -> Tensor:
-    """Logits (float32) of ``model`` on ``x`` in batches on ``device``; checked not to be probabilities."""
+    """Logits (float32) of ``model`` on ``x`` (N ≥ 1) in batches on ``device``; checked by :func:`_check_logits`."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     out = [model(x[i : i + batch_size].to(device)).float() for i in range(0, len(x), batch_size)]
     logits = torch.cat(out)
-    if len(logits) != len(x):
-        raise ValueError(f"{who} returned {len(logits)} rows for {len(x)} images")
-    _check_logits(logits, who)
+    _check_logits(logits, name=f"{who}'s outputs", n=len(x))
     return logits
 
 
@@ -161,15 +176,17 @@ def success_mask(logits: Tensor, y: Tensor, *, target: Tensor | None = None) -> 
 
     Returns:
         Bool tensor (N,): untargeted, ``argmax ≠ y``; targeted, ``argmax = target``.
+
+    Raises:
+        ValueError: no samples, probabilities instead of logits, labels of the wrong shape or outside ``0..K-1``.
     """
-    if logits.dim() != 2:
-        raise ValueError(f"logits has shape {tuple(logits.shape)}; expected (N, K)")
-    n = len(logits)
-    _check_labels("y", y, n)
+    _check_logits(logits, name="logits")
+    n, n_classes = logits.shape
+    _check_labels("y", y, n, n_classes=n_classes)
     pred = logits.argmax(1)
     if target is None:
         return pred != y.to(pred.device)
-    _check_labels("target", target, n)
+    _check_labels("target", target, n, n_classes=n_classes)
     return pred == target.to(pred.device)
 
 
@@ -254,9 +271,11 @@ def mr(success: Tensor) -> float:
 
     Returns:
         A fraction in [0, 1] (0.0 when nothing succeeds).
+
+    Raises:
+        ValueError: ``success`` is empty (no samples) or not a 1-D bool tensor.
     """
-    if not isinstance(success, Tensor) or success.dtype != torch.bool or success.dim() != 1 or len(success) == 0:
-        raise ValueError("success must be a non-empty 1-D bool tensor from success_mask()")
+    _check_success(success)
     return float(success.double().mean())
 
 
@@ -271,7 +290,11 @@ def acac(logits: Tensor, success: Tensor) -> float:
 
     Returns:
         A value in [0, 1]; NaN if n = 0.
+
+    Raises:
+        ValueError: no samples, probabilities instead of logits, or ``success`` of the wrong shape.
     """
+    _check_logits(logits, name="logits")
     _check_success(success, len(logits))
     return _mean_over(_softmax(logits).amax(1), success)
 
@@ -289,11 +312,16 @@ def actc(logits: Tensor, y: Tensor, success: Tensor) -> float:
 
     Returns:
         A value in [0, 1]; NaN if n = 0.
+
+    Raises:
+        ValueError: no samples, probabilities instead of logits, ``y`` outside ``0..K-1`` or of the wrong shape, or
+            ``success`` of the wrong shape.
     """
+    _check_logits(logits, name="logits")
+    _check_labels("y", y, len(logits), n_classes=logits.shape[1])
     _check_success(success, len(logits))
-    _check_labels("y", y, len(logits))
     probs = _softmax(logits)
-    return _mean_over(probs.gather(1, y.to(probs.device)[:, None])[:, 0], success)
+    return _mean_over(probs.gather(1, y.to(probs.device, torch.int64)[:, None])[:, 0], success)
 
 
 class _SuccessfulPairs:
@@ -433,7 +461,11 @@ def nte(logits: Tensor, success: Tensor) -> float:
 
     Returns:
         A value in [0, 1]; NaN if n = 0.
+
+    Raises:
+        ValueError: no samples, probabilities instead of logits, or ``success`` of the wrong shape.
     """
+    _check_logits(logits, name="logits")
     _check_success(success, len(logits))
     top2 = _softmax(logits).topk(2, dim=1).values
     return _mean_over(top2[:, 0] - top2[:, 1], success)
@@ -577,10 +609,13 @@ def rgb(
 
     Returns:
         A fraction in [0, 1]; NaN if n = 0.
+
+    Raises:
+        ValueError: as :func:`attack_utility` (no samples, bad images, labels or device, probabilities).
     """
     _check_images("x_adv", x_adv)
     _check_success(success, len(x_adv))
-    device = torch.device(device) if device is not None else _device_of(model, x_adv.device)
+    device = check_device(device) if device is not None else _device_of(model, x_adv.device)
     return _still_successful_after(lambda images: gaussian_blur_8bit(images, radius=radius), model, x_adv, y,
                                    success, target, batch_size=batch_size, device=device)
 
@@ -615,11 +650,14 @@ def ric(
 
     Returns:
         A fraction in [0, 1]; NaN if n = 0.
+
+    Raises:
+        ValueError: as :func:`attack_utility` (no samples, bad images, labels or device, probabilities).
     """
     _check_images("x_adv", x_adv)
     _check_success(success, len(x_adv))
     _check_jpeg_args(quality, workers)
-    device = torch.device(device) if device is not None else _device_of(model, x_adv.device)
+    device = check_device(device) if device is not None else _device_of(model, x_adv.device)
     return _still_successful_after(lambda images: guetzli_jpeg_8bit(images, quality=quality, workers=workers), model,
                                    x_adv, y, success, target, batch_size=batch_size, device=device)
 
@@ -662,15 +700,16 @@ def attack_utility(
         ALD_L2/L∞ and PSD in [0, 1] pixel units.
 
     Raises:
-        ValueError: shapes differ, values outside [0, 1], labels of the wrong shape, or the model returns
-            probabilities instead of logits.
+        ValueError: no samples (N = 0), images not float32 (N, C, H, W) or outside [0, 1], shapes that differ,
+            labels of the wrong shape or outside ``0..K-1``, the model returns probabilities instead of logits, or
+            a device this machine lacks.
     """
     _check_pair(x, x_adv)
     _check_labels("y", y, len(x))
     if target is not None:
         _check_labels("target", target, len(x))
     _check_jpeg_args(jpeg_quality, jpeg_workers)
-    device = torch.device(device) if device is not None else _device_of(model, x_adv.device)
+    device = check_device(device) if device is not None else _device_of(model, x_adv.device)
     x, x_adv, y = x.to(device), x_adv.to(device), y.to(device)
     target = None if target is None else target.to(device)
 

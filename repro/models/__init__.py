@@ -17,14 +17,30 @@ from .._io import atomic_file, sha256_file
 from ..data import data_root
 from .fold import fold_batchnorm, has_batchnorm
 from .mnist_convnet import MNISTConvNet, mnist_convnet
-from .resnet import ResNet, resnet20
-from .wide_resnet import WideResNet, wide_resnet
+from .resnet import ResNet, resnet20, resnet20_wide
+from .wide_resnet import WideResNet, madry_wrn
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mnist_convnet": mnist_convnet,
     "resnet20": resnet20,
-    "wide_resnet": wide_resnet,
+    "resnet20_wide": resnet20_wide,
+    "madry_wrn": madry_wrn,
 }
+# The dataset each architecture is built for (its input shape and classes); the one home of this fact.
+MODEL_DATASET: dict[str, str] = {
+    "mnist_convnet": "mnist", "resnet20": "cifar10", "resnet20_wide": "cifar10", "madry_wrn": "cifar10",
+}
+
+
+def dataset_of(name: str) -> str:
+    """The dataset model ``name`` is built for.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+    """
+    if name not in MODEL_DATASET:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(map(repr, MODEL_DATASET))}")
+    return MODEL_DATASET[name]
 
 # DeepSec's released raw models (ryderling/DEEPSEC, commit 2c67afac0ae966767b6712a51db85f04f4f5c565).
 DEEPSEC_COMMIT = "2c67afac0ae966767b6712a51db85f04f4f5c565"
@@ -132,7 +148,9 @@ def load_deepsec(dataset: str, *, logit_shift: bool = True, map_location: str | 
 
 
 __all__ = [
-    "MODELS", "build", "load_deepsec", "deepsec_checkpoint", "cache_dir", "verify_sha256", "ChecksumError",
-    "MNISTConvNet", "ResNet", "WideResNet", "mnist_convnet", "resnet20", "wide_resnet", "fold_batchnorm",
+    "MODELS", "MODEL_DATASET", "dataset_of", "build", "load_deepsec", "deepsec_checkpoint", "cache_dir", "verify_sha256",
+    "ChecksumError",
+    "MNISTConvNet", "ResNet", "WideResNet", "mnist_convnet", "resnet20", "resnet20_wide", "madry_wrn",
+    "fold_batchnorm",
     "has_batchnorm",
 ]

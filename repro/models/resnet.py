@@ -72,8 +72,14 @@ class ResNet(nn.Module):
         return shift_logits(out) if self.logit_shift else out
 
 
-def resnet20(*, width: int = 1, logit_shift: bool = True) -> ResNet:
-    """DeepSec's CIFAR-10 ResNet-20 (272,586 parameters); ``width=10`` gives the follow-up's wide version."""
-    if not isinstance(width, int) or width < 1:
+def resnet20(*, logit_shift: bool = True) -> ResNet:
+    """DeepSec's CIFAR-10 ResNet-20 (272,586 parameters)."""
+    return ResNet(blocks=3, width=1, logit_shift=logit_shift)
+
+
+def resnet20_wide(*, width: int = 10, logit_shift: bool = True) -> ResNet:
+    """The follow-up study's "Wide ResNet": DeepSec's ResNet-20 with stage widths and fc input × ``width`` (the
+    follow-up: 10; CPU profiles use a narrower one). Not Madry's WRN-34-10 (:func:`repro.models.madry_wrn`)."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(f"width must be a positive integer, got {width!r}")
     return ResNet(blocks=3, width=width, logit_shift=logit_shift)

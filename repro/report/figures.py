@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .plan import METRIC_LABELS, PRINTED_UNIT, to_printed_unit
+from ..study.plan import METRIC_LABELS, PRINTED_UNIT, to_printed_unit
 
 # Amplification of the perturbation in the image grids (a perturbation of 8/255 is invisible at ×1).
 AMPLIFY_TARGET = 0.5

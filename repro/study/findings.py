@@ -11,22 +11,22 @@ import warnings
 import torch
 from torch import Tensor
 
-from . import data as data_mod
-from .plan import published_value
+from .. import data as data_mod
+from ..attacks import get_config
+from .plan import FOLLOWUP_PGD_EPS8, _per_255, published_value
 
-# The follow-up's literal "ε = 8" PGD (ε_iter 0.875; steps not given, DeepSec's 15) and Madry's intended 8/255
-# with the same number of steps, so that only the budget differs.
-EPS8_SETTINGS = {
-    "eps8": dict(eps=8.0, step_size=0.875, steps=15),
-    "eps8_255": dict(eps=8 / 255, step_size=2 / 255, steps=15),
-}
-# DeepSec's PGD and FGSM evaluation parameters (SPEC §4).
-DEEPSEC_PGD = {"mnist": dict(eps=0.3, step_size=0.05, steps=15), "cifar10": dict(eps=0.1, step_size=0.01, steps=15)}
-DEEPSEC_FGSM = {"mnist": dict(eps=0.3), "cifar10": dict(eps=0.1)}
+# The follow-up's literal "ε = 8" PGD (ε_iter 0.875; steps not given, DeepSec's 15) and the same setting with ε and
+# ε_iter read on the 0..255 scale, so that only the unit of ε differs (the plan's corrected column).
+EPS8_SETTINGS = {"eps8": FOLLOWUP_PGD_EPS8, "eps8_255": _per_255(FOLLOWUP_PGD_EPS8)}
+
+
+def _deepsec(attack: str, dataset: str) -> dict:
+    """DeepSec's evaluation parameters of ``attack`` on ``dataset`` (SPEC §4), from the attack's named configs."""
+    return get_config(attack, f"deepsec_{dataset}")
 
 
 def _attack(name: str, model, cands, params: dict, *, batch_size: int, device, seed: int) -> Tensor:
-    from .attacks import run_attack
+    from ..attacks import run_attack
 
     with warnings.catch_warnings():
         if params.get("eps", 0) >= 1:
@@ -36,7 +36,7 @@ def _attack(name: str, model, cands, params: dict, *, batch_size: int, device, s
 
 
 def _success(model, x_adv: Tensor, y: Tensor, *, batch_size: int, device) -> Tensor:
-    from .metrics import success_mask
+    from ..metrics import success_mask
 
     logits = data_mod.predict_logits(model, x_adv, batch_size=batch_size, device=device)
     return success_mask(logits, y)
@@ -49,7 +49,7 @@ def eps8_evidence(model, cands, *, batch_size: int, device, seed: int) -> dict:
     ``saturated`` is the fraction of adversarial pixel values at exactly 0 or 1 (``saturated_clean`` the same
     for the clean images), all over the successful AEs except MR.
     """
-    from .metrics import ald, ass, mr, psd
+    from ..metrics import ald, ass, mr, psd
 
     out = {"n": len(cands.y)}
     for key, params in EPS8_SETTINGS.items():
@@ -74,9 +74,9 @@ def definition_evidence(model, cands, *, dataset: str, batch_size: int, device, 
     ALD_L0, ALD_L2, ALD_Linf, PSD and ASS (code: unnormalised ALD, 1 − std PSD, SSIM range 2; paper: ALD divided
     by ‖x‖_p, 1/std PSD, and the correct SSIM range 255).
     """
-    from .metrics import ald, ass, mr, psd
+    from ..metrics import ald, ass, mr, psd
 
-    x_adv = _attack("pgd", model, cands, DEEPSEC_PGD[dataset], batch_size=batch_size, device=device, seed=seed)
+    x_adv = _attack("pgd", model, cands, _deepsec("pgd", dataset), batch_size=batch_size, device=device, seed=seed)
     ok = _success(model, x_adv, cands.y, batch_size=batch_size, device=device)
     delta = (x_adv[ok].double() - cands.x[ok].double()).flatten(1)
 
@@ -90,7 +90,7 @@ def definition_evidence(model, cands, *, dataset: str, batch_size: int, device, 
                 "PSD": psd(cands.x, x_adv, ok, weighting=weighting),
                 "ASS": ass(cands.x, x_adv, ok, data_range=data_range)}
 
-    return {"n": len(cands.y), "params": DEEPSEC_PGD[dataset], "MR": mr(ok),
+    return {"n": len(cands.y), "params": _deepsec("pgd", dataset), "MR": mr(ok),
             "code": scored(False, "one_minus_std", 2.0), "paper": scored(True, "inverse_std", 255.0),
             "norms": {"L1": mean_norm(1), "L2": mean_norm(2), "Linf": mean_norm(math.inf)}}
 
@@ -101,14 +101,14 @@ def logit_shift_evidence(dataset: str, *, n: int, batch_size: int, device, seed:
     The two variants compute the same function (same predictions, same candidates); only float32 gradients
     differ. Returns ``{"n", "fgsm": {"shift", "no_shift"}, "pgd": {...}}`` with MR values.
     """
-    from .metrics import mr
-    from .models import load_deepsec
+    from ..metrics import mr
+    from ..models import load_deepsec
 
     shifted = load_deepsec(dataset, logit_shift=True, map_location=device)
     plain = load_deepsec(dataset, logit_shift=False, map_location=device)
     cands = data_mod.candidates(shifted, dataset, n=n, seed=seed, batch_size=batch_size, device=device)
     out: dict = {"n": len(cands.y), "dataset": dataset}
-    for attack, params in (("fgsm", DEEPSEC_FGSM[dataset]), ("pgd", DEEPSEC_PGD[dataset])):
+    for attack, params in (("fgsm", _deepsec("fgsm", dataset)), ("pgd", _deepsec("pgd", dataset))):
         out[attack] = {"params": params}
         for key, model in (("shift", shifted), ("no_shift", plain)):
             x_adv = _attack(attack, model, cands, params, batch_size=batch_size, device=device, seed=seed)

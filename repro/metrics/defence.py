@@ -2,6 +2,8 @@
 
 A defended model is compared with the raw (undefended) one on the same clean test images (SPEC §6: the whole test
 set). All values are fractions; DeepSec prints CAV, CRR, CSR and CCV as percent — formatting is the caller's job.
+Inputs are validated as in :mod:`.attack`: no samples (N = 0), probabilities where logits are expected, mismatched
+lengths and labels outside ``0..K-1`` raise ValueError; no image right for both models gives NaN (CCV, COS).
 """
 from __future__ import annotations
 
@@ -10,15 +12,19 @@ import math
 import torch
 from torch import Tensor
 
-from .attack import _check_images, _check_labels, _device_of, _predict, _softmax
+from ..attacks._common import check_class_range, check_device, looks_like_probabilities
+from .attack import _check_images, _check_labels, _check_logits, _device_of, _no_samples, _predict, _softmax
 
 KEYS = ("ACC_raw", "ACC_defended", "CAV", "CRR", "CSR", "CCV", "COS")
 
 
 def _check_correct(raw_correct: Tensor, defended_correct: Tensor) -> None:
     for name, t in (("raw_correct", raw_correct), ("defended_correct", defended_correct)):
-        if not isinstance(t, Tensor) or t.dtype != torch.bool or t.dim() != 1 or len(t) == 0:
-            raise ValueError(f"{name} must be a non-empty 1-D bool tensor (prediction == label)")
+        if not isinstance(t, Tensor) or t.dtype != torch.bool or t.dim() != 1:
+            desc = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{name} is {desc}; it must be a 1-D bool tensor (prediction == label)")
+        if len(t) == 0:
+            raise _no_samples(name)
     if raw_correct.shape != defended_correct.shape:
         raise ValueError(f"raw_correct has shape {tuple(raw_correct.shape)} but defended_correct has "
                          f"{tuple(defended_correct.shape)}; both models must be scored on the same images")
@@ -34,6 +40,9 @@ def cav(raw_correct: Tensor, defended_correct: Tensor) -> float:
 
     Returns:
         A difference of fractions, in [−1, 1].
+
+    Raises:
+        ValueError: a mask is empty (no samples) or not 1-D bool, or the two differ in shape.
     """
     _check_correct(raw_correct, defended_correct)
     return float(defended_correct.double().mean() - raw_correct.double().mean())
@@ -49,6 +58,9 @@ def crr(raw_correct: Tensor, defended_correct: Tensor) -> float:
 
     Returns:
         A fraction in [0, 1].
+
+    Raises:
+        ValueError: a mask is empty (no samples) or not 1-D bool, or the two differ in shape.
     """
     _check_correct(raw_correct, defended_correct)
     return float((~raw_correct & defended_correct).double().mean())
@@ -64,9 +76,26 @@ def csr(raw_correct: Tensor, defended_correct: Tensor) -> float:
 
     Returns:
         A fraction in [0, 1].
+
+    Raises:
+        ValueError: a mask is empty (no samples) or not 1-D bool, or the two differ in shape.
     """
     _check_correct(raw_correct, defended_correct)
     return float((raw_correct & ~defended_correct).double().mean())
+
+
+def _check_outputs(raw_logits: Tensor, defended_logits: Tensor, raw_correct: Tensor, defended_correct: Tensor) -> None:
+    """CCV's and COS's inputs: two logit tables of one shape (N, K), N ≥ 1, and two correctness masks of N entries."""
+    _check_logits(raw_logits, name="raw_logits")
+    _check_logits(defended_logits, name="defended_logits")
+    if raw_logits.shape != defended_logits.shape:
+        raise ValueError(f"raw_logits has shape {tuple(raw_logits.shape)} but defended_logits has "
+                         f"{tuple(defended_logits.shape)}; both models must score the same N images over the same K "
+                         "classes")
+    _check_correct(raw_correct, defended_correct)
+    if len(raw_correct) != len(raw_logits):
+        raise ValueError(f"raw_correct and defended_correct have {len(raw_correct)} entries but the logits have "
+                         f"{len(raw_logits)} rows; they must describe the same images")
 
 
 def _both_right_mean(values: Tensor, raw_correct: Tensor, defended_correct: Tensor) -> float:
@@ -77,18 +106,7 @@ def _both_right_mean(values: Tensor, raw_correct: Tensor, defended_correct: Tens
     return float(values[both].sum() / n)
 
 
-def js_divergence(p: Tensor, q: Tensor) -> Tensor:
-    """Jensen–Shannon divergence per row, natural log: ½ KL(p‖m) + ½ KL(q‖m) with m = (p + q)/2.
-
-    Reference: DeepSec code (COS via ``scipy.stats.entropy``, natural log). Terms with p_k = 0 contribute 0
-    (``xlogy``), so zero probabilities never produce log(0); m_k > 0 wherever p_k > 0.
-
-    Args:
-        p, q: probability rows (N, K), each summing to 1.
-
-    Returns:
-        float64 tensor (N,) in [0, ln 2].
-    """
+def _js_divergence(p: Tensor, q: Tensor) -> Tensor:
     p, q = p.double(), q.double()
     m = 0.5 * (p + q)
 
@@ -97,6 +115,40 @@ def js_divergence(p: Tensor, q: Tensor) -> Tensor:
 
     # Rounding can push a mathematically non-negative divergence a hair below 0.
     return (0.5 * kl_to_m(p) + 0.5 * kl_to_m(q)).clamp_min(0.0)
+
+
+def js_divergence(p: Tensor, q: Tensor) -> Tensor:
+    """Jensen–Shannon divergence per row, natural log: ½ KL(p‖m) + ½ KL(q‖m) with m = (p + q)/2.
+
+    Reference: DeepSec code (COS via ``scipy.stats.entropy``, natural log). Terms with p_k = 0 contribute 0
+    (``xlogy``), so zero probabilities never produce log(0); m_k > 0 wherever p_k > 0.
+
+    Takes **probabilities**, not logits (a divergence is between distributions; logits would give log of negative
+    numbers, NaN): apply softmax first, as :func:`cos` does.
+
+    Args:
+        p, q: probability rows (N, K), N ≥ 1, each row in [0, 1] summing to 1 (within 1e-4), same shape.
+
+    Returns:
+        float64 tensor (N,) in [0, ln 2].
+
+    Raises:
+        ValueError: shapes differ or are not (N, K), N = 0 (no samples), or a row is not a probability distribution.
+    """
+    for name, t in (("p", p), ("q", q)):
+        if not isinstance(t, Tensor) or t.dim() != 2:
+            shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{name} has shape {shape}; expected probability rows (N, K)")
+        if len(t) == 0:
+            raise _no_samples(name)
+        if not looks_like_probabilities(t):
+            lo, hi = torch.stack(torch.aminmax(t.detach().double())).tolist()
+            raise ValueError(f"{name} is not a probability distribution per row (values in [{lo:.4g}, {hi:.4g}]; each "
+                             "row must lie in [0, 1] and sum to 1): js_divergence takes probabilities, so pass "
+                             "softmax(logits), as cos() does")
+    if p.shape != q.shape:
+        raise ValueError(f"p has shape {tuple(p.shape)} but q has {tuple(q.shape)}; they must be equal")
+    return _js_divergence(p, q)
 
 
 def ccv(raw_logits: Tensor, defended_logits: Tensor, raw_correct: Tensor, defended_correct: Tensor) -> float:
@@ -110,8 +162,11 @@ def ccv(raw_logits: Tensor, defended_logits: Tensor, raw_correct: Tensor, defend
 
     Returns:
         A value in [0, 1]; NaN when no image is classified correctly by both.
+
+    Raises:
+        ValueError: no samples, probabilities instead of logits, or shapes/lengths that disagree (named).
     """
-    _check_correct(raw_correct, defended_correct)
+    _check_outputs(raw_logits, defended_logits, raw_correct, defended_correct)
     gap = (_softmax(defended_logits).amax(1) - _softmax(raw_logits).amax(1)).abs()
     return _both_right_mean(gap, raw_correct.to(gap.device), defended_correct.to(gap.device))
 
@@ -128,13 +183,16 @@ def cos(raw_logits: Tensor, defended_logits: Tensor, raw_correct: Tensor, defend
 
     Returns:
         A value in [0, ln 2]; NaN when no image is classified correctly by both.
+
+    Raises:
+        ValueError: no samples, probabilities instead of logits, or shapes/lengths that disagree (named).
     """
-    _check_correct(raw_correct, defended_correct)
-    divergence = js_divergence(_softmax(raw_logits), _softmax(defended_logits))
+    _check_outputs(raw_logits, defended_logits, raw_correct, defended_correct)
+    divergence = _js_divergence(_softmax(raw_logits), _softmax(defended_logits))
     return _both_right_mean(divergence, raw_correct.to(divergence.device), defended_correct.to(divergence.device))
 
 
-def defense_utility(
+def defence_utility(
     raw_model: torch.nn.Module,
     defended_model: torch.nn.Module,
     x: Tensor,
@@ -161,17 +219,20 @@ def defense_utility(
         CAV = CRR − CSR; CCV and COS are NaN if no image is classified correctly by both models.
 
     Raises:
-        ValueError: images not 4-D or outside [0, 1], labels of the wrong shape, or a model returns probabilities.
+        ValueError: images empty, not float32 (N, C, H, W) or outside [0, 1], labels of the wrong shape or outside
+            ``0..K-1``, a model returns probabilities, or a device this machine lacks.
     """
     _check_images("x", x)
     _check_labels("y", y, len(x))
-    device = torch.device(device) if device is not None else _device_of(raw_model, x.device)
+    device = check_device(device) if device is not None else _device_of(raw_model, x.device)
     raw_logits = _predict(raw_model, x, batch_size=batch_size, device=device, who="raw_model")
     defended_logits = _predict(defended_model, x, batch_size=batch_size, device=device, who="defended_model")
     if raw_logits.shape != defended_logits.shape:
         raise ValueError(f"raw_model gives {tuple(raw_logits.shape)} outputs but defended_model "
                          f"{tuple(defended_logits.shape)}; both must classify the same K classes")
     y = y.to(device)
+    # Out-of-range labels would just count as wrong predictions: a silently wrong accuracy.
+    check_class_range(y, raw_logits.shape[1], name="y")
     raw_correct = raw_logits.argmax(1) == y
     defended_correct = defended_logits.argmax(1) == y
     return {
@@ -185,4 +246,4 @@ def defense_utility(
     }
 
 
-__all__ = ["KEYS", "defense_utility", "cav", "crr", "csr", "ccv", "cos", "js_divergence"]
+__all__ = ["KEYS", "defence_utility", "cav", "crr", "csr", "ccv", "cos", "js_divergence"]

@@ -1,34 +1,32 @@
 """The plan of the study as data: every table column we run, what it is compared with, and how it departs from
 the paper under each compute profile.
 
-One :class:`Column` per executed notebook. ``repro.run`` executes the plan with papermill, ``repro.book`` turns the
-results into the book's tables; neither holds any column-specific knowledge of its own. Published numbers live in
-``repro/published/table{1,2}.csv`` (see :func:`published`), tolerances in :data:`TOLERANCES`.
+One :class:`Column` per executed notebook. The pipeline (:mod:`repro.pipeline`) executes the plan with papermill and
+the report (:mod:`repro.report`) turns the results into the book; neither holds column-specific knowledge. Published
+numbers live in ``repro/study/published/table{1,2}.csv`` (see :func:`published`), tolerances in :data:`TOLERANCES`.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 
-from .profiles import Profile, get_profile
+from ..metrics import ATTACK_KEYS, DEFENCE_KEYS
+from .profiles import Profile, departures_of, get_profile
 
 # DeepSec's / Madry's CIFAR-10 budget, 8/255 and 2/255 in [0, 1] units (DeepSec writes them as 0.03137 / 0.007843).
 EPS_8_255 = 8 / 255
 STEP_2_255 = 2 / 255
 
-# Metrics in table order, with the unit the papers print them in ("%" or "1").
-ATTACK_METRICS = ("MR", "ACAC", "ACTC", "ALD_L0", "ALD_L2", "ALD_Linf", "ASS", "PSD", "NTE", "RGB", "RIC")
-DEFENCE_METRICS = ("ACC_raw", "ACC_defended", "CAV", "CRR", "CSR", "CCV", "COS")
+# The unit the papers print each metric in ("%"; the others as fractions), and its label in the book.
 PRINTED_UNIT = {"MR": "%", "ACC_raw": "%", "ACC_defended": "%", "CAV": "%", "CRR": "%", "CSR": "%", "CCV": "%"}
-METRIC_LABELS = {
-    "MR": "MR", "ACAC": "ACAC", "ACTC": "ACTC", "ALD_L0": "ALD L0", "ALD_L2": "ALD L2", "ALD_Linf": "ALD L∞",
-    "ASS": "ASS", "PSD": "PSD", "NTE": "NTE", "RGB": "RGB", "RIC": "RIC",
-    "ACC_raw": "ACC raw", "ACC_defended": "ACC defended", "CAV": "CAV", "CRR": "CRR", "CSR": "CSR", "CCV": "CCV",
-    "COS": "COS",
-}
+METRIC_LABELS = {key: key.replace("_Linf", " L∞").replace("_L", " L").replace("_", " ")
+                 for key in ATTACK_KEYS + DEFENCE_KEYS}
+# The metrics of each table, in table order (owned by repro.metrics).
+TABLE_METRICS = {"1": ATTACK_KEYS, "2": DEFENCE_KEYS}
 
 
 @dataclass(frozen=True)
@@ -67,38 +65,40 @@ TOLERANCES: dict[str, Tolerance] = {
     "COS": Tolerance(abs=0.005, rel=0.25),
 }
 
-# Source files a column's numbers depend on (relative to the repository root; folders mean every .py inside).
-# Their contents go into the column's fingerprint, so editing any of them re-runs the column.
-COMMON_SOURCES = ("repro/data.py", "repro/_io.py", "repro/models", "repro/experiments.py", "repro/results.py",
-                  "repro/figures.py", "repro/profiles.py")
-ATTACK_SOURCES = COMMON_SOURCES + ("repro/attacks", "repro/metrics")
-TRAIN_SOURCES = COMMON_SOURCES + ("repro/train.py", "repro/attacks")
-DEFENCE_SOURCES = TRAIN_SOURCES + ("repro/metrics",)
 
 
 @dataclass(frozen=True)
 class Column:
     """One executed notebook: a table column (or a supporting run) of the study.
 
-    ``parameters`` are the notebook's parameters in the paper's setting (budgets left ``None`` are taken from the
-    profile by :func:`repro.experiments.resolve`); ``overrides`` replace some of them under a named profile.
-    ``compare_with`` names the published column in ``repro/published/table{N}.csv`` (``None``: nothing published,
-    e.g. our corrected ε=8/255 runs). ``departures`` are the column's own departures from the paper, on top of the
-    profile-driven ones that :func:`departures` adds.
+    ``parameters`` are the notebook's parameters in the paper's setting (budgets the profile decides are not
+    listed: the notebook leaves them ``None`` and :func:`repro.study.steps.setup` fills them in); ``overrides``
+    replace some of them under a named profile. ``attack``/``defence`` name the registry entry the column runs
+    (:data:`repro.attacks.ATTACKS`, :data:`repro.train.DEFENCES`). ``compare_with`` names the published column in
+    ``published/table{N}.csv`` (``None``: nothing published). ``uses`` says which parts of a profile's budget apply
+    ("attack", "raw", "train_wide", "wide", "defence"), and so which profile departures it lists; ``departures`` are
+    the column's own.
     """
 
     id: str
-    table: str  # "1", "2", "corrected", "findings", "raw"
+    table: str  # "1", "2", "corrected", "findings"
     title: str
     notebook: str
     parameters: dict
+    attack: str | None = None
+    defence: str | None = None
     compare_with: str | None = None
+    contrasts_with: str | None = None  # a corrected column: the literal column it is shown beside
     model_label: str = ""
-    sources: tuple[str, ...] = ATTACK_SOURCES
     overrides: dict = field(default_factory=dict)
     departures: tuple[str, ...] = ()
-    uses: frozenset = frozenset()  # which profile budgets apply: "attack", "cw2", "train_raw", "defence", "wide"
+    uses: frozenset = frozenset()
     profiles: tuple[str, ...] = ("smoke", "quick", "paper")  # profiles that run this column
+
+    @property
+    def metric_keys(self) -> tuple[str, ...]:
+        """The metrics this column reports: the attack table's for an attack, the defence table's for a defence."""
+        return ATTACK_KEYS if self.attack else DEFENCE_KEYS if self.defence else ()
 
     def parameters_for(self, profile: str) -> dict:
         """The notebook parameters passed by the pipeline under ``profile`` (before the notebook resolves budgets)."""
@@ -108,22 +108,32 @@ class Column:
 
 # Under smoke (seconds per notebook, numbers not meaningful) fewer PGD steps and smaller accuracy-vs-ε curves; every
 # code path still runs.
-SMOKE_CURVES = {"smoke": {"curve_samples": 16, "curve_steps": 2}}
 SMOKE_PGD = {"smoke": {"steps": 3}}
-SMOKE_PAT = {"smoke": {"steps": 2, "curve_samples": 16, "curve_steps": 2}}
+SMOKE_CURVES = {"smoke": {"curve_steps": 2}}
+SMOKE_PAT = {"smoke": {"steps": 2, "curve_steps": 2}}
+# The follow-up's literal "ε = 8" settings, and the same settings with ε and the step read on the 0..255 scale, as
+# Madry et al.'s "ε = 8" means: only the unit of ε changes between the literal and the corrected columns.
+FOLLOWUP_PGD_EPS8 = dict(eps=8.0, step_size=0.875, steps=15)
+FOLLOWUP_PAT_EPS8 = dict(eps=8.0, step_size=2.0, steps=10)
+
+
+def _per_255(setting: dict) -> dict:
+    """``setting`` with ε and its step divided by 255 (the 0..255 reading of the follow-up's "ε = 8")."""
+    return {**setting, "eps": setting["eps"] / 255, "step_size": setting["step_size"] / 255}
+
 
 PLAN: tuple[Column, ...] = (
     # ------------------------------------------------------------------------------------------ Table 1: attacks
     Column(
-        id="cw2_mnist", table="1", title="CW2 on DeepSec's MNIST ConvNet", notebook="cw2.ipynb",
+        id="cw2_mnist", table="1", title="CW2 on DeepSec's MNIST ConvNet", notebook="cw2.ipynb", attack="cw2",
         model_label="MNIST ConvNet",
         parameters=dict(dataset="mnist", model="mnist_convnet", confidence=0.0, initial_const=1e-3, lr=0.02,
-                        search="deepsec", binary_search_steps=None, max_iterations=None, seed=100),
-        compare_with="cw2_mnist", uses=frozenset({"attack", "cw2", "raw"}),
+                        search="deepsec", seed=100),
+        compare_with="cw2_mnist", uses=frozenset({"attack", "raw"}),
     ),
     Column(
         id="pgd_resnet20", table="1", title="PGD, DeepSec's CIFAR-10 parameters (ε = 0.1), ResNet-20",
-        notebook="pgd.ipynb", model_label="CIFAR-10 ResNet-20",
+        notebook="pgd.ipynb", attack="pgd", model_label="CIFAR-10 ResNet-20",
         parameters=dict(dataset="cifar10", model="resnet20", eps=0.1, step_size=0.01, steps=15, seed=100),
         compare_with="pgd_resnet20", overrides=SMOKE_PGD, uses=frozenset({"attack", "raw"}),
         departures=("the follow-up labels this column ε = 0.3137; its L∞ of 0.100 shows that it ran DeepSec's "
@@ -131,62 +141,56 @@ PLAN: tuple[Column, ...] = (
     ),
     Column(
         id="pgd_eps8_wide", table="1", title="PGD \"ε = 8\" taken literally, wide ResNet", notebook="pgd.ipynb",
-        model_label="CIFAR-10 wide ResNet-20",
-        parameters=dict(dataset="cifar10", model="resnet20_wide", eps=8.0, step_size=0.875, steps=15, seed=100),
+        attack="pgd", model_label="CIFAR-10 wide ResNet-20",
+        parameters=dict(dataset="cifar10", model="resnet20_wide", **FOLLOWUP_PGD_EPS8, seed=100),
         compare_with="pgd_eps8_wide", overrides=SMOKE_PGD, uses=frozenset({"attack", "wide", "train_wide"}),
-        sources=TRAIN_SOURCES + ("repro/metrics",),
         departures=("the follow-up gives ε = 8 and ε_iter = 0.875 but not the number of steps; we keep "
                     "DeepSec's 15",),
     ),
     # ------------------------------------------------------------------------------------------ Table 2: defences
     Column(
-        id="nat_mnist", table="2", title="NAT on DeepSec's MNIST ConvNet", notebook="nat.ipynb",
+        id="nat_mnist", table="2", title="NAT on DeepSec's MNIST ConvNet", notebook="nat.ipynb", defence="nat",
         model_label="MNIST ConvNet",
         parameters=dict(dataset="mnist", model="mnist_convnet", sigma=50.0, eps_max=0.3, adv_weight=0.3, seed=100),
         compare_with="nat_mnist", overrides=SMOKE_CURVES, uses=frozenset({"defence", "raw"}),
-        sources=DEFENCE_SOURCES,
     ),
     Column(
         id="pat_resnet20", table="2", title="PAT, DeepSec's CIFAR-10 parameters (ε = 8/255), ResNet-20",
-        notebook="pat.ipynb", model_label="CIFAR-10 ResNet-20",
+        notebook="pat.ipynb", defence="pat", model_label="CIFAR-10 ResNet-20",
         parameters=dict(dataset="cifar10", model="resnet20", eps=EPS_8_255, step_size=STEP_2_255, steps=7,
                         seed=100),
         compare_with="pat_resnet20", overrides=SMOKE_PAT, uses=frozenset({"defence", "raw"}),
-        sources=DEFENCE_SOURCES,
         departures=("the follow-up labels this column ε = 0.1 (and its text 0.3137); DeepSec's PAT uses "
                     "ε = 0.03137 = 8/255, which is what we run",),
     ),
     Column(
         id="pat_eps8_wide", table="2", title="PAT \"ε = 8\" taken literally, wide ResNet", notebook="pat.ipynb",
-        model_label="CIFAR-10 wide ResNet-20",
-        parameters=dict(dataset="cifar10", model="resnet20_wide", eps=8.0, step_size=2.0, steps=10, seed=100),
+        defence="pat", model_label="CIFAR-10 wide ResNet-20",
+        parameters=dict(dataset="cifar10", model="resnet20_wide", **FOLLOWUP_PAT_EPS8, seed=100),
         compare_with="pat_eps8_wide", overrides=SMOKE_PAT, uses=frozenset({"defence", "wide", "train_wide"}),
-        sources=DEFENCE_SOURCES,
     ),
-    # -------------------------------------------------------------------- corrected columns: Madry's ε = 8/255
+    # ----------------------------------------------- corrected columns: the follow-up's settings with ε in /255
     Column(
-        id="pgd_8_255_wide", table="corrected", title="PGD at ε = 8/255 (Madry's evaluation), wide ResNet",
-        notebook="pgd.ipynb", model_label="CIFAR-10 wide ResNet-20",
-        parameters=dict(dataset="cifar10", model="resnet20_wide", eps=EPS_8_255, step_size=STEP_2_255, steps=20,
-                        seed=100),
-        overrides=SMOKE_PGD, uses=frozenset({"attack", "wide", "train_wide"}),
-        sources=TRAIN_SOURCES + ("repro/metrics",),
+        id="pgd_8_255_wide", table="corrected", title="PGD at ε = 8/255 (the follow-up's setting, ε in /255), "
+        "wide ResNet", notebook="pgd.ipynb", attack="pgd", model_label="CIFAR-10 wide ResNet-20 (raw)",
+        parameters=dict(dataset="cifar10", model="resnet20_wide", **_per_255(FOLLOWUP_PGD_EPS8), seed=100),
+        overrides=SMOKE_PGD, uses=frozenset({"attack", "wide", "train_wide"}), contrasts_with="pgd_eps8_wide",
+        departures=("the follow-up's PGD (ε = 8, ε_iter = 0.875, 15 steps) with ε and ε_iter divided by 255: "
+                    "only the unit of ε differs from the literal column; it attacks the raw wide model, as the "
+                    "literal column does",),
     ),
     Column(
-        id="pat_8_255_wide", table="corrected", title="PAT at ε = 8/255 (Madry's training), wide ResNet",
-        notebook="pat.ipynb", model_label="CIFAR-10 wide ResNet-20",
-        parameters=dict(dataset="cifar10", model="resnet20_wide", eps=EPS_8_255, step_size=STEP_2_255, steps=7,
-                        seed=100),
-        overrides=SMOKE_PAT, uses=frozenset({"defence", "wide", "train_wide"}),
-        sources=DEFENCE_SOURCES,
+        id="pat_8_255_wide", table="corrected", title="PAT at ε = 8/255 (the follow-up's setting, ε in /255), "
+        "wide ResNet", notebook="pat.ipynb", defence="pat", model_label="CIFAR-10 wide ResNet-20",
+        parameters=dict(dataset="cifar10", model="resnet20_wide", **_per_255(FOLLOWUP_PAT_EPS8), seed=100),
+        overrides=SMOKE_PAT, uses=frozenset({"defence", "wide", "train_wide"}), contrasts_with="pat_eps8_wide",
+        departures=("the follow-up's PAT (ε = 8, step 2, 10 steps) with ε and step divided by 255: only the unit "
+                    "of ε differs from the literal column",),
     ),
     # ------------------------------------------------------------------------- evidence for the known problems
     Column(
         id="findings", table="findings", title="Evidence for the known problems", notebook="findings.ipynb",
-        model_label="MNIST ConvNet, CIFAR-10 ResNet-20",
-        parameters=dict(seed=100),
-        uses=frozenset({"attack"}), sources=ATTACK_SOURCES + ("repro/findings.py", "repro/published/table1.csv",
-                                                 "repro/published/table2.csv"),
+        model_label="MNIST ConvNet, CIFAR-10 ResNet-20", parameters=dict(seed=100),
     ),
 )
 
@@ -210,49 +214,33 @@ def columns_for(profile: str) -> list[Column]:
     return [c for c in PLAN if profile in c.profiles]
 
 
-# ----------------------------------------------------------------------------------------------------- departures
-# Profile-driven departures from the paper, as data: (budget it applies to, profile field, the paper's value,
-# text with {value}). A rule applies to a column that ``uses`` its budget when the profile's value is not the
-# paper's.
-PAPER_PROFILE_VALUES = {
-    "n_candidates": 1000, "cw2_n_candidates": 1000, "cw2_binary_search_steps": 10, "cw2_max_iterations": 10_000, "raw_source": "train",
-    "train_epochs": None, "train_subset": None, "defence_init": "scratch", "defence_epochs": None,
-    "defence_subset": None,
-    "wide_width": 10, "eval_subset": None,
-}
-DEPARTURE_RULES: tuple[tuple[str, str, str], ...] = (
-    ("attack", "n_candidates", "{value} clean candidates attacked instead of 1,000"),
-    ("cw2", "cw2_n_candidates", "{value} clean candidates attacked by CW2 instead of 1,000"),
-    ("cw2", "cw2_binary_search_steps", "CW2 binary search of {value} steps instead of DeepSec's 10"),
-    ("cw2", "cw2_max_iterations", "CW2 with {value} Adam iterations per search step instead of DeepSec's 10,000"),
-    ("raw", "raw_source", "raw model: DeepSec's released checkpoint (retrained by DeepSec's authors after the paper), "
-                          "not a model trained here with the paper's recipe"),
-    ("train_wide", "train_epochs", "wide ResNet trained for {value} epochs instead of the recipe's 200"),
-    ("train_wide", "train_subset", "wide ResNet trained on {value} training images"),
-    ("wide", "wide_width", "wide ResNet with stage widths ×{value} instead of ×10"),
-    ("defence", "defence_init", "defence fine-tuned from the raw model instead of trained from scratch"),
-    ("defence", "defence_epochs", "defence trained for {value} epochs instead of the recipe's (20 MNIST, 200 "
-                                  "CIFAR-10)"),
-    ("defence", "defence_subset", "defence trained on the first {value} training images (less the 10 % held out "
-                                  "for validation) instead of all"),
-    ("defence", "eval_subset", "defence metrics on {value} test images instead of the whole test split"),
-)
-
-
 def departures(col: Column, profile: str | Profile) -> list[str]:
     """Every departure of ``col`` from the paper's setting under ``profile``: the profile-driven ones, then the
     column's own. Departures that depend on the data found at run time (a partial CIFAR-10) are added from the
-    result's provenance by :func:`repro.experiments.data_departures`.
+    result's provenance by :func:`repro.study.steps.data_departures`.
     """
     prof = get_profile(profile) if isinstance(profile, str) else profile
-    out = []
-    for budget, name, text in DEPARTURE_RULES:
-        value = getattr(prof, name)
-        if budget in col.uses and value != PAPER_PROFILE_VALUES[name]:
-            if name == "defence_init" and value == "scratch":
-                continue
-            out.append(text.format(value=f"{value:,}" if isinstance(value, int) else value))
-    return out + list(col.departures)
+    return departures_of(prof, uses=col.uses, attack=col.attack) + list(col.departures)
+
+
+# --------------------------------------------------------------------------------------------------- fingerprints
+# A column's numbers may depend on any code of the package (conservative on purpose) and on the published tables.
+FINGERPRINT_SOURCES = ("repro",)
+PUBLISHED_DIR = Path(__file__).with_name("published")
+
+
+def fingerprint(col: Column, profile: str) -> str:
+    """The fingerprint a fresh result of ``col`` under ``profile`` carries: sha256 over the column's plan row, the
+    profile's budgets, every ``.py`` file of ``repro/``, the published CSVs and the column's notebook. Any edit to
+    them makes the column stale."""
+    from ..results import fingerprint as source_fingerprint
+
+    row = {"column": {**asdict(col), "uses": sorted(col.uses)}, "profile": get_profile(profile).as_dict()}
+    digest = hashlib.sha256(source_fingerprint(row, FINGERPRINT_SOURCES + (f"notebooks/{col.notebook}",)).encode())
+    for path in sorted(PUBLISHED_DIR.glob("*.csv")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------- published numbers
@@ -284,7 +272,7 @@ def published(table: str) -> tuple[Published, ...]:
 
 @lru_cache(maxsize=None)
 def _read_published(table: str) -> tuple[Published, ...]:
-    text = resources.files("repro").joinpath("published", f"table{table}.csv").read_text(encoding="utf-8")
+    text = (PUBLISHED_DIR / f"table{table}.csv").read_text(encoding="utf-8")
     rows = []
     for row in csv.DictReader(text.splitlines()):
         printed = float(row["value"])

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from . import results as results_mod
-from .plan import (ATTACK_METRICS, COLUMNS, DEFENCE_METRICS, METRIC_LABELS, PRINTED_UNIT, TOLERANCES, Column,
-                   columns_for, published, to_printed_unit)
-from .profiles import get_profile
+from .. import results as results_mod
+from ..study.plan import (COLUMNS, METRIC_LABELS, PRINTED_UNIT, TABLE_METRICS, TOLERANCES, Column, columns_for,
+                          fingerprint, published, to_printed_unit)
+from ..study.profiles import get_profile
 
 MADRY_ANCHOR = {"clean": 0.873, "pgd20": 0.458}  # Madry et al. (2018), adversarially trained wide network, CIFAR-10
 NOT_COMPUTED = "–"
@@ -27,10 +27,10 @@ def comparison_rows(col: Column, result: results_mod.Result | None) -> list[dict
     """One dict per metric of ``col``'s table: ``metric``, ``ours``, ``followup``, ``deepsec`` (fractions or None),
     the differences ``d_followup``/``d_deepsec`` (ours − published, fractions) and ``ok_followup``/``ok_deepsec``
     (within tolerance; None when there is nothing to compare)."""
-    metrics = ATTACK_METRICS if col.table in ("1",) or col.notebook in ("pgd.ipynb", "cw2.ipynb") else DEFENCE_METRICS
+    metrics = col.metric_keys
     pub = {}
     if col.compare_with is not None:
-        for row in published(col.table):
+        for row in published(col.table if col.table in TABLE_METRICS else "1" if col.attack else "2"):
             if row.column == col.compare_with:
                 pub[(row.source, row.metric)] = row
     rows = []
@@ -182,7 +182,7 @@ TABLE_INTRO = {
 
 def _table_page(table: str, cols, found, fresh, profile, figures_dir) -> str:
     title, intro = TABLE_INTRO[table]
-    metrics = ATTACK_METRICS if table == "1" else DEFENCE_METRICS
+    metrics = TABLE_METRICS[table]
     parts = [f"# {title}\n", intro + "\n", f"```{{note}}\nProfile **{profile}**: "
              f"{get_profile(profile).description}. Each column below lists its departures from the paper.\n```\n",
              "## Overview\n", _overview(cols, found, metrics)]
@@ -199,10 +199,10 @@ def _corrected_page(profile, found, fresh, figures_dir) -> str:
              "columns run the wide ResNet with that budget, next to our literal \"ε = 8\" runs, so that the effect of "
              "the unit mistake is visible. Nothing was published for them; Madry et al. report 87.3 % clean and "
              "45.8 % accuracy under 20-step PGD for their (much larger) adversarially trained WRN-34-10.\n"]
-    pairs = (("pgd_eps8_wide", "pgd_8_255_wide", ATTACK_METRICS), ("pat_eps8_wide", "pat_8_255_wide", DEFENCE_METRICS))
-    for literal, corrected, metrics in pairs:
+    for corrected_col in [c for c in COLUMNS.values() if c.contrasts_with and c.id in found]:
+        literal, corrected, metrics = corrected_col.contrasts_with, corrected_col.id, corrected_col.metric_keys
         a, b = found.get(literal), found.get(corrected)
-        title = "PGD" if literal.startswith("pgd") else "PAT"
+        title = (corrected_col.attack or corrected_col.defence).upper()
         parts.append(f"## {title}: \"ε = 8\" versus ε = 8/255\n")
         rows = [[_label(m), _fmt(m, None if a is None else a.metrics.get(m)),
                  _fmt(m, None if b is None else b.metrics.get(m))] for m in metrics]
@@ -215,9 +215,8 @@ def _corrected_page(profile, found, fresh, figures_dir) -> str:
             if not fresh.get(corrected, False):
                 parts.append("```{warning}\nThe ε = 8/255 result is stale (computed with other code or "
                              "parameters).\n```\n")
-    curves = {COLUMNS[cid].title: found[cid].extra["accuracy_vs_eps"] for cid in
-              ("pat_resnet20", "pat_eps8_wide", "pat_8_255_wide")
-              if cid in found and "accuracy_vs_eps" in found[cid].extra}
+    curves = {COLUMNS[cid].title: r.extra["accuracy_vs_eps"] for cid, r in found.items()
+              if cid in COLUMNS and COLUMNS[cid].defence and "accuracy_vs_eps" in r.extra}
     if curves:
         parts.append("## Accuracy under attack\n")
         parts.append("Each model is attacked by PGD run *against itself* (10 steps of ε/4, random start) on the first "
@@ -245,7 +244,7 @@ def _tolerances_page() -> str:
 
 
 def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict) -> None:
-    from . import findings
+    from ..study import findings
 
     names = ("eps8", "norms", "definitions", "shift", "pat")
     if result is None:
@@ -321,28 +320,29 @@ def gpu_estimate(found: dict) -> str:
 
     CPU seconds per image-step come from our own runs (PGD/CW2 CC divided by the steps per image). The GPU estimate
     scales the same workload by the follow-up's report that PAT on the ×10 wide ResNet took about 7,000 minutes on a
-    GTX 1080 (200 epochs × 45,000 images × (10 + 1) forward-backward passes), i.e. it assumes that GPU's throughput.
+    GTX 1080 (200 epochs × 45,000 images × (10 + 2) forward-backward passes: 10 crafting steps, then the clean and
+    the adversarial batch), i.e. it assumes that GPU's throughput.
     """
-    from .models import build
+    from ..models import build
 
     def params(model, **kw):
         return sum(p.numel() for p in build(model, **kw).parameters())
 
     # Forward-backward cost per image relative to ResNet-20 (conv FLOPs scale with width² at fixed resolution).
-    rel = {"mnist_convnet": 0.3, "resnet20": 1.0, "resnet20_x10": 100.0}
-    anchor_steps = 200 * 45_000 * 11 * rel["resnet20_x10"]
+    rel = {"mnist_convnet": 0.3, "resnet20": 1.0, "resnet20_wide": 100.0}
+    anchor_steps = 200 * 45_000 * 12 * rel["resnet20_wide"]
     seconds_per_rel_step = 7000 * 60 / anchor_steps
     work = [
         ("CW2, MNIST: 1,000 images × 10 × 10,000 iterations", 1000 * 10 * 10_000 * rel["mnist_convnet"]),
         ("PGD, ResNet-20: 1,000 × 15 steps", 1000 * 15 * rel["resnet20"]),
-        ("PGD, wide ResNet ×10: 1,000 × 15 steps", 1000 * 15 * rel["resnet20_x10"]),
+        ("PGD, wide ResNet ×10: 1,000 × 15 steps", 1000 * 15 * rel["resnet20_wide"]),
         ("raw MNIST ConvNet: 20 epochs × 54,000", 20 * 54_000 * rel["mnist_convnet"]),
         ("raw ResNet-20: 200 epochs × 45,000", 200 * 45_000 * rel["resnet20"]),
-        ("raw wide ResNet ×10: 200 epochs × 45,000", 200 * 45_000 * rel["resnet20_x10"]),
+        ("raw wide ResNet ×10: 200 epochs × 45,000", 200 * 45_000 * rel["resnet20_wide"]),
         ("NAT, MNIST: 20 epochs × 54,000 × 2 passes", 20 * 54_000 * 2 * rel["mnist_convnet"]),
-        ("PAT, ResNet-20: 200 epochs × 45,000 × (7 + 1)", 200 * 45_000 * 8 * rel["resnet20"]),
-        ("PAT \"ε = 8\", wide ×10: 200 × 45,000 × (10 + 1)", 200 * 45_000 * 11 * rel["resnet20_x10"]),
-        ("PAT ε = 8/255, wide ×10: 200 × 45,000 × (7 + 1)", 200 * 45_000 * 8 * rel["resnet20_x10"]),
+        ("PAT, ResNet-20: 200 epochs × 45,000 × (7 + 2)", 200 * 45_000 * 9 * rel["resnet20"]),
+        ("PAT \"ε = 8\", wide ×10: 200 × 45,000 × (10 + 2)", 200 * 45_000 * 12 * rel["resnet20_wide"]),
+        ("PAT ε = 8/255, wide ×10: 200 × 45,000 × (10 + 2)", 200 * 45_000 * 12 * rel["resnet20_wide"]),
     ]
     cpu = None
     r = found.get("pgd_resnet20")
@@ -359,7 +359,7 @@ def gpu_estimate(found: dict) -> str:
     text = ("The paper setting's work, counted in forward-backward passes of one image through ResNet-20 "
             "(\"ResNet-20 steps\"; the MNIST ConvNet costs about 0.3 of one, the ×10 wide ResNet about 100, since "
             "convolution cost grows with the square of the width). "
-            f"The wide ResNet ×10 has {params('resnet20', width=10):,} parameters against ResNet-20's "
+            f"The wide ResNet ×10 has {params('resnet20_wide', width=10):,} parameters against ResNet-20's "
             f"{params('resnet20'):,}.\n\n")
     text += _md_table(["run", "ResNet-20 steps", "GPU hours (GTX 1080 class)", "CPU hours (our measurement)"], rows)
     text += ("\nGPU hours assume the throughput implied by the follow-up's report that PAT on the ×10 wide ResNet "
@@ -378,8 +378,6 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
 
     Returns the ids of the profile's columns that have no result (the caller decides whether that is an error).
     """
-    from .run import column_fingerprint, executed_notebook
-
     get_profile(profile)
     gen = stage / "book" / "generated"
     figures_dir = gen / "figures"
@@ -389,12 +387,12 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
     found, fresh, missing = {}, {}, []
     for col in cols:
         path = results_mod.result_path(results_dir, profile, col.id)
-        nb = executed_notebook(results_dir, profile, col.id)
+        nb = results_mod.executed_notebook_path(results_dir, profile, col.id)
         if not path.exists() or not nb.exists():
             missing.append(col.id)
             continue
         found[col.id] = results_mod.load(path)
-        fresh[col.id] = found[col.id].fingerprint == column_fingerprint(col, profile)
+        fresh[col.id] = found[col.id].fingerprint == fingerprint(col, profile)
         shutil.copy2(nb, gen / "columns" / f"{col.id}.ipynb")
     if missing:
         return missing

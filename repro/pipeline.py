@@ -1,0 +1,301 @@
+"""The pipeline: execute the plan's notebooks with papermill, then build the book from the results.
+
+    python -m repro.pipeline --profile quick             # run every stale column of the plan (results/quick/)
+    python -m repro.pipeline --profile quick --only pgd_resnet20 --force
+    python -m repro.pipeline --build-book --profile quick  # generate the pages from results/quick/, build _build/html
+    python -m repro.pipeline --screenshot --profile quick  # landing page and tables as PNG (headless Chromium)
+
+A column is up to date when its result carries the plan's fingerprint (:func:`repro.study.plan.fingerprint`: the
+plan row, the profile, every source file of ``repro/`` and the notebook) and its executed notebook carries the same
+``run_id`` as the result. A notebook runs in ``runs/pipeline/`` (ignored by git); the result it writes there is
+moved, never rewritten, beside its executed notebook in ``results/<profile>/`` (notebook first, then the JSON: a run
+killed between the two leaves a pair whose run ids differ, which counts as stale). A second run of the same column
+while one is in progress is refused. papermill executes; jupyter-book only renders (``execute_notebooks: 'off'``)
+with warnings as errors.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import results as results_mod
+from ._io import write_text_atomic
+from .study.plan import Column, columns_for, fingerprint
+
+NOTEBOOKS = "notebooks"
+STAGING = "runs/pipeline"  # where notebooks write their results while the pipeline runs them (ignored by git)
+LOCKS = "runs/locks"
+SCREENSHOT_DIR = "screenshots"
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")
+
+
+class PipelineError(RuntimeError):
+    """A notebook failed, results are missing, another run holds the column, or the book did not build."""
+
+
+def notebook_run_id(path: Path) -> str | None:
+    """The ``run_id`` the pipeline stored in an executed notebook's metadata (``None`` if absent)."""
+    import nbformat
+
+    try:
+        return nbformat.read(path, as_version=4).metadata.get("repro", {}).get("run_id")
+    except (OSError, ValueError):
+        return None
+
+
+def is_fresh(col: Column, profile: str, results_dir: str | os.PathLike) -> bool:
+    """Whether ``col`` has an up-to-date result and the executed notebook of the same run under ``results_dir``."""
+    path = results_mod.result_path(results_dir, profile, col.id)
+    nb = results_mod.executed_notebook_path(results_dir, profile, col.id)
+    if not path.exists() or not nb.exists():
+        return False
+    try:
+        result = results_mod.load(path)
+    except (ValueError, TypeError, KeyError):
+        return False
+    return result.fingerprint == fingerprint(col, profile) and notebook_run_id(nb) == result.run_id
+
+
+class ColumnLock:
+    """An exclusive lock file per (profile, column) under ``runs/locks/``; a lock whose process is gone is taken
+    over, a live one refused with a message naming its process."""
+
+    def __init__(self, profile: str, column: str):
+        self.path = results_mod.resolve_path(LOCKS) / f"{profile}-{column}.lock"
+        self.what = f"column {column!r} (profile {profile})"
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pid = self._holder()
+                if pid is not None and _alive(pid):
+                    raise PipelineError(f"{self.what} is being run by process {pid} (lock {self.path}); wait for it "
+                                        "to finish, or delete the lock file if that process is not a pipeline")
+                self.path.unlink(missing_ok=True)  # left by a run that was killed
+                continue
+            with os.fdopen(fd, "w") as out:
+                out.write(str(os.getpid()))
+            return self
+        raise PipelineError(f"could not take the lock {self.path} for {self.what}")
+
+    def _holder(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def execute(col: Column, profile: str, *, results_dir: str, device: str = "auto", overrides: dict | None = None,
+            log=print) -> float:
+    """Execute ``col``'s notebook under ``profile`` with papermill and install the executed notebook and its result
+    as a pair under ``results_dir/<profile>/``; returns the wall time (s).
+
+    ``overrides`` replace notebook parameters (the paper-profile dry run uses them to cut budgets); the pipeline
+    itself never passes any. Raises :class:`PipelineError` (with the failing cell's error) when the notebook fails,
+    keeping the partial execution under ``runs/failed/``, or when another run holds the column.
+    """
+    import nbformat
+    import papermill
+
+    root = results_mod.repo_root()
+    params = {**col.parameters_for(profile), "column": col.id, "results_dir": STAGING, "device": device,
+              **(overrides or {})}
+    staging = results_mod.resolve_path(STAGING) / profile
+    partial = staging / f"{col.id}.partial.ipynb"
+    staged = results_mod.result_path(STAGING, profile, col.id)
+    with ColumnLock(profile, col.id):
+        staging.mkdir(parents=True, exist_ok=True)
+        staged.unlink(missing_ok=True)
+        started = time.time()
+        log(f"[{profile}] {col.id}: executing {NOTEBOOKS}/{col.notebook}")
+        try:
+            papermill.execute_notebook(str(root / NOTEBOOKS / col.notebook), str(partial), parameters=params,
+                                       cwd=str(root), kernel_name="python3", progress_bar=False, log_output=False)
+        except Exception as err:  # papermill raises PapermillExecutionError and kernel errors; we re-raise one type
+            failed = root / "runs" / "failed" / f"{profile}-{col.id}.ipynb"
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            if partial.exists():
+                os.replace(partial, failed)
+            raise PipelineError(f"notebook {col.notebook} failed for column {col.id!r} (profile {profile}); the "
+                                f"partial execution is in {failed}:\n{err}") from err
+        if not staged.exists():
+            raise PipelineError(f"notebook {col.notebook} ran for column {col.id!r} but saved no result at {staged}")
+        result = results_mod.load(staged)
+        nb = nbformat.read(partial, as_version=4)
+        meta = nb.metadata.setdefault("papermill", {})
+        meta["input_path"] = f"{NOTEBOOKS}/{col.notebook}"  # no local paths in committed files
+        meta["output_path"] = f"{Path(results_dir).name}/{profile}/{col.id}.ipynb"
+        nb.metadata["repro"] = {"run_id": result.run_id, "column": col.id, "profile": profile}
+        dest_nb = results_mod.executed_notebook_path(results_dir, profile, col.id)
+        dest_nb.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(nbformat.writes(nb), dest_nb)
+        os.replace(staged, results_mod.result_path(results_dir, profile, col.id))
+        partial.unlink(missing_ok=True)
+    seconds = time.time() - started
+    log(f"[{profile}] {col.id}: done in {seconds:.1f} s")
+    return seconds
+
+
+def run_plan(profile: str, *, results_dir: str = "results", only=None, force: bool = False, device: str = "auto",
+             log=print) -> dict[str, float | None]:
+    """Run every stale column of the plan under ``profile``; returns column id → seconds (``None``: skipped).
+
+    Raises:
+        PipelineError: an unknown column, a failing notebook, or a result without the plan's fingerprint.
+    """
+    cols = columns_for(profile)
+    if only:
+        unknown = sorted(set(only) - {c.id for c in cols})
+        if unknown:
+            raise PipelineError(f"unknown column(s) {', '.join(unknown)} for profile {profile}; allowed: "
+                                f"{', '.join(c.id for c in cols)}")
+        cols = [c for c in cols if c.id in only]
+    timings: dict[str, float | None] = {}
+    for col in cols:
+        if not force and is_fresh(col, profile, results_dir):
+            log(f"[{profile}] {col.id}: up to date, skipped")
+            timings[col.id] = None
+            continue
+        timings[col.id] = execute(col, profile, results_dir=results_dir, device=device, log=log)
+        if not is_fresh(col, profile, results_dir):
+            raise PipelineError(f"column {col.id!r} ran but its result does not carry the plan's fingerprint; the "
+                                "notebook's parameters differ from the plan row")
+    return timings
+
+
+# --------------------------------------------------------------------------------------------------------- book
+def build_book(profile: str, *, results_dir: str = "results", output: str | os.PathLike | None = None,
+               log=print) -> Path:
+    """Generate the book's pages from ``results_dir/<profile>/`` and build the HTML with jupyter-book.
+
+    The book's sources (``_config.yml``, ``_toc.yml``, ``book/``) are staged with the generated pages into
+    ``<output>/_build/source`` (the working tree is never modified) and built into ``<output>/_build/html`` with
+    warnings as errors. Returns the HTML folder.
+
+    Raises:
+        PipelineError: a column of the plan has no result, or jupyter-book fails (its output is in the message).
+    """
+    from .report import pages
+
+    root = results_mod.repo_root()
+    out = results_mod.resolve_path(output) if output is not None else root
+    stage = out / "_build" / "source"
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(root / name, stage / name)
+    shutil.copytree(root / "book", stage / "book", ignore=shutil.ignore_patterns("generated", ".*"))
+    missing = pages.generate(profile, results_dir=results_dir, stage=stage)
+    if missing:
+        raise PipelineError(f"no result for column(s) {', '.join(missing)} under {results_dir}/{profile}/; run "
+                            f"`python -m repro.pipeline --profile {profile}` first")
+    html = out / "_build" / "html"
+    if html.exists():
+        shutil.rmtree(html)
+    # The jupyter-book console script of this interpreter's environment (jupyter_book has no __main__).
+    jb = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(stage), "--path-output", str(out), "-W", "-n",
+           "--keep-going"]
+    log(f"building the book: {' '.join(cmd)}")
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PipelineError(f"jupyter-book failed (exit {proc.returncode}):\n{proc.stdout[-6000:]}\n"
+                            f"{proc.stderr[-6000:]}")
+    log(f"book built: {html / 'index.html'}")
+    return html
+
+
+# ------------------------------------------------------------------------------------------------- screenshots
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise PipelineError("no Chromium found; install it (Debian: apt-get install -y chromium)")
+
+
+def screenshot(*, html: str | os.PathLike | None = None, out_dir: str = SCREENSHOT_DIR, log=print) -> list[Path]:
+    """Render the landing page and the two tables pages with headless Chromium into ``screenshots/*.png``."""
+    import tempfile
+
+    root = results_mod.repo_root()
+    html = Path(html) if html is not None else root / "_build" / "html"
+    pages = {"landing": "book/intro.html", "table1": "book/generated/table1.html",
+             "table2": "book/generated/table2.html", "findings": "book/findings.html"}
+    dest = results_mod.resolve_path(out_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    chromium = _chromium()
+    shots = []
+    for name, page in pages.items():
+        target = html / page
+        if not target.exists():
+            raise PipelineError(f"{target} does not exist; build the book first (make book)")
+        png = dest / f"{name}.png"
+        with tempfile.TemporaryDirectory() as profile_dir:
+            cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", "--window-size=1400,2000",
+                   f"--screenshot={png}", target.as_uri()]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0 or not png.exists():
+            raise PipelineError(f"Chromium failed for {page}:\n{proc.stderr[-3000:]}")
+        log(f"screenshot: {png}")
+        shots.append(png)
+    return shots
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m repro.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default=os.environ.get("PROFILE", "quick"),
+                        help="compute profile: smoke, quick or paper (default: $PROFILE or quick)")
+    parser.add_argument("--results-dir", default="results", help="results folder (default: results/)")
+    parser.add_argument("--only", nargs="+", metavar="COLUMN", help="run only these columns")
+    parser.add_argument("--force", action="store_true", help="re-execute columns even when up to date")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    parser.add_argument("--output", default=None, help="folder that receives _build/ (default: the repository)")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--build-book", action="store_true", help="build the HTML book from the results")
+    action.add_argument("--screenshot", action="store_true", help="PNG screenshots of the built book")
+    args = parser.parse_args(argv)
+    try:
+        if args.build_book:
+            build_book(args.profile, results_dir=args.results_dir, output=args.output)
+        elif args.screenshot:
+            html = None if args.output is None else Path(args.output) / "_build" / "html"
+            screenshot(html=html)
+        else:
+            timings = run_plan(args.profile, results_dir=args.results_dir, only=args.only, force=args.force,
+                               device=args.device)
+            ran = {k: v for k, v in timings.items() if v is not None}
+            print(f"[{args.profile}] {len(ran)} column(s) executed, {len(timings) - len(ran)} up to date; "
+                  f"{sum(ran.values()):.0f} s")
+    except (PipelineError, ValueError) as err:  # unknown profile or column, failed run: a message, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

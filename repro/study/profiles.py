@@ -1,0 +1,169 @@
+"""Compute budgets in one place: ``smoke`` (seconds, CI), ``quick`` (real data, reduced budgets, CPU), ``paper``
+(the papers' settings, a GPU job).
+
+A :class:`Profile` holds one typed budget per kind of work: attacks (per attack name, with a default), raw models,
+defences, evaluation. Everything that trains, attacks or evaluates takes its budget from the profile; results record
+the profile's name and the effective values, and :func:`departures_of` lists, as data, every way a profile departs
+from the ``paper`` profile (the papers' own budgets).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class AttackBudget:
+    """How much of an attack a column runs: ``n_candidates`` clean images (DeepSec: 1,000) and, for iterative
+    attacks whose cost the profile cuts, the attack's own iteration parameters (e.g. CW2's ``binary_search_steps``
+    and ``max_iterations``), by their keyword names in the attack function."""
+
+    n_candidates: int
+    iterations: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RawBudget:
+    """Where the raw (undefended) models come from: ``source="deepsec"`` loads DeepSec's released checkpoints (for
+    the architectures DeepSec released), ``"train"`` trains them here with DeepSec's recipe; ``epochs``/``subset``
+    cut that recipe (``None``: the recipe's epochs, all training images). Models DeepSec did not release (the wide
+    ResNet) are always trained here."""
+
+    source: str
+    epochs: int | None
+    subset: int | None
+
+
+@dataclass(frozen=True)
+class DefenceBudget:
+    """How the defences are trained and scored: ``init`` "scratch" (as DeepSec) or "raw" (fine-tuned from the raw
+    model); ``epochs``/``subset`` as in :class:`RawBudget`; ``eval_subset`` test images for the defence metrics
+    (``None``: the whole test split)."""
+
+    init: str
+    epochs: int | None
+    subset: int | None
+    eval_subset: int | None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One compute budget. ``None`` means "as the paper did it"."""
+
+    name: str
+    description: str
+    attacks: dict  # attack name → AttackBudget; "default" for the others
+    raw: RawBudget
+    defence: DefenceBudget
+    wide_width: int  # the follow-up's "Wide ResNet": ResNet-20 × wide_width (paper: 10)
+    history_subset: int  # held-out images for the PGD accuracy in training histories
+    curve_samples: int  # test images for accuracy-vs-ε curves
+    findings_samples: int  # candidates per experiment of the findings notebook (its effects are large)
+    batch_size: int
+
+    def attack_budget(self, attack: str) -> AttackBudget:
+        """The budget of ``attack`` (its own, or the default)."""
+        return self.attacks.get(attack, self.attacks["default"])
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        description="seconds on a CPU, for CI: tiny budgets, numbers are not meaningful",
+        attacks={"default": AttackBudget(16),
+                 "cw2": AttackBudget(16, {"binary_search_steps": 2, "max_iterations": 10})},
+        raw=RawBudget(source="deepsec", epochs=1, subset=256),
+        defence=DefenceBudget(init="raw", epochs=1, subset=256, eval_subset=256),
+        wide_width=1, history_subset=64, curve_samples=16, findings_samples=16, batch_size=64,
+    ),
+    "quick": Profile(
+        name="quick",
+        description="real data on 2 CPU cores: DeepSec's released raw models, reduced CW2 and training budgets, a "
+                    "narrower wide ResNet trained on the available CIFAR-10 images",
+        attacks={"default": AttackBudget(1000),
+                 "cw2": AttackBudget(300, {"binary_search_steps": 5, "max_iterations": 500})},
+        raw=RawBudget(source="deepsec", epochs=8, subset=None),
+        defence=DefenceBudget(init="raw", epochs=2, subset=4000, eval_subset=None),
+        wide_width=2, history_subset=500, curve_samples=200, findings_samples=500, batch_size=128,
+    ),
+    "paper": Profile(
+        name="paper",
+        description="the papers' settings (a GPU job): raw models trained from scratch with DeepSec's recipes, "
+                    "1000 candidates, CW2 at 10 × 10,000 iterations, the ×10 wide ResNet",
+        attacks={"default": AttackBudget(1000),
+                 "cw2": AttackBudget(1000, {"binary_search_steps": 10, "max_iterations": 10_000})},
+        raw=RawBudget(source="train", epochs=None, subset=None),
+        defence=DefenceBudget(init="scratch", epochs=None, subset=None, eval_subset=None),
+        wide_width=10, history_subset=1000, curve_samples=200, findings_samples=500, batch_size=500,
+    ),
+}
+PAPER = PROFILES["paper"]
+
+
+def get_profile(name: str) -> Profile:
+    """The profile called ``name``.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+    """
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; allowed: {', '.join(map(repr, PROFILES))}")
+    return PROFILES[name]
+
+
+# ----------------------------------------------------------------------------------------------------- departures
+# How a budget field that differs from the paper profile's is worded, by the part of the work it applies to. A plan
+# column lists the parts it uses (Column.uses); :func:`departures_of` applies the rules.
+DEPARTURE_TEXT: dict[tuple[str, str], str] = {
+    ("attack", "n_candidates"): "{value} clean candidates attacked instead of {paper}",
+    ("attack", "binary_search_steps"): "CW2 binary search of {value} steps instead of DeepSec's {paper}",
+    ("attack", "max_iterations"): "CW2 with {value} Adam iterations per search step instead of DeepSec's {paper}",
+    ("raw", "source"): "raw model: DeepSec's released checkpoint (retrained by DeepSec's authors after the paper), "
+                       "not a model trained here with the paper's recipe",
+    ("train_wide", "epochs"): "wide ResNet trained for {value} epochs instead of the recipe's 200",
+    ("train_wide", "subset"): "wide ResNet trained on {value} training images",
+    ("wide", "wide_width"): "wide ResNet with stage widths ×{value} instead of ×{paper}",
+    ("defence", "init"): "defence fine-tuned from the raw model instead of trained from scratch; the optimiser "
+                         "restarts at the recipe's initial learning rate (DeepSec's released CIFAR-10 checkpoint "
+                         "ended at 1e-4 after its schedule)",
+    ("defence", "epochs"): "defence trained for {value} epochs instead of the recipe's (20 MNIST, 200 CIFAR-10)",
+    ("defence", "subset"): "defence trained on the first {value} training images (less the 10 % held out for "
+                           "validation) instead of all",
+    ("defence", "eval_subset"): "defence metrics on {value} test images instead of the whole test split",
+}
+
+
+def _fmt(value) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def _differences(ours, paper) -> list[tuple[str, object, object]]:
+    """(field, ours, paper's) for every field of a budget dataclass (or iteration dict) that differs."""
+    if isinstance(ours, dict):
+        return [(k, ours.get(k), paper.get(k)) for k in sorted(set(ours) | set(paper)) if ours.get(k) != paper.get(k)]
+    return [(f.name, getattr(ours, f.name), getattr(paper, f.name)) for f in fields(ours)
+            if getattr(ours, f.name) != getattr(paper, f.name)]
+
+
+def departures_of(profile: Profile, *, uses: frozenset, attack: str | None = None) -> list[str]:
+    """Every departure of ``profile`` from the paper's budgets, for a column that uses the parts ``uses`` ("attack",
+    "raw", "train_wide", "wide", "defence") and, for "attack", runs ``attack``."""
+    diffs: list[tuple[str, str, object, object]] = []
+    if "attack" in uses and attack is not None:
+        ours, paper = profile.attack_budget(attack), PAPER.attack_budget(attack)
+        diffs += [("attack", "n_candidates", ours.n_candidates, paper.n_candidates)] \
+            if ours.n_candidates != paper.n_candidates else []
+        diffs += [("attack", *d) for d in _differences(ours.iterations, paper.iterations)]
+    if "raw" in uses:
+        diffs += [("raw", *d) for d in _differences(profile.raw, PAPER.raw) if d[0] == "source"]
+    if "train_wide" in uses:
+        diffs += [("train_wide", *d) for d in _differences(profile.raw, PAPER.raw) if d[0] != "source"]
+    if "wide" in uses and profile.wide_width != PAPER.wide_width:
+        diffs.append(("wide", "wide_width", profile.wide_width, PAPER.wide_width))
+    if "defence" in uses:
+        diffs += [("defence", *d) for d in _differences(profile.defence, PAPER.defence)
+                  if not (d[0] == "init" and d[1] == "scratch")]
+    return [DEPARTURE_TEXT[(part, name)].format(value=_fmt(value), paper=_fmt(paper))
+            for part, name, value, paper in diffs if (part, name) in DEPARTURE_TEXT]

@@ -1,0 +1,558 @@
+"""The steps of one table column, as the notebooks call them: set up, get the models, attack or defend, measure,
+save one result.
+
+Notebooks stay thin (STYLE): their parameters cell holds literals; :func:`setup` names the attack (a
+:data:`repro.attacks.ATTACKS` entry) or defence (a :data:`repro.train.DEFENCES` entry) the notebook runs, rejects
+parameters the notebook does not declare, validates the others and fills the budgets the profile decides (``None``
+in the parameters cell); four or five calls below do the work, dispatched through those registries. Every function
+returns values and prints nothing.
+"""
+from __future__ import annotations
+
+import enum
+import inspect
+import math
+import os
+import random
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+import torch
+
+from .. import data as data_mod
+from .. import results as results_mod
+from ..attacks import ATTACKS, labels_field
+from ..models import DEEPSEC_CHECKPOINTS, MODEL_DATASET
+from ..train import DEFENCES, TrainConfig
+from .plan import COLUMNS, departures as plan_departures, fingerprint
+from .profiles import PROFILES, Profile, get_profile
+
+# tqdm.auto warns in notebooks without ipywidgets, leaking local paths into the executed notebooks.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+# Accuracy-vs-ε curves: PGD with `curve_steps` steps of ε/4 (Madry's 2/255 for ε = 8/255).
+CURVE_EPS = {"mnist": [0.0, 0.1, 0.2, 0.3, 0.4], "cifar10": [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 0.1]}
+# Notebook parameters every kind of notebook has, and those of notebooks that attack or defend a model.
+COMMON_PARAMETERS = ("profile", "column", "seed", "device", "results_dir", "batch_size")
+MODEL_PARAMETERS = ("dataset", "model", "width", "logit_shift", "epochs", "train_subset")
+DEFENCE_BUDGET_PARAMETERS = ("defence_init", "defence_epochs", "defence_subset", "eval_subset", "curve_samples",
+                             "curve_steps")
+# The follow-up's name for PGD's step (accepted as an alias of step_size).
+ALIASES = {"eps_iter": "step_size"}
+
+
+class ParameterError(ValueError):
+    """A notebook parameter is unknown, out of range, or inconsistent with another one."""
+
+
+class ModelSource(str, enum.Enum):
+    """Where a model in a result came from."""
+
+    DEEPSEC = "DeepSec's released checkpoint"
+    TRAINED = "trained here"
+
+
+@dataclass
+class Context:
+    """One run in progress: the effective parameters and what the result will record about it."""
+
+    kind: str  # "attack", "defence" or "findings"
+    name: str  # the attack or defence run ("findings" for the findings notebook)
+    params: dict
+    profile: Profile
+    device: torch.device
+    started: float
+    models: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    departures: list = field(default_factory=list)  # found while running (e.g. fewer candidates than asked)
+    train_seconds: float = 0.0  # training done by this run (not served from the cache)
+
+    @property
+    def column(self) -> str:
+        return self.params["column"]
+
+
+# --------------------------------------------------------------------------------------------------- validation
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ParameterError(message)
+
+
+def _number(p: dict, name: str, *, low: float = 0.0, strict: bool = False, high: float | None = None) -> None:
+    value = p[name]
+    _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+             f"{name} must be a finite number, got {value!r}")
+    _require(value > low if strict else value >= low, f"{name} must be {'>' if strict else '>='} {low}, got {value!r}")
+    _require(high is None or value <= high, f"{name} must be <= {high}, got {value!r}")
+
+
+def _count(p: dict, name: str, *, low: int = 1, optional: bool = False) -> None:
+    value = p[name]
+    if value is None and optional:
+        return
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= low,
+             f"{name} must be an integer >= {low}{' or None' if optional else ''}, got {value!r}")
+
+
+# How each hyper-parameter a notebook may pass is checked before any work starts (the attack or defence checks
+# again when called).
+RULES = {
+    "eps": dict(kind="number"), "step_size": dict(kind="number", strict=True), "steps": dict(kind="count"),
+    "confidence": dict(kind="number"), "initial_const": dict(kind="number", strict=True),
+    "lr": dict(kind="number", strict=True), "binary_search_steps": dict(kind="count"),
+    "max_iterations": dict(kind="count"), "search": dict(kind="choice", allowed=("deepsec", "carlini")),
+    "sigma": dict(kind="number", strict=True), "eps_max": dict(kind="number", strict=True, high=1.0),
+    "adv_weight": dict(kind="number"),
+}
+
+
+def _check_rule(p: dict, name: str) -> None:
+    rule = RULES.get(name, {})
+    if rule.get("kind") == "number":
+        _number(p, name, strict=rule.get("strict", False), high=rule.get("high"))
+    elif rule.get("kind") == "count":
+        _count(p, name)
+    elif rule.get("kind") == "choice":
+        _require(p[name] in rule["allowed"], f"{name} must be one of {', '.join(map(repr, rule['allowed']))}, "
+                                              f"got {p[name]!r}")
+
+
+def _resolve_device(device) -> str:
+    _require(isinstance(device, str), f"device must be a string ('auto', 'cpu', 'cuda', 'cuda:N'), got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ParameterError(f"device {device!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:N')") from err
+    _require(dev.type in ("cpu", "cuda"), f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    _require(dev.type != "cuda" or torch.cuda.is_available(),
+             f"device {device!r} asked for, but CUDA is not available on this machine; use 'cpu' or 'auto'")
+    return str(dev)
+
+
+def attack_parameters(attack: str) -> tuple[str, ...]:
+    """The hyper-parameters of ``attack`` (keyword-only parameters of its function, from the registry)."""
+    sig = inspect.signature(ATTACKS[attack])
+    return tuple(n for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY and n != "generator")
+
+
+def defence_parameters(defence: str) -> tuple[str, ...]:
+    """The hyper-parameters of ``defence`` (fields of its parameters dataclass, from the registry)."""
+    return tuple(f.name for f in fields(DEFENCES[defence].params_type))
+
+
+def injected_parameters() -> set[str] | None:
+    """Names papermill injected into this kernel (its "# Parameters" cell), or ``None`` outside papermill.
+
+    papermill only warns about a parameter the notebook does not declare and runs the defaults; :func:`setup`
+    uses this to refuse it instead.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    history = [] if shell is None else shell.user_ns.get("In", [])
+    injected = [cell for cell in history if isinstance(cell, str) and cell.startswith("# Parameters\n")]
+    if not injected:
+        return None
+    import ast
+
+    tree = ast.parse(injected[-1])
+    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+
+
+def resolve(*, attack: str | None = None, defence: str | None = None, findings: bool = False, **params) -> dict:
+    """Validate a notebook's parameters and fill the budgets the profile decides.
+
+    Args:
+        attack / defence / findings: what the notebook runs: an :data:`repro.attacks.ATTACKS` name, a
+            :data:`repro.train.DEFENCES` name, or the findings experiments.
+        **params: the parameters cell's values. ``None`` for a budget (``n_samples``, ``batch_size``, ``width``,
+            the attack's iteration budget, ``epochs``, ``train_subset``, ``defence_*``, ``eval_subset``,
+            ``curve_samples``) means "the profile's value". PGD's ``eps_iter`` (the follow-up's name) is accepted
+            as ``step_size``.
+
+    Returns:
+        The effective parameters, JSON-ready (device as a string).
+
+    Raises:
+        ParameterError: an unknown profile, dataset, model, attack or defence, a dataset/model mismatch, a negative
+            ε, a step count below 1, ... — the message names the parameter and what is allowed.
+    """
+    _require((attack is not None) + (defence is not None) + bool(findings) == 1,
+             "give exactly one of attack=..., defence=... or findings=True")
+    _require(attack is None or attack in ATTACKS,
+             f"unknown attack {attack!r}; allowed: {', '.join(map(repr, ATTACKS))}")
+    _require(defence is None or defence in DEFENCES,
+             f"unknown defence {defence!r}; allowed: {', '.join(map(repr, DEFENCES))}")
+    p = dict(params)
+    for alias, name in ALIASES.items():
+        if p.get(alias) is not None:
+            _require(p.get(name) in (None, p[alias]), f"{alias} (the follow-up's name) and {name} are the same "
+                                                      f"parameter; got both, {p[alias]!r} and {p[name]!r}")
+            p[name] = p[alias]
+        p.pop(alias, None)
+    _require(p.get("profile") in PROFILES,
+             f"unknown profile {p.get('profile')!r}; allowed: {', '.join(map(repr, PROFILES))}")
+    prof = get_profile(p["profile"])
+    _require(isinstance(p.get("column"), str) and p["column"].replace("_", "").replace("-", "").isalnum(),
+             f"column must be a plain name (letters, digits, _ and -), got {p.get('column')!r}")
+    _require(isinstance(p.get("results_dir"), str) and p["results_dir"] != "",
+             f"results_dir must be a folder name, got {p.get('results_dir')!r}")
+    _count(p, "seed", low=0)
+    p["device"] = _resolve_device(p.get("device", "auto"))
+    if p.get("batch_size") is None:
+        p["batch_size"] = prof.batch_size
+    _count(p, "batch_size")
+    if findings:
+        if p.get("n_samples") is None:
+            p["n_samples"] = prof.findings_samples
+        _count(p, "n_samples")
+        return p
+
+    _require(p.get("dataset") in data_mod.DATASETS,
+             f"unknown dataset {p.get('dataset')!r}; allowed: {', '.join(map(repr, data_mod.DATASETS))}")
+    _require(p.get("model") in MODEL_DATASET,
+             f"unknown model {p.get('model')!r}; allowed: {', '.join(map(repr, MODEL_DATASET))}")
+    _require(MODEL_DATASET[p["model"]] == p["dataset"],
+             f"model {p['model']!r} is a {MODEL_DATASET[p['model']]} model but dataset is {p['dataset']!r}; "
+             f"use dataset={MODEL_DATASET[p['model']]!r} or a {p['dataset']} model "
+             f"({', '.join(repr(m) for m, d in MODEL_DATASET.items() if d == p['dataset'])})")
+    _require(isinstance(p.get("logit_shift"), bool), f"logit_shift must be True or False, got {p.get('logit_shift')!r}")
+    if p["model"] == "resnet20_wide":
+        p["width"] = prof.wide_width if p.get("width") is None else p["width"]
+        _count(p, "width")
+    else:
+        _require(p.get("width") in (None, 1),
+                 f"width applies to model 'resnet20_wide' only, got width={p.get('width')!r} with model {p['model']!r}")
+        p["width"] = None
+    for name, default in (("epochs", prof.raw.epochs), ("train_subset", prof.raw.subset)):
+        p[name] = default if p.get(name) is None else p[name]
+        _count(p, name, optional=True)
+
+    if attack is not None:
+        budget = prof.attack_budget(attack)
+        p["n_samples"] = budget.n_candidates if p.get("n_samples") is None else p["n_samples"]
+        _count(p, "n_samples")
+        for name in attack_parameters(attack):
+            if name in p and p[name] is None and name in budget.iterations:
+                p[name] = budget.iterations[name]
+            if name in p:
+                _check_rule(p, name)
+        if p.get("eps", 0) >= 1:
+            p["note"] = (f"eps = {p['eps']:g} ≥ 1 on [0, 1] images: only the [0, 1] box constrains the attack "
+                         "(the follow-up's literal \"ε = 8\")")
+        return p
+
+    for name in defence_parameters(defence):
+        if name in p:
+            _check_rule(p, name)
+    _require(p.get("defence_init") in (None, "raw", "scratch"),
+             f"defence_init must be 'raw', 'scratch' or None (the profile's), got {p.get('defence_init')!r}")
+    for name, default in (("defence_init", prof.defence.init), ("defence_epochs", prof.defence.epochs),
+                          ("defence_subset", prof.defence.subset), ("eval_subset", prof.defence.eval_subset),
+                          ("curve_samples", prof.curve_samples)):
+        p[name] = default if p.get(name) is None else p[name]
+    for name in ("defence_epochs", "defence_subset", "eval_subset"):
+        _count(p, name, optional=True)
+    _count(p, "curve_samples")
+    _count(p, "curve_steps")
+    return p
+
+
+def setup(*, attack: str | None = None, defence: str | None = None, findings: bool = False, **params) -> Context:
+    """Check that papermill injected no parameter the notebook lacks, validate and resolve the parameters
+    (:func:`resolve`), seed every RNG, and start the clock.
+
+    Raises:
+        ParameterError: a parameter the notebook does not declare (named, with the allowed ones), or a bad value.
+    """
+    started = time.time()
+    injected = injected_parameters()
+    if injected is not None:
+        unknown = sorted(injected - set(params))
+        _require(not unknown, f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; allowed: "
+                              f"{', '.join(map(repr, sorted(params)))}")
+    p = resolve(attack=attack, defence=defence, findings=findings, **params)
+    random.seed(p["seed"])
+    np.random.seed(p["seed"] % 2**32)
+    torch.manual_seed(p["seed"])
+    kind = "attack" if attack else "defence" if defence else "findings"
+    ctx = Context(kind=kind, name=attack or defence or "findings", params=p, profile=get_profile(p["profile"]),
+                  device=torch.device(p["device"]), started=started)
+    datasets = [p["dataset"]] if "dataset" in p else list(data_mod.DATASETS)
+    ctx.data = {"datasets": {name: _data_record(name) for name in datasets}}
+    return ctx
+
+
+def _data_record(dataset: str) -> dict:
+    prov = data_mod.provenance(dataset)
+    return {k: v for k, v in prov.items() if k != "root"}
+
+
+def progress_enabled() -> bool:
+    """tqdm bars in long cells: on, except under CI (``CI`` set) or with ``REPRO_PROGRESS=0``."""
+    return not os.environ.get("CI") and os.environ.get("REPRO_PROGRESS", "1") != "0"
+
+
+# ------------------------------------------------------------------------------------------------------- models
+def train_config(*, dataset: str, model: str, profile: str | Profile, width: int | None = None,
+                 logit_shift: bool = True, defence: str | None = None, defence_params=None, seed: int = 100,
+                 device: str = "auto", epochs: int | None = None, train_subset: int | None = None,
+                 defence_init: str | None = None, defence_epochs: int | None = None,
+                 defence_subset: int | None = None) -> TrainConfig:
+    """The :class:`repro.train.TrainConfig` a profile prescribes for a raw model (``defence=None``) or a defence:
+    the one function that turns a profile into a training configuration, used by the notebooks and by
+    ``python -m repro.train`` alike (so both train, and cache, the same model).
+
+    Raw models take DeepSec's recipe with the profile's raw budget (``epochs``/``train_subset`` override it).
+    Defences take the profile's defence budget (``defence_*`` override it); when they start from the raw model
+    (``defence_init="raw"``), that is DeepSec's released checkpoint if the profile loads those and DeepSec released
+    this architecture, else the raw model this function configures.
+    """
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    kwargs = {} if logit_shift else {"logit_shift": False}
+    if model == "resnet20_wide":
+        kwargs["width"] = prof.wide_width if width is None else width
+    raw = TrainConfig(dataset=dataset, model=model, model_kwargs=kwargs,
+                      epochs=prof.raw.epochs if epochs is None else epochs,
+                      subset=prof.raw.subset if train_subset is None else train_subset, seed=seed,
+                      history_subset=prof.history_subset, device=device)
+    if defence is None:
+        return raw
+    init_rule = prof.defence.init if defence_init is None else defence_init
+    if init_rule == "scratch":
+        init = "scratch"
+    elif uses_deepsec_checkpoint(model, prof):
+        init = "deepsec"
+    else:
+        init = raw
+    return replace(raw, defence=defence, defence_params=defence_params, init=init,
+                   epochs=prof.defence.epochs if defence_epochs is None else defence_epochs,
+                   subset=prof.defence.subset if defence_subset is None else defence_subset)
+
+
+def uses_deepsec_checkpoint(model: str, profile: Profile) -> bool:
+    """Whether the profile's raw ``model`` is DeepSec's released checkpoint (else it is trained here)."""
+    return profile.raw.source == "deepsec" and any(c["model"] == model for c in DEEPSEC_CHECKPOINTS.values())
+
+
+def _config_of(ctx: Context, *, defence_params=None) -> TrainConfig:
+    p = ctx.params
+    extra = {} if defence_params is None else dict(
+        defence=ctx.name, defence_params=defence_params, defence_init=p["defence_init"],
+        defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"])
+    return train_config(dataset=p["dataset"], model=p["model"], profile=ctx.profile, width=p["width"],
+                        logit_shift=p["logit_shift"], seed=p["seed"], device=str(ctx.device), epochs=p["epochs"],
+                        train_subset=p["train_subset"], **extra)
+
+
+def _trained(ctx: Context, config: TrainConfig, role: str):
+    """Train (or load from the cache) ``config``; record it in the result under ``role``."""
+    from ..train import is_cached, train_cached
+
+    cached = is_cached(config)
+    with warnings.catch_warnings():
+        if getattr(config.defence_params, "eps", 0) >= 1:
+            warnings.simplefilter("ignore", UserWarning)  # the literal "ε = 8": recorded in the parameters' note
+        trained = train_cached(config, progress=progress_enabled() and not cached)
+    if not trained.from_cache:
+        ctx.train_seconds += trained.train_time_s
+    ctx.models[role] = {"source": ModelSource.TRAINED.value, "logit_shift": ctx.params.get("logit_shift", True),
+                        "config": results_mod._clean(_effective(trained.config)), "key": trained.key,
+                        "history": results_mod._clean(trained.history), "best_epoch": trained.best_epoch,
+                        "best_val_acc": trained.best_val_acc, "from_cache": trained.from_cache,
+                        "train_time_s": trained.train_time_s}
+    return trained.model.to(ctx.device).eval()
+
+
+def _effective(config: TrainConfig) -> dict:
+    from ..train import effective_config
+
+    return effective_config(config)
+
+
+def raw_model(ctx: Context) -> torch.nn.Module:
+    """The column's raw (undefended) model in ``eval()`` mode on the context's device; records where it came from:
+    DeepSec's released checkpoint when the profile loads those and DeepSec released the architecture, otherwise
+    trained here with DeepSec's recipe (cached)."""
+    from .. import models
+
+    p = ctx.params
+    if uses_deepsec_checkpoint(p["model"], ctx.profile):
+        model = models.load_deepsec(p["dataset"], logit_shift=p["logit_shift"], map_location=ctx.device)
+        ctx.models["raw"] = {"source": ModelSource.DEEPSEC.value,
+                             "file": models.deepsec_checkpoint(p["dataset"]).name,
+                             "sha256": DEEPSEC_CHECKPOINTS[p["dataset"]]["sha256"],
+                             "deepsec_commit": models.DEEPSEC_COMMIT, "logit_shift": p["logit_shift"]}
+        return model
+    return _trained(ctx, _config_of(ctx), "raw")
+
+
+def defend(ctx: Context, raw: torch.nn.Module) -> torch.nn.Module:
+    """Train the column's defence (a :data:`repro.train.DEFENCES` entry) and return it in ``eval()`` mode.
+
+    Fine-tuned from the raw model or trained from scratch as ``defence_init`` says; cached by configuration (the
+    same defence is trained once); the training history is recorded in the result.
+    """
+    p = ctx.params
+    params = DEFENCES[ctx.name].params_type(**{k: p[k] for k in defence_parameters(ctx.name) if k in p})
+    return _trained(ctx, _config_of(ctx, defence_params=params), "defended")
+
+
+# ------------------------------------------------------------------------------------------------------ attacks
+def candidates(ctx: Context, model: torch.nn.Module) -> data_mod.Candidates:
+    """DeepSec's clean candidates for the column (``n_samples`` of them, seeded) on the CPU.
+
+    On a partial copy of the dataset (e.g. 1,017 CIFAR-10 test images) the model may classify fewer than
+    ``n_samples`` images correctly; then every correctly classified image is attacked, the effective ``n_samples``
+    says how many, and the result lists it as a departure. On the official data too few is an error.
+    """
+    p = ctx.params
+    n = p["n_samples"]
+    cands = data_mod.candidates(model, p["dataset"], n=n, seed=p["seed"], batch_size=p["batch_size"],
+                                device=ctx.device, allow_fewer=not ctx.data["datasets"][p["dataset"]]["official"])
+    if len(cands.y) < n:
+        ctx.departures.append(f"{len(cands.y):,} candidates attacked instead of {n:,}: the model classifies only "
+                              f"{cands.n_correct:,} of the {cands.n_test:,} test images of the partial copy correctly")
+        p["n_samples_requested"], p["n_samples"] = n, len(cands.y)
+    ctx.data["candidates"] = {"n": len(cands.y), "n_correct": cands.n_correct, "n_test": cands.n_test,
+                              "raw_accuracy": cands.n_correct / cands.n_test}
+    return cands
+
+
+def attack(ctx: Context, model: torch.nn.Module, cands: data_mod.Candidates):
+    """Run the column's attack (the :data:`repro.attacks.ATTACKS` entry ``setup`` named) on the candidates, with
+    the labels it takes (:func:`repro.attacks.labels_field`); returns :class:`repro.attacks.AttackRun`."""
+    from ..attacks import run_attack
+
+    p = ctx.params
+    params = {name: p[name] for name in attack_parameters(ctx.name) if name in p}
+    with warnings.catch_warnings():
+        if p.get("eps", 0) >= 1:
+            # Expected for the follow-up's literal "ε = 8"; the result records it in its notes instead.
+            warnings.simplefilter("ignore", UserWarning)
+        run = run_attack(ctx.name, model, cands.x, getattr(cands, labels_field(ctx.name)), params=params,
+                         batch_size=p["batch_size"], device=ctx.device, progress=progress_enabled(), seed=p["seed"])
+    prepared = [what for what, on in (("BatchNorm folded into the convolutions", run.options["fold_batchnorm"]),
+                                      ("channels-last tensors", run.options["channels_last"])) if on]
+    ctx.notes.append(f"attack ran on {run.device}" + (f", with {' and '.join(prepared)}" if prepared else ""))
+    return run
+
+
+def attack_metrics(ctx: Context, model: torch.nn.Module, cands: data_mod.Candidates, run) -> dict:
+    """DeepSec's attack utility metrics on the column's adversarial examples, plus CC (seconds per example)."""
+    from ..metrics import attack_utility
+
+    target = getattr(cands, labels_field(ctx.name)) if labels_field(ctx.name) != "y" else None
+    # RIC's Guetzli encoder dominates a CPU column's time; it uses every usable CPU (jpeg_workers=None).
+    metrics = attack_utility(model, cands.x, run.x_adv, cands.y, target=target, batch_size=ctx.params["batch_size"],
+                             device=ctx.device, jpeg_workers=None)
+    metrics["CC"] = run.seconds_per_example
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------- defences
+def defence_metrics(ctx: Context, raw: torch.nn.Module, defended: torch.nn.Module) -> dict:
+    """DeepSec's defence utility metrics on the test split (or the ``eval_subset`` of it)."""
+    from ..metrics import defence_utility
+
+    p = ctx.params
+    x, y = data_mod.load(p["dataset"], split="test", n=p["eval_subset"])
+    ctx.data["defence_eval"] = {"n": len(y)}
+    return defence_utility(raw, defended, x, y, batch_size=p["batch_size"], device=ctx.device)
+
+
+def accuracy_vs_eps(ctx: Context, models: dict[str, torch.nn.Module], *, eps_values=None) -> dict:
+    """Accuracy of each model under PGD run *against that model*, for a range of ε.
+
+    PGD with ``curve_steps`` steps of ε/4 and a random start, on the first ``curve_samples`` test images.
+    Returns ``{"eps": [...], "<name>": [accuracy, ...], "n": N, "steps": S}``.
+    """
+    from ..attacks import run_attack
+
+    p = ctx.params
+    eps_values = list(CURVE_EPS[p["dataset"]] if eps_values is None else eps_values)
+    x, y = data_mod.load(p["dataset"], split="test", n=p["curve_samples"])
+    out: dict = {"eps": eps_values, "n": len(y), "steps": p["curve_steps"]}
+    for name, model in models.items():
+        accs = []
+        for eps in eps_values:
+            x_eval = x if eps == 0 else run_attack(
+                "pgd", model, x, y, params=dict(eps=eps, step_size=eps / 4, steps=p["curve_steps"]),
+                batch_size=p["batch_size"], device=ctx.device, progress=False, seed=p["seed"]).x_adv
+            pred = data_mod.predict_logits(model, x_eval, batch_size=p["batch_size"], device=ctx.device).argmax(1)
+            accs.append(float((pred == y).float().mean()))
+        out[name] = accs
+    return out
+
+
+def deepsec_candidates(ctx: Context, dataset: str):
+    """DeepSec's released raw model for ``dataset`` and ``n_samples`` clean candidates for it (findings notebook)."""
+    from .. import models
+
+    model = models.load_deepsec(dataset, map_location=ctx.device)
+    ctx.models[dataset] = {"source": ModelSource.DEEPSEC.value, "sha256": DEEPSEC_CHECKPOINTS[dataset]["sha256"]}
+    cands = data_mod.candidates(model, dataset, n=ctx.params["n_samples"], seed=ctx.params["seed"],
+                                batch_size=ctx.params["batch_size"], device=ctx.device)
+    ctx.data.setdefault("candidates", {})[dataset] = {"n": len(cands.y), "n_correct": cands.n_correct,
+                                                      "n_test": cands.n_test}
+    return model, cands
+
+
+# --------------------------------------------------------------------------------------------------------- save
+def data_departures(datasets: dict) -> list[str]:
+    """Departures that depend on the data found at run time (a partial CIFAR-10 copy)."""
+    return [f"{prov['dataset']} is a partial copy: {prov['train']:,} of {prov['full_train']:,} training and "
+            f"{prov['test']:,} of {prov['full_test']:,} test images"
+            for prov in datasets.values() if not prov.get("official", True)]
+
+
+def _plan_fingerprint(ctx: Context) -> str:
+    """The plan's fingerprint when this run is exactly a plan column under its profile (else empty: ad hoc)."""
+    col = COLUMNS.get(ctx.column)
+    if col is None:
+        return ""
+    given = {k: ctx.params.get(k) for k in col.parameters_for(ctx.params["profile"])}
+    planned = col.parameters_for(ctx.params["profile"])
+    return fingerprint(col, ctx.params["profile"]) if given == planned else ""
+
+
+def finish(ctx: Context, metrics: dict, *, extra: dict | None = None) -> results_mod.Result:
+    """Build the column's :class:`repro.results.Result` and write it, once, to
+    ``<results_dir>/<profile>/<column>.json``.
+
+    A run of a plan column with the plan's parameters carries the column's fingerprint (so the pipeline and the
+    book know it is up to date); an ad-hoc run carries none. ``run_id`` ties the JSON to its executed notebook.
+    """
+    p = ctx.params
+    col = COLUMNS.get(p["column"])
+    deps = plan_departures(col, ctx.profile) if col is not None else []
+    deps += data_departures(ctx.data.get("datasets", {})) + ctx.departures
+    result = results_mod.Result(
+        column=p["column"], kind=ctx.kind, notebook=col.notebook if col else "", profile=p["profile"],
+        parameters=p, metrics=dict(metrics), extra=dict(extra or {}), departures=deps,
+        provenance=results_mod.provenance(device=ctx.device, wall_time_s=time.time() - ctx.started,
+                                          data=ctx.data, models=ctx.models),
+        fingerprint=_plan_fingerprint(ctx), run_id=uuid.uuid4().hex,
+    )
+    result.provenance["notes"] = list(ctx.notes)
+    result.provenance["train_time_s"] = ctx.train_seconds
+    results_mod.save(result, results_mod.result_path(p["results_dir"], p["profile"], p["column"]))
+    return result
+
+
+def result_file(ctx: Context) -> str:
+    """Where :func:`finish` saves (relative to the repository root when ``results_dir`` is relative)."""
+    p = ctx.params
+    path = results_mod.result_path(p["results_dir"], p["profile"], p["column"])
+    try:
+        return str(path.relative_to(results_mod.repo_root()))
+    except ValueError:
+        return os.fspath(path)

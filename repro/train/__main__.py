@@ -1,0 +1,103 @@
+"""Command line: train a raw model or a defence with a profile's configuration; flags override it.
+
+    python -m repro.train --dataset cifar10 --defence pat --profile quick
+    torchrun --nproc_per_node=2 -m repro.train --dataset mnist --defence nat --profile paper
+
+The configuration comes from :func:`repro.study.steps.train_config`, the same function the notebooks use, so the
+command line trains (and caches) exactly the model the book reports. An entry point, not library code: it may import
+the study.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from ..data import DATASETS
+from ..models import MODELS
+from .cache import initial_weights, trained_dir
+from .config import TrainConfig
+from .defences import DEFENCES
+from .loop import train
+from .runtime import distributed
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m repro.train",
+        description="Train a raw model or a defence with DeepSec's recipes and a profile's budget. Under torchrun "
+                    "(--nproc_per_node=N) it trains with DistributedDataParallel (NCCL on GPUs, gloo on CPUs).")
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--model", default=None, help=f"one of {', '.join(MODELS)} (default: DeepSec's)")
+    parser.add_argument("--width", type=int, default=None, help="resnet20_wide's width (default: the profile's)")
+    parser.add_argument("--defence", default="none", choices=["none", *DEFENCES])
+    parser.add_argument("--variant", default=None, help="a named setting of the defence (default: DeepSec's)")
+    parser.add_argument("--profile", default="paper", help="smoke, quick or paper (budgets; flags below override)")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch size")
+    parser.add_argument("--subset", type=int, default=None, help="training images used (before the 90/10 split)")
+    parser.add_argument("--history-subset", type=int, default=None, help="validation images for the PGD history")
+    parser.add_argument("--init", default=None, choices=["scratch", "raw"], help="default: the profile's")
+    parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--disable-dropout", action="store_true")
+    parser.add_argument("--out-dir", default=None, help="default: the cache folder of the configuration")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` for parsed arguments: the profile's (:func:`repro.study.steps.train_config`), then
+    each given flag overrides."""
+    from ..study.steps import train_config
+
+    defence = None if args.defence == "none" else args.defence
+    model = args.model or {"mnist": "mnist_convnet", "cifar10": "resnet20"}[args.dataset]
+    subset = {"train_subset": args.subset} if defence is None else {"defence_subset": args.subset}
+    epochs = {"epochs": args.epochs} if defence is None else {"defence_epochs": args.epochs}
+    base = train_config(dataset=args.dataset, model=model, profile=args.profile, width=args.width, defence=defence,
+                        defence_params=args.variant, seed=args.seed, device=args.device, defence_init=args.init,
+                        **{k: v for k, v in {**subset, **epochs}.items() if v is not None})
+    overrides = {"bf16": args.bf16, "channels_last": args.channels_last, "disable_dropout": args.disable_dropout}
+    for name in ("batch_size", "history_subset"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    return dataclasses.replace(base, **overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train; rank 0 prints one JSON line (key, model path, best epoch and accuracy). Returns the exit status."""
+    args = parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and args.device != "cpu"
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    try:
+        result = train(config, out_dir=args.out_dir or trained_dir(config), initial_weights=initial_weights(config),
+                       resume=not args.no_resume, progress=not args.no_progress)
+        if distributed()[0] == 0:
+            print(json.dumps({"key": result.key, "model": str(result.checkpoint), "best_epoch": result.best_epoch,
+                              "best_val_acc": result.best_val_acc, "last": result.history[-1]}))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""What a training run is: DeepSec's recipes, the defences' named settings and :class:`TrainConfig`.
+
+References: Ling et al., "DEEPSEC: a uniform platform for security analysis of deep learning model", IEEE S&P 2019
+(recipes in ``RawModels/``, defences in ``Defenses/DefenseMethods/NAT.py`` and ``PAT.py``); Kurakin, Goodfellow and
+Bengio, ICLR 2017 (NAT); Madry et al., ICLR 2018 (PAT). SPEC §2 and §5.
+
+A :class:`TrainConfig` names everything that decides what a run produces; :func:`config_key` hashes its effective
+form, which keys the training cache (:mod:`repro.train.cache`). Initial weights are named here (``init``) but loaded by
+the caller (:func:`repro.train.cache.initial_weights`): the loop never reaches into the cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import _io
+from ..data import DATASETS, data_root, load
+from ..models import DEEPSEC_CHECKPOINTS, MODELS, dataset_of
+from .defences import DEFENCES, PGDParams
+
+# Bump when a change to the training code changes what a configuration trains (or the checkpoint format): old cache
+# entries then get new keys instead of being returned for a configuration they were not trained with.
+FORMAT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An optimiser, learning-rate schedule, budget and augmentation for training a model (SPEC §2).
+
+    ``lr_decays``: ``(epoch, factor)`` pairs with 0-based epoch indices: the learning rate is multiplied by
+    ``factor`` once epoch ``epoch`` has finished, and never falls below ``min_lr``.
+    """
+
+    optimiser: str  # "sgd" or "adam"
+    lr: float
+    epochs: int
+    batch_size: int
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    lr_decays: tuple[tuple[int, float], ...] = ()
+    min_lr: float = 0.0
+    augment: bool = False  # random translate ±10 % and horizontal flip
+    val_fraction: float = 0.1
+
+
+RECIPES: dict[str, Recipe] = {
+    # DeepSec RawModels/MNISTConv.py (MNIST_Training_Parameters) and train_mnist.py: SGD, Nesterov, no schedule.
+    "deepsec_mnist": Recipe(optimiser="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-6,
+                            epochs=20, batch_size=100),
+    # DeepSec RawModels/ResNet.py (CIFAR10_Training_Parameters, adjust_learning_rate, called after 0-based epoch
+    # `epoch` ends, with a floor of 0.5e-6) and Utils/dataset.py (RandomAffine translate 0.1, RandomHorizontalFlip).
+    "deepsec_cifar10": Recipe(optimiser="adam", lr=1e-3, epochs=200, batch_size=32,
+                              lr_decays=((80, 0.1), (120, 0.1), (160, 0.1), (180, 0.5)), min_lr=0.5e-6,
+                              augment=True),
+}
+# DeepSec's recipe for each dataset (SPEC §2).
+DEEPSEC_RECIPE = {"mnist": "deepsec_mnist", "cifar10": "deepsec_cifar10"}
+HISTORY_PGD: dict[str, PGDParams] = {
+    # The attack each dataset's PAT trains against (DeepSec's PAT settings, SPEC §5), for the training histories.
+    "mnist": PGDParams(eps=0.3, step_size=0.01, steps=40),
+    "cifar10": PGDParams(eps=8 / 255, step_size=2 / 255, steps=7),
+}
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
+
+
+def _positive_int(name: str, value, *, minimum: int = 1, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{' or None' if optional else ''}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what a training run produces (and, for ``device``, where it runs).
+
+    Attributes:
+        dataset: ``"mnist"`` or ``"cifar10"``.
+        model: a :data:`repro.models.MODELS` name built for ``dataset``; ``model_kwargs`` go to its factory.
+        defence: ``None`` (standard training) or a :data:`repro.train.DEFENCES` name (``"nat"``, ``"pat"``).
+        defence_params: that defence's parameters, or a name from its named configurations; ``None`` picks
+            DeepSec's setting for the dataset (``"deepsec_<dataset>"``).
+        recipe: a :data:`RECIPES` name; ``None`` picks DeepSec's recipe for the dataset.
+        epochs, batch_size: ``None`` takes the recipe's (SPEC §2).
+        subset: use the first ``subset`` training images (official order) before the 90/10 split; ``None``: all.
+        seed: seeds the split, model initialisation, data order, augmentation, NAT's ε and PGD's start (DeepSec: 100).
+        init: where the weights start: ``"scratch"``, ``"deepsec"`` (DeepSec's released raw checkpoint), another
+            :class:`TrainConfig` (the model it trains) or the path of a state dict. Part of the cache key; the
+            weights themselves are loaded by the caller.
+        history_subset: held-out (validation) images on which each epoch's PGD accuracy is measured.
+        history_pgd: that PGD attack; ``None``: :data:`HISTORY_PGD` for the dataset.
+        disable_dropout: set every ``nn.Dropout`` to p = 0 (for exact multi-process comparisons only).
+        device: ``"auto"`` (CUDA when present, one GPU per rank), ``"cpu"``, ``"cuda"``, ``"cuda:1"``. Not part of
+            the cache key: the same experiment on another device is the same experiment.
+        bf16: bfloat16 autocast for forward passes (training and crafting); changes numerics, hence in the key.
+        channels_last: NHWC memory format for the model and batches (a GPU speed option).
+    """
+
+    dataset: str
+    model: str
+    model_kwargs: dict = field(default_factory=dict)
+    defence: str | None = None
+    defence_params: object = None
+    recipe: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    subset: int | None = None
+    seed: int = 100
+    init: "str | TrainConfig" = "scratch"
+    history_subset: int = 1000
+    history_pgd: PGDParams | None = None
+    disable_dropout: bool = False
+    device: str = "auto"
+    bf16: bool = False
+    channels_last: bool = False
+
+    def __post_init__(self):
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("model", self.model, tuple(MODELS))
+        if dataset_of(self.model) != self.dataset:
+            raise ValueError(f"model {self.model!r} is for {dataset_of(self.model)!r}, not {self.dataset!r}")
+        if not isinstance(self.model_kwargs, dict):
+            raise ValueError(f"model_kwargs must be a dict, got {self.model_kwargs!r}")
+        _choice("defence", self.defence, (None, *DEFENCES))
+        if self.defence is None:
+            if self.defence_params is not None:
+                raise ValueError(f"defence_params {self.defence_params!r} given without a defence; allowed "
+                                 f"defences: {', '.join(map(repr, DEFENCES))}")
+        else:
+            object.__setattr__(self, "defence_params",
+                               DEFENCES[self.defence].resolve(self.defence_params, dataset=self.dataset))
+        recipe = DEEPSEC_RECIPE[self.dataset] if self.recipe is None else self.recipe
+        _choice("recipe", recipe, tuple(RECIPES))
+        object.__setattr__(self, "recipe", recipe)
+        history = HISTORY_PGD[self.dataset] if self.history_pgd is None else self.history_pgd
+        if not isinstance(history, PGDParams):
+            raise ValueError(f"history_pgd must be PGDParams or None, got {history!r}")
+        history.check()
+        object.__setattr__(self, "history_pgd", history)
+        _positive_int("epochs", self.epochs, optional=True)
+        _positive_int("batch_size", self.batch_size, optional=True)
+        _positive_int("subset", self.subset, minimum=10, optional=True)
+        _positive_int("seed", self.seed, minimum=0)
+        _positive_int("history_subset", self.history_subset, minimum=0)
+        if not (isinstance(self.init, TrainConfig) or self.init in ("scratch", "deepsec")
+                or (isinstance(self.init, (str, Path)) and Path(self.init).is_file())):
+            raise ValueError(f"unknown init {self.init!r}; allowed: 'scratch', 'deepsec', a TrainConfig, or the path "
+                             "of an existing checkpoint file")
+        if self.init == "deepsec" and self.dataset not in DEEPSEC_CHECKPOINTS:
+            raise ValueError(f"no DeepSec checkpoint for dataset {self.dataset!r}")
+        try:
+            torch.device("cuda" if self.device == "auto" else self.device)
+        except RuntimeError as err:
+            raise ValueError(f"unknown device {self.device!r}; allowed: 'auto', 'cpu', 'cuda', 'cuda:N'") from err
+        for name in ("disable_dropout", "bf16", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+    @property
+    def effective_recipe(self) -> Recipe:
+        """The :class:`Recipe` this run uses."""
+        return RECIPES[self.recipe]
+
+    @property
+    def effective_epochs(self) -> int:
+        """Epochs to train: ``epochs``, or the recipe's."""
+        return self.epochs if self.epochs is not None else self.effective_recipe.epochs
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Global batch size: ``batch_size``, or the recipe's."""
+        return self.batch_size if self.batch_size is not None else self.effective_recipe.batch_size
+
+
+def effective_config(config: TrainConfig) -> dict:
+    """The configuration as JSON-ready data with every default resolved (recipe constants, defence and history
+    parameters, epochs, batch size, images used, the initial weights' identity); the device is left out.
+
+    Returns:
+        A dict; :func:`config_key` hashes its canonical JSON. Results record it as the effective parameters.
+    """
+    init = config.init
+    if isinstance(init, TrainConfig):
+        init_id = {"trained": config_key(init)}
+    elif init == "deepsec":
+        init_id = {"deepsec_sha256": DEEPSEC_CHECKPOINTS[config.dataset]["sha256"]}
+    elif init == "scratch":
+        init_id = "scratch"
+    else:
+        init_id = {"file_sha256": _io.sha256_file(Path(init))}
+    n_available = _train_size(config.dataset, str(data_root()))
+    return {
+        "format": FORMAT_VERSION,
+        "dataset": config.dataset,
+        "train_images": min(n_available, config.subset or n_available),
+        "model": config.model,
+        "model_kwargs": dict(config.model_kwargs),
+        "defence": config.defence,
+        "defence_params": dataclasses.asdict(config.defence_params) if config.defence else None,
+        "recipe": {"name": config.recipe, **dataclasses.asdict(config.effective_recipe)},
+        "epochs": config.effective_epochs,
+        "batch_size": config.effective_batch_size,
+        "seed": config.seed,
+        "init": init_id,
+        "history_subset": config.history_subset,
+        "history_pgd": dataclasses.asdict(config.history_pgd),
+        "disable_dropout": config.disable_dropout,
+        "bf16": config.bf16,
+        "channels_last": config.channels_last,
+    }
+
+
+@functools.lru_cache(maxsize=8)
+def _train_size(dataset: str, root: str) -> int:
+    return len(load(dataset, split="train", root=root)[1])
+
+
+def config_key(config: TrainConfig) -> str:
+    """The cache key of a configuration: hex sha256 of the canonical JSON of :func:`effective_config`.
+
+    It includes :data:`FORMAT_VERSION`, so a change to what the code trains gives new keys. Defaults resolve first:
+    ``epochs=None`` and the recipe's 20 give the same key; the device is not part of it.
+    """
+    return _io.sha256_text(_io.canonical_json(effective_config(config)))
+

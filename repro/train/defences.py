@@ -1,0 +1,178 @@
+"""The defences a model can be trained with, as a registry: their parameters, named settings, how each crafts its
+training examples and what loss it minimises.
+
+References: DeepSec ``Defenses/DefenseMethods/NAT.py`` and ``PAT.py`` (Ling et al., S&P 2019); Kurakin, Goodfellow
+and Bengio, ICLR 2017 (NAT); Madry et al., ICLR 2018 (PAT). SPEC §5.
+
+Adding a defence = its parameters dataclass, a ``craft`` and a ``loss`` function and one :data:`DEFENCES` entry; the
+training loop (:mod:`repro.train.loop`) calls them without knowing which defence it trains.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attacks.llc import llc
+from ..attacks.pgd import pgd
+
+
+def _finite(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < math.inf):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _steps(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class NATParams:
+    """NAT (DeepSec's version of Kurakin et al.): per-image ε_i = clip(|N(0, σ)|/255, 0, eps_max); the loss is
+    (CE(x) + adv_weight·CE(x_adv)) / (1 + adv_weight). ``sigma`` in 0..255 units, ``eps_max`` in [0, 1] units."""
+
+    sigma: float
+    eps_max: float
+    adv_weight: float = 0.3
+
+    def check(self) -> None:
+        for name in ("sigma", "eps_max", "adv_weight"):
+            _finite(f"NAT {name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class PATParams:
+    """PAT: PGD with a random start (ε, step in [0, 1] units), crafted in eval() mode. ``loss="mixed"`` is DeepSec's
+    0.5·(CE(x) + CE(x_adv)); ``"adversarial"`` is Madry et al.'s CE(x_adv) alone."""
+
+    eps: float
+    step_size: float
+    steps: int
+    loss: str = "mixed"
+
+    def check(self) -> None:
+        _finite("PAT eps", self.eps)
+        _finite("PAT step_size", self.step_size)
+        _steps("PAT steps", self.steps)
+        if self.loss not in PAT_LOSSES:
+            raise ValueError(f"unknown PAT loss {self.loss!r}; allowed: {', '.join(map(repr, PAT_LOSSES))}")
+
+
+@dataclass(frozen=True)
+class PGDParams:
+    """An L∞ PGD attack with random start, for the robust accuracy recorded in training histories."""
+
+    eps: float
+    step_size: float
+    steps: int
+
+    def check(self) -> None:
+        _finite("history PGD eps", self.eps)
+        _finite("history PGD step_size", self.step_size)
+        _steps("history PGD steps", self.steps)
+
+
+PAT_LOSSES = ("mixed", "adversarial")
+
+
+# ----------------------------------------------------------------------------------------- crafting and losses
+# craft(net, x, y, params, *, nat_eps, generator) runs with the network in eval() mode (the loop sets it) and returns
+# the adversarial batch; loss(logits_of, x, x_adv, y, params) returns the training loss, where logits_of(images) is
+# the network in train() mode and mean_ce(logits) the batch-mean cross-entropy.
+def craft_nat(net: nn.Module, x: Tensor, y: Tensor, params: NATParams, *, nat_eps: Tensor,
+              generator: torch.Generator | None) -> Tensor:
+    """One LLC step of per-image size ε_i towards the current model's least-likely class (DeepSec's NAT.py)."""
+    with torch.no_grad():
+        least_likely = net(x).argmin(1)
+    return llc(net, x, least_likely, eps=nat_eps)
+
+
+def craft_pat(net: nn.Module, x: Tensor, y: Tensor, params: PATParams, *, nat_eps: Tensor | None,
+              generator: torch.Generator | None) -> Tensor:
+    """PGD from a random start against the true labels (DeepSec's PAT.py, Madry et al.)."""
+    return pgd(net, x, y, eps=params.eps, step_size=params.step_size, steps=params.steps, random_start=True,
+               generator=generator)
+
+
+def loss_nat(logits_of: Callable, mean_ce: Callable, x: Tensor, x_adv: Tensor, params: NATParams) -> Tensor:
+    """(CE(x) + w·CE(x_adv)) / (1 + w) over the whole clean and the whole adversarial batch."""
+    return (mean_ce(logits_of(x)) + params.adv_weight * mean_ce(logits_of(x_adv))) / (1.0 + params.adv_weight)
+
+
+def loss_pat(logits_of: Callable, mean_ce: Callable, x: Tensor, x_adv: Tensor, params: PATParams) -> Tensor:
+    """DeepSec's 0.5·(CE(x) + CE(x_adv)), or Madry's CE(x_adv) alone (``loss="adversarial"``)."""
+    if params.loss == "adversarial":
+        return mean_ce(logits_of(x_adv))
+    return 0.5 * (mean_ce(logits_of(x)) + mean_ce(logits_of(x_adv)))
+
+
+def draw_nat_eps(n: int, params: NATParams, generator: torch.Generator) -> Tensor:
+    """DeepSec's NAT.py: ε_i = clip(|N(0, σ)| / 255, 0, eps_max) per image."""
+    return (torch.randn(n, generator=generator) * params.sigma).abs().div(255.0).clamp(0.0, params.eps_max)
+
+
+@dataclass(frozen=True)
+class Defence:
+    """A registered defence: its parameter type, named settings, crafting step and loss."""
+
+    name: str
+    params_type: type
+    configs: dict
+    craft: Callable
+    loss: Callable
+    per_image_eps: bool = False  # draws ε_i per training image each epoch (NAT)
+
+    def resolve(self, params, *, dataset: str):
+        """``params`` as a validated instance: ``None`` → DeepSec's setting for ``dataset``, a name → that
+        named setting.
+
+        Raises:
+            ValueError: unknown name, or parameters of the wrong type or out of range.
+        """
+        params = f"deepsec_{dataset}" if params is None else params
+        if isinstance(params, str):
+            if params not in self.configs:
+                raise ValueError(f"unknown {self.name.upper()} configuration {params!r}; allowed: "
+                                 f"{', '.join(map(repr, self.configs))}")
+            params = self.configs[params]
+        if not isinstance(params, self.params_type):
+            raise ValueError(f"defence {self.name!r} needs {self.params_type.__name__}, got {params!r}")
+        params.check()
+        return params
+
+
+NAT_CONFIGS: dict[str, NATParams] = {
+    # DeepSec Defenses/NAT_Test.py defaults (mu 0, sigma 50, clip 0..0.3, adv_ratio 0.3) and README for CIFAR-10.
+    "deepsec_mnist": NATParams(sigma=50.0, eps_max=0.3),
+    "deepsec_cifar10": NATParams(sigma=15.0, eps_max=0.1),
+}
+PAT_CONFIGS: dict[str, PATParams] = {
+    # DeepSec Defenses/PAT_Test.py (SPEC §5): mixed loss; MNIST as Madry's mnist_challenge config.
+    "deepsec_mnist": PATParams(eps=0.3, step_size=0.01, steps=40),
+    # DeepSec's CIFAR-10 PAT: Madry's cifar10_challenge ε 8/255, step 2/255, 7 steps, with DeepSec's mixed loss.
+    "deepsec_cifar10": PATParams(eps=8 / 255, step_size=2 / 255, steps=7),
+    # Madry et al. (ICLR 2018) themselves train on adversarial examples only.
+    "madry_cifar10": PATParams(eps=8 / 255, step_size=2 / 255, steps=7, loss="adversarial"),
+    # The follow-up study's PAT on the wide ResNet, literally "ε=8, 10 steps, step 2" on [0, 1] images: only the
+    # box constrains (SPEC §5, §8.1). It re-ran DeepSec's PAT code, hence the mixed loss.
+    "followup_eps8": PATParams(eps=8.0, step_size=2.0, steps=10),
+    # ... and what it meant: the same run with ε and step on the 0..255 scale divided by 255 (only ε's unit changes).
+    "followup_eps8_255": PATParams(eps=8 / 255, step_size=2 / 255, steps=10),
+}
+
+DEFENCES: dict[str, Defence] = {
+    "nat": Defence(name="nat", params_type=NATParams, configs=NAT_CONFIGS, craft=craft_nat, loss=loss_nat,
+                   per_image_eps=True),
+    "pat": Defence(name="pat", params_type=PATParams, configs=PAT_CONFIGS, craft=craft_pat, loss=loss_pat),
+}
+
+
+def mean_cross_entropy(y: Tensor, per_rank: float) -> Callable[[Tensor], Tensor]:
+    """Cross-entropy summed over this rank's share of the batch and divided by global batch / world, so that DDP's
+    gradient average equals the one-process mean over the global batch."""
+    return lambda logits: F.cross_entropy(logits.float(), y, reduction="sum") / per_rank

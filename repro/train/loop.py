@@ -1,0 +1,217 @@
+"""The training loop: standard training, or a defence from :data:`repro.train.DEFENCES`, with DeepSec's recipes.
+
+References: DeepSec (Ling et al., S&P 2019) ``RawModels/train_*.py``, ``Defenses/DefenseMethods/NAT.py`` and
+``PAT.py``; Kurakin et al. (ICLR 2017); Madry et al. (ICLR 2018).
+
+:func:`train` reads like DeepSec's algorithm box: per batch, craft the adversarial examples in ``eval()`` mode, then
+update in ``train()`` mode on the defence's loss. Everything else (DDP shares, timing, RNG state, checkpoints,
+evaluation) lives in :mod:`repro.train.runtime`. Launched by ``torchrun --nproc_per_node=N -m repro.train`` the same
+loop runs under DistributedDataParallel: every rank draws the same global batch (and augmentation and NAT ε) and trains
+on its contiguous share, so N processes take the same steps as one (up to float summation order).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import _io
+from ..data import provenance
+from .augment import draw_augmentation, translate_flip
+from .config import FORMAT_VERSION, TrainConfig, config_key, effective_config
+from .defences import DEFENCES, draw_nat_eps, mean_cross_entropy
+from . import runtime as rt
+
+CHECKPOINT_FILE, MODEL_FILE, RESULT_FILE = "checkpoint.pt", "model.pt", "result.json"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    ``model`` is in ``eval()`` mode on the run's device and holds the best-validation weights (DeepSec's rule);
+    ``history`` has one dict per epoch (``epoch``, ``lr``, ``loss``, ``val_acc``, ``pgd_acc``, ``epoch_time_s``,
+    ``train_time_s``, ``craft_time_s``, ``images``); ``checkpoint`` is the final ``model.pt``; ``from_cache`` says
+    whether the model was loaded instead of trained.
+    """
+
+    model: nn.Module
+    config: TrainConfig
+    key: str
+    history: list[dict]
+    best_epoch: int
+    best_val_acc: float
+    checkpoint: Path
+    from_cache: bool
+
+    @property
+    def train_time_s(self) -> float:
+        """Seconds the training took (summed over epochs, including runs before a resume)."""
+        return sum(h["epoch_time_s"] for h in self.history)
+
+
+def train(config: TrainConfig, *, out_dir: str | Path, initial_weights: dict | None = None, resume: bool = True,
+          progress: bool = True) -> TrainResult:
+    """Train a raw model, or a defence, with the config's recipe; keep the best-validation checkpoint.
+
+    Per batch: standard training minimises CE(model(x), y) in ``train()`` mode; a defence first crafts ``x_adv`` in
+    ``eval()`` mode (BatchNorm on running statistics, dropout off, as DeepSec's NAT.py and PAT.py do) and then
+    minimises its loss in ``train()`` mode. After every epoch: clean validation accuracy, PGD accuracy on the first
+    ``history_subset`` validation images, the learning-rate schedule, the best-model rule (DeepSec: validation
+    accuracy rounded to 4 decimals ≥ the best so far, so later ties win) and an atomic checkpoint.
+
+    Args:
+        config: the run (see :class:`TrainConfig`).
+        out_dir: where ``checkpoint.pt`` (every epoch), ``model.pt`` and ``result.json`` go.
+        initial_weights: the state dict ``config.init`` names (``None`` for ``"scratch"``); the caller loads it
+            (:func:`repro.train.cache.initial_weights`).
+        resume: continue from ``out_dir/checkpoint.pt`` when it exists (a checkpoint of another configuration is an
+            error, never a silent restart); ``False`` starts over and overwrites it.
+        progress: tqdm bars per epoch and batch (rank 0 only).
+
+    Returns:
+        A :class:`TrainResult` (model in ``eval()`` mode with the best-validation weights).
+
+    Raises:
+        ValueError: the checkpoint in ``out_dir`` belongs to another configuration, or ``initial_weights`` is missing
+            (or given) against ``config.init``.
+    """
+    if (initial_weights is None) != (config.init == "scratch"):
+        raise ValueError(f"config.init is {config.init!r} but initial_weights is "
+                         f"{'missing' if initial_weights is None else 'given'}: pass the weights init names")
+    rank, world = rt.distributed()
+    device, key, out_dir = rt.device_for(config), config_key(config), Path(out_dir)
+    recipe, epochs, batch_size = config.effective_recipe, config.effective_epochs, config.effective_batch_size
+    defence = DEFENCES[config.defence] if config.defence else None
+    params = config.defence_params
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
+
+    data = rt.split_data(config, device)
+    torch.manual_seed(config.seed)
+    net = rt.build_model(config)
+    if initial_weights is not None:
+        net.load_state_dict(initial_weights, strict=True)
+    net = net.to(device=device, memory_format=fmt)
+    optimiser = rt.optimiser_for(net, recipe)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, rt.LRFactor(recipe))
+    data_gen = torch.Generator().manual_seed(config.seed)  # shared by all ranks: order, augmentation, NAT ε
+    attack_gen = torch.Generator(device=device).manual_seed(config.seed + 1 + rank)
+    torch.manual_seed(config.seed + rank)  # dropout masks: one stream per rank
+    state = _resume(out_dir / CHECKPOINT_FILE, config, key, net, optimiser, scheduler, data_gen, attack_gen, rank) \
+        if resume else None
+    history, best, start_epoch = state if state else ([], None, 0)
+    model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else net
+    n_train, show = len(data.y_train), progress and rank == 0
+
+    for epoch in tqdm(range(start_epoch, epochs), desc="epochs", disable=not show, initial=start_epoch, total=epochs):
+        lr, loss_sum, t_epoch = optimiser.param_groups[0]["lr"], torch.zeros((), device=device), time.perf_counter()
+        craft_clock, train_clock = rt.Clock(device), rt.Clock(device)
+        # The epoch's random draws for the global batch, moved to the device once (no per-batch copies).
+        order = torch.randperm(n_train, generator=data_gen).to(device)
+        shifts = [t.to(device) for t in draw_augmentation(n_train, *data.x_train.shape[2:], data_gen)] \
+            if recipe.augment else None
+        nat_eps = draw_nat_eps(n_train, params, data_gen).to(device) if defence and defence.per_image_eps else None
+        for start in tqdm(range(0, n_train, batch_size), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                          disable=not show):
+            n_batch = min(batch_size, n_train - start)
+            if n_batch < world:
+                continue  # a last batch too small to give every rank an image (never happens in one process)
+            share, per_rank = rt.rank_share(start, n_batch, rank, world)
+            x, y = data.x_train[order[share]], data.y_train[order[share]]
+            if shifts is not None:
+                x = translate_flip(x, *(t[share] for t in shifts))
+            x, mean_ce = x.contiguous(memory_format=fmt), mean_cross_entropy(y, per_rank)
+            with craft_clock():                                     # 1. craft in eval() mode
+                if defence is not None:
+                    net.eval()
+                    with autocast():
+                        x_adv = defence.craft(net, x, y, params, generator=attack_gen,
+                                              nat_eps=None if nat_eps is None else nat_eps[share])
+            with train_clock():                                     # 2. update in train() mode
+                model.train()
+                with autocast():
+                    loss = mean_ce(model(x)) if defence is None else defence.loss(model, mean_ce, x, x_adv, params)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+            loss_sum += loss.detach() * per_rank
+
+        if world > 1:
+            dist.all_reduce(loss_sum)
+        net.eval()
+        val_acc = rt.clean_accuracy(net, data.x_val, data.y_val, autocast)
+        pgd_acc = rt.pgd_accuracy(net, data.x_val[:config.history_subset], data.y_val[:config.history_subset],
+                                  config.history_pgd, config.seed, autocast)
+        scheduler.step()
+        history.append({"epoch": epoch + 1, "lr": lr, "loss": loss_sum.item() / n_train, "val_acc": val_acc,
+                        "pgd_acc": pgd_acc, "epoch_time_s": time.perf_counter() - t_epoch,
+                        "train_time_s": train_clock.total() + craft_clock.total(),
+                        "craft_time_s": craft_clock.total(), "images": n_train})
+        if best is None or round(val_acc, 4) >= round(best["val_acc"], 4):
+            best = {"epoch": epoch + 1, "val_acc": val_acc, "state_dict": rt.cpu_state(net)}
+        rngs = rt.gather_rng(data_gen, attack_gen, world)
+        if rank == 0:
+            rt.write_checkpoint({"format": FORMAT_VERSION, "key": key, "config": effective_config(config),
+                                 "epoch": epoch + 1, "model": net.state_dict(), "optimiser": optimiser.state_dict(),
+                                 "scheduler": scheduler.state_dict(), "rng": rngs, "history": history, "best": best},
+                                out_dir / CHECKPOINT_FILE)
+        rt.barrier(world)
+
+    if best is None:
+        raise ValueError(f"nothing was trained: epochs={epochs}")
+    return _finish(config, key, net, history, best, out_dir, device, rank, world)
+
+
+def _resume(path: Path, config: TrainConfig, key: str, net, optimiser, scheduler, data_gen, attack_gen, rank):
+    """Load the state of an interrupted run from ``path``: (history, best, epochs done), or ``None``."""
+    if not path.is_file():
+        return None
+    saved = _io.load(path)
+    if saved.get("key") != key:
+        ours, theirs = effective_config(config), saved.get("config", {})
+        differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        raise ValueError(f"the checkpoint {path} belongs to another configuration (key {saved.get('key')!r}, ours "
+                         f"{key!r}; differing fields: {', '.join(differ)}); use another out_dir, or resume=False to "
+                         "overwrite it")
+    net.load_state_dict(saved["model"])
+    optimiser.load_state_dict(saved["optimiser"])
+    scheduler.load_state_dict(saved["scheduler"])
+    rng = saved["rng"][rank] if rank < len(saved["rng"]) else saved["rng"][0]
+    _io.rng_restore(rng, data_generator=data_gen, attack_generator=attack_gen)
+    return saved["history"], saved["best"], saved["epoch"]
+
+
+def _finish(config, key, net, history, best, out_dir, device, rank, world) -> TrainResult:
+    """Load the best weights, write ``model.pt`` and ``result.json`` (rank 0), return the :class:`TrainResult`."""
+    from ..results import git_info
+
+    net.load_state_dict(best["state_dict"])
+    net.eval()
+    final_path = out_dir / MODEL_FILE
+    if rank == 0:
+        effective = effective_config(config)
+        _io.save_atomic({"format": FORMAT_VERSION, "key": key, "config": effective, "state_dict": best["state_dict"],
+                         "history": history, "best_epoch": best["epoch"], "best_val_acc": best["val_acc"]},
+                        final_path)
+        record = {
+            "key": key, "config": effective, "history": history, "best_epoch": best["epoch"],
+            "best_val_acc": best["val_acc"], "train_time_s": sum(h["epoch_time_s"] for h in history),
+            "provenance": {"git": git_info(), "torch": torch.__version__, "python": sys.version.split()[0],
+                           "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+                           "world_size": world, "data": provenance(config.dataset)},
+        }
+        _io.write_text_atomic(json.dumps(record, indent=1), out_dir / RESULT_FILE)
+    rt.barrier(world)
+    return TrainResult(model=net, config=config, key=key, history=history, best_epoch=best["epoch"],
+                       best_val_acc=best["val_acc"], checkpoint=final_path, from_cache=False)

@@ -1,0 +1,182 @@
+"""The machinery around the training loop, kept out of it: devices and DDP shares, data split, timing, evaluation,
+the learning-rate schedule, and checkpoints with RNG state (so that a resumed run is bit-identical).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .. import _io
+from ..attacks.pgd import pgd
+from ..data import load
+from ..models import build
+from .config import Recipe, TrainConfig
+from .defences import PGDParams
+
+EVAL_BATCH = 500  # batch size for validation and history attacks; results do not depend on it (eval mode)
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside ``torch.distributed``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def device_for(config: TrainConfig) -> torch.device:
+    """The run's device: ``config.device``, or under ``"auto"`` this rank's GPU when CUDA is present, else the CPU."""
+    if config.device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(config.device)
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    """The untrained architecture of ``config`` (dropout off when ``disable_dropout``)."""
+    model = build(config.model, **config.model_kwargs)
+    if config.disable_dropout:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+    return model
+
+
+def rank_share(start: int, n_batch: int, rank: int, world: int) -> tuple[slice, float]:
+    """This rank's contiguous share of the global batch ``[start, start + n_batch)`` and the global batch / world
+    (each loss term is a sum over the share divided by it, so DDP's average is the one-process batch mean)."""
+    q, r = divmod(n_batch, world)
+    lo = start + rank * q + min(rank, r)
+    return slice(lo, lo + q + (rank < r)), n_batch / world
+
+
+@dataclass
+class Split:
+    """The training and held-out validation images, on the run's device."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+
+
+def split_data(config: TrainConfig, device: torch.device) -> Split:
+    """DeepSec's split (``RawModels/Utils/dataset.py``): shuffle the indices with numpy's legacy RNG seeded with the
+    run's seed (DeepSec: 100), first 10 % for validation. On the full MNIST/CIFAR-10 train sets this is DeepSec's
+    exact split."""
+    x, y = load(config.dataset, split="train", n=config.subset)
+    order = np.arange(len(y))
+    np.random.RandomState(config.seed).shuffle(order)
+    n_val = int(np.floor(config.effective_recipe.val_fraction * len(y)))
+    val, tr = torch.from_numpy(order[:n_val]), torch.from_numpy(order[n_val:])
+    return Split(x[tr].to(device), y[tr].to(device), x[val].to(device), y[val].to(device))
+
+
+class Clock:
+    """Accumulates the time of code sections; on CUDA with events, so the inner loop never waits for the GPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.events: list = []
+        self.seconds = 0.0
+
+    @contextlib.contextmanager
+    def __call__(self):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.events.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            yield
+            self.seconds += time.perf_counter() - t0
+
+    def total(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return self.seconds + sum(s.elapsed_time(e) for s, e in self.events) / 1000.0
+        return self.seconds
+
+
+@torch.no_grad()
+def clean_accuracy(net: nn.Module, x: Tensor, y: Tensor, autocast) -> float:
+    """Accuracy of ``net`` (in eval mode) on ``(x, y)``."""
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for i in range(0, len(x), EVAL_BATCH):
+        with autocast():
+            correct += (net(x[i:i + EVAL_BATCH]).argmax(1) == y[i:i + EVAL_BATCH]).sum()
+    return correct.item() / max(len(x), 1)
+
+
+def pgd_accuracy(net: nn.Module, x: Tensor, y: Tensor, params: PGDParams, seed: int, autocast) -> float | None:
+    """Accuracy of ``net`` under PGD run against it; the same random starts every epoch (``seed``), so the curve
+    compares models, not noise. ``None`` without images."""
+    if len(x) == 0:
+        return None
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for i in range(0, len(x), EVAL_BATCH):
+        xb, yb = x[i:i + EVAL_BATCH], y[i:i + EVAL_BATCH]
+        with autocast():
+            x_adv = pgd(net, xb, yb, eps=params.eps, step_size=params.step_size, steps=params.steps,
+                        random_start=True, generator=generator)
+            with torch.no_grad():
+                correct += (net(x_adv).argmax(1) == yb).sum()
+    return correct.item() / len(x)
+
+
+class LRFactor:
+    """Learning-rate multiplier for 0-based epoch k: the product of every decay whose epoch has finished (< k),
+    floored at ``min_lr``. A plain object, so LambdaLR checkpoints its state."""
+
+    def __init__(self, recipe: Recipe):
+        self.decays = [list(d) for d in recipe.lr_decays]
+        self.floor = recipe.min_lr / recipe.lr
+
+    def __call__(self, epoch: int) -> float:
+        return max(math.prod(f for e, f in self.decays if e < epoch), self.floor)
+
+
+def optimiser_for(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimiser over ``model``'s parameters."""
+    if recipe.optimiser == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                               nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def write_checkpoint(payload: dict, path: Path) -> None:
+    """The per-epoch checkpoint write (rank 0 only); a function of its own so tests can simulate a kill after it."""
+    _io.save_atomic(payload, path)
+
+
+def gather_rng(data_gen: torch.Generator, attack_gen: torch.Generator, world: int) -> list:
+    """Every rank's RNG state (data order, augmentation, NAT ε, PGD starts, dropout), for the checkpoint."""
+    rng = _io.rng_snapshot(data_generator=data_gen, attack_generator=attack_gen)
+    if world == 1:
+        return [rng]
+    rngs = [None] * world
+    dist.all_gather_object(rngs, rng)
+    return rngs
+
+
+def barrier(world: int) -> None:
+    """Wait for every rank (no-op in one process)."""
+    if world > 1:
+        dist.barrier()
+
+
+def cpu_state(net: nn.Module) -> dict:
+    """A detached CPU copy of ``net``'s state dict."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}

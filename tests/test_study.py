@@ -1,0 +1,245 @@
+"""The study's seams: plan, registries, profiles, published numbers and the notebooks' parameter validation agree;
+the command line and the notebooks configure the same training; fingerprints cover what a column depends on."""
+from __future__ import annotations
+
+import ast
+import json
+
+import pytest
+
+from repro.attacks import ATTACKS
+from repro.metrics import ATTACK_KEYS, DEFENCE_KEYS
+from repro.results import repo_root
+from repro.study import plan
+from repro.study import steps as experiments
+from repro.study.profiles import PROFILES, get_profile
+from repro.train import DEFENCES, config_key
+
+
+def _what(col: plan.Column) -> dict:
+    """The registry entry a plan column runs, as :func:`repro.study.steps.resolve` takes it."""
+    if col.attack:
+        return {"attack": col.attack}
+    if col.defence:
+        return {"defence": col.defence}
+    return {"findings": True}
+
+
+def _parameters_cell(notebook: str) -> dict:
+    nb = json.loads((repo_root() / "notebooks" / notebook).read_text())
+    cells = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    assert len(cells) == 1, f"{notebook} must have exactly one cell tagged 'parameters'"
+    tree = ast.parse("".join(cells[0]["source"]))
+    values = {}
+    for node in tree.body:
+        assert isinstance(node, ast.Assign), f"{notebook}: the parameters cell holds assignments only"
+        values[node.targets[0].id] = ast.literal_eval(node.value)  # literals only (STYLE rule 9)
+    return values
+
+
+def test_column_ids_are_unique_and_notebooks_exist():
+    assert len({c.id for c in plan.PLAN}) == len(plan.PLAN)
+    for col in plan.PLAN:
+        assert (repo_root() / "notebooks" / col.notebook).exists(), col.notebook
+
+
+@pytest.mark.parametrize("col", plan.PLAN, ids=lambda c: c.id)
+def test_notebook_declares_every_parameter_the_pipeline_passes(col):
+    declared = _parameters_cell(col.notebook)
+    for profile in col.profiles:
+        passed = set(col.parameters_for(profile)) | {"column", "results_dir", "device"}
+        assert passed <= set(declared), f"{col.notebook} lacks {sorted(passed - set(declared))}"
+
+
+@pytest.mark.parametrize("col", plan.PLAN, ids=lambda c: c.id)
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_every_column_resolves_under_every_profile(col, profile):
+    params = {**_parameters_cell(col.notebook), **col.parameters_for(profile), "column": col.id, "device": "cpu"}
+    effective = experiments.resolve(**_what(col), **params)
+    assert effective["profile"] == profile
+    assert all(v is not None for k, v in effective.items() if k in ("n_samples", "batch_size", "steps",
+                                                                      "binary_search_steps", "max_iterations"))
+
+
+def test_validation_fails_with_clear_messages():
+    base = {**_parameters_cell("pgd.ipynb"), "device": "cpu"}
+    with pytest.raises(experiments.ParameterError, match="mnist model but dataset is 'cifar10'"):
+        experiments.resolve(attack="pgd", **{**base, "model": "mnist_convnet"})
+    with pytest.raises(experiments.ParameterError, match="eps must be >= 0"):
+        experiments.resolve(attack="pgd", **{**base, "eps": -0.1})
+    with pytest.raises(experiments.ParameterError, match="unknown profile 'fast'"):
+        experiments.resolve(attack="pgd", **{**base, "profile": "fast"})
+    with pytest.raises(experiments.ParameterError, match="steps must be an integer >= 1"):
+        experiments.resolve(attack="pgd", **{**base, "steps": 0})
+    with pytest.raises(experiments.ParameterError, match="same parameter"):
+        experiments.resolve(attack="pgd", **{**base, "eps_iter": 0.5, "step_size": 0.01})
+    with pytest.raises(experiments.ParameterError, match="unknown model"):
+        experiments.resolve(attack="pgd", **{**base, "model": "vgg16"})
+
+
+def test_eps_iter_is_step_size_and_eps_8_is_allowed_with_a_note():
+    base = {**_parameters_cell("pgd.ipynb"), "device": "cpu"}
+    p = experiments.resolve(attack="pgd", **{**base, "eps": 8, "eps_iter": 0.875, "step_size": None})
+    assert p["step_size"] == 0.875 and "eps_iter" not in p
+    assert "box" in p["note"]
+
+
+def test_budgets_come_from_the_profile_unless_given():
+    base = {**_parameters_cell("cw2.ipynb"), "device": "cpu"}
+    p = experiments.resolve(attack="cw2", **{**base, "profile": "quick"})
+    quick = get_profile("quick")
+    budget = quick.attack_budget("cw2")
+    assert (p["n_samples"], p["binary_search_steps"], p["max_iterations"]) == (
+        budget.n_candidates, budget.iterations["binary_search_steps"], budget.iterations["max_iterations"])
+    assert experiments.resolve(attack="pgd", **{**_parameters_cell("pgd.ipynb"), "device": "cpu"})["n_samples"] == \
+        get_profile("quick").attack_budget("pgd").n_candidates
+    p = experiments.resolve(attack="cw2", **{**base, "profile": "quick", "n_samples": 3, "max_iterations": 7})
+    assert (p["n_samples"], p["max_iterations"]) == (3, 7)
+
+
+def test_compared_columns_exist_in_the_published_tables():
+    for col in plan.PLAN:
+        if col.compare_with is not None:
+            assert any(r.column == col.compare_with for r in plan.published(col.table)), col.id
+
+
+@pytest.mark.parametrize("table", ["1", "2"])
+def test_published_rows_are_complete_and_converted(table):
+    rows = plan.published(table)
+    metrics = plan.TABLE_METRICS[table]
+    for row in rows:
+        assert row.metric in metrics and row.source in ("follow-up", "deepsec")
+        assert row.value == pytest.approx(row.printed / 100 if row.unit == "%" else row.printed)
+    # each published column has every metric the paper printed for it, once
+    for column in {r.column for r in rows}:
+        for source in {r.source for r in rows if r.column == column}:
+            got = [r.metric for r in rows if (r.column, r.source) == (column, source)]
+            assert len(got) == len(set(got))
+            assert set(got) == set(metrics) - {"RIC"}
+
+
+def test_mislabelled_rows_are_corrected_and_say_so():
+    rows = plan.published("1")
+    for row in rows:
+        if row.printed_metric == "L1":
+            assert row.metric == "ALD_L2" and "L2" in row.correction
+        if row.printed_metric == "L2":
+            assert row.metric == "ALD_Linf" and "L∞" in row.correction
+        if row.printed_metric == "ACTA":
+            assert row.metric == "ACTC" and "ACTC" in row.correction
+    pgd = [r for r in rows if r.column == "pgd_resnet20" and r.source == "follow-up"]
+    assert all("0.1" in r.correction for r in pgd)
+    assert plan.published_value("1", "pgd_resnet20", "follow-up", "ALD_Linf").value == pytest.approx(0.1)
+    pat = [r for r in plan.published("2") if r.column == "pat_resnet20" and r.source == "follow-up"]
+    assert all("8/255" in r.correction for r in pat)
+
+
+def test_pat_eps8_arithmetic_is_inconsistent_as_published():
+    get = lambda m: plan.published_value("2", "pat_eps8_wide", "follow-up", m).printed  # noqa: E731
+    assert get("CRR") - get("CSR") == pytest.approx(get("CAV"))
+    assert get("ACC_raw") + get("CAV") == pytest.approx(44.40)
+    assert get("ACC_defended") != pytest.approx(44.40)
+
+
+def test_departures_follow_the_profile():
+    cw2 = plan.column("cw2_mnist")
+    quick = plan.departures(cw2, "quick")
+    assert any("10,000" in d for d in quick) and any("released checkpoint" in d for d in quick)
+    assert plan.departures(cw2, "paper") == []
+    pat = plan.departures(plan.column("pat_eps8_wide"), "quick")
+    assert any("fine-tuned" in d for d in pat) and any("×2" in d for d in pat)
+    assert not any("fine-tuned" in d for d in plan.departures(plan.column("pat_eps8_wide"), "paper"))
+
+
+def test_tolerance_semantics():
+    tol = plan.Tolerance(abs=0.01, rel=0.2)
+    assert tol.within(1.19, 1.0) and not tol.within(1.21, 1.0)
+    assert tol.within(0.009, 0.0) and not tol.within(0.02, 0.0)
+    assert set(plan.TOLERANCES) == set(ATTACK_KEYS) | set(DEFENCE_KEYS)
+
+
+def test_printed_units():
+    assert plan.to_printed_unit("MR", 0.998) == pytest.approx(99.8)
+    assert plan.to_printed_unit("ASS", 0.5) == 0.5
+    assert plan.to_printed_unit("CAV", None) is None
+
+
+# ------------------------------------------------------------------------------------------------ registries agree
+def test_plan_rows_name_registered_attacks_and_defences_and_their_notebooks_run_them():
+    for col in plan.PLAN:
+        assert (col.attack is None) or col.attack in ATTACKS, col.id
+        assert (col.defence is None) or col.defence in DEFENCES, col.id
+        nb = (repo_root() / "notebooks" / col.notebook).read_text()
+        what = f'attack=\\"{col.attack}\\"' if col.attack else f'defence=\\"{col.defence}\\"' if col.defence \
+            else "findings=True"
+        assert what in nb, f"{col.notebook} does not run {what} for column {col.id}"
+        if col.contrasts_with:
+            assert col.contrasts_with in plan.COLUMNS
+
+
+def test_every_attack_hyper_parameter_a_notebook_passes_is_checked_and_exists():
+    for col in plan.PLAN:
+        if col.attack:
+            names = experiments.attack_parameters(col.attack)
+            passed = {k for k in col.parameters if k in experiments.RULES}
+            assert passed <= set(names), (col.id, passed - set(names))
+        if col.defence:
+            assert {k for k in col.parameters if k in experiments.RULES} <= set(
+                experiments.defence_parameters(col.defence)), col.id
+
+
+def test_profile_attack_budgets_name_real_attack_parameters():
+    for prof in PROFILES.values():
+        for attack, budget in prof.attacks.items():
+            if attack != "default":
+                assert set(budget.iterations) <= set(experiments.attack_parameters(attack)), (prof.name, attack)
+
+
+def test_corrected_columns_change_only_the_unit_of_eps():
+    for col in plan.PLAN:
+        if col.contrasts_with:
+            literal = plan.COLUMNS[col.contrasts_with].parameters
+            ours = col.parameters
+            assert {k for k in ours if ours[k] != literal[k]} == {"eps", "step_size"}, col.id
+            assert ours["eps"] == pytest.approx(literal["eps"] / 255)
+            assert ours["step_size"] == pytest.approx(literal["step_size"] / 255)
+
+
+# ---------------------------------------------------------------------- one profile → TrainConfig, for CLI and book
+@pytest.mark.parametrize("col_id", ["nat_mnist", "pat_resnet20", "pat_eps8_wide"])
+@pytest.mark.parametrize("profile", ["quick", "paper"])  # smoke cuts PAT's steps, which no named variant has
+def test_command_line_and_notebook_configure_the_same_training(col_id, profile):
+    from repro.train.__main__ import config_from_args, parse_args
+
+    col = plan.column(col_id)
+    params = {**_parameters_cell(col.notebook), **col.parameters_for(profile), "column": col.id, "device": "cpu"}
+    ctx = experiments.Context(kind="defence", name=col.defence, params=experiments.resolve(**_what(col), **params),
+                              profile=get_profile(profile), device="cpu", started=0.0)
+    p = ctx.params
+    defence_params = DEFENCES[col.defence].params_type(
+        **{k: p[k] for k in experiments.defence_parameters(col.defence) if k in p})
+    notebook = experiments._config_of(ctx, defence_params=defence_params)
+    variant = {("pat", 8.0): "followup_eps8", ("pat", plan.EPS_8_255): "deepsec_cifar10"}.get(
+        (col.defence, p.get("eps")), "deepsec_mnist")
+    argv = ["--dataset", p["dataset"], "--model", p["model"], "--defence", col.defence, "--variant", variant,
+            "--profile", profile, "--device", "cpu"]
+    cli = config_from_args(parse_args(argv))
+    assert config_key(cli) == config_key(notebook)
+    assert config_key(cli.init) == config_key(notebook.init) if not isinstance(cli.init, str) else \
+        cli.init == notebook.init
+
+
+# ------------------------------------------------------------------------------------------------- fingerprints
+def test_fingerprint_covers_every_source_file_the_notebook_and_the_plan_row(tmp_path, monkeypatch):
+    import dataclasses
+
+    col = plan.column("pgd_resnet20")
+    before = plan.fingerprint(col, "quick")
+    assert before == plan.fingerprint(col, "quick")
+    assert plan.fingerprint(dataclasses.replace(col, departures=("another text",)), "quick") != before
+    assert plan.fingerprint(col, "smoke") != before
+    sources = {str(p.relative_to(repo_root())) for p in
+               __import__("repro.results", fromlist=["source_files"]).source_files(plan.FINGERPRINT_SOURCES)}
+    for module in ("repro/train/loop.py", "repro/study/plan.py", "repro/study/steps.py", "repro/metrics/attack.py",
+                   "repro/attacks/pgd.py", "repro/report/pages.py", "repro/data.py"):
+        assert module in sources, module

@@ -130,6 +130,9 @@ def execute(col: Column, profile: str, *, results_dir: str, device: str = "auto"
         staged.unlink(missing_ok=True)
         started = time.time()
         log(f"[{profile}] {col.id}: executing {NOTEBOOKS}/{col.notebook}")
+        # Progress bars would be stored in the committed executions; the pipeline logs per column instead.
+        previous = os.environ.get("REPRO_PROGRESS")
+        os.environ["REPRO_PROGRESS"] = "0"
         try:
             papermill.execute_notebook(str(root / NOTEBOOKS / col.notebook), str(partial), parameters=params,
                                        cwd=str(root), kernel_name="python3", progress_bar=False, log_output=False)
@@ -140,6 +143,11 @@ def execute(col: Column, profile: str, *, results_dir: str, device: str = "auto"
                 os.replace(partial, failed)
             raise PipelineError(f"notebook {col.notebook} failed for column {col.id!r} (profile {profile}); the "
                                 f"partial execution is in {failed}:\n{err}") from err
+        finally:
+            if previous is None:
+                os.environ.pop("REPRO_PROGRESS", None)
+            else:
+                os.environ["REPRO_PROGRESS"] = previous
         if not staged.exists():
             raise PipelineError(f"notebook {col.notebook} ran for column {col.id!r} but saved no result at {staged}")
         result = results_mod.load(staged)

@@ -31,6 +31,16 @@ needs_deepsec = pytest.mark.skipif(not (HAVE_DEEPSEC and HAVE_MNIST and HAVE_CIF
                                    reason="the data root (REPRO_DATA) lacks DeepSec's checkpoints or the datasets: test skipped")
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny models gain nothing from more, and on a shared 2-core machine a second thread's
+    synchronisation and spin-waiting made those tests up to 10× slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -31,13 +31,7 @@ SMALL = {
 LINF = ("fgsm", "llc", "bim", "illc", "pgd")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine extra threads cost 10×.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def tiny_convnet() -> nn.Module:

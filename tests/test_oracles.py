@@ -37,13 +37,7 @@ CW2_ITERATIONS = 200
 CW2_CONFIG_OF_RULE = {"deepsec": "deepsec", "carlini": "carlini_wagner"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine extra threads cost 10×.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 class Affine(nn.Module):

@@ -219,7 +219,7 @@ def test_command_line_and_notebook_configure_the_same_training(col_id, profile):
     defence_params = DEFENCES[col.defence].params_type(
         **{k: p[k] for k in experiments.defence_parameters(col.defence) if k in p})
     notebook = experiments._config_of(ctx, defence_params=defence_params)
-    variant = {("pat", 8.0): "followup_eps8", ("pat", plan.EPS_8_255): "deepsec_cifar10"}.get(
+    variant = {("pat", 8.0): "followup_eps8", ("pat", 8 / 255): "deepsec_cifar10"}.get(
         (col.defence, p.get("eps")), "deepsec_mnist")
     argv = ["--dataset", p["dataset"], "--model", p["model"], "--defence", col.defence, "--variant", variant,
             "--profile", profile, "--device", "cpu"]

@@ -48,14 +48,7 @@ def tiny_mlp(*, hidden: int = 64, dropout: float = 0.0) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 10))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The models here are tiny: a second intra-op thread only adds synchronisation (and, on a busy machine,
-    spin-waiting that made these tests up to 10× slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 BASE = dict(dataset="mnist", model="tiny_mlp", subset=5000, epochs=3, history_subset=0, device="cpu")

@@ -8,7 +8,6 @@ differences, and whether each lies within the tolerance of :data:`repro.plan.TOL
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import yaml
@@ -17,6 +16,7 @@ from .. import results as results_mod
 from ..study.plan import (COLUMNS, METRIC_LABELS, PRINTED_UNIT, TABLE_METRICS, TOLERANCES, Column, columns_for,
                           fingerprint, published, to_printed_unit)
 from ..study.profiles import get_profile
+from ..study.steps import ModelSource
 
 MADRY_ANCHOR = {"clean": 0.873, "pgd20": 0.458}  # Madry et al. (2018), adversarially trained wide network, CIFAR-10
 NOT_COMPUTED = "–"
@@ -105,7 +105,7 @@ def _column_section(col: Column, result: results_mod.Result | None, profile: str
     commit = (git.get("commit") or "no commit")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
     out.append(f"**Model:** {col.model_label}. **Executed notebook:** [{col.id}](columns/{col.id}.ipynb). "
                f"**Computed** {result.created} on {device.get('name', '?')} ({device.get('device', '?')}) in "
-               f"{prov.get('wall_time_s', float('nan')):.0f} s, code {commit}.\n")
+               f"{prov.get('wall_time_s', float('nan')):.0f} s{_training_note(result)}, code {commit}.\n")
     if prov.get("notes"):
         out.append("**How it ran:** " + "; ".join(prov["notes"]) + ".\n")
     if not fresh:
@@ -127,7 +127,9 @@ def _column_section(col: Column, result: results_mod.Result | None, profile: str
     if any(totals):
         out.append(f"Within tolerance: {counts[0]} of {totals[0]} metrics against the follow-up, {counts[1]} of "
                    f"{totals[1]} against DeepSec ({{ref}}`tolerances <tolerances>`).\n")
-    corrections = sorted({p.correction for p in published(col.table) if p.column == col.compare_with and p.correction})
+    # A published cell can carry several corrections (" | "-separated); each is listed once per column.
+    corrections = sorted({part.strip() for p in published(col.table) if p.column == col.compare_with
+                          for part in p.correction.split(" | ") if part.strip()})
     notes = sorted({f"{METRIC_LABELS[p.metric]}: {p.note}" for p in published(col.table)
                     if p.column == col.compare_with and p.note})
     if corrections or notes:
@@ -146,6 +148,21 @@ def _column_section(col: Column, result: results_mod.Result | None, profile: str
         out.append(f"```{{figure}} figures/{col.id}_bars.png\n:name: fig-{col.id.replace('_', '-')}-bars\n"
                    f":width: 100%\n\n{col.title}: our value next to the follow-up's and DeepSec's, per metric.\n```\n")
     return "\n".join(out)
+
+
+def training_seconds(result: results_mod.Result) -> tuple[float, bool]:
+    """Seconds spent training the models a result used (summed over its trained models' histories), and whether
+    all of that training was served from the cache in this run (then the notebook's own wall time excludes it)."""
+    trained = [m for m in result.provenance.get("models", {}).values() if "train_time_s" in m]
+    return sum(m["train_time_s"] for m in trained), bool(trained) and all(m.get("from_cache") for m in trained)
+
+
+def _training_note(result: results_mod.Result) -> str:
+    seconds, cached = training_seconds(result)
+    if not seconds:
+        return ""
+    return f" plus {seconds:.0f} s of training" + (" (served from the training cache in this run)" if cached else
+                                                   " (included)")
 
 
 def _overview(cols: list[Column], found: dict, metrics) -> str:
@@ -281,16 +298,25 @@ def _appendix_pages(gen: Path, profile: str, cols, found) -> None:
         dev = prov.get("device", {})
         git = prov.get("git", {})
         commit = (git.get("commit") or "none")[:10] + (" (dirty)" if git.get("dirty") else "")
-        pipeline = prov.get("pipeline_wall_time_s")
+        train_s, cached = training_seconds(r)
         rows.append([f"[{col.id}](generated/columns/{col.id}.ipynb)", col.notebook, f"{dev.get('name', '?')} "
                      f"({dev.get('device', '?')}, {dev.get('threads', '–')} threads)",
                      f"{prov.get('wall_time_s', float('nan')):.0f}",
-                     NOT_COMPUTED if pipeline is None else f"{pipeline:.0f}", commit])
+                     f"{train_s:.0f}" + (" (cache)" if cached else ""), commit])
         versions = prov.get("versions", versions)
-    total = sum(found[c.id].provenance.get("wall_time_s", 0) for c in cols if c.id in found)
-    text = _md_table(["column", "notebook", "device", "notebook wall time (s)", "with kernel start (s)", "commit"],
-                     rows)
-    text += f"\nTotal notebook wall time: {total:.0f} s ({total / 60:.1f} min) for the {profile} profile.\n"
+    notebook_total = sum(found[c.id].provenance.get("wall_time_s", 0) for c in cols if c.id in found)
+    # Training served from the cache is not in the notebook's wall time; count each trained model once.
+    trained = {}
+    for r in found.values():
+        for m in r.provenance.get("models", {}).values():
+            if "train_time_s" in m:
+                trained[m.get("key")] = (m["train_time_s"], m.get("from_cache", False))
+    cached_total = sum(t for t, cached in trained.values() if cached)
+    total = notebook_total + cached_total
+    text = _md_table(["column", "notebook", "device", "notebook wall time (s)", "training (s)", "commit"], rows)
+    text += (f"\nTotal: {total:.0f} s ({total / 60:.1f} min) for the {profile} profile: {notebook_total:.0f} s of "
+             f"notebook wall time plus {cached_total:.0f} s of training served from the cache (each trained model "
+             "counted once).\n")
     if versions:
         text += "\n" + _md_table(["software", "version"], [[k, f"`{v}`"] for k, v in versions.items()
                                                          if k != "executable"])
@@ -305,7 +331,7 @@ def _appendix_pages(gen: Path, profile: str, cols, found) -> None:
     models = {}
     for r in found.values():
         for role, info in r.provenance.get("models", {}).items():
-            if info.get("source") == "DeepSec's released checkpoint":
+            if info.get("source") == ModelSource.DEEPSEC.value:
                 models[info.get("sha256")] = [f"DeepSec's released {role} model", f"`{info.get('sha256', '')}`"]
     text = _md_table(["dataset", "copy", "training images (found / official)", "test images (found / official)"],
                      list(data_rows.values()))
@@ -372,6 +398,28 @@ def gpu_estimate(found: dict) -> str:
     return text
 
 
+def _notebooks_page(profile: str, cols) -> str:
+    rows = [[f"[{col.title}](columns/{col.id}.ipynb)", f"`{col.id}`", f"`notebooks/{col.notebook}`"] for col in cols]
+    return ("# Executed notebooks\n\nEvery column of the tables, as papermill executed it under the "
+            f"**{profile}** profile. Each wrote one result file, `results/{profile}/<column>.json`, from which the "
+            "tables are generated; the notebook beside it is the execution shown here.\n\n"
+            + _md_table(["column", "id", "notebook"], rows))
+
+
+def _copy_titled(src: Path, dest: Path, col: Column) -> None:
+    """Copy an executed notebook for the book with its first heading replaced by the column's title, so that the
+    sidebar tells the columns of one notebook apart (the results folder keeps the execution untouched)."""
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("# "):
+            first, _, rest = cell.source.partition("\n")
+            cell.source = f"# {col.title}\n\n*Column `{col.id}`, notebook `notebooks/{col.notebook}`.*\n{rest}"
+            break
+    nbformat.write(nb, dest)
+
+
 # ---------------------------------------------------------------------------------------------------- generate
 def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list[str]:
     """Write every generated page into ``stage/book/generated/`` and the substitutions into ``stage/_config.yml``.
@@ -393,7 +441,7 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
             continue
         found[col.id] = results_mod.load(path)
         fresh[col.id] = found[col.id].fingerprint == fingerprint(col, profile)
-        shutil.copy2(nb, gen / "columns" / f"{col.id}.ipynb")
+        _copy_titled(nb, gen / "columns" / f"{col.id}.ipynb", col)
     if missing:
         return missing
 
@@ -403,10 +451,7 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
                                               encoding="utf-8")
     (gen / "corrected.md").write_text(_corrected_page(profile, found, fresh, figures_dir), encoding="utf-8")
     (gen / "tolerances.md").write_text(_tolerances_page(), encoding="utf-8")
-    (gen / "notebooks.md").write_text(
-        "# Executed notebooks\n\nEvery column of the tables, as papermill executed it under the "
-        f"**{profile}** profile. Each saves one result file under `results/{profile}/`; the tables are generated "
-        "from those files.\n", encoding="utf-8")
+    (gen / "notebooks.md").write_text(_notebooks_page(profile, cols), encoding="utf-8")
 
     prof = get_profile(profile)
     subs = {"profile": profile, "profile_description": prof.description,

@@ -13,11 +13,11 @@ from torch import Tensor
 
 from .. import data as data_mod
 from ..attacks import get_config
-from .plan import FOLLOWUP_PGD_EPS8, _per_255, published_value
+from .plan import FOLLOWUP_PGD_EPS8, per_255, published_value
 
 # The follow-up's literal "ε = 8" PGD (ε_iter 0.875; steps not given, DeepSec's 15) and the same setting with ε and
 # ε_iter read on the 0..255 scale, so that only the unit of ε differs (the plan's corrected column).
-EPS8_SETTINGS = {"eps8": FOLLOWUP_PGD_EPS8, "eps8_255": _per_255(FOLLOWUP_PGD_EPS8)}
+EPS8_SETTINGS = {"eps8": FOLLOWUP_PGD_EPS8, "eps8_255": per_255(FOLLOWUP_PGD_EPS8)}
 
 
 def _deepsec(attack: str, dataset: str) -> dict:

@@ -14,12 +14,10 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from ..attacks import get_config
 from ..metrics import ATTACK_KEYS, DEFENCE_KEYS
+from ..train import NAT_CONFIGS, PAT_CONFIGS
 from .profiles import Profile, departures_of, get_profile
-
-# DeepSec's / Madry's CIFAR-10 budget, 8/255 and 2/255 in [0, 1] units (DeepSec writes them as 0.03137 / 0.007843).
-EPS_8_255 = 8 / 255
-STEP_2_255 = 2 / 255
 
 # The unit the papers print each metric in ("%"; the others as fractions), and its label in the book.
 PRINTED_UNIT = {"MR": "%", "ACC_raw": "%", "ACC_defended": "%", "CAV": "%", "CRR": "%", "CSR": "%", "CCV": "%"}
@@ -111,15 +109,28 @@ class Column:
 SMOKE_PGD = {"smoke": {"steps": 3}}
 SMOKE_CURVES = {"smoke": {"curve_steps": 2}}
 SMOKE_PAT = {"smoke": {"steps": 2, "curve_steps": 2}}
-# The follow-up's literal "ε = 8" settings, and the same settings with ε and the step read on the 0..255 scale, as
-# Madry et al.'s "ε = 8" means: only the unit of ε changes between the literal and the corrected columns.
-FOLLOWUP_PGD_EPS8 = dict(eps=8.0, step_size=0.875, steps=15)
-FOLLOWUP_PAT_EPS8 = dict(eps=8.0, step_size=2.0, steps=10)
 
 
-def _per_255(setting: dict) -> dict:
+def _setting(params, *, keep: tuple[str, ...] | None = None, drop: tuple[str, ...] = ()) -> dict:
+    """A named attack or defence setting (a dict, or a defence's parameters dataclass) as notebook parameters:
+    the plan refers to the registries' named settings instead of copying their numbers."""
+    items = dict(params) if isinstance(params, dict) else asdict(params)
+    return {k: v for k, v in items.items() if (keep is None or k in keep) and k not in drop}
+
+
+def per_255(setting: dict) -> dict:
     """``setting`` with ε and its step divided by 255 (the 0..255 reading of the follow-up's "ε = 8")."""
     return {**setting, "eps": setting["eps"] / 255, "step_size": setting["step_size"] / 255}
+
+
+# CW2's hyper-parameters the plan fixes (its iteration budget comes from the profile); PAT's loss is DeepSec's
+# mixed loss in every column (the pat notebook has no loss parameter).
+CW2_DEEPSEC = _setting(get_config("cw2", "deepsec"), keep=("confidence", "initial_const", "lr", "search"))
+PGD_DEEPSEC_CIFAR10 = get_config("pgd", "deepsec_cifar10")
+FOLLOWUP_PGD_EPS8 = get_config("pgd", "followup_eps8")
+NAT_DEEPSEC_MNIST = _setting(NAT_CONFIGS["deepsec_mnist"])
+PAT_DEEPSEC_CIFAR10 = _setting(PAT_CONFIGS["deepsec_cifar10"], drop=("loss",))
+FOLLOWUP_PAT_EPS8 = _setting(PAT_CONFIGS["followup_eps8"], drop=("loss",))
 
 
 PLAN: tuple[Column, ...] = (
@@ -127,14 +138,13 @@ PLAN: tuple[Column, ...] = (
     Column(
         id="cw2_mnist", table="1", title="CW2 on DeepSec's MNIST ConvNet", notebook="cw2.ipynb", attack="cw2",
         model_label="MNIST ConvNet",
-        parameters=dict(dataset="mnist", model="mnist_convnet", confidence=0.0, initial_const=1e-3, lr=0.02,
-                        search="deepsec", seed=100),
+        parameters=dict(dataset="mnist", model="mnist_convnet", **CW2_DEEPSEC, seed=100),
         compare_with="cw2_mnist", uses=frozenset({"attack", "raw"}),
     ),
     Column(
         id="pgd_resnet20", table="1", title="PGD, DeepSec's CIFAR-10 parameters (ε = 0.1), ResNet-20",
         notebook="pgd.ipynb", attack="pgd", model_label="CIFAR-10 ResNet-20",
-        parameters=dict(dataset="cifar10", model="resnet20", eps=0.1, step_size=0.01, steps=15, seed=100),
+        parameters=dict(dataset="cifar10", model="resnet20", **PGD_DEEPSEC_CIFAR10, seed=100),
         compare_with="pgd_resnet20", overrides=SMOKE_PGD, uses=frozenset({"attack", "raw"}),
         departures=("the follow-up labels this column ε = 0.3137; its L∞ of 0.100 shows that it ran DeepSec's "
                     "ε = 0.1, which is what we run",),
@@ -151,14 +161,13 @@ PLAN: tuple[Column, ...] = (
     Column(
         id="nat_mnist", table="2", title="NAT on DeepSec's MNIST ConvNet", notebook="nat.ipynb", defence="nat",
         model_label="MNIST ConvNet",
-        parameters=dict(dataset="mnist", model="mnist_convnet", sigma=50.0, eps_max=0.3, adv_weight=0.3, seed=100),
+        parameters=dict(dataset="mnist", model="mnist_convnet", **NAT_DEEPSEC_MNIST, seed=100),
         compare_with="nat_mnist", overrides=SMOKE_CURVES, uses=frozenset({"defence", "raw"}),
     ),
     Column(
         id="pat_resnet20", table="2", title="PAT, DeepSec's CIFAR-10 parameters (ε = 8/255), ResNet-20",
         notebook="pat.ipynb", defence="pat", model_label="CIFAR-10 ResNet-20",
-        parameters=dict(dataset="cifar10", model="resnet20", eps=EPS_8_255, step_size=STEP_2_255, steps=7,
-                        seed=100),
+        parameters=dict(dataset="cifar10", model="resnet20", **PAT_DEEPSEC_CIFAR10, seed=100),
         compare_with="pat_resnet20", overrides=SMOKE_PAT, uses=frozenset({"defence", "raw"}),
         departures=("the follow-up labels this column ε = 0.1 (and its text 0.3137); DeepSec's PAT uses "
                     "ε = 0.03137 = 8/255, which is what we run",),
@@ -173,7 +182,7 @@ PLAN: tuple[Column, ...] = (
     Column(
         id="pgd_8_255_wide", table="corrected", title="PGD at ε = 8/255 (the follow-up's setting, ε in /255), "
         "wide ResNet", notebook="pgd.ipynb", attack="pgd", model_label="CIFAR-10 wide ResNet-20 (raw)",
-        parameters=dict(dataset="cifar10", model="resnet20_wide", **_per_255(FOLLOWUP_PGD_EPS8), seed=100),
+        parameters=dict(dataset="cifar10", model="resnet20_wide", **per_255(FOLLOWUP_PGD_EPS8), seed=100),
         overrides=SMOKE_PGD, uses=frozenset({"attack", "wide", "train_wide"}), contrasts_with="pgd_eps8_wide",
         departures=("the follow-up's PGD (ε = 8, ε_iter = 0.875, 15 steps) with ε and ε_iter divided by 255: "
                     "only the unit of ε differs from the literal column; it attacks the raw wide model, as the "
@@ -182,7 +191,7 @@ PLAN: tuple[Column, ...] = (
     Column(
         id="pat_8_255_wide", table="corrected", title="PAT at ε = 8/255 (the follow-up's setting, ε in /255), "
         "wide ResNet", notebook="pat.ipynb", defence="pat", model_label="CIFAR-10 wide ResNet-20",
-        parameters=dict(dataset="cifar10", model="resnet20_wide", **_per_255(FOLLOWUP_PAT_EPS8), seed=100),
+        parameters=dict(dataset="cifar10", model="resnet20_wide", **per_255(FOLLOWUP_PAT_EPS8), seed=100),
         overrides=SMOKE_PAT, uses=frozenset({"defence", "wide", "train_wide"}), contrasts_with="pat_eps8_wide",
         departures=("the follow-up's PAT (ε = 8, step 2, 10 steps) with ε and step divided by 255: only the unit "
                     "of ε differs from the literal column",),

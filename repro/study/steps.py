@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 import torch
 
+from .. import _io
 from .. import data as data_mod
 from .. import results as results_mod
 from ..attacks import ATTACKS, labels_field
@@ -406,6 +407,59 @@ def defend(ctx: Context, raw: torch.nn.Module) -> torch.nn.Module:
     return _trained(ctx, _config_of(ctx, defence_params=params), "defended")
 
 
+def _seconds_per_image_pass(config: TrainConfig, device: torch.device) -> float:
+    """One timed forward-backward pass of a batch of 32 through the untrained architecture, per image."""
+    from ..models import build
+
+    shape = (32, 1, 28, 28) if config.dataset == "mnist" else (32, 3, 32, 32)
+    model = build(config.model, **config.model_kwargs).to(device).train()
+    x = torch.rand(shape, device=device)
+    y = torch.zeros(shape[0], dtype=torch.long, device=device)
+    torch.nn.functional.cross_entropy(model(x), y).backward()  # warm-up
+    started = time.perf_counter()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    return (time.perf_counter() - started) / shape[0]
+
+
+def planned_work(ctx: Context) -> str:
+    """What the column is about to do that costs time, in words: each model it trains that is not in the training
+    cache, with an estimate from one timed batch on this machine; and the attack budget. Returned (the notebook
+    shows it) before the work starts, so that a long cell is never a surprise."""
+    from ..train import DEFENCES as _defences, is_cached
+
+    p, lines = ctx.params, []
+    configs = []
+    if not uses_deepsec_checkpoint(p.get("model", ""), ctx.profile) and ctx.kind != "findings":
+        configs.append(("raw model", _config_of(ctx)))
+    if ctx.kind == "defence":
+        params = _defences[ctx.name].params_type(**{k: p[k] for k in defence_parameters(ctx.name) if k in p})
+        configs.append((f"{ctx.name.upper()} defence", _config_of(ctx, defence_params=params)))
+    for role, config in configs:
+        if is_cached(config):
+            lines.append(f"{role}: {config.model} {config.model_kwargs or ''} from the training cache")
+            continue
+        passes = 1
+        if config.defence == "pat":
+            passes = config.defence_params.steps + 2
+        elif config.defence == "nat":
+            passes = 3
+        images = int((config.subset or _train_images(config.dataset)) * 0.9)
+        estimate = config.effective_epochs * images * passes * _seconds_per_image_pass(config, ctx.device)
+        lines.append(f"{role}: training {config.model} {config.model_kwargs or ''} for {config.effective_epochs} "
+                     f"epoch(s) on {images:,} images ({passes} forward-backward passes per image), not in the "
+                     f"training cache: about {estimate / 60:.0f} min on {ctx.device} (estimated from one timed "
+                     "batch; checkpoints every epoch, an interrupted run resumes)")
+    if ctx.kind == "attack":
+        iters = {k: p[k] for k in ("steps", "binary_search_steps", "max_iterations") if k in p}
+        lines.append(f"attack: {ctx.name} on up to {p['n_samples']:,} candidates, "
+                     + ", ".join(f"{k} {v:,}" for k, v in iters.items()))
+    return "\n".join(lines) or "nothing expensive"
+
+
+def _train_images(dataset: str) -> int:
+    return len(data_mod.load(dataset, split="train")[1])
+
+
 # ------------------------------------------------------------------------------------------------------ attacks
 def candidates(ctx: Context, model: torch.nn.Module) -> data_mod.Candidates:
     """DeepSec's clean candidates for the column (``n_samples`` of them, seeded) on the CPU.
@@ -514,6 +568,18 @@ def data_departures(datasets: dict) -> list[str]:
             for prov in datasets.values() if not prov.get("official", True)]
 
 
+def result_name(ctx: Context) -> str:
+    """The file name (without ``.json``) the run's result gets: the plan column's id for a plan run; for an ad-hoc
+    run (a column name not in the plan, e.g. the notebooks' default ``pgd_adhoc``), that name plus a short hash of
+    the effective parameters, so that ad-hoc runs with other parameters never overwrite each other."""
+    p = ctx.params
+    if p["column"] in COLUMNS:
+        return p["column"]
+    digest = _io.sha256_text(_io.canonical_json(results_mod._clean(
+        {k: v for k, v in p.items() if k not in ("results_dir", "column")})))
+    return f"{p['column']}-{digest[:8]}"
+
+
 def _plan_fingerprint(ctx: Context) -> str:
     """The plan's fingerprint when this run is exactly a plan column under its profile (else empty: ad hoc)."""
     col = COLUMNS.get(ctx.column)
@@ -544,14 +610,14 @@ def finish(ctx: Context, metrics: dict, *, extra: dict | None = None) -> results
     )
     result.provenance["notes"] = list(ctx.notes)
     result.provenance["train_time_s"] = ctx.train_seconds
-    results_mod.save(result, results_mod.result_path(p["results_dir"], p["profile"], p["column"]))
+    results_mod.save(result, results_mod.result_path(p["results_dir"], p["profile"], result_name(ctx)))
     return result
 
 
 def result_file(ctx: Context) -> str:
     """Where :func:`finish` saves (relative to the repository root when ``results_dir`` is relative)."""
     p = ctx.params
-    path = results_mod.result_path(p["results_dir"], p["profile"], p["column"])
+    path = results_mod.result_path(p["results_dir"], p["profile"], result_name(ctx))
     try:
         return str(path.relative_to(results_mod.repo_root()))
     except ValueError:

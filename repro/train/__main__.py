@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from ..data import DATASETS
-from ..models import MODELS
+from ..models import DEEPSEC_CHECKPOINTS, MODELS
 from .cache import initial_weights, trained_dir
 from .config import TrainConfig
 from .defences import DEFENCES
@@ -60,7 +60,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from ..study.steps import train_config
 
     defence = None if args.defence == "none" else args.defence
-    model = args.model or {"mnist": "mnist_convnet", "cifar10": "resnet20"}[args.dataset]
+    model = args.model or DEEPSEC_CHECKPOINTS[args.dataset]["model"]  # DeepSec's architecture for the dataset
     subset = {"train_subset": args.subset} if defence is None else {"defence_subset": args.subset}
     epochs = {"epochs": args.epochs} if defence is None else {"defence_epochs": args.epochs}
     base = train_config(dataset=args.dataset, model=model, profile=args.profile, width=args.width, defence=defence,

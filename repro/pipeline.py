@@ -236,6 +236,17 @@ def build_book(profile: str, *, results_dir: str = "results", output: str | os.P
     return html
 
 
+def update_readme(profile: str, *, results_dir: str = "results", log=print) -> Path:
+    """Rewrite the "results at a glance" block of README.md from ``results_dir/<profile>/`` (atomically)."""
+    from .report import pages
+
+    path = results_mod.repo_root() / "README.md"
+    text = pages.readme_with_glance(path.read_text(encoding="utf-8"), profile, pages.load_found(profile, results_dir))
+    write_text_atomic(text, path)
+    log(f"README.md: results at a glance regenerated from {results_dir}/{profile}/")
+    return path
+
+
 # ------------------------------------------------------------------------------------------------- screenshots
 def _chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
@@ -286,10 +297,14 @@ def main(argv=None) -> int:
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--build-book", action="store_true", help="build the HTML book from the results")
     action.add_argument("--screenshot", action="store_true", help="PNG screenshots of the built book")
+    action.add_argument("--update-readme", action="store_true",
+                        help="regenerate README.md's 'results at a glance' block from the results")
     args = parser.parse_args(argv)
     try:
         if args.build_book:
             build_book(args.profile, results_dir=args.results_dir, output=args.output)
+        elif args.update_readme:
+            update_readme(args.profile, results_dir=args.results_dir)
         elif args.screenshot:
             html = None if args.output is None else Path(args.output) / "_build" / "html"
             screenshot(html=html)

@@ -48,6 +48,9 @@ class Result:
         profile: the compute profile's name.
         parameters: the *effective* parameters, after profile budgets were filled in.
         metrics: metric name → fraction (or ``None`` where undefined, e.g. no successful adversarial example).
+        intervals: metric name → its 95 % interval ``{"low", "high", "method", "n"}`` (Clopper–Pearson for rates,
+            bootstrap over the images for means; ``None`` where the metric is undefined), from the same per-image
+            values as the metric.
         extra: other numbers worth keeping (training histories, accuracy-vs-ε curves, both definitions of a
             metric, ...), JSON-ready.
         departures: departures from the paper's setting that apply to this run.
@@ -65,6 +68,7 @@ class Result:
     profile: str
     parameters: dict
     metrics: dict
+    intervals: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     departures: list = field(default_factory=list)
     provenance: dict = field(default_factory=dict)

@@ -11,32 +11,49 @@ from repro import results
 from repro.pipeline import build_book, run_plan
 from repro.report import pages as book
 from repro.study import plan
+from repro.study.verdicts import Verdict, verdict
 
 from .conftest import needs_deepsec
 
-NUMBER = re.compile(r"^[+−-]?\d+(\.\d+)?( [✓✗])?$")
+NUMBER = re.compile(r"^[+−-]?\d+(\.\d+)?( \[[+−-]?\d+(\.\d+)?, [+−-]?\d+(\.\d+)?\])?$")
 
 
-def _result(column: str, metrics: dict) -> results.Result:
-    return results.Result(column=column, kind="attack", notebook="pgd.ipynb", profile="quick", parameters={},
-                          metrics=metrics)
+def _result(column: str, metrics: dict, intervals: dict | None = None, profile: str = "paper") -> results.Result:
+    return results.Result(column=column, kind="attack", notebook="pgd.ipynb", profile=profile, parameters={},
+                          metrics=metrics, intervals=intervals or {})
 
 
-def test_comparison_marks_within_and_outside_tolerance():
+def test_comparison_judges_the_published_value_against_our_interval():
     col = plan.column("pgd_resnet20")
-    rows = {r["metric"]: r for r in book.comparison_rows(col, _result(col.id, {"MR": 0.99, "ALD_Linf": 0.2}))}
-    assert rows["MR"]["followup"] == pytest.approx(1.0) and rows["MR"]["ok_followup"] is True
-    assert rows["MR"]["d_followup"] == pytest.approx(-0.01)
-    assert rows["ALD_Linf"]["ok_followup"] is False and rows["ALD_Linf"]["ok_deepsec"] is False
-    assert rows["ASS"]["ours"] is None and rows["ASS"]["ok_followup"] is None  # not computed: no mark
+    res = _result(col.id, {"MR": 0.99, "ALD_Linf": 0.2, "ASS": 0.5},
+                  {"MR": {"low": 0.98, "high": 0.997, "n": 911}, "ALD_Linf": {"low": 0.19, "high": 0.21, "n": 900}})
+    rows = {r["metric"]: r for r in book.comparison_rows(col, res)}
+    # 100 % lies within [98.0, 99.7] widened by 0.5 pp: consistent; the paper's 0.100 is far from [0.19, 0.21].
+    assert rows["MR"]["followup"] == pytest.approx(1.0) and rows["MR"]["verdict_followup"] == Verdict.CONSISTENT
+    assert rows["MR"]["d_followup"] == pytest.approx(-0.01) and rows["MR"]["n"] == 911
+    assert rows["ALD_Linf"]["verdict_followup"] == Verdict.INCONSISTENT
+    assert rows["ASS"]["verdict_followup"] is None  # a value without an interval is not judged
+    assert rows["PSD"]["ours"] is None and rows["PSD"]["verdict_followup"] is None
     assert rows["RIC"]["followup"] is None  # not in the published table
+    assert rows["ACTC"]["second_hand_deepsec"] and not rows["ACTC"]["second_hand_followup"]
 
 
-def test_comparison_for_defences_uses_percent_points():
+def test_every_verdict_shown_is_the_rules_output():
+    """No verdict is typed: each one the report shows equals the rule applied to the interval and the published
+    value, and the published tables hold numbers only."""
     col = plan.column("nat_mnist")
-    rows = {r["metric"]: r for r in book.comparison_rows(col, _result(col.id, {"ACC_raw": 0.9935, "CAV": 0.05}))}
-    assert rows["ACC_raw"]["ok_followup"] is True  # 99.35 vs 99.36 %
-    assert rows["CAV"]["ok_followup"] is False  # 5 % vs −0.09 %
+    res = _result(col.id, {"ACC_raw": 0.9935, "CAV": 0.05}, {"ACC_raw": {"low": 0.991, "high": 0.9955, "n": 10000},
+                                                           "CAV": {"low": 0.04, "high": 0.06, "n": 10000}})
+    for r in book.comparison_rows(col, res, "paper"):
+        for key, source in (("followup", "follow-up"), ("deepsec", "deepsec")):
+            pub = plan.published_value("2", "nat_mnist", source, r["metric"])
+            expected = verdict(low=r["low"], high=r["high"], published=None if pub is None else pub.value,
+                               metric=r["metric"], reason=r["reason"])
+            assert r[f"verdict_{key}"] == expected
+    for table in ("1", "2"):
+        header = (results.repo_root() / "repro" / "study" / "published" / f"table{table}.csv").read_text().split(
+            "\n")[0]
+        assert not any(word in header for word in ("verdict", "ok", "consistent", "within"))
     assert book._fmt("CAV", -0.0009) == "-0.09"
 
 
@@ -93,7 +110,7 @@ def test_smoke_book_builds_with_both_tables(tmp_path):
         cols = [c for c in plan.PLAN if c.table == table]
         assert len(overview) == 1 + len(metrics)
         for col in cols:
-            j = header.index(f"{col.id}: ours")
+            j = header.index(f"{col.id}: ours [95 % CI]")
             for i, metric in enumerate(metrics, start=1):
                 value = found[col.id].metrics.get(metric)
                 cell = overview[i][j]

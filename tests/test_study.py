@@ -151,13 +151,6 @@ def test_departures_follow_the_profile():
     assert not any("fine-tuned" in d for d in plan.departures(plan.column("pat_eps8_wide"), "paper"))
 
 
-def test_tolerance_semantics():
-    tol = plan.Tolerance(abs=0.01, rel=0.2)
-    assert tol.within(1.19, 1.0) and not tol.within(1.21, 1.0)
-    assert tol.within(0.009, 0.0) and not tol.within(0.02, 0.0)
-    assert set(plan.TOLERANCES) == set(ATTACK_KEYS) | set(DEFENCE_KEYS)
-
-
 def test_printed_units():
     assert plan.to_printed_unit("MR", 0.998) == pytest.approx(99.8)
     assert plan.to_printed_unit("ASS", 0.5) == 0.5

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..attacks._common import check_class_range, check_device, check_images, looks_like_probabilities
+from .uncertainty import DEFAULT_LEVEL, DEFAULT_RESAMPLES, check_interval_args, interval_records
 
 # SSIM constants: Wang et al. (2004), as in scikit-image's structural_similarity, which DeepSec called.
 SSIM_K1 = 0.01
@@ -49,6 +50,9 @@ PSD_WEIGHTINGS = ("one_minus_std", "inverse_std")
 ALD_NORMS = (0, 2, math.inf)
 
 KEYS = ("MR", "ACAC", "ACTC", "ALD_L0", "ALD_L2", "ALD_Linf", "ASS", "PSD", "NTE", "RGB", "RIC")
+# The rates among KEYS (a fraction of a count: Clopper–Pearson interval); the others are means over the n successful
+# AEs (bootstrap interval). MR counts over all N, RGB and RIC over the n successful AEs.
+RATE_KEYS = ("MR", "RGB", "RIC")
 
 
 # ------------------------------------------------------------------------------------------------------ validation
@@ -140,12 +144,19 @@ def _softmax(logits: Tensor) -> Tensor:
     return torch.softmax(logits.double(), dim=1)
 
 
-def _mean_over(values: Tensor, success: Tensor) -> float:
-    """Mean of ``values`` over the successful entries; NaN when there are none (nothing to average)."""
-    n = int(success.sum())
+def _mean(values: Tensor) -> float:
+    """Mean of per-AE values (n,), the reduction of every averaged metric; NaN when n = 0 (nothing to average)."""
+    n = len(values)
     if n == 0:
         return math.nan
-    return float(values[success].double().sum() / n)
+    return float(values.double().sum() / n)
+
+
+def _rate(outcomes: Tensor) -> float:
+    """Fraction of True among bool outcomes (n,), the reduction of every rate; NaN when n = 0."""
+    if len(outcomes) == 0:
+        return math.nan
+    return float(outcomes.double().mean())
 
 
 # --------------------------------------------------------------------------------------------------------- helpers
@@ -276,7 +287,7 @@ def mr(success: Tensor) -> float:
         ValueError: ``success`` is empty (no samples) or not a 1-D bool tensor.
     """
     _check_success(success)
-    return float(success.double().mean())
+    return _rate(success)
 
 
 def acac(logits: Tensor, success: Tensor) -> float:
@@ -296,7 +307,11 @@ def acac(logits: Tensor, success: Tensor) -> float:
     """
     _check_logits(logits, name="logits")
     _check_success(success, len(logits))
-    return _mean_over(_softmax(logits).amax(1), success)
+    return _mean(_acac_values(logits, success))
+
+
+def _acac_values(logits: Tensor, success: Tensor) -> Tensor:
+    return _softmax(logits).amax(1)[success]
 
 
 def actc(logits: Tensor, y: Tensor, success: Tensor) -> float:
@@ -320,8 +335,12 @@ def actc(logits: Tensor, y: Tensor, success: Tensor) -> float:
     _check_logits(logits, name="logits")
     _check_labels("y", y, len(logits), n_classes=logits.shape[1])
     _check_success(success, len(logits))
+    return _mean(_actc_values(logits, y, success))
+
+
+def _actc_values(logits: Tensor, y: Tensor, success: Tensor) -> Tensor:
     probs = _softmax(logits)
-    return _mean_over(probs.gather(1, y.to(probs.device, torch.int64)[:, None])[:, 0], success)
+    return probs.gather(1, y.to(probs.device, torch.int64)[:, None])[:, 0][success]
 
 
 class _SuccessfulPairs:
@@ -350,11 +369,11 @@ class _SuccessfulPairs:
         return to_8bit(self.x_adv)
 
 
-def _ald(pairs: _SuccessfulPairs, *, p: float, normalized: bool) -> float:
+def _ald_values(pairs: _SuccessfulPairs, *, p: float, normalized: bool) -> Tensor:
     if p not in ALD_NORMS:
         raise ValueError(f"p must be 0, 2 or math.inf, got {p!r}")
     if pairs.n == 0:
-        return math.nan
+        return pairs.x.new_empty(0, dtype=torch.float64)
     if p == 0:
         clean = pairs.x_levels.flatten(1)
         distance = (pairs.x_adv_levels.flatten(1) != clean).sum(1).double()
@@ -362,27 +381,27 @@ def _ald(pairs: _SuccessfulPairs, *, p: float, normalized: bool) -> float:
     else:
         distance = torch.linalg.vector_norm(pairs.delta64.flatten(1), ord=p, dim=1)
         scale = torch.linalg.vector_norm(pairs.x64.flatten(1), ord=p, dim=1) if normalized else 1.0
-    return float((distance / scale).mean())
+    return distance / scale
 
 
-def _ass(pairs: _SuccessfulPairs, *, data_range: float) -> float:
+def _ass_values(pairs: _SuccessfulPairs, *, data_range: float) -> Tensor:
     if pairs.n == 0:
-        return math.nan
-    return float(ssim(pairs.x_levels, pairs.x_adv_levels, data_range=data_range).mean())
+        return pairs.x.new_empty(0, dtype=torch.float64)
+    return ssim(pairs.x_levels, pairs.x_adv_levels, data_range=data_range)
 
 
-def _psd(pairs: _SuccessfulPairs, *, weighting: str) -> float:
+def _psd_values(pairs: _SuccessfulPairs, *, weighting: str) -> Tensor:
     if weighting not in PSD_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {PSD_WEIGHTINGS}, got {weighting!r}")
     if pairs.n == 0:
-        return math.nan
+        return pairs.x.new_empty(0, dtype=torch.float64)
     delta = pairs.delta64.abs()
     std = local_std(pairs.x64)
     if weighting == "one_minus_std":
         terms = delta * (1.0 - std)
     else:
         terms = torch.where(delta == 0, torch.zeros_like(delta), delta / std)
-    return float(terms.flatten(1).sum(1).mean())
+    return terms.flatten(1).sum(1)
 
 
 def ald(x: Tensor, x_adv: Tensor, success: Tensor, *, p: float, normalized: bool = False) -> float:
@@ -405,7 +424,7 @@ def ald(x: Tensor, x_adv: Tensor, success: Tensor, *, p: float, normalized: bool
     """
     _check_pair(x, x_adv)
     _check_success(success, len(x))
-    return _ald(_SuccessfulPairs(x, x_adv, success), p=p, normalized=normalized)
+    return _mean(_ald_values(_SuccessfulPairs(x, x_adv, success), p=p, normalized=normalized))
 
 
 def ass(x: Tensor, x_adv: Tensor, success: Tensor, *, data_range: float = DEEPSEC_SSIM_DATA_RANGE) -> float:
@@ -426,7 +445,7 @@ def ass(x: Tensor, x_adv: Tensor, success: Tensor, *, data_range: float = DEEPSE
     """
     _check_pair(x, x_adv)
     _check_success(success, len(x))
-    return _ass(_SuccessfulPairs(x, x_adv, success), data_range=data_range)
+    return _mean(_ass_values(_SuccessfulPairs(x, x_adv, success), data_range=data_range))
 
 
 def psd(x: Tensor, x_adv: Tensor, success: Tensor, *, weighting: str = "one_minus_std") -> float:
@@ -447,7 +466,7 @@ def psd(x: Tensor, x_adv: Tensor, success: Tensor, *, weighting: str = "one_minu
     """
     _check_pair(x, x_adv)
     _check_success(success, len(x))
-    return _psd(_SuccessfulPairs(x, x_adv, success), weighting=weighting)
+    return _mean(_psd_values(_SuccessfulPairs(x, x_adv, success), weighting=weighting))
 
 
 def nte(logits: Tensor, success: Tensor) -> float:
@@ -467,8 +486,12 @@ def nte(logits: Tensor, success: Tensor) -> float:
     """
     _check_logits(logits, name="logits")
     _check_success(success, len(logits))
+    return _mean(_nte_values(logits, success))
+
+
+def _nte_values(logits: Tensor, success: Tensor) -> Tensor:
     top2 = _softmax(logits).topk(2, dim=1).values
-    return _mean_over(top2[:, 0] - top2[:, 1], success)
+    return (top2[:, 0] - top2[:, 1])[success]
 
 
 # ------------------------------------------------------------------------------------ RGB and RIC (image transforms)
@@ -566,19 +589,19 @@ def guetzli_jpeg_8bit(x: Tensor, *, quality: int = DEEPSEC_JPEG_QUALITY, workers
     return _from_pil_images(decoded, x)
 
 
-def _still_successful_after(transform, model, x_adv, y, success, target, *, batch_size: int, device) -> float:
-    """Fraction of the successful AEs that stay successful after ``transform``; only those are transformed."""
+def _still_successful(transform, model, x_adv, y, success, target, *, batch_size: int, device) -> Tensor:
+    """Which of the n successful AEs stay successful after ``transform`` (bool (n,)); only those are transformed."""
     _check_labels("y", y, len(x_adv))
     if target is not None:
         _check_labels("target", target, len(x_adv))
     success = success.to(x_adv.device)
     if not bool(success.any()):
-        return math.nan
+        return torch.zeros(0, dtype=torch.bool, device=x_adv.device)
     transformed = transform(x_adv[success])
     logits = _predict(model, transformed, batch_size=batch_size, device=device, who="model")
     y_s = y.to(x_adv.device)[success].to(logits.device)
     t_s = None if target is None else target.to(x_adv.device)[success].to(logits.device)
-    return float(success_mask(logits, y_s, target=t_s).double().mean())
+    return success_mask(logits, y_s, target=t_s)
 
 
 def rgb(
@@ -616,8 +639,8 @@ def rgb(
     _check_images("x_adv", x_adv)
     _check_success(success, len(x_adv))
     device = check_device(device) if device is not None else _device_of(model, x_adv.device)
-    return _still_successful_after(lambda images: gaussian_blur_8bit(images, radius=radius), model, x_adv, y,
-                                   success, target, batch_size=batch_size, device=device)
+    return _rate(_still_successful(lambda images: gaussian_blur_8bit(images, radius=radius), model, x_adv, y,
+                                   success, target, batch_size=batch_size, device=device))
 
 
 def ric(
@@ -658,8 +681,8 @@ def ric(
     _check_success(success, len(x_adv))
     _check_jpeg_args(quality, workers)
     device = check_device(device) if device is not None else _device_of(model, x_adv.device)
-    return _still_successful_after(lambda images: guetzli_jpeg_8bit(images, quality=quality, workers=workers), model,
-                                   x_adv, y, success, target, batch_size=batch_size, device=device)
+    return _rate(_still_successful(lambda images: guetzli_jpeg_8bit(images, quality=quality, workers=workers), model,
+                                   x_adv, y, success, target, batch_size=batch_size, device=device))
 
 
 # -------------------------------------------------------------------------------------------------------- the suite
@@ -675,8 +698,12 @@ def attack_utility(
     blur_radius: float = DEEPSEC_BLUR_RADIUS,
     jpeg_quality: int = DEEPSEC_JPEG_QUALITY,
     jpeg_workers: int | None = None,
-) -> dict[str, float]:
-    """DeepSec's ten attack utility metrics (all but CC), as its released code computes them.
+    intervals: bool = False,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = DEFAULT_LEVEL,
+) -> dict[str, float] | tuple[dict[str, float], dict[str, dict | None]]:
+    """DeepSec's ten attack utility metrics (all but CC), as its released code computes them, optionally with intervals.
 
     Reference: DeepSec paper §III-B and Table III; code ``Evaluations/AttackEvaluations.py`` (SPEC §6). The success
     mask is computed once from the model's prediction on ``x_adv`` and shared by every metric.
@@ -693,22 +720,33 @@ def attack_utility(
         blur_radius: RGB's Gaussian radius (DeepSec: 0.5).
         jpeg_quality: RIC's Guetzli quality (DeepSec: 90).
         jpeg_workers: Guetzli threads for RIC (default: the usable CPUs).
+        intervals: also return a 95 % (``level``) interval for every metric, computed from the same per-image
+            values as the point (:mod:`.uncertainty`): Clopper–Pearson for the rates MR (k = n successful of N) and
+            RGB, RIC (k still successful of the n successful AEs); percentile bootstrap of the mean over the n
+            successful AEs for ACAC, ACTC, ALD_L0/L2/L∞, ASS, PSD and NTE.
+        n_resamples: bootstrap resamples (≥ 1,000).
+        seed: bootstrap seed; every averaged metric is resampled with the same seed, hence the same image indices.
+        level: confidence level of the intervals.
 
     Returns:
         ``{"MR", "ACAC", "ACTC", "ALD_L0", "ALD_L2", "ALD_Linf", "ASS", "PSD", "NTE", "RGB", "RIC"}`` → Python
         floats. MR over all N; the others over the n successful AEs, NaN when n = 0. Fractions, not percent;
-        ALD_L2/L∞ and PSD in [0, 1] pixel units.
+        ALD_L2/L∞ and PSD in [0, 1] pixel units. With ``intervals=True``, the pair ``(metrics, intervals)``:
+        ``intervals[key]`` is ``{"low", "high", "method": "clopper-pearson" | "bootstrap", "n": denominator}`` (n = N
+        for MR, the number of successful AEs for every other key), or None where the metric is NaN (n = 0).
 
     Raises:
         ValueError: no samples (N = 0), images not float32 (N, C, H, W) or outside [0, 1], shapes that differ,
             labels of the wrong shape or outside ``0..K-1``, the model returns probabilities instead of logits, or
-            a device this machine lacks.
+            a device this machine lacks, or bad interval settings (n_resamples < 1000, seed, level).
     """
     _check_pair(x, x_adv)
     _check_labels("y", y, len(x))
     if target is not None:
         _check_labels("target", target, len(x))
     _check_jpeg_args(jpeg_quality, jpeg_workers)
+    if intervals:
+        check_interval_args(n_resamples=n_resamples, seed=seed, level=level)
     device = check_device(device) if device is not None else _device_of(model, x_adv.device)
     x, x_adv, y = x.to(device), x_adv.to(device), y.to(device)
     target = None if target is None else target.to(device)
@@ -716,26 +754,33 @@ def attack_utility(
     logits = _predict(model, x_adv, batch_size=batch_size, device=device, who="model")
     success = success_mask(logits, y, target=target)
     pairs = _SuccessfulPairs(x, x_adv, success)
-    return {
-        "MR": mr(success),
-        "ACAC": acac(logits, success),
-        "ACTC": actc(logits, y, success),
-        "ALD_L0": _ald(pairs, p=0, normalized=False),
-        "ALD_L2": _ald(pairs, p=2, normalized=False),
-        "ALD_Linf": _ald(pairs, p=math.inf, normalized=False),
-        "ASS": _ass(pairs, data_range=DEEPSEC_SSIM_DATA_RANGE),
-        "PSD": _psd(pairs, weighting="one_minus_std"),
-        "NTE": nte(logits, success),
-        "RGB": _still_successful_after(lambda images: gaussian_blur_8bit(images, radius=blur_radius), model, x_adv,
-                                       y, success, target, batch_size=batch_size, device=device),
-        "RIC": _still_successful_after(
+    # One vector per metric: MR's outcomes over all N, every other metric's per-AE values (or, for RGB and RIC,
+    # outcomes) over the n successful AEs. Both the point and its interval are computed from these.
+    per_sample = {
+        "MR": success,
+        "ACAC": _acac_values(logits, success),
+        "ACTC": _actc_values(logits, y, success),
+        "ALD_L0": _ald_values(pairs, p=0, normalized=False),
+        "ALD_L2": _ald_values(pairs, p=2, normalized=False),
+        "ALD_Linf": _ald_values(pairs, p=math.inf, normalized=False),
+        "ASS": _ass_values(pairs, data_range=DEEPSEC_SSIM_DATA_RANGE),
+        "PSD": _psd_values(pairs, weighting="one_minus_std"),
+        "NTE": _nte_values(logits, success),
+        "RGB": _still_successful(lambda images: gaussian_blur_8bit(images, radius=blur_radius), model, x_adv, y,
+                                 success, target, batch_size=batch_size, device=device),
+        "RIC": _still_successful(
             lambda images: guetzli_jpeg_8bit(images, quality=jpeg_quality, workers=jpeg_workers), model, x_adv, y,
             success, target, batch_size=batch_size, device=device),
     }
+    metrics = {key: _rate(values) if key in RATE_KEYS else _mean(values) for key, values in per_sample.items()}
+    if not intervals:
+        return metrics
+    return metrics, interval_records(per_sample, metrics, rate_keys=RATE_KEYS, n_resamples=n_resamples, seed=seed,
+                                     level=level)
 
 
 __all__ = [
-    "KEYS", "attack_utility", "success_mask", "to_8bit", "ssim", "local_std", "gaussian_blur_8bit",
+    "KEYS", "RATE_KEYS", "attack_utility", "success_mask", "to_8bit", "ssim", "local_std", "gaussian_blur_8bit",
     "guetzli_jpeg_8bit", "mr", "acac", "actc", "ald", "ass", "psd", "nte", "rgb", "ric",
     "DEEPSEC_SSIM_DATA_RANGE", "DEEPSEC_BLUR_RADIUS", "DEEPSEC_JPEG_QUALITY",
 ]

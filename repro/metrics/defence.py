@@ -7,15 +7,20 @@ lengths and labels outside ``0..K-1`` raise ValueError; no image right for both 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from ..attacks._common import check_class_range, check_device, looks_like_probabilities
-from .attack import _check_images, _check_labels, _check_logits, _device_of, _no_samples, _predict, _softmax
+from .attack import (
+    _check_images, _check_labels, _check_logits, _device_of, _mean, _no_samples, _predict, _rate, _softmax,
+)
+from .uncertainty import DEFAULT_LEVEL, DEFAULT_RESAMPLES, check_interval_args, interval_records
 
 KEYS = ("ACC_raw", "ACC_defended", "CAV", "CRR", "CSR", "CCV", "COS")
+# The rates among KEYS, counts over all N test images (Clopper–Pearson interval). CAV is a difference of two paired
+# rates, the mean of per-image differences in {−1, 0, 1} (paired bootstrap over N); CCV and COS are means over the
+# images both models classify correctly (bootstrap over those).
+RATE_KEYS = ("ACC_raw", "ACC_defended", "CRR", "CSR")
 
 
 def _check_correct(raw_correct: Tensor, defended_correct: Tensor) -> None:
@@ -33,7 +38,9 @@ def _check_correct(raw_correct: Tensor, defended_correct: Tensor) -> None:
 def cav(raw_correct: Tensor, defended_correct: Tensor) -> float:
     """CAV, classification accuracy variance: acc(defended) − acc(raw), over all N test images.
 
-    Reference: DeepSec paper §III-C; code ``DefenseEvaluations``. Denominator: all N. Equals CRR − CSR.
+    Reference: DeepSec paper §III-C; code ``DefenseEvaluations``. Denominator: all N. Equals CRR − CSR. Computed as
+    the mean of the paired per-image differences ``defended_correct − raw_correct`` (each −1, 0 or 1), which is
+    (k_defended − k_raw)/N rounded once.
 
     Args:
         raw_correct, defended_correct: bool (N,), each model's prediction equals the label.
@@ -45,7 +52,11 @@ def cav(raw_correct: Tensor, defended_correct: Tensor) -> float:
         ValueError: a mask is empty (no samples) or not 1-D bool, or the two differ in shape.
     """
     _check_correct(raw_correct, defended_correct)
-    return float(defended_correct.double().mean() - raw_correct.double().mean())
+    return _mean(_cav_values(raw_correct, defended_correct))
+
+
+def _cav_values(raw_correct: Tensor, defended_correct: Tensor) -> Tensor:
+    return defended_correct.double() - raw_correct.double()
 
 
 def crr(raw_correct: Tensor, defended_correct: Tensor) -> float:
@@ -63,7 +74,7 @@ def crr(raw_correct: Tensor, defended_correct: Tensor) -> float:
         ValueError: a mask is empty (no samples) or not 1-D bool, or the two differ in shape.
     """
     _check_correct(raw_correct, defended_correct)
-    return float((~raw_correct & defended_correct).double().mean())
+    return _rate(~raw_correct & defended_correct)
 
 
 def csr(raw_correct: Tensor, defended_correct: Tensor) -> float:
@@ -81,7 +92,7 @@ def csr(raw_correct: Tensor, defended_correct: Tensor) -> float:
         ValueError: a mask is empty (no samples) or not 1-D bool, or the two differ in shape.
     """
     _check_correct(raw_correct, defended_correct)
-    return float((raw_correct & ~defended_correct).double().mean())
+    return _rate(raw_correct & ~defended_correct)
 
 
 def _check_outputs(raw_logits: Tensor, defended_logits: Tensor, raw_correct: Tensor, defended_correct: Tensor) -> None:
@@ -98,12 +109,9 @@ def _check_outputs(raw_logits: Tensor, defended_logits: Tensor, raw_correct: Ten
                          f"{len(raw_logits)} rows; they must describe the same images")
 
 
-def _both_right_mean(values: Tensor, raw_correct: Tensor, defended_correct: Tensor) -> float:
-    both = raw_correct & defended_correct
-    n = int(both.sum())
-    if n == 0:
-        return math.nan
-    return float(values[both].sum() / n)
+def _both_right(values: Tensor, raw_correct: Tensor, defended_correct: Tensor) -> Tensor:
+    """``values`` of the images both models classify correctly (CCV's and COS's denominator)."""
+    return values[raw_correct.to(values.device) & defended_correct.to(values.device)]
 
 
 def _js_divergence(p: Tensor, q: Tensor) -> Tensor:
@@ -167,8 +175,12 @@ def ccv(raw_logits: Tensor, defended_logits: Tensor, raw_correct: Tensor, defend
         ValueError: no samples, probabilities instead of logits, or shapes/lengths that disagree (named).
     """
     _check_outputs(raw_logits, defended_logits, raw_correct, defended_correct)
+    return _mean(_ccv_values(raw_logits, defended_logits, raw_correct, defended_correct))
+
+
+def _ccv_values(raw_logits: Tensor, defended_logits: Tensor, raw_correct: Tensor, defended_correct: Tensor) -> Tensor:
     gap = (_softmax(defended_logits).amax(1) - _softmax(raw_logits).amax(1)).abs()
-    return _both_right_mean(gap, raw_correct.to(gap.device), defended_correct.to(gap.device))
+    return _both_right(gap, raw_correct, defended_correct)
 
 
 def cos(raw_logits: Tensor, defended_logits: Tensor, raw_correct: Tensor, defended_correct: Tensor) -> float:
@@ -188,8 +200,12 @@ def cos(raw_logits: Tensor, defended_logits: Tensor, raw_correct: Tensor, defend
         ValueError: no samples, probabilities instead of logits, or shapes/lengths that disagree (named).
     """
     _check_outputs(raw_logits, defended_logits, raw_correct, defended_correct)
+    return _mean(_cos_values(raw_logits, defended_logits, raw_correct, defended_correct))
+
+
+def _cos_values(raw_logits: Tensor, defended_logits: Tensor, raw_correct: Tensor, defended_correct: Tensor) -> Tensor:
     divergence = _js_divergence(_softmax(raw_logits), _softmax(defended_logits))
-    return _both_right_mean(divergence, raw_correct.to(divergence.device), defended_correct.to(divergence.device))
+    return _both_right(divergence, raw_correct, defended_correct)
 
 
 def defence_utility(
@@ -200,8 +216,12 @@ def defence_utility(
     *,
     batch_size: int = 256,
     device=None,
-) -> dict[str, float]:
-    """DeepSec's five defence utility metrics plus both accuracies, on clean images.
+    intervals: bool = False,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = DEFAULT_LEVEL,
+) -> dict[str, float] | tuple[dict[str, float], dict[str, dict | None]]:
+    """DeepSec's five defence utility metrics plus both accuracies, on clean images, optionally with intervals.
 
     Reference: DeepSec paper §III-C; code ``Evaluations/DefenseEvaluations.py`` (SPEC §6). DeepSec evaluates on the
     whole test set.
@@ -213,17 +233,31 @@ def defence_utility(
         y: labels (N,), int64.
         batch_size: images per forward pass.
         device: where both models run; default the raw model's device.
+        intervals: also return a 95 % (``level``) interval for every metric, computed from the same per-image
+            values as the point (:mod:`.uncertainty`): Clopper–Pearson over all N for ACC_raw, ACC_defended, CRR
+            and CSR; a paired percentile bootstrap over the N images for CAV (the mean of the per-image differences
+            ``defended_correct − raw_correct``); a percentile bootstrap over the images both models classify
+            correctly for CCV and COS.
+        n_resamples: bootstrap resamples (≥ 1,000).
+        seed: bootstrap seed (the same for every bootstrapped metric).
+        level: confidence level of the intervals.
 
     Returns:
         ``{"ACC_raw", "ACC_defended", "CAV", "CRR", "CSR", "CCV", "COS"}`` → Python floats, fractions (not percent);
-        CAV = CRR − CSR; CCV and COS are NaN if no image is classified correctly by both models.
+        CAV = CRR − CSR; CCV and COS are NaN if no image is classified correctly by both models. With
+        ``intervals=True``, the pair ``(metrics, intervals)``: ``intervals[key]`` is ``{"low", "high", "method":
+        "clopper-pearson" | "bootstrap", "n": denominator}`` (n = N, or for CCV and COS the number of images both
+        models get right), or None where the metric is NaN.
 
     Raises:
         ValueError: images empty, not float32 (N, C, H, W) or outside [0, 1], labels of the wrong shape or outside
-            ``0..K-1``, a model returns probabilities, or a device this machine lacks.
+            ``0..K-1``, a model returns probabilities, a device this machine lacks, or bad interval settings
+            (n_resamples < 1000, seed, level).
     """
     _check_images("x", x)
     _check_labels("y", y, len(x))
+    if intervals:
+        check_interval_args(n_resamples=n_resamples, seed=seed, level=level)
     device = check_device(device) if device is not None else _device_of(raw_model, x.device)
     raw_logits = _predict(raw_model, x, batch_size=batch_size, device=device, who="raw_model")
     defended_logits = _predict(defended_model, x, batch_size=batch_size, device=device, who="defended_model")
@@ -235,15 +269,22 @@ def defence_utility(
     check_class_range(y, raw_logits.shape[1], name="y")
     raw_correct = raw_logits.argmax(1) == y
     defended_correct = defended_logits.argmax(1) == y
-    return {
-        "ACC_raw": float(raw_correct.double().mean()),
-        "ACC_defended": float(defended_correct.double().mean()),
-        "CAV": cav(raw_correct, defended_correct),
-        "CRR": crr(raw_correct, defended_correct),
-        "CSR": csr(raw_correct, defended_correct),
-        "CCV": ccv(raw_logits, defended_logits, raw_correct, defended_correct),
-        "COS": cos(raw_logits, defended_logits, raw_correct, defended_correct),
+    # One vector per metric, from which both the point and its interval are computed: outcomes over all N for the
+    # rates, per-image differences over all N for CAV, per-image values over the images both get right for CCV, COS.
+    per_sample = {
+        "ACC_raw": raw_correct,
+        "ACC_defended": defended_correct,
+        "CAV": _cav_values(raw_correct, defended_correct),
+        "CRR": ~raw_correct & defended_correct,
+        "CSR": raw_correct & ~defended_correct,
+        "CCV": _ccv_values(raw_logits, defended_logits, raw_correct, defended_correct),
+        "COS": _cos_values(raw_logits, defended_logits, raw_correct, defended_correct),
     }
+    metrics = {key: _rate(values) if key in RATE_KEYS else _mean(values) for key, values in per_sample.items()}
+    if not intervals:
+        return metrics
+    return metrics, interval_records(per_sample, metrics, rate_keys=RATE_KEYS, n_resamples=n_resamples, seed=seed,
+                                     level=level)
 
 
-__all__ = ["KEYS", "defence_utility", "cav", "crr", "csr", "ccv", "cos", "js_divergence"]
+__all__ = ["KEYS", "RATE_KEYS", "defence_utility", "cav", "crr", "csr", "ccv", "cos", "js_divergence"]

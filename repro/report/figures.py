@@ -88,37 +88,58 @@ def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, *, n: int = 6, labels
     return fig
 
 
-def comparison_bars(rows: list[dict], *, title: str = ""):
-    """Grouped bars, one group per metric: ours, the follow-up's and DeepSec's values, in printed units.
+def distance_dots(rows_by_column: dict[str, list[dict]], allowance: dict, *, labels: dict, title: str = ""):
+    """A dot plot of (ours − published) / allowance, per metric (rows) and column (colours), one panel per
+    reference (the follow-up, DeepSec), with our 95 % interval as whiskers and the band [−1, 1] shaded.
 
     Args:
-        rows: dicts with ``metric``, ``ours``, ``followup``, ``deepsec`` (fractions or ``None``).
+        rows_by_column: column id → :func:`repro.report.pages.comparison_rows` rows.
+        allowance: metric → function of the published value giving the allowance (fractions).
+        labels: metric → label.
 
-    Metrics on very different scales (PSD in the hundreds, MR in percent) get their own panel each.
+    A metric without a published value is left out (never drawn as 0); a not-comparable cell is a hollow marker.
+    Distances beyond ±8 allowances are clipped to the edge and marked with an arrow-like marker.
     """
-    rows = [r for r in rows if any(r.get(k) is not None for k in ("ours", "followup", "deepsec"))]
-    n = max(len(rows), 1)
-    cols = min(n, 6)
-    nrows = math.ceil(n / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(2.0 * cols, 2.3 * nrows), squeeze=False)
-    series = (("ours", "ours", "#1f77b4"), ("followup", "follow-up", "#ff7f0e"), ("deepsec", "DeepSec", "#2ca02c"))
-    for ax in axes.flat:
-        ax.set_visible(False)
-    for ax, row in zip(axes.flat, rows):
-        ax.set_visible(True)
-        values = [to_printed_unit(row["metric"], row.get(key)) for key, _, _ in series]
-        for j, ((_, label, colour), v) in enumerate(zip(series, values)):
-            if v is not None:
-                ax.bar(j, v, color=colour, label=label)
-        ax.set_xticks(range(3), ["ours", "f-up", "DS"], fontsize=7)
-        unit = " (%)" if PRINTED_UNIT.get(row["metric"]) == "%" else ""
-        ax.set_title(METRIC_LABELS.get(row["metric"], row["metric"]) + unit, fontsize=9)
-        ax.tick_params(axis="y", labelsize=7)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for _, _, c in series]
-    fig.legend(handles, [label for _, label, _ in series], loc="lower center", ncol=3, fontsize=8, frameon=False)
+    from ..study.verdicts import Verdict
+
+    refs = (("followup", "against the follow-up"), ("deepsec", "against DeepSec"))
+    metrics = [m for m in dict.fromkeys(r["metric"] for rows in rows_by_column.values() for r in rows)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.32 * len(metrics) * max(1, len(rows_by_column)) + 1.4),
+                             sharey=True, squeeze=False)
+    colours = plt.get_cmap("tab10")
+    limit = 8.0
+    ticks, ticklabels = [], []
+    for panel, (key, heading) in zip(axes[0], refs):
+        panel.axvspan(-1, 1, color="#dddddd", zorder=0)
+        panel.axvline(0, color="#888888", lw=0.8)
+        y = 0
+        for i, metric in enumerate(metrics):
+            for j, (col_id, rows) in enumerate(rows_by_column.items()):
+                row = next((r for r in rows if r["metric"] == metric), None)
+                if key == "followup":
+                    ticks.append(y)
+                    ticklabels.append(f"{labels.get(metric, metric)} · {col_id}")
+                if row is not None and row[key] is not None and row["ours"] is not None:
+                    scale = allowance[metric](row[key]) or 1e-12
+                    dist = lambda v: max(-limit, min(limit, (v - row[key]) / scale))  # noqa: E731
+                    hollow = row[f"verdict_{key}"] == Verdict.NOT_COMPARABLE
+                    if row["low"] is not None:
+                        panel.plot([dist(row["low"]), dist(row["high"])], [y, y], color=colours(j), lw=1.5)
+                    centre = dist(row["ours"])
+                    marker = ">" if centre >= limit else "<" if centre <= -limit else "o"
+                    panel.plot([centre], [y], marker=marker, color=colours(j),
+                               markerfacecolor="white" if hollow else colours(j), markersize=5)
+                y += 1
+            y += 0.5
+        panel.set_xlim(-limit - 0.5, limit + 0.5)
+        panel.set_title(heading, fontsize=9)
+        panel.set_xlabel("(ours − published) / allowance", fontsize=8)
+        panel.tick_params(axis="x", labelsize=7)
+    axes[0][0].set_yticks(ticks, ticklabels, fontsize=7)
+    axes[0][0].invert_yaxis()
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout()
     return fig
 
 

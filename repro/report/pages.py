@@ -3,7 +3,7 @@
 :func:`generate` writes Markdown pages, figures, copies of the executed notebooks and the MyST substitutions
 (numbers quoted in the hand-written chapters) into a staging folder that ``repro.run`` then hands to jupyter-book.
 The comparison logic is :func:`comparison_rows`: ours, the follow-up's and DeepSec's value per metric, the
-differences, and whether each lies within the tolerance of :data:`repro.plan.TOLERANCES`.
+differences, and the verdict of :mod:`repro.study.verdicts` on our interval.
 """
 from __future__ import annotations
 
@@ -13,43 +13,80 @@ from pathlib import Path
 import yaml
 
 from .. import results as results_mod
-from ..study.plan import (COLUMNS, METRIC_LABELS, PRINTED_UNIT, TABLE_METRICS, TOLERANCES, Column, columns_for,
-                          fingerprint, published, to_printed_unit)
+from ..study.plan import (COLUMNS, METRIC_LABELS, PRINTED_UNIT, TABLE_METRICS, Column, columns_for, fingerprint,
+                          published, replicates, to_printed_unit)
 from ..study.profiles import get_profile
 from ..study.steps import ModelSource
+from ..study.verdicts import ALLOWANCES, Verdict, noncomparable, verdict
 
 MADRY_ANCHOR = {"clean": 0.873, "pgd20": 0.458}  # Madry et al. (2018), adversarially trained wide network, CIFAR-10
 NOT_COMPUTED = "–"
 
 
 # ------------------------------------------------------------------------------------------------- comparison
-def comparison_rows(col: Column, result: results_mod.Result | None) -> list[dict]:
-    """One dict per metric of ``col``'s table: ``metric``, ``ours``, ``followup``, ``deepsec`` (fractions or None),
-    the differences ``d_followup``/``d_deepsec`` (ours − published, fractions) and ``ok_followup``/``ok_deepsec``
-    (within tolerance; None when there is nothing to compare)."""
-    metrics = col.metric_keys
+SOURCES = (("follow-up", "followup"), ("deepsec", "deepsec"))
+MARK = {Verdict.CONSISTENT: "✓", Verdict.INCONSISTENT: "✗", Verdict.NOT_COMPARABLE: "n/c"}
+
+
+def _finite(value):
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def published_table(col: Column) -> str:
+    """The published table ("1" or "2") a column is compared with (its own, or its kind's for other columns)."""
+    return col.table if col.table in TABLE_METRICS else "1" if col.attack else "2"
+
+
+def comparison_rows(col: Column, result: results_mod.Result | None, profile: str | None = None) -> list[dict]:
+    """One dict per metric of ``col``: ``ours`` with ``low``/``high``/``n`` (its 95 % interval), ``followup`` and
+    ``deepsec`` (published, fractions or None), ``d_*`` (ours − published) and ``verdict_*`` (a
+    :class:`repro.study.verdicts.Verdict` from the rule, or None), ``reason`` (why not comparable), and for a
+    defence the null defence's value ``null`` with its verdicts ``null_verdict_*``."""
     pub = {}
     if col.compare_with is not None:
-        for row in published(col.table if col.table in TABLE_METRICS else "1" if col.attack else "2"):
-            if row.column == col.compare_with:
-                pub[(row.source, row.metric)] = row
+        pub = {(r.source, r.metric): r for r in published(published_table(col)) if r.column == col.compare_with}
+    prof = get_profile(profile or (result.profile if result is not None else "paper"))
+    datasets = {} if result is None else result.provenance.get("data", {}).get("datasets", {})
+    reasons = noncomparable(col, prof, datasets=datasets)
+    null = {} if result is None else result.extra.get("null_defence", {})
     rows = []
-    for metric in metrics:
-        ours = None if result is None else result.metrics.get(metric)
-        if isinstance(ours, float) and not math.isfinite(ours):
-            ours = None
-        row = {"metric": metric, "ours": ours}
-        for source, key in (("follow-up", "followup"), ("deepsec", "deepsec")):
+    for metric in col.metric_keys:
+        ours = None if result is None else _finite(result.metrics.get(metric))
+        interval = (None if result is None else result.intervals.get(metric)) or {}
+        row = {"metric": metric, "ours": ours, "low": interval.get("low"), "high": interval.get("high"),
+               "n": interval.get("n"), "reason": reasons.get(metric, "")}
+        null_interval = (null.get("intervals") or {}).get(metric) or {}
+        row["null"] = _finite(null.get("metrics", {}).get(metric)) if null else None
+        for source, key in SOURCES:
             entry = pub.get((source, metric))
             row[key] = None if entry is None else entry.value
-            row[f"note_{key}"] = "" if entry is None else entry.note
-            if entry is None or ours is None:
-                row[f"d_{key}"], row[f"ok_{key}"] = None, None
-            else:
-                row[f"d_{key}"] = ours - entry.value
-                row[f"ok_{key}"] = TOLERANCES[metric].within(ours, entry.value)
+            row[f"second_hand_{key}"] = entry is not None and entry.second_hand
+            row[f"d_{key}"] = None if entry is None or ours is None else ours - entry.value
+            row[f"verdict_{key}"] = verdict(low=row["low"], high=row["high"], published=row[key], metric=metric,
+                                            reason=row["reason"])
+            row[f"null_verdict_{key}"] = None if row["null"] is None else verdict(
+                low=null_interval.get("low"), high=null_interval.get("high"), published=row[key], metric=metric)
         rows.append(row)
     return rows
+
+
+def verdict_counts(rows: list[dict], key: str) -> dict[Verdict, int]:
+    """How many cells of ``rows`` got each verdict against the reference ``key`` ("followup" or "deepsec")."""
+    return {v: sum(1 for r in rows if r[f"verdict_{key}"] == v) for v in Verdict}
+
+
+def _counts_text(counts: dict) -> str:
+    if not any(counts.values()):
+        return "nothing published"
+    return ", ".join(f"{n} {v.value}" for v, n in counts.items())
+
+
+def _fmt_interval(metric: str, row: dict) -> str:
+    if row["ours"] is None:
+        return NOT_COMPUTED
+    if row["low"] is None:
+        return _fmt(metric, row["ours"])
+    return f"{_fmt(metric, row['ours'])} [{_fmt(metric, row['low'])}, {_fmt(metric, row['high'])}]"
 
 
 def _fmt(metric: str, value) -> str:
@@ -74,8 +111,8 @@ def _fmt_diff(metric: str, value) -> str:
     return f"{printed:+.1f}" if abs(printed) >= 100 else f"{printed:+.3f}"
 
 
-def _mark(ok) -> str:
-    return "" if ok is None else ("✓" if ok else "✗")
+def _mark(v) -> str:
+    return "" if v is None else MARK[v]
 
 
 def _label(metric: str) -> str:
@@ -92,7 +129,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 # ------------------------------------------------------------------------------------------------------- pages
 def _column_section(col: Column, result: results_mod.Result | None, profile: str, fresh: bool,
-                    figures_dir: Path) -> str:
+                    figures_dir: Path, found: dict | None = None) -> str:
     from . import figures
 
     out = [f"({col.id})=\n## {col.title}\n"]
@@ -111,22 +148,50 @@ def _column_section(col: Column, result: results_mod.Result | None, profile: str
     if not fresh:
         out.append("```{warning}\nThis result was computed with different code or parameters than the current "
                    "plan (its fingerprint differs); rerun the column to refresh it.\n```\n")
-    rows = comparison_rows(col, result)
+    rows = comparison_rows(col, result, profile)
+    spread = seed_spread(col, found, profile) if found is not None else {}
+    header = ["metric", "ours [95 % CI]", "n", "follow-up", "verdict", "DeepSec", "verdict"]
+    has_null = any(r["null"] is not None for r in rows)
+    if has_null:
+        header += ["null defence", "its verdicts (follow-up / DeepSec)"]
+    if spread:
+        header += [f"mean ± std over seeds {', '.join(map(str, spread['seeds']))}"]
     table = []
     for r in rows:
-        table.append([_label(r["metric"]), _fmt(r["metric"], r["ours"]),
-                      _fmt(r["metric"], r["followup"]), _fmt_diff(r["metric"], r["d_followup"]),
-                      _mark(r["ok_followup"]),
-                      _fmt(r["metric"], r["deepsec"]), _fmt_diff(r["metric"], r["d_deepsec"]), _mark(r["ok_deepsec"])])
+        m = r["metric"]
+        line = [_label(m), _fmt_interval(m, r), "" if r["n"] is None else f"{r['n']:,}",
+                _fmt(m, r["followup"]) + ("*" if r["second_hand_followup"] else ""), _mark(r["verdict_followup"]),
+                _fmt(m, r["deepsec"]) + ("*" if r["second_hand_deepsec"] else ""), _mark(r["verdict_deepsec"])]
+        if has_null:
+            line += [_fmt(m, r["null"]), f"{_mark(r['null_verdict_followup'])} / {_mark(r['null_verdict_deepsec'])}"]
+        if spread:
+            line += [spread["text"].get(m, NOT_COMPUTED)]
+        table.append(line)
     if "CC" in result.metrics and result.metrics["CC"] is not None:
-        table.append(["CC (ms per AE)", f"{1e3 * result.metrics['CC']:.2f}", NOT_COMPUTED, "", "", NOT_COMPUTED, "",
-                      ""])
-    out.append(_md_table(["metric", "ours", "follow-up", "Δ", "", "DeepSec", "Δ", ""], table))
-    counts = [sum(1 for r in rows if r[k] is True) for k in ("ok_followup", "ok_deepsec")]
-    totals = [sum(1 for r in rows if r[k] is not None) for k in ("ok_followup", "ok_deepsec")]
-    if any(totals):
-        out.append(f"Within tolerance: {counts[0]} of {totals[0]} metrics against the follow-up, {counts[1]} of "
-                   f"{totals[1]} against DeepSec ({{ref}}`tolerances <tolerances>`).\n")
+        table.append(["CC (ms per AE)", f"{1e3 * result.metrics['CC']:.2f}"] + [""] * (len(header) - 2))
+    out.append(_md_table(header, table))
+    against = {key: _counts_text(verdict_counts(rows, key)) for key in ("followup", "deepsec")}
+    out.append(f"Verdicts ({{ref}}`the rule <verdicts>`): against the follow-up {against['followup']}; against "
+               f"DeepSec {against['deepsec']}. n is the "
+               "interval's denominator (all attacked images for MR, the successful adversarial examples for the "
+               "other attack metrics, the test images for accuracies).\n")
+    noncomp = list(dict.fromkeys(part for r in rows if r["reason"] for part in r["reason"].split("; ")))
+    if noncomp:
+        out.append("**Not comparable** (a departure of this profile changes these metrics): " + "; ".join(noncomp)
+                   + ".\n")
+    if has_null:
+        # ACC_raw is the same for the null defence by construction; the others tell a defence from none when a
+        # published value is inconsistent with the null defence's.
+        telling = [METRIC_LABELS[r["metric"]] for r in rows if r["metric"] != "ACC_raw"
+                   and Verdict.INCONSISTENT in (r["null_verdict_followup"], r["null_verdict_deepsec"])]
+        out.append("**Null defence** (the raw model as its own defence, on the same images): "
+                   + (f"only {', '.join(telling)} tell the published defence from no defence at all; the other "
+                      "published values are consistent with an untouched model." if telling else
+                      "every published value is consistent with an untouched model: these metrics cannot tell "
+                      "the published defence from no defence.") + "\n")
+    if any(r["second_hand_followup"] or r["second_hand_deepsec"] for r in rows):
+        out.append("\\* second-hand: copied from the follow-up's table, not checked against DeepSec's own "
+                   "paper.\n")
     # A published cell can carry several corrections (" | "-separated); each is listed once per column.
     corrections = sorted({part.strip() for p in published(col.table) if p.column == col.compare_with
                           for part in p.correction.split(" | ") if part.strip()})
@@ -142,12 +207,23 @@ def _column_section(col: Column, result: results_mod.Result | None, profile: str
     out.append("")
     params = {k: v for k, v in result.parameters.items() if k not in ("results_dir", "device", "column", "profile")}
     out.append("**Effective parameters:** " + ", ".join(f"`{k}={v!r}`" for k, v in params.items()) + "\n")
-    if col.compare_with is not None:
-        fig = figures.comparison_bars(rows, title=f"{col.title}: ours vs published")
-        figures.save(fig, figures_dir / f"{col.id}_bars.png")
-        out.append(f"```{{figure}} figures/{col.id}_bars.png\n:name: fig-{col.id.replace('_', '-')}-bars\n"
-                   f":width: 100%\n\n{col.title}: our value next to the follow-up's and DeepSec's, per metric.\n```\n")
     return "\n".join(out)
+
+
+def seed_spread(col: Column, found: dict, profile: str) -> dict:
+    """Mean ± std of each metric over ``col`` and its seed replicates that have results (empty without any)."""
+    reps = [found[c.id] for c in replicates(col.id, profile) if c.id in found]
+    if not reps or col.id not in found:
+        return {}
+    runs = [found[col.id], *reps]
+    text = {}
+    for metric in col.metric_keys:
+        values = [_finite(r.metrics.get(metric)) for r in runs]
+        if all(v is not None for v in values):
+            mean = sum(values) / len(values)
+            std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+            text[metric] = f"{_fmt(metric, mean)} ± {_fmt(metric, std).lstrip('-')}"
+    return {"seeds": [r.parameters.get("seed") for r in runs], "text": text}
 
 
 def training_seconds(result: results_mod.Result) -> tuple[float, bool]:
@@ -165,46 +241,62 @@ def _training_note(result: results_mod.Result) -> str:
                                                    " (included)")
 
 
-def _overview(cols: list[Column], found: dict, metrics) -> str:
+def _overview(cols: list[Column], found: dict, metrics, profile: str) -> str:
     header = ["metric"]
     for col in cols:
-        header += [f"{col.id}: ours", "follow-up / DeepSec"]
+        header += [f"{col.id}: ours [95 % CI]", "follow-up / DeepSec", "verdicts"]
     rows = []
-    comps = {col.id: {r["metric"]: r for r in comparison_rows(col, found.get(col.id))} for col in cols}
+    comps = {col.id: {r["metric"]: r for r in comparison_rows(col, found.get(col.id), profile)} for col in cols}
     for metric in metrics:
         row = [_label(metric)]
         for col in cols:
             r = comps[col.id][metric]
-            row += [_fmt(metric, r["ours"]) + (f" {_mark(r['ok_followup'])}" if r["ok_followup"] is not None else ""),
-                    f"{_fmt(metric, r['followup'])} / {_fmt(metric, r['deepsec'])}"]
+            row += [_fmt_interval(metric, r), f"{_fmt(metric, r['followup'])} / {_fmt(metric, r['deepsec'])}",
+                    f"{_mark(r['verdict_followup']) or '–'} / {_mark(r['verdict_deepsec']) or '–'}"]
         rows.append(row)
     return _md_table(header, rows)
 
 
+_VERDICT_LEGEND = ("Verdicts, computed by {ref}`the rule <verdicts>` and shown against the follow-up / DeepSec: ✓ "
+                   "consistent (the published value lies within our 95 % interval widened by the metric's "
+                   "allowance), ✗ inconsistent, n/c not comparable (a departure of this profile changes the metric), "
+                   "– nothing published or no value of ours.")
 TABLE_INTRO = {
     "1": ("Table 1: attack utility metrics",
-          "The follow-up's Table 1 with DeepSec's values beside it, and our numbers for every metric. Published "
-          "numbers are converted from the printed units (MR in percent); the follow-up's rows \"L1\"/\"L2\" are "
-          "printed here under their real names, L2 and L∞, its \"ACTA\" as ACTC, and its \"PGD (ε = 0.3137)\" "
-          "column as DeepSec's ε = 0.1 (see {ref}`the findings <mislabelled>`). RIC and CC are not in the "
-          "published table; we report ours. ✓/✗: our value is within / outside the "
-          "{ref}`tolerance <tolerances>` of the published one."),
+          "The follow-up's Table 1 with DeepSec's values beside it, and our numbers for every metric with their 95 % "
+          "intervals. Published numbers are converted from the printed units (MR in percent); the follow-up's rows "
+          "\"L1\"/\"L2\" are printed here under their real names, L2 and L∞, its \"ACTA\" as ACTC, and its "
+          "\"PGD (ε = 0.3137)\" column as DeepSec's ε = 0.1 (see {ref}`the findings <mislabelled>`). RIC and CC are "
+          "not in the published table; we report ours. " + _VERDICT_LEGEND),
     "2": ("Table 2: defence utility metrics",
-          "The follow-up's Table 2 with DeepSec's values beside it, and our numbers for every metric, on the clean "
-          "test images (the whole test split in the paper setting). Accuracies, CAV, CRR, CSR and CCV in percent. "
-          "The follow-up's \"PAT (ε = 0.1)\" column is DeepSec's PAT with ε = 8/255. ✓/✗: our value is within / "
-          "outside the {ref}`tolerance <tolerances>` of the published one."),
+          "The follow-up's Table 2 with DeepSec's values beside it, and our numbers for every metric with their 95 % "
+          "intervals, on the clean test images (the whole test split in the paper setting). Accuracies, CAV, CRR, "
+          "CSR and CCV in percent. The follow-up's \"PAT (ε = 0.1)\" column is DeepSec's PAT with ε = 8/255. Each "
+          "column also shows the *null defence*, the raw model scored as its own defence, so that the metrics that "
+          "cannot tell a defence from none are visible. " + _VERDICT_LEGEND),
 }
 
 
 def _table_page(table: str, cols, found, fresh, profile, figures_dir) -> str:
+    from . import figures
+
     title, intro = TABLE_INTRO[table]
     metrics = TABLE_METRICS[table]
     parts = [f"# {title}\n", intro + "\n", f"```{{note}}\nProfile **{profile}**: "
              f"{get_profile(profile).description}. Each column below lists its departures from the paper.\n```\n",
-             "## Overview\n", _overview(cols, found, metrics)]
+             "## Overview\n", _overview(cols, found, metrics, profile)]
+    rows = {col.id: comparison_rows(col, found.get(col.id), profile) for col in cols if col.id in found}
+    if any(r["followup"] is not None or r["deepsec"] is not None for rs in rows.values() for r in rs):
+        fig = figures.distance_dots(rows, {m: ALLOWANCES[m].width for m in metrics}, labels=METRIC_LABELS,
+                                    title=f"Table {table}: ours against the published values")
+        figures.save(fig, figures_dir / f"table{table}_distance.png")
+        parts.append(f"```{{figure}} figures/table{table}_distance.png\n:name: fig-table{table}-distance\n"
+                     ":width: 100%\n\n(ours − published) / allowance, per metric and column, with our 95 % "
+                     "interval as whiskers: inside the shaded band [−1, 1] at the whisker means consistent. Hollow "
+                     "markers: not comparable. Metrics the paper did not print are left out, not drawn as 0.\n```\n")
     for col in cols:
-        parts.append(_column_section(col, found.get(col.id), profile, fresh.get(col.id, False), figures_dir))
+        parts.append(_column_section(col, found.get(col.id), profile, fresh.get(col.id, False), figures_dir,
+                                     found=found))
     return "\n".join(parts)
 
 
@@ -248,16 +340,17 @@ def _corrected_page(profile, found, fresh, figures_dir) -> str:
     return "\n".join(parts)
 
 
-def _tolerances_page() -> str:
+def _allowances_page() -> str:
     rows = []
-    for metric, tol in TOLERANCES.items():
+    for metric, allowance in ALLOWANCES.items():
         unit = PRINTED_UNIT.get(metric)
         scale = 100 if unit == "%" else 1
-        parts = [f"±{tol.abs * scale:g}{' pp' if unit == '%' else ''}"]
-        if tol.rel:
-            parts.append(f"±{tol.rel * 100:g} % of the published value")
-        rows.append([_label(metric), " or ".join(parts) + (" (the larger)" if tol.rel else "")])
-    return _md_table(["metric", "tolerance"], rows)
+        parts = [f"{allowance.abs * scale:g}{' pp' if unit == '%' else ''}"] if allowance.abs else []
+        if allowance.rel:
+            parts.append(f"{allowance.rel * 100:g} % of the published value")
+        rows.append([_label(metric), " or ".join(parts) + (" (the larger)" if len(parts) > 1 else ""),
+                     allowance.why])
+    return _md_table(["metric", "allowance on each side of our interval", "why"], rows)
 
 
 def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict) -> None:
@@ -398,6 +491,70 @@ def gpu_estimate(found: dict) -> str:
     return text
 
 
+KEY_METRIC = {"attack": "MR", "defence": "ACC_defended"}
+GLANCE_START, GLANCE_END = "<!-- results at a glance: start -->", "<!-- results at a glance: end -->"
+
+
+def glance(profile: str, found: dict) -> str:
+    """Results at a glance, generated from the results: one row per table column with its verdict counts against
+    each reference, its key number with the interval, and why any cell is inconsistent or not comparable; then the
+    data it ran on."""
+    rows = []
+    for col in columns_for(profile):
+        if col.table not in TABLE_METRICS or col.replicate_of or col.id not in found:
+            continue
+        comp = comparison_rows(col, found[col.id], profile)
+        key = KEY_METRIC["attack" if col.attack else "defence"]
+        r = next(r for r in comp if r["metric"] == key)
+        why = []
+        for k, label in (("followup", "the follow-up"), ("deepsec", "DeepSec")):
+            bad = [METRIC_LABELS[x["metric"]] for x in comp if x[f"verdict_{k}"] == Verdict.INCONSISTENT]
+            if bad:
+                why.append(f"inconsistent with {label}: {', '.join(bad)}")
+        reasons = list(dict.fromkeys(part for x in comp if x["reason"] for part in x["reason"].split("; ")))
+        if reasons:
+            why.append("not comparable: " + "; ".join(reasons))
+        rows.append([col.title, _counts_short(verdict_counts(comp, "followup")),
+                     _counts_short(verdict_counts(comp, "deepsec")),
+                     f"{_label(key)} {_fmt_interval(key, r)}", "; ".join(why) or "–"])
+    text = _md_table(["column", "vs follow-up (✓ / ✗ / n/c)", "vs DeepSec (✓ / ✗ / n/c)", "key number [95 % CI]",
+                      "why"], rows)
+    data = {}
+    for r in found.values():
+        data.update(r.provenance.get("data", {}).get("datasets", {}))
+    for name, prov in sorted(data.items()):
+        if not prov.get("official", True):
+            text += (f"\nThe {name} copy these results ran on is **partial**: {prov.get('train', 0):,} of "
+                     f"{prov.get('full_train', 0):,} training and {prov.get('test', 0):,} of "
+                     f"{prov.get('full_test', 0):,} test images, with files whose checksums are not the official "
+                     "ones; every column lists it among its departures.\n")
+    return f"Profile **{profile}**; ✓ consistent, ✗ inconsistent, n/c not comparable (see the verdict rule in " \
+           f"the book's Methods chapter).\n\n{text}"
+
+
+def _counts_short(counts: dict) -> str:
+    return " / ".join(str(counts[v]) for v in (Verdict.CONSISTENT, Verdict.INCONSISTENT, Verdict.NOT_COMPARABLE))
+
+
+def load_found(profile: str, results_dir: str = "results") -> dict[str, results_mod.Result]:
+    """The results of the profile's columns under ``results_dir`` (those that exist), by column id."""
+    found = {}
+    for col in columns_for(profile):
+        path = results_mod.result_path(results_dir, profile, col.id)
+        if path.exists():
+            found[col.id] = results_mod.load(path)
+    return found
+
+
+def readme_with_glance(readme: str, profile: str, found: dict) -> str:
+    """``readme`` with the text between the glance markers replaced by :func:`glance`."""
+    if GLANCE_START not in readme or GLANCE_END not in readme:
+        raise ValueError(f"README has no {GLANCE_START!r} … {GLANCE_END!r} block to fill")
+    head, rest = readme.split(GLANCE_START, 1)
+    _, tail = rest.split(GLANCE_END, 1)
+    return f"{head}{GLANCE_START}\n{glance(profile, found)}{GLANCE_END}{tail}"
+
+
 def _notebooks_page(profile: str, cols) -> str:
     rows = [[f"[{col.title}](columns/{col.id}.ipynb)", f"`{col.id}`", f"`notebooks/{col.notebook}`"] for col in cols]
     return ("# Executed notebooks\n\nEvery column of the tables, as papermill executed it under the "
@@ -446,11 +603,12 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
         return missing
 
     for table in ("1", "2"):
-        tcols = [c for c in cols if c.table == table]
+        tcols = [c for c in cols if c.table == table and c.replicate_of is None]
         (gen / f"table{table}.md").write_text(_table_page(table, tcols, found, fresh, profile, figures_dir),
                                               encoding="utf-8")
     (gen / "corrected.md").write_text(_corrected_page(profile, found, fresh, figures_dir), encoding="utf-8")
-    (gen / "tolerances.md").write_text(_tolerances_page(), encoding="utf-8")
+    (gen / "allowances.md").write_text(_allowances_page(), encoding="utf-8")
+    (gen / "glance.md").write_text(glance(profile, found), encoding="utf-8")
     (gen / "notebooks.md").write_text(_notebooks_page(profile, cols), encoding="utf-8")
 
     prof = get_profile(profile)

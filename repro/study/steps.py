@@ -71,6 +71,8 @@ class Context:
     notes: list = field(default_factory=list)
     departures: list = field(default_factory=list)  # found while running (e.g. fewer candidates than asked)
     train_seconds: float = 0.0  # training done by this run (not served from the cache)
+    intervals: dict = field(default_factory=dict)  # metric → 95 % interval record, saved beside the metrics
+    extra: dict = field(default_factory=dict)  # other numbers the steps measured (e.g. the null defence)
 
     @property
     def column(self) -> str:
@@ -506,21 +508,32 @@ def attack_metrics(ctx: Context, model: torch.nn.Module, cands: data_mod.Candida
 
     target = getattr(cands, labels_field(ctx.name)) if labels_field(ctx.name) != "y" else None
     # RIC's Guetzli encoder dominates a CPU column's time; it uses every usable CPU (jpeg_workers=None).
-    metrics = attack_utility(model, cands.x, run.x_adv, cands.y, target=target, batch_size=ctx.params["batch_size"],
-                             device=ctx.device, jpeg_workers=None)
+    metrics, ctx.intervals = attack_utility(model, cands.x, run.x_adv, cands.y, target=target,
+                                            batch_size=ctx.params["batch_size"], device=ctx.device, jpeg_workers=None,
+                                            intervals=True, seed=ctx.params["seed"])
+    # CC is one timing of the whole run divided by N, not a mean of per-image values: it has no interval.
     metrics["CC"] = run.seconds_per_example
     return metrics
 
 
 # ----------------------------------------------------------------------------------------------------- defences
 def defence_metrics(ctx: Context, raw: torch.nn.Module, defended: torch.nn.Module) -> dict:
-    """DeepSec's defence utility metrics on the test split (or the ``eval_subset`` of it)."""
+    """DeepSec's defence utility metrics on the test split (or the ``eval_subset`` of it), with intervals.
+
+    Also scores the *null defence* — the raw model as its own "defence" — on the same images (saved in the
+    result's ``extra["null_defence"]``): every metric that depends on the defence is exactly 0 for it, so a reader
+    sees which metrics can tell a defence from no defence at all.
+    """
     from ..metrics import defence_utility
 
     p = ctx.params
     x, y = data_mod.load(p["dataset"], split="test", n=p["eval_subset"])
     ctx.data["defence_eval"] = {"n": len(y)}
-    return defence_utility(raw, defended, x, y, batch_size=p["batch_size"], device=ctx.device)
+    options = dict(batch_size=p["batch_size"], device=ctx.device, intervals=True, seed=p["seed"])
+    metrics, ctx.intervals = defence_utility(raw, defended, x, y, **options)
+    null, null_intervals = defence_utility(raw, raw, x, y, **options)
+    ctx.extra["null_defence"] = {"metrics": null, "intervals": null_intervals}
+    return metrics
 
 
 def accuracy_vs_eps(ctx: Context, models: dict[str, torch.nn.Module], *, eps_values=None) -> dict:
@@ -603,11 +616,18 @@ def finish(ctx: Context, metrics: dict, *, extra: dict | None = None) -> results
     deps += data_departures(ctx.data.get("datasets", {})) + ctx.departures
     result = results_mod.Result(
         column=p["column"], kind=ctx.kind, notebook=col.notebook if col else "", profile=p["profile"],
-        parameters=p, metrics=dict(metrics), extra=dict(extra or {}), departures=deps,
+        parameters=p, metrics=dict(metrics), intervals=dict(ctx.intervals), extra={**ctx.extra, **(extra or {})},
+        departures=deps,
         provenance=results_mod.provenance(device=ctx.device, wall_time_s=time.time() - ctx.started,
                                           data=ctx.data, models=ctx.models),
         fingerprint=_plan_fingerprint(ctx), run_id=uuid.uuid4().hex,
     )
+    if ctx.intervals:
+        from ..metrics.uncertainty import DEFAULT_LEVEL, DEFAULT_RESAMPLES
+
+        result.extra["interval_protocol"] = {
+            "level": DEFAULT_LEVEL, "bootstrap_resamples": DEFAULT_RESAMPLES, "bootstrap_seed": p["seed"],
+            "rates": "Clopper–Pearson (exact)", "means": "percentile bootstrap over the images"}
     result.provenance["notes"] = list(ctx.notes)
     result.provenance["train_time_s"] = ctx.train_seconds
     results_mod.save(result, results_mod.result_path(p["results_dir"], p["profile"], result_name(ctx)))

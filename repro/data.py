@@ -57,6 +57,9 @@ CIFAR10_MD5 = {
 }
 CIFAR10_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 NUM_CLASSES = 10
+# Class names in label order (MNIST: the digits; CIFAR-10: the dataset's batches.meta label_names).
+CLASS_NAMES = {"mnist": tuple(str(d) for d in range(10)),
+               "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")}
 
 
 class DataNotFoundError(FileNotFoundError):

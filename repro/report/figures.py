@@ -52,17 +52,24 @@ def _to_hwc(img: torch.Tensor) -> np.ndarray:
 
 
 def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, *, n: int = 6, labels=None, adv_labels=None,
-                     title: str = ""):
+                     targets=None, class_names=None, title: str = ""):
     """Clean images, adversarial images and the perturbation amplified to be visible, one column per example.
 
     Args:
         x, x_adv: (N, C, H, W) in [0, 1]; the first ``n`` are shown.
-        labels, adv_labels: optional predicted classes to print above the clean / adversarial images.
+        labels, adv_labels: optional true / predicted classes to print above the clean / adversarial images.
+        targets: optional target classes of a targeted attack (printed beside the prediction).
+        class_names: names of the classes in label order (e.g. :data:`repro.data.CLASS_NAMES`).
 
     Returns:
-        A matplotlib Figure with three rows: clean, adversarial, perturbation × k (k printed in the row label;
-        0.5 is zero perturbation).
+        A matplotlib Figure with three rows: clean, adversarial, and the perturbation δ shown as 0.5 + k·δ (grey is
+        no change; k, printed in the row label, scales the largest |δ| of the examples shown to 0.5, so brighter and
+        darker than grey mean the attack raised or lowered the pixel).
     """
+    def name(c) -> str:
+        c = int(c)
+        return f"{c} {class_names[c]}" if class_names is not None else f"class {c}"
+
     n = min(n, len(x))
     delta = (x_adv[:n] - x[:n]).float()
     peak = float(delta.abs().max()) if n else 0.0
@@ -76,12 +83,13 @@ def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, *, n: int = 6, labels
             ax.set_xticks([])
             ax.set_yticks([])
         if labels is not None:
-            axes[0][i].set_title(f"class {int(labels[i])}", fontsize=8)
+            axes[0][i].set_title(name(labels[i]), fontsize=8)
         if adv_labels is not None:
-            axes[1][i].set_title(f"→ {int(adv_labels[i])}", fontsize=8)
+            target = f" (target {name(targets[i])})" if targets is not None else ""
+            axes[1][i].set_title(f"→ {name(adv_labels[i])}{target}", fontsize=7)
     axes[0][0].set_ylabel("clean")
     axes[1][0].set_ylabel("adversarial")
-    axes[2][0].set_ylabel(f"δ × {gain:.3g}")
+    axes[2][0].set_ylabel(f"0.5 + {gain:.3g}·δ")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

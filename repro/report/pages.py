@@ -353,10 +353,57 @@ def _allowances_page() -> str:
     return _md_table(["metric", "allowance on each side of our interval", "why"], rows)
 
 
-def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict) -> None:
+FINDINGS_SUBS = ("f_eps8_n", "f_eps8_saturated", "f_eps8_ass_code", "f_eps8_ass_255", "f_eps8_255_ass_code",
+                 "f_eps8_255_ass_255", "f_def_n_mnist", "f_def_n_cifar", "f_shift_n", "f_pat_crr_csr", "f_pat_implied",
+                 "f_eps8_cosine", "f_eps8_top2", "f_noise_top", "f_def_flat_mnist", "f_def_flat_cifar",
+                 "f_def_flat_clean_mnist", "f_shift_zero_grad", "f_shift_zero_grad_shift", "f_cw2_zero_class",
+                 "f_cw2_zero_flipped", "f_cw2_mr", "f_cw2_mr_deepsec_zero", "f_cw2_n", "f_cw2_ass")
+
+
+def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, found: dict) -> None:
     from ..study import findings
 
-    names = ("eps8", "norms", "definitions", "shift", "pat")
+    subs.update({key: NOT_COMPUTED for key in FINDINGS_SUBS})  # every number the chapter quotes has a value
+
+    # Where the follow-up's "ε = 8" examples land on the wide ResNet, beside the same attack with ε in /255.
+    wide = {cid: found[cid].extra.get("by_class") for cid in ("pgd_eps8_wide", "pgd_8_255_wide")
+            if cid in found and found[cid].extra.get("by_class")}
+    if wide:
+        table = findings.class_table({f"{cid}: adversarial class": w["adversarial_class_counts"]
+                                      for cid, w in wide.items()},
+                                     per_true={f"{cid}: MR of true class": (w["successes_per_true_class"],
+                                                                            w["n_per_true_class"])
+                                               for cid, w in wide.items()})
+        (gen / "findings_eps8_wide_classes.md").write_text(findings.as_markdown(table), encoding="utf-8")
+    else:
+        (gen / "findings_eps8_wide_classes.md").write_text("*Not computed under this profile.*\n",
+                                                           encoding="utf-8")
+    seeds = [found[c] for c in ("findings", *(c.id for c in COLUMNS.values() if c.replicate_of == "findings"))
+             if c in found]
+    if len(seeds) > 1:
+        rows = []
+        for key in seeds[0].metrics:
+            values = [_finite(r.metrics.get(key)) for r in seeds]
+            if all(v is not None for v in values):
+                mean = sum(values) / len(values)
+                std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+                rows.append([key, *(f"{v:.4g}" for v in values), f"{mean:.4g} ± {std:.2g}"])
+        text = _md_table(["headline number", *(f"seed {r.parameters.get('seed')}" for r in seeds), "mean ± std"],
+                         rows)
+    else:
+        text = "*Only one seed was run under this profile.*\n"
+    (gen / "findings_seeds.md").write_text(text, encoding="utf-8")
+    cw2 = found.get("cw2_mnist")
+    zero = (cw2.extra.get("by_class") or {}).get("deepsec_zero_image") if cw2 is not None else None
+    if zero:
+        subs.update({"f_cw2_zero_class": str(zero["class"]),
+                     "f_cw2_zero_flipped": str(zero["failures_with_that_target"]),
+                     "f_cw2_mr": f"{100 * cw2.metrics['MR']:.1f} %",
+                     "f_cw2_mr_deepsec_zero": f"{100 * zero['MR_counted_as_deepsec']:.1f} %",
+                     "f_cw2_n": str(cw2.parameters.get("n_samples")),
+                     "f_cw2_ass": _fmt_interval("ASS", next(r for r in comparison_rows(COLUMNS["cw2_mnist"], cw2)
+                                                            if r["metric"] == "ASS"))})
+    names = ("eps8", "eps8_classes", "norms", "definitions", "shift", "pat")
     if result is None:
         for name in names:
             (gen / f"findings_{name}.md").write_text("*Not computed under this profile.*\n", encoding="utf-8")
@@ -377,7 +424,33 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict) ->
         "f_shift_n": str(ev["logit_shift"]["n"]),
         "f_pat_crr_csr": f"{ev['pat_arithmetic']['crr_minus_csr']:.2f} %",
         "f_pat_implied": f"{ev['pat_arithmetic']['implied_defended']:.2f} %",
+        "f_eps8_cosine": findings._f(ev["eps8"]["eps8"]["centred_cosine"]),
+        "f_eps8_top2": _top_two(ev["eps8"]["eps8"]["adversarial_class_counts"]),
+        "f_noise_top": _top_two(ev["eps8"].get("binary_noise_class_counts", [])),
+        "f_def_flat_mnist": f"{ev['definitions']['mnist']['images_with_flat_perturbed_element']} of "
+                            f"{ev['definitions']['mnist']['n_successful']}",
+        "f_def_flat_cifar": f"{ev['definitions']['cifar10']['images_with_flat_perturbed_element']} of "
+                            f"{ev['definitions']['cifar10']['n_successful']}",
+        "f_def_flat_clean_mnist": f"{ev['definitions']['mnist']['clean_images_with_flat_neighbourhood']} of "
+                                  f"{ev['definitions']['mnist']['n']}",
+        "f_shift_zero_grad": _zero_grad_text(ev["logit_shift"]["zero_gradient_images"]["no_shift"]),
+        "f_shift_zero_grad_shift": _zero_grad_text(ev["logit_shift"]["zero_gradient_images"]["shift"]),
     })
+
+
+def _zero_grad_text(zero: dict) -> str:
+    return f"{zero['images']} candidates ({100 * zero['element_fraction']:.1f} % of all gradient elements)"
+
+
+def _top_two(counts: list[int]) -> str:
+    """The two most frequent classes of a histogram, as "k of n in class c (name) and …"."""
+    from ..data import CLASS_NAMES
+
+    if not counts:
+        return "–"
+    total = sum(counts)
+    top = sorted(range(len(counts)), key=lambda c: -counts[c])[:2]
+    return " and ".join(f"{counts[c]} in class {c} ({CLASS_NAMES['cifar10'][c]})" for c in top) + f" (of {total})"
 
 
 def _appendix_pages(gen: Path, profile: str, cols, found) -> None:
@@ -617,7 +690,7 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
                                 "path in seconds." if profile == "smoke" else
                                 "Every column lists where this run departs from the published setting."
                                 if profile != "paper" else "This is the papers' own setting.")}
-    _findings_pages(gen, found.get("findings"), subs)
+    _findings_pages(gen, found.get("findings"), subs, found)
     _appendix_pages(gen, profile, cols, found)
     config_path = stage / "_config.yml"
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))

@@ -63,8 +63,36 @@ def eps8_evidence(model, cands, *, batch_size: int, device, seed: int) -> dict:
             "ASS_255": ass(cands.x, x_adv, ok, data_range=255.0),
             "saturated": float(((adv == 0) | (adv == 1)).float().mean()) if len(adv) else math.nan,
             "saturated_clean": float(((clean == 0) | (clean == 1)).float().mean()) if len(clean) else math.nan,
+            "centred_cosine": _centred_cosine(clean, adv),
+            "adversarial_class_counts": _predicted_counts(model, adv, batch_size=batch_size, device=device),
+            "n_per_true_class": torch.bincount(cands.y, minlength=10).tolist(),
+            "successes_per_true_class": torch.bincount(cands.y[ok], minlength=10).tolist(),
         }
+    # If the output ignores the input, random images land in the same classes as the "ε = 8" examples.
+    generator = torch.Generator().manual_seed(seed)
+    noise = (torch.rand((out["n"], *cands.x.shape[1:]), generator=generator) < 0.5).float()
+    out["binary_noise_class_counts"] = _predicted_counts(model, noise, batch_size=batch_size, device=device)
     return out
+
+
+def _centred_cosine(clean: Tensor, adv: Tensor) -> float:
+    """Mean over images of the cosine between the clean and the adversarial image, each centred on its own mean:
+    about 0 when the adversarial image keeps nothing of the clean one."""
+    if len(adv) == 0:
+        return math.nan
+    a = clean.flatten(1).double()
+    b = adv.flatten(1).double()
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+    return float(cos.mean())
+
+
+def _predicted_counts(model, x: Tensor, *, batch_size: int, device) -> list[int]:
+    """How many of ``x`` the model puts in each class."""
+    if len(x) == 0:
+        return []
+    logits = data_mod.predict_logits(model, x, batch_size=batch_size, device=device)
+    return torch.bincount(logits.argmax(1), minlength=logits.shape[1]).tolist()
 
 
 def definition_evidence(model, cands, *, dataset: str, batch_size: int, device, seed: int) -> dict:
@@ -90,9 +118,18 @@ def definition_evidence(model, cands, *, dataset: str, batch_size: int, device, 
                 "PSD": psd(cands.x, x_adv, ok, weighting=weighting),
                 "ASS": ass(cands.x, x_adv, ok, data_range=data_range)}
 
+    from ..metrics import local_std
+
+    # The paper's PSD weights each perturbed element by 1/std of its 3×3 neighbourhood: infinite wherever a
+    # perturbed element sits in a flat neighbourhood. Count those images instead of asserting it.
+    flat = (local_std(cands.x[ok]) == 0) & (x_adv[ok] != cands.x[ok]) if bool(ok.any()) else torch.zeros(0, 1)
     return {"n": len(cands.y), "params": _deepsec("pgd", dataset), "MR": mr(ok),
             "code": scored(False, "one_minus_std", 2.0), "paper": scored(True, "inverse_std", 255.0),
-            "norms": {"L1": mean_norm(1), "L2": mean_norm(2), "Linf": mean_norm(math.inf)}}
+            "norms": {"L1": mean_norm(1), "L2": mean_norm(2), "Linf": mean_norm(math.inf)},
+            "n_successful": int(ok.sum()),
+            "paper_PSD_infinite": math.isinf(psd(cands.x, x_adv, ok, weighting="inverse_std")),
+            "images_with_flat_perturbed_element": int(flat.flatten(1).any(1).sum()),
+            "clean_images_with_flat_neighbourhood": int((local_std(cands.x) == 0).flatten(1).any(1).sum())}
 
 
 def logit_shift_evidence(dataset: str, *, n: int, batch_size: int, device, seed: int) -> dict:
@@ -113,7 +150,26 @@ def logit_shift_evidence(dataset: str, *, n: int, batch_size: int, device, seed:
         for key, model in (("shift", shifted), ("no_shift", plain)):
             x_adv = _attack(attack, model, cands, params, batch_size=batch_size, device=device, seed=seed)
             out[attack][key] = mr(_success(model, x_adv, cands.y, batch_size=batch_size, device=device))
+    # Why: without the shift, the float32 cross-entropy of a confident model rounds to exactly 0 and so does its
+    # gradient; FGSM's sign step then does nothing. Count the images whose input gradient is exactly zero.
+    out["zero_gradient_images"] = {key: _zero_gradient_images(model, cands, batch_size=batch_size, device=device)
+                                   for key, model in (("shift", shifted), ("no_shift", plain))}
     return out
+
+
+def _zero_gradient_images(model, cands, *, batch_size: int, device) -> dict:
+    """How many candidates have an input gradient of the cross-entropy that is exactly zero in float32 (all
+    elements), and the fraction of all gradient elements that are exactly zero."""
+    images, zeros, total = 0, 0, 0
+    for i in range(0, len(cands.y), batch_size):
+        x = cands.x[i:i + batch_size].to(device).requires_grad_(True)
+        y = cands.y[i:i + batch_size].to(device)
+        loss = torch.nn.functional.cross_entropy(model(x), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+        flat = grad.flatten(1) == 0
+        images += int(flat.all(1).sum())
+        zeros, total = zeros + int(flat.sum()), total + flat.numel()
+    return {"images": images, "element_fraction": zeros / max(total, 1)}
 
 
 def pat_arithmetic() -> dict:
@@ -154,22 +210,30 @@ def _pct(value) -> str:
 def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
     """The findings as small tables (header row first, strings), for the notebook and the book alike."""
     eps8 = evidence["eps8"]
-    tables = {"eps8": [["", "ε = 8, step 0.875 (follow-up)", "ε = 8/255, step 2/255 (Madry)",
+    tables = {"eps8": [["", "ε = 8, step 0.875 (follow-up)", "ε = 8/255, step 0.875/255 (the same, ε in /255)",
                         "follow-up's \"ε = 8\" column"]]}
     published = {m: published_value("1", "pgd_eps8_wide", "follow-up", m) for m in
                  ("MR", "ALD_Linf", "ALD_L2", "PSD", "ASS")}
     rows = (("MR", "MR", _pct), ("L∞ (ALD)", "ALD_Linf", _f), ("L2 (ALD)", "ALD_L2", _f), ("PSD", "PSD", _f),
             ("ASS, data range 2 (DeepSec's code)", "ASS_code", _f), ("ASS, data range 255 (correct)", "ASS_255", _f),
-            ("pixel values at exactly 0 or 1", "saturated", _pct))
+            ("pixel values at exactly 0 or 1", "saturated", _pct),
+            ("centred cosine between clean and adversarial image", "centred_cosine", _f))
     for label, key, fmt in rows:
         pub_key = "ASS" if key == "ASS_code" else key
         pub = published.get(pub_key)
-        pub_text = "–" if pub is None or key == "ASS_255" else (f"{pub.printed:g} %" if pub.unit == "%" else
+        pub_text = "–" if pub is None or key in ("ASS_255", "centred_cosine") else (f"{pub.printed:g} %" if pub.unit == "%" else
                                                                 f"{pub.printed:.3f}")
         tables["eps8"].append([label, fmt(eps8["eps8"][key]), fmt(eps8["eps8_255"][key]), pub_text])
     clean = eps8["eps8"]["saturated_clean"]
     tables["eps8"].append(["(clean images: values at 0 or 1)", _pct(clean), _pct(eps8["eps8_255"]["saturated_clean"]),
                            "–"])
+
+    tables["eps8_classes"] = class_table(
+        {"ε = 8: adversarial class": eps8["eps8"]["adversarial_class_counts"],
+         "ε = 8/255: adversarial class": eps8["eps8_255"]["adversarial_class_counts"],
+         "random binary noise: class": eps8.get("binary_noise_class_counts", [])},
+        per_true={"ε = 8: MR of true class": (eps8["eps8"]["successes_per_true_class"],
+                                              eps8["eps8"]["n_per_true_class"])})
 
     cifar = evidence["definitions"]["cifar10"]
     pub_l1 = published_value("1", "pgd_resnet20", "follow-up", "ALD_L2")
@@ -185,9 +249,11 @@ def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
               "ALD_L2": "ALD L2 (code: raw; paper: / ‖x‖₂)",
               "ALD_Linf": "ALD L∞ (code: raw; paper: / ‖x‖∞)",
               "PSD": "PSD (code: 1 − std; paper: 1/std)", "ASS": "ASS (code: data range 2; correct: 255)"}
+    def paper(ev, key):  # the JSON stores an infinite mean as null: say ∞ where the evidence says it is
+        return "∞" if key == "PSD" and ev.get("paper_PSD_infinite") else _f(ev["paper"][key])
+
     for key, label in labels.items():
-        defs.append([label, _f(mnist["code"][key]), _f(mnist["paper"][key]), _f(cifar["code"][key]),
-                     _f(cifar["paper"][key])])
+        defs.append([label, _f(mnist["code"][key]), paper(mnist, key), _f(cifar["code"][key]), paper(cifar, key)])
     tables["definitions"] = defs
 
     shift = evidence["logit_shift"]
@@ -207,6 +273,21 @@ def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
                      ["ACC raw + CAV (implied ACC defended)", f"{pat['implied_defended']:.2f}"],
                      ["ACC defended in the follow-up's text", f"{pat['text_defended']:.2f}"]]
     return tables
+
+
+def class_table(counts: dict[str, list[int]], *, per_true: dict | None = None,
+                dataset: str = "cifar10") -> list[list[str]]:
+    """A table with one row per class (by name): counts of where examples land, and per true class the success
+    rate as ``k/n``."""
+    names = data_mod.CLASS_NAMES[dataset]
+    header = ["class", *counts, *(per_true or {})]
+    rows = [header]
+    for c, name in enumerate(names):
+        row = [f"{c} {name}"] + [str(v[c]) if c < len(v) else "–" for v in counts.values()]
+        for successes, totals in (per_true or {}).values():
+            row.append(f"{successes[c]}/{totals[c]}" if totals[c] else "–")
+        rows.append(row)
+    return rows
 
 
 def as_markdown(table: list[list[str]]) -> str:

@@ -170,12 +170,14 @@ def injected_parameters() -> set[str] | None:
     return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
 
 
-def resolve(*, attack: str | None = None, defence: str | None = None, findings: bool = False, **params) -> dict:
+def resolve(*, attack: str | None = None, defence: str | None = None, findings: bool = False, security: bool = False,
+            **params) -> dict:
     """Validate a notebook's parameters and fill the budgets the profile decides.
 
     Args:
-        attack / defence / findings: what the notebook runs: an :data:`repro.attacks.ATTACKS` name, a
-            :data:`repro.train.DEFENCES` name, or the findings experiments.
+        attack / defence / findings / security: what the notebook runs: an :data:`repro.attacks.ATTACKS` name, a
+            :data:`repro.train.DEFENCES` name, the findings experiments, or the security evaluation (its
+            parameters are resolved by :func:`repro.study.security.resolve_security`).
         **params: the parameters cell's values. ``None`` for a budget (``n_samples``, ``batch_size``, ``width``,
             the attack's iteration budget, ``epochs``, ``train_subset``, ``defence_*``, ``eval_subset``,
             ``curve_samples``) means "the profile's value". PGD's ``eps_iter`` (the follow-up's name) is accepted
@@ -188,8 +190,8 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
         ParameterError: an unknown profile, dataset, model, attack or defence, a dataset/model mismatch, a negative
             ε, a step count below 1, ... — the message names the parameter and what is allowed.
     """
-    _require((attack is not None) + (defence is not None) + bool(findings) == 1,
-             "give exactly one of attack=..., defence=... or findings=True")
+    _require((attack is not None) + (defence is not None) + bool(findings) + bool(security) == 1,
+             "give exactly one of attack=..., defence=..., findings=True or security=True")
     _require(attack is None or attack in ATTACKS,
              f"unknown attack {attack!r}; allowed: {', '.join(map(repr, ATTACKS))}")
     _require(defence is None or defence in DEFENCES,
@@ -213,6 +215,10 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
     if p.get("batch_size") is None:
         p["batch_size"] = prof.batch_size
     _count(p, "batch_size")
+    if security:
+        from .security import resolve_security  # its budgets live with the security evaluation
+
+        return resolve_security(p, prof)
     if findings:
         if p.get("n_samples") is None:
             p["n_samples"] = prof.findings_samples
@@ -269,7 +275,8 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
     return p
 
 
-def setup(*, attack: str | None = None, defence: str | None = None, findings: bool = False, **params) -> Context:
+def setup(*, attack: str | None = None, defence: str | None = None, findings: bool = False, security: bool = False,
+          **params) -> Context:
     """Check that papermill injected no parameter the notebook lacks, validate and resolve the parameters
     (:func:`resolve`), seed every RNG, and start the clock.
 
@@ -282,12 +289,12 @@ def setup(*, attack: str | None = None, defence: str | None = None, findings: bo
         unknown = sorted(injected - set(params))
         _require(not unknown, f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; allowed: "
                               f"{', '.join(map(repr, sorted(params)))}")
-    p = resolve(attack=attack, defence=defence, findings=findings, **params)
+    p = resolve(attack=attack, defence=defence, findings=findings, security=security, **params)
     random.seed(p["seed"])
     np.random.seed(p["seed"] % 2**32)
     torch.manual_seed(p["seed"])
-    kind = "attack" if attack else "defence" if defence else "findings"
-    ctx = Context(kind=kind, name=attack or defence or "findings", params=p, profile=get_profile(p["profile"]),
+    kind = "attack" if attack else "defence" if defence else "security" if security else "findings"
+    ctx = Context(kind=kind, name=attack or defence or kind, params=p, profile=get_profile(p["profile"]),
                   device=torch.device(p["device"]), started=started)
     datasets = [p["dataset"]] if "dataset" in p else list(data_mod.DATASETS)
     ctx.data = {"datasets": {name: _data_record(name) for name in datasets}}
@@ -406,7 +413,14 @@ def defend(ctx: Context, raw: torch.nn.Module) -> torch.nn.Module:
     """
     p = ctx.params
     params = DEFENCES[ctx.name].params_type(**{k: p[k] for k in defence_parameters(ctx.name) if k in p})
-    return _trained(ctx, _config_of(ctx, defence_params=params), "defended")
+    config = _config_of(ctx, defence_params=params)
+    if config.init == "deepsec" and not ctx.data["datasets"][p["dataset"]].get("official", True):
+        # Our 10 % validation split of a partial copy is not DeepSec's: it holds images DeepSec's raw model was
+        # trained on, so the best-validation rule sees an inflated clean accuracy at the start.
+        ctx.departures.append("the validation split of the partial copy holds images DeepSec's released raw model "
+                              "was trained on (it is not DeepSec's held-out 10 %), so validation accuracy is "
+                              "inflated for the fine-tuned model")
+    return _trained(ctx, config, "defended")
 
 
 def _seconds_per_image_pass(config: TrainConfig, device: torch.device) -> float:
@@ -513,7 +527,34 @@ def attack_metrics(ctx: Context, model: torch.nn.Module, cands: data_mod.Candida
                                             intervals=True, seed=ctx.params["seed"])
     # CC is one timing of the whole run divided by N, not a mean of per-image values: it has no interval.
     metrics["CC"] = run.seconds_per_example
+    ctx.extra["by_class"] = outcome_by_class(model, cands, run.x_adv, target=target,
+                                             batch_size=ctx.params["batch_size"], device=ctx.device)
     return metrics
+
+
+def outcome_by_class(model: torch.nn.Module, cands: data_mod.Candidates, x_adv: torch.Tensor, *,
+                     target: torch.Tensor | None, batch_size: int, device) -> dict:
+    """Where the adversarial examples land and whom they fool, per class: the histogram of the classes the model
+    gives the successful adversarial examples, MR per true class, and, for a targeted attack, what DeepSec's
+    failure convention would do: DeepSec returns an all-zero image for a sample that never succeeds, so a failure
+    whose target is the class the model gives the all-zero image counts as a success there (ours keeps the clean
+    image and counts it as a failure)."""
+    from ..metrics import success_mask
+
+    logits = data_mod.predict_logits(model, x_adv, batch_size=batch_size, device=device)
+    ok = success_mask(logits, cands.y, target=target)
+    k = logits.shape[1]
+    landed = logits.argmax(1)[ok]
+    out = {"adversarial_class_counts": torch.bincount(landed, minlength=k).tolist(),
+           "n_per_true_class": torch.bincount(cands.y, minlength=k).tolist(),
+           "successes_per_true_class": torch.bincount(cands.y[ok], minlength=k).tolist()}
+    if target is not None:
+        zero = torch.zeros_like(cands.x[:1])
+        zero_class = int(data_mod.predict_logits(model, zero, device=device).argmax(1))
+        flipped = int(((~ok) & (target == zero_class)).sum())
+        out["deepsec_zero_image"] = {"class": zero_class, "failures_with_that_target": flipped,
+                                     "MR_counted_as_deepsec": (int(ok.sum()) + flipped) / len(ok)}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------- defences

@@ -1,0 +1,357 @@
+"""The security evaluation's chapter, tables and figures, generated from the security columns' results.
+
+:func:`security_page` writes the chapter (robust accuracy with intervals, what AutoAttack ran and cost, DeepSec's
+transfer setting against white-box attacks, the gradient-masking checks and their verdicts, the published anchors,
+and the follow-up's clean-versus-robust comparison); the notebook shows :func:`robust_table`,
+:func:`transfer_figure` and :func:`masking_table`. Every number comes from the results
+(:mod:`repro.study.security` computed them); nothing here measures anything.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ..study import security as sec
+from ..study.plan import COLUMNS, published_value
+from ..study.profiles import get_profile
+
+NOT_COMPUTED = "–"
+ACCURACIES = (("clean", "clean"), ("pgd", "PGD"), ("pgd_deepsec_eps", "PGD at DeepSec's ε"),
+              ("autoattack", "AutoAttack"), ("robust", "robust (worst case)"))
+TRANSFER_LABELS = {"fgsm": "FGSM", "pgd": "PGD", "cw2": "CW2"}
+
+
+# ------------------------------------------------------------------------------------------------- formatting
+def pct(value: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage with ``digits`` decimals ("45.8 %"); "–" for ``None``."""
+    return NOT_COMPUTED if value is None else f"{100 * value:.{digits}f} %"
+
+
+def with_interval(record: dict | None) -> str:
+    """A rate record as "45.8 % [41.2, 50.3]" (the 95 % Clopper–Pearson interval, in percent)."""
+    if record is None:
+        return NOT_COMPUTED
+    return f"{pct(record['rate'])} [{100 * record['low']:.1f}, {100 * record['high']:.1f}]"
+
+
+def _eps(value: float) -> str:
+    """ε as the reader knows it: k/255 when it is one, else a decimal."""
+    k = value * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and value < 1 else f"{value:g}"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header))] + [line(r) for r in rows]) + "\n"
+
+
+def _security(found: dict) -> dict[str, dict]:
+    """Column id → its ``extra["security"]``, for the security columns that have a result, in plan order."""
+    return {cid: r.extra["security"] for cid, r in found.items()
+            if cid in COLUMNS and COLUMNS[cid].table == "security" and "security" in r.extra}
+
+
+# ----------------------------------------------------------------------------------------- tables (notebooks)
+def _robust_rows(evaluation: dict) -> list[list[str]]:
+    rows = []
+    for rec in sec.summary_rows(evaluation):
+        rows.append([rec["label"], *(with_interval(rec.get(key)) for key, _ in ACCURACIES), str(rec["clean"]["n"])])
+    return rows
+
+
+def _robust_header(evaluation: dict) -> list[str]:
+    threat = evaluation["threat_model"]
+    names = {"pgd": f"PGD ε = {_eps(threat['eps'])}", "autoattack": f"AutoAttack ε = {_eps(threat['eps'])}",
+             "pgd_deepsec_eps": (f"PGD ε = {_eps(evaluation['deepsec_eps'])} (DeepSec's)"
+                                 if evaluation.get("deepsec_eps") else "PGD at DeepSec's ε")}
+    return ["model", *(names.get(key, label) for key, label in ACCURACIES), "n"]
+
+
+def robust_table(evaluation: dict):
+    """Accuracy of every model (clean, PGD, AutoAttack, worst case) with 95 % intervals and n, as a DataFrame."""
+    import pandas as pd
+
+    header = _robust_header(evaluation)
+    return pd.DataFrame(_robust_rows(evaluation), columns=header).set_index("model")
+
+
+def _transfer_rows(evaluation: dict) -> list[list[str]]:
+    rows = []
+    for mid, entry in evaluation["transfer"].items():
+        for name, rec in entry["attacks"].items():
+            rows.append([evaluation["models"][mid]["label"], TRANSFER_LABELS.get(name, name),
+                         with_interval(rec["transfer"]), with_interval(rec["white_box"]), str(entry["n"])])
+    return rows
+
+
+def transfer_table(evaluation: dict):
+    """DeepSec's transfer setting against white-box: the defended model's accuracy on each, as a DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame(_transfer_rows(evaluation),
+                        columns=["defended model", "attack", "crafted on the raw model (DeepSec)",
+                                 "crafted on the defended model (white-box)", "n"])
+
+
+def _masking_rows(evaluation: dict) -> list[list[str]]:
+    rows = []
+    for mid, check in evaluation["masking"].items():
+        by_steps = ", ".join(f"{r['steps']}: {pct(r['rate'])}" for r in check["steps"])
+        large = check["eps"][-1]
+        verdict = check["verdict"]
+        why = "; ".join(verdict["reasons"]) or "–"
+        rows.append([evaluation["models"][mid]["label"], with_interval(check["white_box"]),
+                     with_interval(check["square"]), by_steps, f"{pct(large['rate'])} at ε = {_eps(large['eps'])}",
+                     verdict["verdict"], why, str(check["white_box"]["n"])])
+    return rows
+
+
+MASKING_HEADER = ["model", "white-box PGD", "Square (gradient-free)", "accuracy by PGD steps",
+                  "accuracy at the largest ε", "verdict", "reasons", "n"]
+
+
+def masking_table(evaluation: dict):
+    """The gradient-masking checks and their verdicts, as a DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame(_masking_rows(evaluation), columns=MASKING_HEADER).set_index("model")
+
+
+# ----------------------------------------------------------------------------------------------------- figures
+def transfer_figure(evaluations: dict | list, *, title: str = ""):
+    """Grouped bars: each defended model's accuracy under each attack crafted on the raw model (DeepSec's transfer
+    setting) and on the defended model itself (white-box), with 95 % intervals.
+
+    Args:
+        evaluations: one column's ``extra["security"]`` or several (a list, or a dict of them).
+    """
+    if isinstance(evaluations, dict) and "models" in evaluations:
+        evaluations = [evaluations]
+    evaluations = list(evaluations.values()) if isinstance(evaluations, dict) else list(evaluations)
+    groups = [(ev["models"][mid]["label"], name, rec) for ev in evaluations for mid, entry in ev["transfer"].items()
+              for name, rec in entry["attacks"].items()]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(groups) + 1.5), 3.8))
+    positions = np.arange(len(groups))
+    for offset, key, label, colour in ((-0.2, "transfer", "crafted on the raw model (DeepSec)", "#ff7f0e"),
+                                       (0.2, "white_box", "crafted on the defended model (white-box)", "#1f77b4")):
+        values = np.array([100 * rec[key]["rate"] for _, _, rec in groups])
+        low = np.array([100 * rec[key]["low"] for _, _, rec in groups])
+        high = np.array([100 * rec[key]["high"] for _, _, rec in groups])
+        ax.bar(positions + offset, values, width=0.4, color=colour, label=label,
+               yerr=np.vstack([values - low, high - values]), capsize=2, error_kw={"lw": 0.8})
+    ax.set_xticks(positions, [f"{model}\n{TRANSFER_LABELS.get(name, name)}" for model, name, _ in groups],
+                  fontsize=6.5, rotation=0)
+    ax.set_ylabel("accuracy of the defended model (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(title or "DeepSec's transfer setting versus white-box attacks", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def masking_figure(evaluation: dict, *, title: str = ""):
+    """Accuracy versus PGD steps and versus ε for every defended model of one column (the masking checks)."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.5, 3.2))
+    for mid, check in evaluation["masking"].items():
+        label = evaluation["models"][mid]["label"]
+        ax1.plot([r["steps"] for r in check["steps"]], [100 * r["rate"] for r in check["steps"]], marker="o",
+                 label=label)
+        ax2.plot([255 * r["eps"] for r in check["eps"]], [100 * r["rate"] for r in check["eps"]], marker="o",
+                 label=label)
+    ax1.set_xscale("log")
+    ax1.set_xlabel(f"PGD steps (ε = {_eps(evaluation['threat_model']['eps'])})")
+    ax2.set_xscale("log")
+    ax2.set_xlabel("ε × 255")
+    for ax in (ax1, ax2):
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
+    fig.suptitle(title or "gradient-masking checks", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# -------------------------------------------------------------------------------------------------------- page
+def _autoattack_section(evaluations: dict[str, dict], found: dict) -> list[str]:
+    out = ["## What AutoAttack ran, and what it cost\n"]
+    rows, checks = [], []
+    for cid, ev in evaluations.items():
+        device = found[cid].provenance.get("device", {})
+        for rec in ev["models"].values():
+            aa = rec["autoattack"]
+            attacks = ", ".join(aa["attacks"])
+            rows.append([rec["label"], aa["version"], attacks, str(aa["target_classes"]), str(aa["iterations"]),
+                         f"{aa['seconds_per_image']:.3f}", f"{aa['seconds']:.0f}",
+                         f"{device.get('name', '?')} ({device.get('device', '?')}, {device.get('threads', '?')} "
+                         "threads)"])
+            checks += [f"{rec['label']}: {message}" for message in aa.get("checks", [])]
+    out.append("AutoAttack (Croce and Hein, ICML 2020) with the authors' code (`pyautoattack`), at each model's "
+               "threat model. The standard version runs APGD-CE, APGD-T (9 target classes), FAB-T and Square "
+               "(5,000 queries); a cheaper profile runs the subset named below. Time is the attack's own wall time "
+               "divided by all evaluated images (an image the model already misclassifies costs nothing):\n")
+    out.append(_md_table(["model", "version", "attacks", "APGD-T target classes", "APGD iterations",
+                          "seconds per image", "seconds", "device"], rows))
+    if checks:
+        out.append("AutoAttack's own sanity checks said:\n")
+        out.extend(f"- {c}" for c in checks)
+        out.append("")
+    else:
+        out.append("AutoAttack's own sanity checks (randomised or dynamic defence, zero gradients, Square beating "
+                   "the gradient attacks) raised no warning.\n")
+    return out
+
+
+def _transfer_section(evaluations: dict[str, dict], figures_dir: Path) -> list[str]:
+    from . import figures
+
+    out = ["## DeepSec's transfer setting versus white-box attacks\n"]
+    rows = []
+    for ev in evaluations.values():
+        rows += _transfer_rows(ev)
+    budgets = sorted({(e["attacks"]["cw2"]["params"]["binary_search_steps"],
+                       e["attacks"]["cw2"]["params"]["max_iterations"])
+                      for ev in evaluations.values() for e in ev["transfer"].values() if "cw2" in e["attacks"]})
+    out.append("DeepSec's security evaluation crafts adversarial examples on the undefended (raw) model and scores "
+               "the defended model on them. Here each attack runs both ways on the same images, with DeepSec's "
+               "parameters (FGSM and PGD at ε = 0.3 on MNIST, 0.1 on CIFAR-10; CW2 targeted at a random wrong class "
+               "with DeepSec's hyper-parameters at "
+               + (", ".join(f"{s} × {i:,}" for s, i in budgets) or NOT_COMPUTED)
+               + " search steps × iterations, a cheap budget beside DeepSec's 10 × 10,000). Both columns give the "
+               "defended model's accuracy; the white-box one is what an attacker who knows the defence obtains.\n")
+    out.append(_md_table(["defended model", "attack", "crafted on the raw model (DeepSec)",
+                          "crafted on the defended model (white-box)", "n"], rows))
+    fig = transfer_figure(evaluations)
+    figures.save(fig, figures_dir / "security_transfer.png")
+    out.append("```{figure} figures/security_transfer.png\n:name: fig-security-transfer\n:width: 100%\n\n"
+               "Accuracy of each defended model on adversarial examples crafted on the raw model (DeepSec's "
+               "transfer setting) and on the defended model itself (white-box), with 95 % Clopper–Pearson "
+               "intervals.\n```\n")
+    return out
+
+
+def _masking_section(evaluations: dict[str, dict], figures_dir: Path) -> list[str]:
+    from . import figures
+
+    out = ["## Gradient-masking checks\n",
+           "A defence can look robust because its gradients are useless to the attacker rather than because it is "
+           "robust (Athalye, Carlini and Wagner, ICML 2018). Every defended model is checked, whatever its "
+           "white-box number: a gradient-free attack (AutoAttack's Square), accuracy versus the number of PGD steps "
+           f"(step {sec.MASKING_STEP_FACTOR:g}·ε/steps, one random start) and versus ε up to a large ε (the last of "
+           "each dataset's list, where every image can be turned into another class's image). The verdict is "
+           "computed, not typed: masking is suspected when any of these holds:\n"]
+    out.extend(f"- `{key}`: {text}" for key, text in sec.MASKING_RULES.items())
+    out.append("")
+    rows = []
+    for ev in evaluations.values():
+        rows += _masking_rows(ev)
+    out.append(_md_table(MASKING_HEADER, rows))
+    for i, (cid, ev) in enumerate(evaluations.items()):
+        if not ev["masking"]:
+            continue
+        fig = masking_figure(ev, title=f"{COLUMNS[cid].title}: gradient-masking checks")
+        name = f"security_masking_{cid}.png"
+        figures.save(fig, figures_dir / name)
+        square = next(iter(ev["masking"].values()))["square"]["square_queries"]
+        out.append(f"```{{figure}} figures/{name}\n:name: fig-security-masking-{i}\n:width: 100%\n\n"
+                   f"{COLUMNS[cid].title}: accuracy versus PGD steps at the threat model's ε and versus ε "
+                   f"({next(iter(ev['masking'].values()))['eps_steps']} steps per point); Square ran {square:,} "
+                   "queries.\n```\n")
+    return out
+
+
+def _anchor_section() -> list[str]:
+    rows = [[a.model, pct(a.clean, 2), pct(a.pgd, 2), pct(a.autoattack, 2), a.attack_setting, a.training_data,
+             a.training_length, a.source] for a in sec.ANCHORS]
+    return ["## Anchors\n",
+            "Published numbers to read ours against (CIFAR-10, L∞, ε = 8/255), with what each model was trained on "
+            "and for how long, where that is known:\n",
+            _md_table(["model", "clean", "PGD", "AutoAttack", "attack setting", "training data",
+                       "training length", "source"], rows)]
+
+
+def _followup_section(evaluations: dict[str, dict]) -> list[str]:
+    cifar = next((ev for ev in evaluations.values() if ev["dataset"] == "cifar10"), None)
+    published = published_value("2", "pat_eps8_wide", "follow-up", "ACC_defended")
+    madry = sec.ANCHORS[0]
+    text = ("## Clean accuracy is not robust accuracy\n\n"
+            "The follow-up reads its PAT \"ε = 8\" wide ResNet's accuracy, "
+            f"{pct(None if published is None else published.value, 2)} in its Table 2, as in line with Madry et "
+            f"al.'s \"{pct(sec.FOLLOWUP_MADRY_ROBUST['standard'])} accuracy on the standard model and "
+            f"{pct(sec.FOLLOWUP_MADRY_ROBUST['wide'], 0)} on the wide one\". The first is an accuracy on clean "
+            "test images (DeepSec's defence metrics never attack the defended model); the second are accuracies "
+            "under PGD attack. Like is compared with like only clean with clean (Madry et al.: "
+            f"{pct(madry.clean)}) and robust with robust (Madry et al.: {pct(madry.pgd)} under PGD-20, "
+            f"{pct(sec.ANCHORS[1].autoattack, 2)} under AutoAttack).")
+    if cifar is not None:
+        parts = []
+        for mid in ("pat_eps8_wide", "pat_8_255_wide", "pat_resnet20"):
+            rec = cifar["models"].get(mid)
+            if rec is not None:
+                parts.append(f"{rec['label']}: clean {with_interval(rec['clean'])}, robust "
+                             f"{with_interval(rec['robust'])} (n = {rec['robust']['n']})")
+        if parts:
+            text += (" Our models, attacked themselves at ε = 8/255 (robust = worst case over PGD and AutoAttack): "
+                     + "; ".join(parts) + ".")
+    return [text + "\n"]
+
+
+def security_page(found: dict, profile: str, figures_dir) -> str:
+    """The security evaluation's chapter in Markdown (MyST), from the results of the security columns.
+
+    Args:
+        found: column id → :class:`repro.results.Result` of the profile (other columns are ignored).
+        profile: the profile's name (its description is shown).
+        figures_dir: where the chapter's figures are saved (referenced as ``figures/<name>.png``).
+
+    Returns:
+        The page's Markdown; a short "not computed" page when no security column has a result.
+    """
+    figures_dir = Path(figures_dir)
+    evaluations = _security(found)
+    parts = ["# Security evaluation: each model attacked itself\n"]
+    if not evaluations:
+        return parts[0] + f"\n*Not computed under the {profile} profile.*\n"
+    first = next(iter(found[cid] for cid in evaluations))
+    p = first.parameters
+    parts.append(
+        "DeepSec evaluates a defence on adversarial examples crafted on the *undefended* model, averages over "
+        "attacks, and attacks CIFAR-10 at ε = 0.1, about three times Madry et al.'s 8/255; Carlini's critique of "
+        "DeepSec asks instead for attacks run against the defended model itself and for the worst case per image. "
+        "This chapter does that for every model the study trains or loads: each is attacked at its threat model "
+        + ", ".join(f"({ev['dataset']}: ε = {_eps(ev['threat_model']['eps'])}, PGD step "
+                    f"{_eps(ev['threat_model']['step_size'])})" for ev in evaluations.values())
+        + f" by PGD from {p['pgd_restarts']} random starts and by AutoAttack, on the same first test images for "
+        "every attack on a model; an image counts as robust only if the model classifies it correctly under every "
+        "attack. Every rate carries its exact (Clopper–Pearson) 95 % interval and its n; the per-image outcomes "
+        "are stored in the results, so every interval and worst case can be recomputed.\n")
+    parts.append(f"```{{note}}\nProfile **{profile}**: {get_profile(profile).description}.\n```\n")
+    parts.append("## Robust accuracy\n")
+    for cid, ev in evaluations.items():
+        result = found[cid]
+        q = result.parameters
+        parts.append(f"### {COLUMNS[cid].title}\n")
+        parts.append(f"[Executed notebook](columns/{cid}.ipynb); {ev['n']:,} test images, PGD "
+                     f"{q['pgd_steps']} steps × {q['pgd_restarts']} restarts, AutoAttack "
+                     f"{q['autoattack']['version']}, seed {q['seed']}; computed in "
+                     f"{result.provenance.get('wall_time_s', float('nan')):.0f} s on "
+                     f"{result.provenance.get('device', {}).get('name', '?')}.\n")
+        parts.append(_md_table(_robust_header(ev), _robust_rows(ev)))
+        if ev.get("deepsec_eps"):
+            parts.append(f"PGD at DeepSec's ε = {_eps(ev['deepsec_eps'])} uses a step of ε/4 (Madry et al.'s "
+                         "ratio); it is not part of the robust accuracy, which is at the threat model's ε.\n")
+        parts.append("**Departures:**\n")
+        parts.extend(f"- {d}" for d in (result.departures or ["none"]))
+        parts.append("")
+    parts += _autoattack_section(evaluations, found)
+    parts += _transfer_section(evaluations, figures_dir)
+    parts += _masking_section(evaluations, figures_dir)
+    parts += _anchor_section()
+    parts += _followup_section(evaluations)
+    return "\n".join(parts)
+

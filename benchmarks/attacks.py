@@ -25,7 +25,7 @@ import time
 import torch
 
 from repro.attacks import cw2, get_config, pgd, prepare_model, run_attack
-from repro.models import load_deepsec, resnet20
+from repro.models import load_deepsec, resnet20, resnet20_wide
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,7 +58,7 @@ def models(wide_width: int) -> dict[str, torch.nn.Module]:
         print(f"(DeepSec's checkpoint unavailable: {err}; timing ResNet-20 with random weights)")
         out["ResNet-20 (random weights)"] = resnet20().eval()
     if wide_width > 0:
-        out[f"wide ResNet-20 ×{wide_width} (random weights)"] = resnet20(width=wide_width).eval()
+        out[f"wide ResNet-20 ×{wide_width} (random weights)"] = resnet20_wide(width=wide_width).eval()
     return out
 
 

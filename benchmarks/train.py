@@ -44,7 +44,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for width in args.widths:
             config = TrainConfig(
-                dataset="cifar10", model="resnet20", model_kwargs={"width": width}, defence="pat",
+                dataset="cifar10", model="resnet20" if width == 1 else "resnet20_wide",
+                model_kwargs={} if width == 1 else {"width": width}, defence="pat",
                 defence_params=args.variant, epochs=1, batch_size=args.batch_size,
                 subset=subset_for(args.batches * args.batch_size), history_subset=0, device=args.device,
                 bf16=args.bf16, channels_last=args.channels_last,

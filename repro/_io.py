@@ -104,3 +104,11 @@ def rng_restore(state: dict, *, data_generator: torch.Generator, attack_generato
         torch.cuda.set_rng_state_all(state["cuda"])
     data_generator.set_state(state["data"])
     attack_generator.set_state(state["attack"])
+
+
+def lookup(table: dict, name, *, what: str):
+    """``table[name]``, or a ValueError naming ``name`` (as a ``what``) and every allowed key: the one way every
+    registry of the package (models, profiles, plan columns, ...) answers an unknown name."""
+    if name not in table:
+        raise ValueError(f"unknown {what} {name!r}; allowed: {', '.join(map(repr, table))}")
+    return table[name]

@@ -127,3 +127,20 @@ def test_smoke_book_builds_with_both_tables(tmp_path):
     for page in ("book/intro.html", "book/findings.html", "book/appendix.html", "book/generated/corrected.html",
                  "book/generated/columns/findings.html"):
         assert (html / page).exists(), page
+    # No substitution leaks into the pages, the executed-notebooks page lists every column, each executed notebook
+    # carries its column's title (the sidebar tells them apart), and each correction is listed once per column.
+    for page in html.rglob("*.html"):
+        assert "{{" not in page.read_text(encoding="utf-8"), f"unsubstituted text in {page}"
+    listing = (html / "book" / "generated" / "notebooks.html").read_text(encoding="utf-8")
+    titles = set()
+    for col in plan.columns_for("smoke"):
+        assert f"columns/{col.id}.html" in listing, col.id
+        page = (html / "book" / "generated" / "columns" / f"{col.id}.html").read_text(encoding="utf-8")
+        titles.add(re.search(r"<title>(.*?)</title>", page).group(1))
+    assert len(titles) == len(plan.columns_for("smoke")), titles
+    source = (tmp_path / "_build" / "source" / "book" / "generated" / "table1.md").read_text(encoding="utf-8")
+    bullets = [line for line in source.splitlines() if line.startswith("- row printed as")
+               or line.startswith("- column printed as")]
+    for section in source.split("\n## ")[1:]:
+        lines = [line for line in section.splitlines() if line in bullets]
+        assert len(lines) == len(set(lines)), lines

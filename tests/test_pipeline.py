@@ -99,3 +99,14 @@ def test_a_model_that_must_be_trained_is_announced_with_an_estimate(tmp_path, mo
     text = study.planned_work(ctx)
     assert "raw model: training resnet20_wide" in text and "not in the training cache: about" in text
     assert "attack: pgd on up to 1,000 candidates" in text
+
+
+def test_progress_bars_are_on_for_users_and_off_under_ci_and_in_committed_executions(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("REPRO_PROGRESS", raising=False)
+    assert study.progress_enabled()
+    monkeypatch.setenv("CI", "true")
+    assert not study.progress_enabled()
+    monkeypatch.delenv("CI")
+    monkeypatch.setenv("REPRO_PROGRESS", "0")  # what the pipeline sets for the executions it commits
+    assert not study.progress_enabled()

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: papermill --log-output streams them; no ipywidgets needed
 
 from ..models.fold import fold_batchnorm as fold_batchnorm_copy, has_batchnorm
 from ._common import check_device, check_image_batch

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .._io import atomic_file, sha256_file
+from .._io import atomic_file, lookup, sha256_file
 from ..data import data_root
 from .fold import fold_batchnorm, has_batchnorm
 from .mnist_convnet import MNISTConvNet, mnist_convnet
@@ -38,9 +38,7 @@ def dataset_of(name: str) -> str:
     Raises:
         ValueError: unknown name (the message lists the known ones).
     """
-    if name not in MODEL_DATASET:
-        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(map(repr, MODEL_DATASET))}")
-    return MODEL_DATASET[name]
+    return lookup(MODEL_DATASET, name, what="model")
 
 # DeepSec's released raw models (ryderling/DEEPSEC, commit 2c67afac0ae966767b6712a51db85f04f4f5c565).
 DEEPSEC_COMMIT = "2c67afac0ae966767b6712a51db85f04f4f5c565"

@@ -683,6 +683,9 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
     (gen / "allowances.md").write_text(_allowances_page(), encoding="utf-8")
     (gen / "glance.md").write_text(glance(profile, found), encoding="utf-8")
     (gen / "notebooks.md").write_text(_notebooks_page(profile, cols), encoding="utf-8")
+    from .security import security_page  # the security columns' chapter
+
+    (gen / "security.md").write_text(security_page(found, profile, figures_dir), encoding="utf-8")
 
     prof = get_profile(profile)
     subs = {"profile": profile, "profile_description": prof.description,

@@ -21,6 +21,7 @@ NOT_COMPUTED = "–"
 ACCURACIES = (("clean", "clean"), ("pgd", "PGD"), ("pgd_deepsec_eps", "PGD at DeepSec's ε"),
               ("autoattack", "AutoAttack"), ("robust", "robust (worst case)"))
 TRANSFER_LABELS = {"fgsm": "FGSM", "pgd": "PGD", "cw2": "CW2"}
+DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 
 
 # ------------------------------------------------------------------------------------------------- formatting
@@ -56,19 +57,24 @@ def _security(found: dict) -> dict[str, dict]:
 
 
 # ----------------------------------------------------------------------------------------- tables (notebooks)
+def _accuracies(evaluation: dict) -> list[str]:
+    """The accuracies the column measured (PGD at DeepSec's ε only where it differs from the threat model's)."""
+    return [key for key, _ in ACCURACIES if any(key in rec for rec in evaluation["models"].values())]
+
+
 def _robust_rows(evaluation: dict) -> list[list[str]]:
-    rows = []
-    for rec in sec.summary_rows(evaluation):
-        rows.append([rec["label"], *(with_interval(rec.get(key)) for key, _ in ACCURACIES), str(rec["clean"]["n"])])
-    return rows
+    keys = _accuracies(evaluation)
+    return [[rec["label"], *(with_interval(rec.get(key)) for key in keys), str(rec["clean"]["n"])]
+            for rec in sec.summary_rows(evaluation)]
 
 
 def _robust_header(evaluation: dict) -> list[str]:
     threat = evaluation["threat_model"]
-    names = {"pgd": f"PGD ε = {_eps(threat['eps'])}", "autoattack": f"AutoAttack ε = {_eps(threat['eps'])}",
-             "pgd_deepsec_eps": (f"PGD ε = {_eps(evaluation['deepsec_eps'])} (DeepSec's)"
-                                 if evaluation.get("deepsec_eps") else "PGD at DeepSec's ε")}
-    return ["model", *(names.get(key, label) for key, label in ACCURACIES), "n"]
+    names = {**dict(ACCURACIES), "pgd": f"PGD ε = {_eps(threat['eps'])}",
+             "autoattack": f"AutoAttack ε = {_eps(threat['eps'])}"}
+    if evaluation.get("deepsec_eps"):
+        names["pgd_deepsec_eps"] = f"PGD ε = {_eps(evaluation['deepsec_eps'])} (DeepSec's)"
+    return ["model", *(names[key] for key in _accuracies(evaluation)), "n"]
 
 
 def robust_table(evaluation: dict):
@@ -123,7 +129,7 @@ def masking_table(evaluation: dict):
 
 # ----------------------------------------------------------------------------------------------------- figures
 def transfer_figure(evaluations: dict | list, *, title: str = ""):
-    """Grouped bars: each defended model's accuracy under each attack crafted on the raw model (DeepSec's transfer
+    """One panel per defended model: its accuracy under each attack crafted on the raw model (DeepSec's transfer
     setting) and on the defended model itself (white-box), with 95 % intervals.
 
     Args:
@@ -132,25 +138,36 @@ def transfer_figure(evaluations: dict | list, *, title: str = ""):
     if isinstance(evaluations, dict) and "models" in evaluations:
         evaluations = [evaluations]
     evaluations = list(evaluations.values()) if isinstance(evaluations, dict) else list(evaluations)
-    groups = [(ev["models"][mid]["label"], name, rec) for ev in evaluations for mid, entry in ev["transfer"].items()
-              for name, rec in entry["attacks"].items()]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(groups) + 1.5), 3.8))
-    positions = np.arange(len(groups))
-    for offset, key, label, colour in ((-0.2, "transfer", "crafted on the raw model (DeepSec)", "#ff7f0e"),
-                                       (0.2, "white_box", "crafted on the defended model (white-box)", "#1f77b4")):
-        values = np.array([100 * rec[key]["rate"] for _, _, rec in groups])
-        low = np.array([100 * rec[key]["low"] for _, _, rec in groups])
-        high = np.array([100 * rec[key]["high"] for _, _, rec in groups])
-        ax.bar(positions + offset, values, width=0.4, color=colour, label=label,
-               yerr=np.vstack([values - low, high - values]), capsize=2, error_kw={"lw": 0.8})
-    ax.set_xticks(positions, [f"{model}\n{TRANSFER_LABELS.get(name, name)}" for model, name, _ in groups],
-                  fontsize=6.5, rotation=0)
-    ax.set_ylabel("accuracy of the defended model (%)")
-    ax.set_ylim(0, 105)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
-    ax.set_title(title or "DeepSec's transfer setting versus white-box attacks", fontsize=10)
-    fig.tight_layout()
+    panels = [(ev["models"][mid]["label"], entry["attacks"]) for ev in evaluations
+              for mid, entry in ev["transfer"].items()]
+    cols = min(max(len(panels), 1), 4)
+    rows = -(-max(len(panels), 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.6, 2.7 * rows + 0.5), squeeze=False, sharey=True)
+    series = (("transfer", "crafted on the raw model (DeepSec)", "#ff7f0e", -0.2),
+              ("white_box", "crafted on the defended model (white-box)", "#1f77b4", 0.2))
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for ax, (label, attacks) in zip(axes.flat, panels):
+        ax.set_visible(True)
+        names = list(attacks)
+        positions = np.arange(len(names))
+        for key, _, colour, offset in series:
+            values = np.array([100 * attacks[a][key]["rate"] for a in names])
+            low = np.array([100 * attacks[a][key]["low"] for a in names])
+            high = np.array([100 * attacks[a][key]["high"] for a in names])
+            ax.bar(positions + offset, values, width=0.4, color=colour,
+                   yerr=np.vstack([values - low, high - values]), capsize=2, error_kw={"lw": 0.8})
+        ax.set_xticks(positions, [TRANSFER_LABELS.get(a, a) for a in names], fontsize=8)
+        ax.set_title(label, fontsize=8)
+        ax.set_ylim(0, 105)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy (%)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colour) for _, _, colour, _ in series]
+    fig.legend(handles, [text for _, text, _, _ in series], loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(title or "DeepSec's transfer setting versus white-box attacks: the defended model's accuracy",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
@@ -161,12 +178,16 @@ def masking_figure(evaluation: dict, *, title: str = ""):
         label = evaluation["models"][mid]["label"]
         ax1.plot([r["steps"] for r in check["steps"]], [100 * r["rate"] for r in check["steps"]], marker="o",
                  label=label)
-        ax2.plot([255 * r["eps"] for r in check["eps"]], [100 * r["rate"] for r in check["eps"]], marker="o",
-                 label=label)
-    ax1.set_xscale("log")
+        ax2.plot([r["eps"] for r in check["eps"]], [100 * r["rate"] for r in check["eps"]], marker="o", label=label)
+    steps = [r["steps"] for r in next(iter(evaluation["masking"].values()), {"steps": []})["steps"]]
+    for ax, values, labels in ((ax1, steps, [str(v) for v in steps]),
+                               (ax2, evaluation["masking_eps"], [_eps(e) for e in evaluation["masking_eps"]])):
+        ax.set_xscale("log")
+        ax.set_xticks(values, labels, fontsize=7)
+        ax.minorticks_off()
     ax1.set_xlabel(f"PGD steps (ε = {_eps(evaluation['threat_model']['eps'])})")
-    ax2.set_xscale("log")
-    ax2.set_xlabel("ε × 255")
+    ax2.set_xlabel(f"ε ({evaluation['masking'][next(iter(evaluation['masking']))]['eps_steps']} PGD steps per point)"
+                   if evaluation["masking"] else "ε")
     for ax in (ax1, ax2):
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-2, 102)
@@ -239,8 +260,8 @@ def _masking_section(evaluations: dict[str, dict], figures_dir: Path) -> list[st
     from . import figures
 
     out = ["## Gradient-masking checks\n",
-           "A defence can look robust because its gradients are useless to the attacker rather than because it is "
-           "robust (Athalye, Carlini and Wagner, ICML 2018). Every defended model is checked, whatever its "
+           "A defence can look robust because its gradients are useless to the attacker rather than because it "
+           "is robust (Athalye, Carlini and Wagner, ICML 2018). Every defended model is checked, whatever its "
            "white-box number: a gradient-free attack (AutoAttack's Square), accuracy versus the number of PGD steps "
            f"(step {sec.MASKING_STEP_FACTOR:g}·ε/steps, one random start) and versus ε up to a large ε (the last of "
            "each dataset's list, where every image can be turned into another class's image). The verdict is "
@@ -324,9 +345,9 @@ def security_page(found: dict, profile: str, figures_dir) -> str:
         "attacks, and attacks CIFAR-10 at ε = 0.1, about three times Madry et al.'s 8/255; Carlini's critique of "
         "DeepSec asks instead for attacks run against the defended model itself and for the worst case per image. "
         "This chapter does that for every model the study trains or loads: each is attacked at its threat model "
-        + ", ".join(f"({ev['dataset']}: ε = {_eps(ev['threat_model']['eps'])}, PGD step "
-                    f"{_eps(ev['threat_model']['step_size'])})" for ev in evaluations.values())
-        + f" by PGD from {p['pgd_restarts']} random starts and by AutoAttack, on the same first test images for "
+        + "(" + "; ".join(f"{DATASET_LABELS.get(ev['dataset'], ev['dataset'])}: ε = {_eps(ev['threat_model']['eps'])}, "
+                          f"PGD step {_eps(ev['threat_model']['step_size'])}" for ev in evaluations.values())
+        + f") by PGD from {p['pgd_restarts']} random starts and by AutoAttack, on the same first test images for "
         "every attack on a model; an image counts as robust only if the model classifies it correctly under every "
         "attack. Every rate carries its exact (Clopper–Pearson) 95 % interval and its n; the per-image outcomes "
         "are stored in the results, so every interval and worst case can be recomputed.\n")

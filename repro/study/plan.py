@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
+from .._io import lookup
 from ..attacks import get_config
 from ..metrics import ATTACK_KEYS, DEFENCE_KEYS
 from ..train import NAT_CONFIGS, PAT_CONFIGS
@@ -207,9 +208,7 @@ def column(column_id: str) -> Column:
     Raises:
         ValueError: unknown id (the message lists the known ones).
     """
-    if column_id not in COLUMNS:
-        raise ValueError(f"unknown column {column_id!r}; allowed: {', '.join(COLUMNS)}")
-    return COLUMNS[column_id]
+    return lookup(COLUMNS, column_id, what="column")
 
 
 def columns_for(profile: str) -> list[Column]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from .._io import lookup
+
 
 @dataclass(frozen=True)
 class AttackBudget:
@@ -46,6 +48,60 @@ class DefenceBudget:
 
 
 @dataclass(frozen=True)
+class SecurityBudget:
+    """How the security evaluation (:mod:`repro.study.security`, plan table "security") attacks every model.
+
+    ``n_images``: the first test images, the same for every attack on a model (``None``: the whole official test
+    split, 10,000 images, as RobustBench). PGD at the threat model: ``pgd_steps`` (``None``: Madry et al.'s
+    evaluation, 20 on CIFAR-10 and 100 on MNIST) from ``pgd_restarts`` random starts, worst case per image.
+    AutoAttack (Croce & Hein, ICML 2020, package ``pyautoattack``): ``autoattack_version`` ``"standard"`` (APGD-CE,
+    APGD-T, FAB-T, Square; its own settings) or ``"custom"`` running ``autoattack_attacks`` with
+    ``autoattack_target_classes`` target classes (``None``: AutoAttack's 9) and ``autoattack_iterations`` APGD
+    iterations (``None``: its 100). DeepSec's transfer setting: ``transfer_n`` images (``None``: all ``n_images``),
+    CW2 at ``transfer_cw2[dataset]`` = (binary-search steps, Adam iterations per step). Gradient-masking checks:
+    ``masking_n`` images, PGD with each of ``masking_steps`` steps, ``masking_eps_steps`` steps per point of the
+    accuracy-vs-ε check, Square with ``square_queries`` queries (AutoAttack standard: 5,000)."""
+
+    n_images: int | None
+    pgd_steps: int | None
+    pgd_restarts: int
+    autoattack_version: str
+    autoattack_attacks: tuple[str, ...]
+    autoattack_target_classes: int | None
+    autoattack_iterations: int | None
+    transfer_n: int | None
+    transfer_cw2: dict  # dataset → (binary-search steps, iterations per step)
+    masking_n: int | None
+    masking_steps: tuple[int, ...]
+    masking_eps_steps: int
+    square_queries: int
+
+
+# The full protocol: standard AutoAttack and 5-restart PGD on the whole test split; DeepSec's transfer setting on
+# its 1,000 images with CW2 cut to 10 × 1,000 iterations (DeepSec: 10 × 10,000).
+PAPER_SECURITY = SecurityBudget(
+    n_images=None, pgd_steps=None, pgd_restarts=5, autoattack_version="standard", autoattack_attacks=(),
+    autoattack_target_classes=None, autoattack_iterations=None, transfer_n=1000,
+    transfer_cw2={"mnist": (10, 1000), "cifar10": (10, 1000)}, masking_n=1000, masking_steps=(1, 5, 20, 100),
+    masking_eps_steps=20, square_queries=5000,
+)
+# About 30 min for both security columns on 2 CPU cores (measured here, batch 128, BN folded): per image, PGD costs
+# 0.57 / 1.77 / 5.06 ms a step on the MNIST ConvNet / ResNet-20 / ×2 wide ResNet and CW2 the same per iteration;
+# one 100-iteration APGD run 0.085 / 0.19 / 0.60 s, so this AutoAttack subset took 0.085 s per image on DeepSec's raw
+# MNIST model, 0.17 s on its raw ResNet-20 (every image broken by APGD-CE) and 2.5 s on a randomly initialised ×2 wide
+# ResNet (most images survive into APGD-T's 3 targets: the worst case). With the quick defence columns' robustness
+# (accuracy-vs-ε curves) that makes about 1.9 s per image for the five CIFAR-10 models' PGD + AutoAttack, 2.5 s per
+# transfer image (CW2 4 × 30 on five models) and 1.3 s per masking image; the MNIST column measured 0.29 s per image
+# for PGD + AutoAttack and 1.3 s per transfer image (CW2 5 × 200). 500 / 100 / 100 images: ≈ 22 + 5 min.
+QUICK_SECURITY = SecurityBudget(
+    n_images=500, pgd_steps=None, pgd_restarts=5, autoattack_version="custom",
+    autoattack_attacks=("apgd-ce", "apgd-t"), autoattack_target_classes=3, autoattack_iterations=None,
+    transfer_n=100, transfer_cw2={"mnist": (5, 200), "cifar10": (4, 30)}, masking_n=100,
+    masking_steps=(1, 5, 20, 100), masking_eps_steps=10, square_queries=500,
+)
+
+
+@dataclass(frozen=True)
 class Profile:
     """One compute budget. ``None`` means "as the paper did it"."""
 
@@ -59,6 +115,7 @@ class Profile:
     curve_samples: int  # test images for accuracy-vs-ε curves
     findings_samples: int  # candidates per experiment of the findings notebook (its effects are large)
     batch_size: int
+    security: SecurityBudget = PAPER_SECURITY  # the security evaluation's budget (repro.study.security)
 
     def attack_budget(self, attack: str) -> AttackBudget:
         """The budget of ``attack`` (its own, or the default)."""
@@ -77,6 +134,11 @@ PROFILES: dict[str, Profile] = {
         raw=RawBudget(source="deepsec", epochs=1, subset=256),
         defence=DefenceBudget(init="raw", epochs=1, subset=256, eval_subset=256),
         wide_width=1, history_subset=64, curve_samples=16, findings_samples=16, batch_size=64,
+        security=SecurityBudget(n_images=8, pgd_steps=2, pgd_restarts=2, autoattack_version="custom",
+                                autoattack_attacks=("apgd-ce", "apgd-t"), autoattack_target_classes=2,
+                                autoattack_iterations=5, transfer_n=None,
+                                transfer_cw2={"mnist": (1, 5), "cifar10": (1, 5)}, masking_n=None,
+                                masking_steps=(1, 2, 4), masking_eps_steps=2, square_queries=20),
     ),
     "quick": Profile(
         name="quick",
@@ -87,6 +149,7 @@ PROFILES: dict[str, Profile] = {
         raw=RawBudget(source="deepsec", epochs=8, subset=None),
         defence=DefenceBudget(init="raw", epochs=2, subset=4000, eval_subset=None),
         wide_width=2, history_subset=500, curve_samples=200, findings_samples=500, batch_size=128,
+        security=QUICK_SECURITY,
     ),
     "paper": Profile(
         name="paper",
@@ -108,9 +171,7 @@ def get_profile(name: str) -> Profile:
     Raises:
         ValueError: unknown name (the message lists the known ones).
     """
-    if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; allowed: {', '.join(map(repr, PROFILES))}")
-    return PROFILES[name]
+    return lookup(PROFILES, name, what="profile")
 
 
 # ----------------------------------------------------------------------------------------------------- departures

@@ -31,9 +31,6 @@ from ..train import DEFENCES, TrainConfig
 from .plan import COLUMNS, departures as plan_departures, fingerprint
 from .profiles import PROFILES, Profile, get_profile
 
-# tqdm.auto warns in notebooks without ipywidgets, leaking local paths into the executed notebooks.
-warnings.filterwarnings("ignore", message="IProgress not found")
-
 # Accuracy-vs-ε curves: PGD with `curve_steps` steps of ε/4 (Madry's 2/255 for ε = 8/255).
 CURVE_EPS = {"mnist": [0.0, 0.1, 0.2, 0.3, 0.4], "cifar10": [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 0.1]}
 # Notebook parameters every kind of notebook has, and those of notebooks that attack or defend a model.

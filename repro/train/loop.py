@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: papermill --log-output streams them; no ipywidgets needed
 
 from .. import _io
 from ..data import provenance

@@ -149,7 +149,7 @@ def test_departures_follow_the_profile():
     assert any("10,000" in d for d in quick) and any("released checkpoint" in d for d in quick)
     assert plan.departures(cw2, "paper") == list(cw2.departures)  # only the column's own, e.g. the target order
     pat = plan.departures(plan.column("pat_eps8_wide"), "quick")
-    assert any("fine-tuned" in d for d in pat) and any("×2" in d for d in pat)
+    assert any("fine-tuned" in d for d in pat) and any(f"×{get_profile('quick').wide_width} " in d for d in pat)
     assert not any("fine-tuned" in d for d in plan.departures(plan.column("pat_eps8_wide"), "paper"))
 
 

@@ -25,6 +25,7 @@ from repro.train.__main__ import config_from_args, parse_args
 from repro.attacks.llc import llc
 from repro.attacks.pgd import pgd
 from repro.data import load
+from repro.study.profiles import get_profile
 from repro.study.steps import train_config
 from repro.train import (NATParams, PATParams, PGDParams, RECIPES, TrainConfig, config_key, initial_weights,
                          load_trained, train_cached)
@@ -317,5 +318,7 @@ def test_profiles_map_to_configs():
     assert paper_pat.defence_params == PATParams(eps=8 / 255, step_size=2 / 255, steps=7, loss="mixed")
     wide = config_for("cifar10", defence="pat", variant="followup_eps8", profile="quick", wide=True)
     # Not DeepSec's architecture: fine-tuned from the raw wide model this module trains with the same profile.
-    assert wide.model == "resnet20_wide" and wide.model_kwargs == {"width": 2} and isinstance(wide.init, TrainConfig) and wide.init.defence is None
+    width = get_profile("quick").wide_width
+    assert wide.model == "resnet20_wide" and wide.model_kwargs == {"width": width}
+    assert isinstance(wide.init, TrainConfig) and wide.init.defence is None
     assert wide.defence_params == PATParams(eps=8.0, step_size=2.0, steps=10)

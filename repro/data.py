@@ -56,6 +56,7 @@ CIFAR10_MD5 = {
     "test_batch": "40351d587109b95175f43aff81a1287e",
 }
 CIFAR10_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+CIFAR10_BATCH_SIZE = 10_000  # images per official batch file
 NUM_CLASSES = 10
 # Class names in label order (MNIST: the digits; CIFAR-10: the dataset's batches.meta label_names).
 CLASS_NAMES = {"mnist": tuple(str(d) for d in range(10)),
@@ -147,7 +148,7 @@ def _load_mnist(split: str, root: Path, download: bool) -> tuple[Tensor, Tensor]
     images, labels = (_read_mnist_file(raw, f) for f in names)
     x = torch.from_numpy(images.copy()).unsqueeze(1).to(torch.float32).div_(255.0)
     y = torch.from_numpy(labels.astype(np.int64))
-    return x, y
+    return x, y, np.arange(len(y))
 
 
 # -------------------------------------------------------------------------------------------------------- CIFAR-10
@@ -189,13 +190,15 @@ def _ensure_cifar10(root: Path, download: bool) -> Path:
     return folder
 
 
-def _load_cifar10(split: str, root: Path, download: bool) -> tuple[Tensor, Tensor]:
+def _load_cifar10(split: str, root: Path, download: bool) -> tuple[Tensor, Tensor, np.ndarray]:
     folder = _ensure_cifar10(root, download)
     parts = [_read_cifar_batch(folder / name) for name in CIFAR10_BATCHES[split]]
     data = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
+    # Row i of official batch b is official image 10,000·b + i, also in a partial copy that keeps fewer rows.
+    index = np.concatenate([CIFAR10_BATCH_SIZE * b + np.arange(len(p[1])) for b, p in enumerate(parts)])
     x = torch.from_numpy(data).view(-1, 3, 32, 32).to(torch.float32).div_(255.0)
-    return x, torch.from_numpy(labels)
+    return x, torch.from_numpy(labels), index
 
 
 # ------------------------------------------------------------------------------------------------------ public API
@@ -215,11 +218,25 @@ def _files_state(dataset: str, split: str, root: Path) -> tuple:
 
 
 @lru_cache(maxsize=8)
-def _load_cached(dataset: str, split: str, root: str, download: bool, files_state: tuple) -> tuple[Tensor, Tensor]:
+def _load_cached(dataset: str, split: str, root: str, download: bool,
+                 files_state: tuple) -> tuple[Tensor, Tensor, np.ndarray]:
     loader = _load_mnist if dataset == "mnist" else _load_cifar10
-    x, y = loader(split, Path(root), download)
+    x, y, index = loader(split, Path(root), download)
     x.requires_grad_(False)
-    return x, y
+    index.setflags(write=False)
+    return x, y, index
+
+
+
+def _loaded(dataset: str, split: str, n, root, download: bool) -> tuple[Tensor, Tensor, np.ndarray]:
+    """The checked arguments' cached (images, labels, official indices), before taking the first ``n``."""
+    _check_choice("dataset", dataset, DATASETS)
+    _check_choice("split", split, SPLITS)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a positive integer or None, got {n!r}")
+    root = Path(root) if root is not None else data_root()
+    root = root.expanduser().resolve()
+    return _load_cached(dataset, split, str(root), download, _files_state(dataset, split, root))
 
 
 def load(
@@ -244,16 +261,24 @@ def load(
         DataCorruptedError: a file is there but unreadable (a truncated CIFAR-10 batch) or, for MNIST, not the
             official file (its md5 differs); the message names it.
     """
-    _check_choice("dataset", dataset, DATASETS)
-    _check_choice("split", split, SPLITS)
-    if n is not None and (not isinstance(n, int) or n < 1):
-        raise ValueError(f"n must be a positive integer or None, got {n!r}")
-    root = Path(root) if root is not None else data_root()
-    root = root.expanduser().resolve()
-    x, y = _load_cached(dataset, split, str(root), download, _files_state(dataset, split, root))
+    x, y, _ = _loaded(dataset, split, n, root, download)
     if n is not None:
         x, y = x[:n], y[:n]
     return x.clone(), y.clone()
+
+
+def official_indices(dataset: str, *, split: str, n: int | None = None, root: str | Path | None = None,
+                     download: bool = True) -> np.ndarray:
+    """The official index of each image :func:`load` returns with the same arguments (its position in the complete
+    official split). On a complete copy this is ``0..N-1``; on a partial CIFAR-10 copy it says which official images
+    are there (row i of ``data_batch_b`` is image 10,000·(b − 1) + i), so a split defined on the official indices
+    (DeepSec's seeded 10 % validation hold-out) can be restricted to the images available.
+
+    Raises:
+        the errors of :func:`load`.
+    """
+    index = _loaded(dataset, split, n, root, download)[2]
+    return index[:n].copy() if n is not None else index.copy()
 
 
 def provenance(dataset: str, *, root: str | Path | None = None) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from repro.attacks.pgd import pgd
 from repro.data import load
 from repro.study.profiles import get_profile
 from repro.study.steps import train_config
-from repro.train import (NATParams, PATParams, PGDParams, RECIPES, TrainConfig, config_key, initial_weights,
+from repro.train import (NATParams, PATParams, PGDParams, RECIPES, Recipe, TrainConfig, config_key, initial_weights,
                          load_trained, train_cached)
 from repro.train import train as _train
 
@@ -41,7 +42,7 @@ def config_for(dataset, *, defence=None, variant=None, profile="quick", wide=Fal
     model = ("resnet20_wide" if wide else "resnet20") if dataset == "cifar10" else "mnist_convnet"
     return train_config(dataset=dataset, model=model, profile=profile, defence=defence, defence_params=variant)
 
-from .conftest import needs_mnist
+from .conftest import needs_deepsec, needs_mnist
 
 
 def tiny_mlp(*, hidden: int = 64, dropout: float = 0.0) -> nn.Module:
@@ -98,8 +99,10 @@ def _state(model) -> dict:
 def test_lr_schedule_matches_deepsec_adjust_learning_rate():
     """DeepSec decays after 0-based epochs 80, 120, 160 (×0.1) and 180 (×0.5), floor 0.5e-6."""
     recipe = RECIPES["deepsec_cifar10"]
-    factor = runtime.LRFactor(recipe)
-    lr = [recipe.lr * factor(k) for k in range(200)]
+    # Per batch (7 batches an epoch): constant within an epoch, DeepSec's value for that epoch.
+    lr_batches = [recipe.lr * runtime.lr_factor(recipe, epochs=200, step=s, steps_per_epoch=7) for s in range(1400)]
+    assert all(len(set(lr_batches[7 * k:7 * k + 7])) == 1 for k in range(200))
+    lr = lr_batches[::7]
     # DeepSec: lr used in epoch k, with adjust_learning_rate(epoch) called after epoch k trains.
     ref, cur = [], recipe.lr
     for k in range(200):
@@ -110,6 +113,53 @@ def test_lr_schedule_matches_deepsec_adjust_learning_rate():
             cur = max(cur * 0.5, 0.5e-6)
     np.testing.assert_allclose(lr, ref, rtol=1e-12)
     assert lr[80] == 1e-3 and lr[81] == pytest.approx(1e-4) and lr[199] == pytest.approx(5e-7)
+
+
+def test_cosine_schedule_with_warmup_by_hand():
+    """Warm-up scales linearly from one batch's share to 1 over warmup_epochs; cosine reaches ~0 at the end."""
+    recipe = RECIPES["pat_finetune_cifar10"]  # warm-up 0.5 epoch, cosine
+    assert recipe.schedule == "cosine" and recipe.warmup_epochs == 0.5 and recipe.keep == "last"
+    f = [runtime.lr_factor(recipe, epochs=2, step=s, steps_per_epoch=10) for s in range(20)]
+    # step 0: warm-up 1/5 · cos(0) = 0.2; step 4: 5/5 · (1 + cos(π·4/20))/2
+    assert f[0] == pytest.approx(0.2) and f[2] == pytest.approx(0.6 * 0.5 * (1 + math.cos(math.pi * 2 / 20)))
+    assert f[4] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 20)))
+    assert f[10] == pytest.approx(0.5) and f[19] == pytest.approx(0.5 * (1 + math.cos(math.pi * 19 / 20)))
+    assert all(a > b for a, b in zip(f[4:], f[5:]))  # strictly decreasing after the warm-up
+
+
+def test_recipe_rejects_unknown_schedule_and_rule():
+    with pytest.raises(ValueError, match="unknown schedule 'linear'; allowed: 'step', 'cosine'"):
+        Recipe(optimiser="sgd", lr=0.1, epochs=1, batch_size=8, schedule="linear")
+    with pytest.raises(ValueError, match="unknown keep 'best'"):
+        Recipe(optimiser="sgd", lr=0.1, epochs=1, batch_size=8, keep="best")
+
+
+@needs_mnist
+def test_split_is_deepsecs_on_official_indices():
+    """On a subset, the validation images are exactly the subset's images in DeepSec's full-set hold-out (seed
+    100: the first 10 % of a RandomState(100) shuffle of all 60,000 MNIST indices), in DeepSec's order."""
+    cfg = TrainConfig(dataset="mnist", model="mnist_convnet", subset=3000, device="cpu")
+    data = runtime.split_data(cfg, torch.device("cpu"))
+    order = np.arange(60_000)
+    np.random.RandomState(100).shuffle(order)
+    held_out = [i for i in order[:6000] if i < 3000]
+    x, _ = load("mnist", split="train", n=3000)
+    assert len(data.x_val) == len(held_out) and len(data.x_train) == 3000 - len(held_out)
+    assert torch.equal(data.x_val, x[held_out])
+    full = runtime.split_data(TrainConfig(dataset="mnist", model="mnist_convnet", device="cpu"), torch.device("cpu"))
+    x_all, _ = load("mnist", split="train")
+    assert torch.equal(full.x_val, x_all[order[:6000]]) and torch.equal(full.x_train, x_all[order[6000:]])
+
+
+@needs_deepsec
+def test_partial_cifar10_validation_is_what_deepsec_held_out(deepsec_cifar10):
+    """On the partial CIFAR-10 copy the validation images are those DeepSec's own split held out, so DeepSec's
+    released model scores there like on the test split (~90 %), not like on its training images (~99 %)."""
+    data = runtime.split_data(TrainConfig(dataset="cifar10", model="resnet20", device="cpu"), torch.device("cpu"))
+    with torch.no_grad():
+        val = (deepsec_cifar10(data.x_val).argmax(1) == data.y_val).float().mean().item()
+        train = (deepsec_cifar10(data.x_train[:800]).argmax(1) == data.y_train[:800]).float().mean().item()
+    assert 0.85 < val < 0.95 and train > 0.98, (val, train)
 
 
 def test_translate_flip_on_tensors():
@@ -134,18 +184,6 @@ def test_nat_eps_distribution():
     assert eps.min() >= 0 and eps.max() == pytest.approx(0.3)
     # E|N(0, 50)|/255 = 50·√(2/π)/255 ≈ 0.156 before clipping (clipping at 0.3 ≈ 1.5σ lowers it a little).
     assert 0.13 < eps.mean().item() < 0.16
-
-
-@needs_mnist
-def test_validation_split_is_deepsecs(tiny):
-    """Validation = first 10 % of indices shuffled by numpy seeded 100 (DeepSec's Utils/dataset.py)."""
-    cfg = dataclasses.replace(tiny, subset=200)
-    data = runtime.split_data(cfg, torch.device("cpu"))
-    x, y = load("mnist", split="train", n=200)
-    indices = list(range(200))
-    np.random.seed(100)
-    np.random.shuffle(indices)
-    assert torch.equal(data.x_val, x[indices[:20]]) and torch.equal(data.y_train, y[indices[20:]])
 
 
 # -------------------------------------------------------------------------------------------- defences work
@@ -276,7 +314,8 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert summary["key"] == config_key(config)
     single = train(config, out_dir=tmp_path / "single", progress=False)
     ddp = torch.load(tmp_path / "ddp" / "model.pt", weights_only=True)
-    assert ddp["history"][0]["images"] == single.history[0]["images"] == 630
+    # 700 images less the 72 of them in DeepSec's full-set hold-out
+    assert ddp["history"][0]["images"] == single.history[0]["images"] == 628
     worst = max((ddp["state_dict"][k] - v).abs().max().item() for k, v in _state(single.model).items())
     assert worst < 1e-5, worst
     assert ddp["history"][0]["loss"] == pytest.approx(single.history[0]["loss"], rel=1e-4)
@@ -312,7 +351,11 @@ def test_bad_configurations_name_the_value_and_the_alternatives(make, message):
 
 def test_profiles_map_to_configs():
     quick_nat = config_for("mnist", defence="nat", profile="quick")
-    assert quick_nat.init == "deepsec" and quick_nat.epochs == 2 and quick_nat.defence_params.sigma == 50.0
+    # NAT as DeepSec: from scratch with DeepSec's recipe on all training images (epochs cut); PAT fine-tuned.
+    assert quick_nat.init == "scratch" and quick_nat.epochs == 2 and quick_nat.defence_params.sigma == 50.0
+    assert quick_nat.recipe == "deepsec_mnist" and quick_nat.subset is None
+    quick_pat = config_for("cifar10", defence="pat", profile="quick")
+    assert quick_pat.init == "deepsec" and quick_pat.recipe == "pat_finetune_cifar10" and quick_pat.subset is None
     paper_pat = config_for("cifar10", defence="pat", profile="paper")
     assert paper_pat.init == "scratch" and paper_pat.effective_epochs == 200 and paper_pat.effective_batch_size == 32
     assert paper_pat.defence_params == PATParams(eps=8 / 255, step_size=2 / 255, steps=7, loss="mixed")

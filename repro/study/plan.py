@@ -226,7 +226,8 @@ def departures(col: Column, profile: str | Profile) -> list[str]:
     result's provenance by :func:`repro.study.steps.data_departures`.
     """
     prof = get_profile(profile) if isinstance(profile, str) else profile
-    return departures_of(prof, uses=col.uses, attack=col.attack) + list(col.departures)
+    return departures_of(prof, uses=col.uses, attack=col.attack, dataset=col.parameters.get("dataset")) \
+        + list(col.departures)
 
 
 # --------------------------------------------------------------------------------------------------- fingerprints

@@ -248,8 +248,9 @@ def resolve_security(p: dict, prof: Profile) -> dict:
         require(p.get("width") in (None, 1), f"width applies to the wide ResNet of the cifar10 column only, got "
                                              f"width={p.get('width')!r} with dataset {p['dataset']!r}")
         p["width"] = None
+    defence = prof.defence.for_dataset(p["dataset"])
     for name, default in (("epochs", prof.raw.epochs), ("train_subset", prof.raw.subset),
-                          ("defence_epochs", prof.defence.epochs), ("defence_subset", prof.defence.subset)):
+                          ("defence_epochs", defence.epochs), ("defence_subset", defence.subset)):
         p[name] = default if p.get(name) is None else p[name]
         steps._count(p, name, optional=True)
     p["autoattack"] = {"version": budget.autoattack_version, "attacks": list(budget.autoattack_attacks),

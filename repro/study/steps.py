@@ -27,7 +27,7 @@ from .. import data as data_mod
 from .. import results as results_mod
 from ..attacks import ATTACKS, labels_field
 from ..models import DEEPSEC_CHECKPOINTS, MODEL_DATASET
-from ..train import DEFENCES, TrainConfig
+from ..train import DEFENCES, RECIPES, TrainConfig
 from .plan import COLUMNS, departures as plan_departures, fingerprint
 from .profiles import PROFILES, Profile, get_profile
 
@@ -36,8 +36,6 @@ CURVE_EPS = {"mnist": [0.0, 0.1, 0.2, 0.3, 0.4], "cifar10": [0.0, 2 / 255, 4 / 2
 # Notebook parameters every kind of notebook has, and those of notebooks that attack or defend a model.
 COMMON_PARAMETERS = ("profile", "column", "seed", "device", "results_dir", "batch_size")
 MODEL_PARAMETERS = ("dataset", "model", "width", "logit_shift", "epochs", "train_subset")
-DEFENCE_BUDGET_PARAMETERS = ("defence_init", "defence_epochs", "defence_subset", "eval_subset", "curve_samples",
-                             "curve_steps")
 # The follow-up's name for PGD's step (accepted as an alias of step_size).
 ALIASES = {"eps_iter": "step_size"}
 
@@ -261,9 +259,13 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
             _check_rule(p, name)
     _require(p.get("defence_init") in (None, "raw", "scratch"),
              f"defence_init must be 'raw', 'scratch' or None (the profile's), got {p.get('defence_init')!r}")
-    for name, default in (("defence_init", prof.defence.init), ("defence_epochs", prof.defence.epochs),
-                          ("defence_subset", prof.defence.subset), ("eval_subset", prof.defence.eval_subset),
-                          ("curve_samples", prof.curve_samples)):
+    budget = prof.defence.for_dataset(p["dataset"])
+    _require(p.get("defence_recipe") in (None, *RECIPES),
+             f"defence_recipe must be one of {', '.join(map(repr, RECIPES))} or None (the profile's), got "
+             f"{p.get('defence_recipe')!r}")
+    for name, default in (("defence_init", budget.init), ("defence_recipe", budget.recipe),
+                          ("defence_epochs", budget.epochs), ("defence_subset", budget.subset),
+                          ("eval_subset", prof.defence.eval_subset), ("curve_samples", prof.curve_samples)):
         p[name] = default if p.get(name) is None else p[name]
     for name in ("defence_epochs", "defence_subset", "eval_subset"):
         _count(p, name, optional=True)
@@ -312,14 +314,15 @@ def progress_enabled() -> bool:
 def train_config(*, dataset: str, model: str, profile: str | Profile, width: int | None = None,
                  logit_shift: bool = True, defence: str | None = None, defence_params=None, seed: int = 100,
                  device: str = "auto", epochs: int | None = None, train_subset: int | None = None,
-                 defence_init: str | None = None, defence_epochs: int | None = None,
-                 defence_subset: int | None = None) -> TrainConfig:
+                 defence_init: str | None = None, defence_recipe: str | None = None,
+                 defence_epochs: int | None = None, defence_subset: int | None = None) -> TrainConfig:
     """The :class:`repro.train.TrainConfig` a profile prescribes for a raw model (``defence=None``) or a defence:
     the one function that turns a profile into a training configuration, used by the notebooks and by
     ``python -m repro.train`` alike (so both train, and cache, the same model).
 
     Raw models take DeepSec's recipe with the profile's raw budget (``epochs``/``train_subset`` override it).
-    Defences take the profile's defence budget (``defence_*`` override it); when they start from the raw model
+    Defences take the profile's defence budget for the dataset (``defence_*`` override it: initialisation, recipe,
+    epochs, training images); when they start from the raw model
     (``defence_init="raw"``), that is DeepSec's released checkpoint if the profile loads those and DeepSec released
     this architecture, else the raw model this function configures.
     """
@@ -333,7 +336,8 @@ def train_config(*, dataset: str, model: str, profile: str | Profile, width: int
                       history_subset=prof.history_subset, device=device)
     if defence is None:
         return raw
-    init_rule = prof.defence.init if defence_init is None else defence_init
+    budget = prof.defence.for_dataset(dataset)
+    init_rule = budget.init if defence_init is None else defence_init
     if init_rule == "scratch":
         init = "scratch"
     elif uses_deepsec_checkpoint(model, prof):
@@ -341,8 +345,9 @@ def train_config(*, dataset: str, model: str, profile: str | Profile, width: int
     else:
         init = raw
     return replace(raw, defence=defence, defence_params=defence_params, init=init,
-                   epochs=prof.defence.epochs if defence_epochs is None else defence_epochs,
-                   subset=prof.defence.subset if defence_subset is None else defence_subset)
+                   recipe=budget.recipe if defence_recipe is None else defence_recipe,
+                   epochs=budget.epochs if defence_epochs is None else defence_epochs,
+                   subset=budget.subset if defence_subset is None else defence_subset)
 
 
 def uses_deepsec_checkpoint(model: str, profile: Profile) -> bool:
@@ -354,7 +359,7 @@ def _config_of(ctx: Context, *, defence_params=None) -> TrainConfig:
     p = ctx.params
     extra = {} if defence_params is None else dict(
         defence=ctx.name, defence_params=defence_params, defence_init=p["defence_init"],
-        defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"])
+        defence_recipe=p["defence_recipe"], defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"])
     return train_config(dataset=p["dataset"], model=p["model"], profile=ctx.profile, width=p["width"],
                         logit_shift=p["logit_shift"], seed=p["seed"], device=str(ctx.device), epochs=p["epochs"],
                         train_subset=p["train_subset"], **extra)

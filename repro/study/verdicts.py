@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from ..metrics import DEFENCE_KEYS
 from .plan import Column
-from .profiles import PAPER, Profile
+from .profiles import Profile, budget_differences
 
 
 class Verdict(str, enum.Enum):
@@ -78,28 +78,14 @@ AFFECTS = {
     ("defence", "init"): ("defended", "defence initialisation"),
     ("defence", "epochs"): ("defended", "defence training epochs"),
     ("defence", "subset"): ("defended", "defence training images"),
+    ("defence", "recipe"): ("defended", "defence training recipe"),
 }
 
 
 def _changed(profile: Profile, col: Column) -> list[tuple[str, str, object, object]]:
     """(part, field, ours, paper's) for every budget field of ``profile`` that differs from the paper's and that
     ``col`` uses."""
-    out = []
-    if "attack" in col.uses and col.attack:
-        ours, paper = profile.attack_budget(col.attack).iterations, PAPER.attack_budget(col.attack).iterations
-        out += [("attack", k, ours.get(k), paper.get(k)) for k in sorted(set(ours) | set(paper))
-                if ours.get(k) != paper.get(k)]
-    if "train_wide" in col.uses:
-        out += [("train_wide", k, getattr(profile.raw, k), getattr(PAPER.raw, k)) for k in ("epochs", "subset")
-                if getattr(profile.raw, k) != getattr(PAPER.raw, k)]
-    if "wide" in col.uses and profile.wide_width != PAPER.wide_width:
-        out.append(("wide", "wide_width", profile.wide_width, PAPER.wide_width))
-    if "defence" in col.uses:
-        for k in ("init", "epochs", "subset"):
-            if getattr(profile.defence, k) != getattr(PAPER.defence, k) and not (
-                    k == "init" and profile.defence.init == "scratch"):
-                out.append(("defence", k, getattr(profile.defence, k), getattr(PAPER.defence, k)))
-    return out
+    return budget_differences(profile, uses=col.uses, attack=col.attack, dataset=col.parameters.get("dataset"))
 
 
 def noncomparable(col: Column, profile: Profile, *, datasets: dict | None = None) -> dict[str, str]:
@@ -117,7 +103,8 @@ def noncomparable(col: Column, profile: Profile, *, datasets: dict | None = None
     for part, name, ours, paper in _changed(profile, col):
         if (part, name) in AFFECTS:
             scope, label = AFFECTS[(part, name)]
-            shown = lambda v: "all" if v is None and name == "subset" else "the recipe's" if v is None \
+            shown = lambda v: "all" if v is None and name == "subset" else "DeepSec's" if v is None and \
+                name == "recipe" else "the recipe's" if v is None \
                 else f"{v:,}" if isinstance(v, int) else str(v)  # noqa: E731
             add(scope, f"{label} {shown(ours)} instead of {shown(paper)}")
     partial = [d for d in (datasets or {}).values() if not d.get("official", True)]

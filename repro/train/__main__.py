@@ -21,7 +21,7 @@ import torch.distributed as dist
 from ..data import DATASETS
 from ..models import DEEPSEC_CHECKPOINTS, MODELS
 from .cache import initial_weights, trained_dir
-from .config import TrainConfig
+from .config import RECIPES, TrainConfig
 from .defences import DEFENCES
 from .loop import train
 from .runtime import distributed
@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--subset", type=int, default=None, help="training images used (before the 90/10 split)")
     parser.add_argument("--history-subset", type=int, default=None, help="validation images for the PGD history")
     parser.add_argument("--init", default=None, choices=["scratch", "raw"], help="default: the profile's")
+    parser.add_argument("--recipe", default=None, help="a defence's training recipe, one of "
+                        f"{', '.join(RECIPES)} (default: the profile's)")
     parser.add_argument("--seed", type=int, default=100)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--bf16", action="store_true")
@@ -65,6 +67,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     epochs = {"epochs": args.epochs} if defence is None else {"defence_epochs": args.epochs}
     base = train_config(dataset=args.dataset, model=model, profile=args.profile, width=args.width, defence=defence,
                         defence_params=args.variant, seed=args.seed, device=args.device, defence_init=args.init,
+                        defence_recipe=args.recipe,
                         **{k: v for k, v in {**subset, **epochs}.items() if v is not None})
     overrides = {"bf16": args.bf16, "channels_last": args.channels_last, "disable_dropout": args.disable_dropout}
     for name in ("batch_size", "history_subset"):

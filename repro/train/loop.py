@@ -36,7 +36,7 @@ CHECKPOINT_FILE, MODEL_FILE, RESULT_FILE = "checkpoint.pt", "model.pt", "result.
 class TrainResult:
     """What :func:`train` returns.
 
-    ``model`` is in ``eval()`` mode on the run's device and holds the best-validation weights (DeepSec's rule);
+    ``model`` is in ``eval()`` mode on the run's device and holds the kept epoch's weights (the recipe's ``keep`` rule: DeepSec's best clean validation accuracy, or the last epoch);
     ``history`` has one dict per epoch (``epoch``, ``lr``, ``loss``, ``val_acc``, ``pgd_acc``, ``epoch_time_s``,
     ``train_time_s``, ``craft_time_s``, ``images``); ``checkpoint`` is the final ``model.pt``; ``from_cache`` says
     whether the model was loaded instead of trained.
@@ -59,13 +59,15 @@ class TrainResult:
 
 def train(config: TrainConfig, *, out_dir: str | Path, initial_weights: dict | None = None, resume: bool = True,
           progress: bool = True) -> TrainResult:
-    """Train a raw model, or a defence, with the config's recipe; keep the best-validation checkpoint.
+    """Train a raw model, or a defence, with the config's recipe; keep the epoch the recipe's ``keep`` rule picks.
 
     Per batch: standard training minimises CE(model(x), y) in ``train()`` mode; a defence first crafts ``x_adv`` in
     ``eval()`` mode (BatchNorm on running statistics, dropout off, as DeepSec's NAT.py and PAT.py do) and then
     minimises its loss in ``train()`` mode. After every epoch: clean validation accuracy, PGD accuracy on the first
-    ``history_subset`` validation images, the learning-rate schedule, the best-model rule (DeepSec: validation
-    accuracy rounded to 4 decimals ≥ the best so far, so later ties win) and an atomic checkpoint.
+    ``history_subset`` validation images, the checkpoint rule (DeepSec's: validation accuracy rounded to 4 decimals ≥
+    the best so far, so later ties win; or the last epoch) and an atomic checkpoint. The learning rate is set before
+    every batch from the recipe's schedule. Adversarial examples are crafted on the BatchNorm-folded copy of the
+    network (:func:`repro.train.runtime.attack_view`).
 
     Args:
         config: the run (see :class:`TrainConfig`).
@@ -77,7 +79,7 @@ def train(config: TrainConfig, *, out_dir: str | Path, initial_weights: dict | N
         progress: tqdm bars per epoch and batch (rank 0 only).
 
     Returns:
-        A :class:`TrainResult` (model in ``eval()`` mode with the best-validation weights).
+        A :class:`TrainResult` (model in ``eval()`` mode with the kept epoch's weights).
 
     Raises:
         ValueError: the checkpoint in ``out_dir`` belongs to another configuration, or ``initial_weights`` is missing
@@ -103,27 +105,34 @@ def train(config: TrainConfig, *, out_dir: str | Path, initial_weights: dict | N
         net.load_state_dict(initial_weights, strict=True)
     net = net.to(device=device, memory_format=fmt)
     optimiser = rt.optimiser_for(net, recipe)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, rt.LRFactor(recipe))
     data_gen = torch.Generator().manual_seed(config.seed)  # shared by all ranks: order, augmentation, NAT ε
     attack_gen = torch.Generator(device=device).manual_seed(config.seed + 1 + rank)
     torch.manual_seed(config.seed + rank)  # dropout masks: one stream per rank
-    state = _resume(out_dir / CHECKPOINT_FILE, config, key, net, optimiser, scheduler, data_gen, attack_gen, rank) \
+    state = _resume(out_dir / CHECKPOINT_FILE, config, key, net, optimiser, data_gen, attack_gen, rank) \
         if resume else None
     history, best, start_epoch = state if state else ([], None, 0)
     model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else net
     n_train, show = len(data.y_train), progress and rank == 0
+    steps_per_epoch = -(-n_train // batch_size)
+
+    def set_lr(step: int) -> float:
+        lr = recipe.lr * rt.lr_factor(recipe, epochs=epochs, step=step, steps_per_epoch=steps_per_epoch)
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        return lr
 
     for epoch in tqdm(range(start_epoch, epochs), desc="epochs", disable=not show, initial=start_epoch, total=epochs):
-        lr, loss_sum, t_epoch = optimiser.param_groups[0]["lr"], torch.zeros((), device=device), time.perf_counter()
+        lr, loss_sum, t_epoch = set_lr(epoch * steps_per_epoch), torch.zeros((), device=device), time.perf_counter()
         craft_clock, train_clock = rt.Clock(device), rt.Clock(device)
         # The epoch's random draws for the global batch, moved to the device once (no per-batch copies).
         order = torch.randperm(n_train, generator=data_gen).to(device)
         shifts = [t.to(device) for t in draw_augmentation(n_train, *data.x_train.shape[2:], data_gen)] \
             if recipe.augment else None
         nat_eps = draw_nat_eps(n_train, params, data_gen).to(device) if defence and defence.per_image_eps else None
-        for start in tqdm(range(0, n_train, batch_size), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                          disable=not show):
+        for batch, start in enumerate(tqdm(range(0, n_train, batch_size), desc=f"epoch {epoch + 1}/{epochs}",
+                                           leave=False, disable=not show)):
+            set_lr(epoch * steps_per_epoch + batch)
             n_batch = min(batch_size, n_train - start)
             if n_batch < world:
                 continue  # a last batch too small to give every rank an image (never happens in one process)
@@ -136,7 +145,7 @@ def train(config: TrainConfig, *, out_dir: str | Path, initial_weights: dict | N
                 if defence is not None:
                     net.eval()
                     with autocast():
-                        x_adv = defence.craft(net, x, y, params, generator=attack_gen,
+                        x_adv = defence.craft(rt.attack_view(net), x, y, params, generator=attack_gen,
                                               nat_eps=None if nat_eps is None else nat_eps[share])
             with train_clock():                                     # 2. update in train() mode
                 model.train()
@@ -153,18 +162,17 @@ def train(config: TrainConfig, *, out_dir: str | Path, initial_weights: dict | N
         val_acc = rt.clean_accuracy(net, data.x_val, data.y_val, autocast)
         pgd_acc = rt.pgd_accuracy(net, data.x_val[:config.history_subset], data.y_val[:config.history_subset],
                                   config.history_pgd, config.seed, autocast)
-        scheduler.step()
         history.append({"epoch": epoch + 1, "lr": lr, "loss": loss_sum.item() / n_train, "val_acc": val_acc,
                         "pgd_acc": pgd_acc, "epoch_time_s": time.perf_counter() - t_epoch,
                         "train_time_s": train_clock.total() + craft_clock.total(),
                         "craft_time_s": craft_clock.total(), "images": n_train})
-        if best is None or round(val_acc, 4) >= round(best["val_acc"], 4):
+        if recipe.keep == "last" or best is None or round(val_acc, 4) >= round(best["val_acc"], 4):
             best = {"epoch": epoch + 1, "val_acc": val_acc, "state_dict": rt.cpu_state(net)}
         rngs = rt.gather_rng(data_gen, attack_gen, world)
         if rank == 0:
             rt.write_checkpoint({"format": FORMAT_VERSION, "key": key, "config": effective_config(config),
                                  "epoch": epoch + 1, "model": net.state_dict(), "optimiser": optimiser.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "rng": rngs, "history": history, "best": best},
+                                 "rng": rngs, "history": history, "best": best},
                                 out_dir / CHECKPOINT_FILE)
         rt.barrier(world)
 
@@ -173,7 +181,7 @@ def train(config: TrainConfig, *, out_dir: str | Path, initial_weights: dict | N
     return _finish(config, key, net, history, best, out_dir, device, rank, world)
 
 
-def _resume(path: Path, config: TrainConfig, key: str, net, optimiser, scheduler, data_gen, attack_gen, rank):
+def _resume(path: Path, config: TrainConfig, key: str, net, optimiser, data_gen, attack_gen, rank):
     """Load the state of an interrupted run from ``path``: (history, best, epochs done), or ``None``."""
     if not path.is_file():
         return None
@@ -186,7 +194,6 @@ def _resume(path: Path, config: TrainConfig, key: str, net, optimiser, scheduler
                          "overwrite it")
     net.load_state_dict(saved["model"])
     optimiser.load_state_dict(saved["optimiser"])
-    scheduler.load_state_dict(saved["scheduler"])
     rng = saved["rng"][rank] if rank < len(saved["rng"]) else saved["rng"][0]
     _io.rng_restore(rng, data_generator=data_gen, attack_generator=attack_gen)
     return saved["history"], saved["best"], saved["epoch"]

@@ -5,6 +5,7 @@ and DeepSec's ConvNet only for the two-process run, which needs a model the comm
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -31,6 +32,7 @@ from repro.study.steps import train_config
 from repro.train import (NATParams, PATParams, PGDParams, RECIPES, Recipe, TrainConfig, config_key, initial_weights,
                          load_trained, train_cached)
 from repro.train import train as _train
+from repro.train.loop import step as train_step
 
 
 def train(config, *, out_dir, resume=True, progress=False):
@@ -42,7 +44,7 @@ def config_for(dataset, *, defence=None, variant=None, profile="quick", wide=Fal
     model = ("resnet20_wide" if wide else "resnet20") if dataset == "cifar10" else "mnist_convnet"
     return train_config(dataset=dataset, model=model, profile=profile, defence=defence, defence_params=variant)
 
-from .conftest import needs_deepsec, needs_mnist
+from .conftest import needs_cifar10, needs_deepsec, needs_mnist
 
 
 def tiny_mlp(*, hidden: int = 64, dropout: float = 0.0) -> nn.Module:
@@ -365,3 +367,75 @@ def test_profiles_map_to_configs():
     assert wide.model == "resnet20_wide" and wide.model_kwargs == {"width": width}
     assert isinstance(wide.init, TrainConfig) and wide.init.defence is None
     assert wide.defence_params == PATParams(eps=8.0, step_size=2.0, steps=10)
+
+
+# ------------------------------------------------------------------------------------------------ sync-free hot path
+SYNC_METHODS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+@pytest.mark.parametrize("defence_name, model_name, params", [
+    ("pat", "resnet20", PATParams(eps=8 / 255, step_size=2 / 255, steps=3)),
+    ("nat", "mnist_convnet", NATParams(sigma=50.0, eps_max=0.3)),
+])
+def test_training_step_never_waits_on_the_device(monkeypatch, defence_name, model_name, params):
+    """One PAT/NAT training step (craft on the folded copy, loss, backward, SGD step) calls nothing that copies a
+    tensor's value to the host (.item(), bool(tensor), .tolist(), ...): every such call raises here. On a GPU each
+    would stall the pipeline; with none, the step can be captured whole (CUDA graphs, torch.compile)."""
+    torch.manual_seed(0)
+    net = repro.models.build(model_name)
+    shape = (6, 1, 28, 28) if model_name == "mnist_convnet" else (6, 3, 32, 32)
+    x, y = torch.rand(shape), torch.randint(0, 10, (6,))
+    optimiser = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    nat_eps = defences.draw_nat_eps(6, params, torch.Generator().manual_seed(0)) if defence_name == "nat" else None
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+
+    def synchronises(name):
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"host synchronisation in the training step: Tensor.{name}")
+        return refuse
+
+    with monkeypatch.context() as patch:
+        for name in SYNC_METHODS:
+            patch.setattr(torch.Tensor, name, synchronises(name))
+        loss = train_step(net, net, optimiser, x, y, defence=defences.DEFENCES[defence_name], params=params,
+                          mean_ce=defences.mean_cross_entropy(y, 6), autocast=contextlib.nullcontext,
+                          generator=torch.Generator().manual_seed(1), nat_eps=nat_eps,
+                          clocks=(runtime.Clock(torch.device("cpu")), runtime.Clock(torch.device("cpu"))))
+    assert torch.isfinite(loss).item() and any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
+    # The guard does catch a synchronisation: the public (validating) attack makes several.
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "tolist", synchronises("tolist"))
+        with pytest.raises(AssertionError, match="host synchronisation"):
+            pgd(net.eval(), x, y, eps=0.1, step_size=0.01, steps=1)
+
+
+def test_paper_profile_takes_bf16_and_channels_last_on_cuda_only():
+    """Under paper on a CUDA device the training configuration enables bfloat16 autocast and channels-last (in the
+    key, since bf16 changes the numbers); on the CPU, or under quick, it does not."""
+    make = lambda profile, device: train_config(dataset="cifar10", model="resnet20", profile=profile,  # noqa: E731
+                                                defence="pat", device=device)
+    cuda, cpu, quick = make("paper", "cuda"), make("paper", "cpu"), make("quick", "cuda")
+    assert cuda.bf16 and cuda.channels_last and config_key(cuda) != config_key(cpu)
+    assert not (cpu.bf16 or cpu.channels_last or quick.bf16 or quick.channels_last)
+
+
+@needs_cifar10
+def test_bf16_and_channels_last_reach_the_training_loop(monkeypatch, tmp_path):
+    """Run on the CPU with both options: every forward pass of the step runs under bfloat16 autocast on
+    channels-last batches (recorded by a forward hook)."""
+    seen = []
+    build = runtime.build_model
+
+    def recording_build(config):
+        model = build(config)
+        model.register_forward_pre_hook(lambda m, args: seen.append(
+            (m.training, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
+             args[0].is_contiguous(memory_format=torch.channels_last))))
+        return model
+
+    monkeypatch.setattr(runtime, "build_model", recording_build)
+    config = TrainConfig(dataset="cifar10", model="resnet20", defence="nat", init="scratch", subset=150, epochs=1,
+                         batch_size=64, history_subset=0, device="cpu", bf16=True, channels_last=True)
+    _train(config, out_dir=tmp_path, progress=False)
+    steps = [s[1:] for s in seen if s[0]]  # the update's forward passes (train mode)
+    assert len(steps) == 3 * 2 and all(on and dtype == torch.bfloat16 and nhwc for on, dtype, nhwc in steps)

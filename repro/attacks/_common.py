@@ -159,11 +159,13 @@ def warn_large_eps(eps_max: float, *, stacklevel: int) -> None:
             UserWarning, stacklevel=stacklevel + 1)
 
 
-def as_eps(eps, x: Tensor, *, name: str = "eps", stacklevel: int = 3) -> float | Tensor:
+def as_eps(eps, x: Tensor, *, name: str = "eps", stacklevel: int = 3, check_values: bool = True) -> float | Tensor:
     """Validate a perturbation budget: a float ≥ 0, or a per-sample tensor of shape ``(N,)`` with values ≥ 0.
 
     Returns the float, or the tensor as ``x``'s dtype and device shaped ``(N, 1, ..., 1)`` to broadcast over ``x``.
-    Warns once per call site when the budget is ≥ 1 (see :func:`warn_large_eps`).
+    Warns once per call site when the budget is ≥ 1 (see :func:`warn_large_eps`). ``check_values=False`` skips the
+    range check of a per-sample tensor (two host synchronisations) and its warning, for callers that built the
+    tensor within range (NAT's ε draw).
     """
     if isinstance(eps, Tensor):
         if eps.dim() == 0:
@@ -173,6 +175,8 @@ def as_eps(eps, x: Tensor, *, name: str = "eps", stacklevel: int = 3) -> float |
                              f"got {tuple(eps.shape)}")
         if not eps.is_floating_point():
             raise ValueError(f"a per-sample {name} must be a floating-point tensor, got dtype {eps.dtype}")
+        if not check_values:
+            return eps.detach().to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
         lo, hi = eps.min().item(), eps.max().item()
         if not (lo >= 0.0 and hi < float("inf")):
             raise ValueError(f"{name} must be finite and >= 0, found values in [{lo:.4g}, {hi:.4g}]")

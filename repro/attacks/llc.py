@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import as_eps, check_images, check_labels, input_gradient
+from ._common import as_eps, check_image_batch, check_images, check_labels, input_gradient
 
 # DeepSec's evaluation parameters (SPEC §4; DeepSec's Attacks/LLC_Test.py defaults).
 LLC_CONFIGS: dict[str, dict] = {
@@ -13,7 +13,7 @@ LLC_CONFIGS: dict[str, dict] = {
 }
 
 
-def llc(model: torch.nn.Module, x: Tensor, target: Tensor, *, eps: float | Tensor) -> Tensor:
+def llc(model: torch.nn.Module, x: Tensor, target: Tensor, *, eps: float | Tensor, validate: bool = True) -> Tensor:
     """Targeted one-step L∞ attack towards ``target``: x − eps·sign(∇ₓ CE(model(x), target)), clipped to [0, 1].
 
     Reference: Kurakin, Goodfellow and Bengio, "Adversarial machine learning at scale", ICLR 2017 (the "step l.l."
@@ -26,6 +26,8 @@ def llc(model: torch.nn.Module, x: Tensor, target: Tensor, *, eps: float | Tenso
         target: target classes ``(N,)``, int64 in ``0..K-1``, on ``x``'s device.
         eps: L∞ budget in [0, 1] pixel units: a float ≥ 0, or a per-sample tensor ``(N,)`` (NAT's per-image ε).
             ε ≥ 1 is allowed but warns.
+        validate: check input values (host synchronisations); ``False`` for callers that checked their data once
+            per run, as :func:`repro.attacks.pgd.pgd`.
 
     Returns:
         Adversarial images, a new detached tensor shaped like ``x`` on its device, with ‖x_adv − x‖∞ ≤ eps.
@@ -34,8 +36,8 @@ def llc(model: torch.nn.Module, x: Tensor, target: Tensor, *, eps: float | Tenso
     Raises:
         ValueError: invalid images, targets, eps, or a model that returns probabilities instead of logits.
     """
-    check_images(x)
+    (check_images if validate else check_image_batch)(x)
     check_labels(target, x, name="target")
-    eps = as_eps(eps, x)
-    grad = input_gradient(model, x, target, check=True, name="target")
+    eps = as_eps(eps, x, check_values=validate)
+    grad = input_gradient(model, x, target, check=validate, name="target")
     return (x.detach() - eps * grad.sign_()).clamp_(0.0, 1.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import as_eps, box_bounds, check_images, check_labels, check_nonnegative, check_steps, input_gradient
+from ._common import as_eps, box_bounds, check_image_batch, check_images, check_labels, check_nonnegative, check_steps, input_gradient
 
 # Named settings; ε and step sizes in [0, 1] pixel units.
 PGD_CONFIGS: dict[str, dict] = {
@@ -46,6 +46,7 @@ def pgd(
     steps: int,
     random_start: bool = True,
     generator: torch.Generator | None = None,
+    validate: bool = True,
 ) -> Tensor:
     """Untargeted L∞ projected gradient ascent on the cross-entropy, from one random start.
 
@@ -67,6 +68,10 @@ def pgd(
         random_start: start from x + U(−eps, eps) (DeepSec, Madry); ``False`` starts from x.
         generator: source of the random start (on ``x``'s device or the CPU); ``None`` uses the global RNG, so
             ``torch.manual_seed`` makes the result reproducible.
+        validate: check the values of the inputs (images in [0, 1], labels within the logits' classes, logits not
+            probabilities, a per-sample ε finite and ≥ 0), which costs a few host synchronisations per call.
+            ``False`` is for callers that checked their data once per run (the training loop): the attack then runs
+            without waiting on the device. Shapes, dtypes and devices are checked either way.
 
     Returns:
         Adversarial images, a new detached tensor shaped like ``x`` on its device, in the ε-ball ∩ [0, 1].
@@ -76,9 +81,9 @@ def pgd(
         ValueError: invalid images, labels, eps, step_size, steps, generator device, or a model that returns
             probabilities instead of logits.
     """
-    check_images(x)
+    (check_images if validate else check_image_batch)(x)
     check_labels(y, x, name="y")
-    eps = as_eps(eps, x)
+    eps = as_eps(eps, x, check_values=validate)
     step_size = check_nonnegative(step_size, name="step_size")
     steps = check_steps(steps)
     x = x.detach()
@@ -89,7 +94,7 @@ def pgd(
     else:
         x_adv = x
     for step in range(steps):
-        grad = input_gradient(model, x_adv, y, check=step == 0, name="y")
+        grad = input_gradient(model, x_adv, y, check=validate and step == 0, name="y")
         # One clamp to precomputed bounds = ε-ball projection followed by [0, 1] clipping (x is in [0, 1]).
         x_adv = torch.add(x_adv, grad.sign_(), alpha=step_size).clamp_(min=lower, max=upper)
     return x_adv

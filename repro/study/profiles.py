@@ -131,6 +131,8 @@ class Profile:
     findings_samples: int  # candidates per experiment of the findings notebook (its effects are large)
     batch_size: int
     security: SecurityBudget = PAPER_SECURITY  # the security evaluation's budget (repro.study.security)
+    # On a CUDA device: bfloat16 autocast and channels-last tensors in training and attacks (recorded as a departure).
+    cuda_bf16: bool = False
 
     def attack_budget(self, attack: str) -> AttackBudget:
         """The budget of ``attack`` (its own, or the default)."""
@@ -188,6 +190,7 @@ PROFILES: dict[str, Profile] = {
                                         for d in ("mnist", "cifar10")},
                               eval_subset=None),
         wide_width=10, history_subset=1000, curve_samples=200, findings_samples=500, batch_size=500,
+        cuda_bf16=True,
     ),
 }
 PAPER = PROFILES["paper"]

@@ -36,6 +36,8 @@ CURVE_EPS = {"mnist": [0.0, 0.1, 0.2, 0.3, 0.4], "cifar10": [0.0, 2 / 255, 4 / 2
 # Notebook parameters every kind of notebook has, and those of notebooks that attack or defend a model.
 COMMON_PARAMETERS = ("profile", "column", "seed", "device", "results_dir", "batch_size")
 MODEL_PARAMETERS = ("dataset", "model", "width", "logit_shift", "epochs", "train_subset")
+BF16_DEPARTURE = ("bfloat16 autocast on the GPU in the {what} (the papers ran float32): logits and gradients are "
+                  "rounded to 8 significant bits, so results differ from a float32 run within the intervals' noise")
 # The follow-up's name for PGD's step (accepted as an alias of step_size).
 ALIASES = {"eps_iter": "step_size"}
 
@@ -328,12 +330,14 @@ def train_config(*, dataset: str, model: str, profile: str | Profile, width: int
     """
     prof = get_profile(profile) if isinstance(profile, str) else profile
     kwargs = {} if logit_shift else {"logit_shift": False}
+    on_cuda = torch.cuda.is_available() if device == "auto" else torch.device(device).type == "cuda"
+    fast = prof.cuda_bf16 and on_cuda  # bfloat16 autocast and channels-last tensors: GPU speed options
     if model == "resnet20_wide":
         kwargs["width"] = prof.wide_width if width is None else width
     raw = TrainConfig(dataset=dataset, model=model, model_kwargs=kwargs,
                       epochs=prof.raw.epochs if epochs is None else epochs,
                       subset=prof.raw.subset if train_subset is None else train_subset, seed=seed,
-                      history_subset=prof.history_subset, device=device)
+                      history_subset=prof.history_subset, device=device, bf16=fast, channels_last=fast)
     if defence is None:
         return raw
     budget = prof.defence.for_dataset(dataset)
@@ -368,6 +372,10 @@ def _config_of(ctx: Context, *, defence_params=None) -> TrainConfig:
 def _trained(ctx: Context, config: TrainConfig, role: str):
     """Train (or load from the cache) ``config``; record it in the result under ``role``."""
     from ..train import is_cached, train_cached
+
+    if config.bf16:
+        departure = BF16_DEPARTURE.format(what=f"{role} model's training")
+        ctx.departures += [departure] if departure not in ctx.departures else []
 
     cached = is_cached(config)
     with warnings.catch_warnings():
@@ -417,11 +425,8 @@ def defend(ctx: Context, raw: torch.nn.Module) -> torch.nn.Module:
     params = DEFENCES[ctx.name].params_type(**{k: p[k] for k in defence_parameters(ctx.name) if k in p})
     config = _config_of(ctx, defence_params=params)
     if config.init == "deepsec" and not ctx.data["datasets"][p["dataset"]].get("official", True):
-        # Our 10 % validation split of a partial copy is not DeepSec's: it holds images DeepSec's raw model was
-        # trained on, so the best-validation rule sees an inflated clean accuracy at the start.
-        ctx.departures.append("the validation split of the partial copy holds images DeepSec's released raw model "
-                              "was trained on (it is not DeepSec's held-out 10 %), so validation accuracy is "
-                              "inflated for the fine-tuned model")
+        ctx.notes.append("validated on the images of the partial copy that DeepSec's own split (seed 100) held out, "
+                         "which its released raw model never trained on")
     return _trained(ctx, config, "defended")
 
 
@@ -510,8 +515,12 @@ def attack(ctx: Context, model: torch.nn.Module, cands: data_mod.Candidates):
         if p.get("eps", 0) >= 1:
             # Expected for the follow-up's literal "ε = 8"; the result records it in its notes instead.
             warnings.simplefilter("ignore", UserWarning)
+        bf16 = ctx.profile.cuda_bf16 and ctx.device.type == "cuda"
         run = run_attack(ctx.name, model, cands.x, getattr(cands, labels_field(ctx.name)), params=params,
-                         batch_size=p["batch_size"], device=ctx.device, progress=progress_enabled(), seed=p["seed"])
+                         batch_size=p["batch_size"], device=ctx.device, progress=progress_enabled(), seed=p["seed"],
+                         autocast_bf16=bf16)
+    if bf16:
+        ctx.departures.append(BF16_DEPARTURE.format(what="attack"))
     prepared = [what for what, on in (("BatchNorm folded into the convolutions", run.options["fold_batchnorm"]),
                                       ("channels-last tensors", run.options["channels_last"])) if on]
     ctx.notes.append(f"attack ran on {run.device}" + (f", with {' and '.join(prepared)}" if prepared else ""))

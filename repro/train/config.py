@@ -98,6 +98,10 @@ RECIPES: dict[str, Recipe] = {
     # scratch.
     "pat_finetune_cifar10": Recipe(optimiser="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, epochs=5,
                                    batch_size=128, schedule="cosine", warmup_epochs=0.5, augment=True, keep="last"),
+    # The same with a 5× lower peak learning rate: an arm of the training ablation.
+    "pat_finetune_cifar10_lr0.01": Recipe(optimiser="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=5,
+                                          batch_size=128, schedule="cosine", warmup_epochs=0.5, augment=True,
+                                          keep="last"),
 }
 # DeepSec's recipe for each dataset (SPEC §2).
 DEEPSEC_RECIPE = {"mnist": "deepsec_mnist", "cifar10": "deepsec_cifar10"}

@@ -82,21 +82,22 @@ PAT_LOSSES = ("mixed", "adversarial")
 
 # ----------------------------------------------------------------------------------------- crafting and losses
 # craft(net, x, y, params, *, nat_eps, generator) runs with the network in eval() mode (the loop sets it) and returns
-# the adversarial batch; loss(logits_of, x, x_adv, y, params) returns the training loss, where logits_of(images) is
+# the adversarial batch without a host synchronisation (the loop checks the data once per run, so the attacks run
+# with validate=False); loss(logits_of, x, x_adv, y, params) returns the training loss, where logits_of(images) is
 # the network in train() mode and mean_ce(logits) the batch-mean cross-entropy.
 def craft_nat(net: nn.Module, x: Tensor, y: Tensor, params: NATParams, *, nat_eps: Tensor,
               generator: torch.Generator | None) -> Tensor:
     """One LLC step of per-image size ε_i towards the current model's least-likely class (DeepSec's NAT.py)."""
     with torch.no_grad():
         least_likely = net(x).argmin(1)
-    return llc(net, x, least_likely, eps=nat_eps)
+    return llc(net, x, least_likely, eps=nat_eps, validate=False)
 
 
 def craft_pat(net: nn.Module, x: Tensor, y: Tensor, params: PATParams, *, nat_eps: Tensor | None,
               generator: torch.Generator | None) -> Tensor:
     """PGD from a random start against the true labels (DeepSec's PAT.py, Madry et al.)."""
     return pgd(net, x, y, eps=params.eps, step_size=params.step_size, steps=params.steps, random_start=True,
-               generator=generator)
+               generator=generator, validate=False)
 
 
 def loss_nat(logits_of: Callable, mean_ce: Callable, x: Tensor, x_adv: Tensor, params: NATParams) -> Tensor:

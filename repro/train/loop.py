@@ -99,6 +99,7 @@ def train(config: TrainConfig, *, out_dir: str | Path, initial_weights: dict | N
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
 
     data = rt.split_data(config, device)
+    rt.check_data(data)  # once per run, so that the steps never wait on the device
     torch.manual_seed(config.seed)
     net = rt.build_model(config)
     if initial_weights is not None:
@@ -141,19 +142,9 @@ def train(config: TrainConfig, *, out_dir: str | Path, initial_weights: dict | N
             if shifts is not None:
                 x = translate_flip(x, *(t[share] for t in shifts))
             x, mean_ce = x.contiguous(memory_format=fmt), mean_cross_entropy(y, per_rank)
-            with craft_clock():                                     # 1. craft in eval() mode
-                if defence is not None:
-                    net.eval()
-                    with autocast():
-                        x_adv = defence.craft(rt.attack_view(net), x, y, params, generator=attack_gen,
-                                              nat_eps=None if nat_eps is None else nat_eps[share])
-            with train_clock():                                     # 2. update in train() mode
-                model.train()
-                with autocast():
-                    loss = mean_ce(model(x)) if defence is None else defence.loss(model, mean_ce, x, x_adv, params)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
+            loss = step(net, model, optimiser, x, y, defence=defence, params=params, mean_ce=mean_ce,
+                        autocast=autocast, generator=attack_gen, nat_eps=None if nat_eps is None else nat_eps[share],
+                        clocks=(craft_clock, train_clock))
             loss_sum += loss.detach() * per_rank
 
         if world > 1:
@@ -179,6 +170,28 @@ def train(config: TrainConfig, *, out_dir: str | Path, initial_weights: dict | N
     if best is None:
         raise ValueError(f"nothing was trained: epochs={epochs}")
     return _finish(config, key, net, history, best, out_dir, device, rank, world)
+
+
+def step(net: nn.Module, model: nn.Module, optimiser: torch.optim.Optimizer, x, y, *, defence, params, mean_ce,
+         autocast, generator, nat_eps, clocks) -> torch.Tensor:
+    """One training step on the batch ``(x, y)``: a defence crafts ``x_adv`` on the BatchNorm-folded copy of ``net`` in
+    ``eval()`` mode, then ``model`` (``net``, or its DDP wrapper) takes one optimiser step on the loss in ``train()``
+    mode. Returns the loss (a tensor: no host synchronisation anywhere in the step; the loop checked its data once).
+    ``clocks`` time the two halves."""
+    craft_clock, train_clock = clocks
+    with craft_clock():                                     # 1. craft in eval() mode
+        if defence is not None:
+            net.eval()
+            with autocast():
+                x_adv = defence.craft(rt.attack_view(net), x, y, params, generator=generator, nat_eps=nat_eps)
+    with train_clock():                                     # 2. update in train() mode
+        model.train()
+        with autocast():
+            loss = mean_ce(model(x)) if defence is None else defence.loss(model, mean_ce, x, x_adv, params)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    return loss
 
 
 def _resume(path: Path, config: TrainConfig, key: str, net, optimiser, data_gen, attack_gen, rank):

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from .. import _io
 from ..attacks.pgd import pgd
-from ..data import FULL_SIZES, load, official_indices
+from ..attacks._common import check_class_range, check_images
+from ..data import FULL_SIZES, NUM_CLASSES, load, official_indices
 from ..models import build
 from ..models.fold import fold_batchnorm, has_batchnorm
 from .config import Recipe, TrainConfig
@@ -92,6 +93,17 @@ def split_data(config: TrainConfig, device: torch.device) -> Split:
     val, tr = position[order[:n_val]], position[order[n_val:]]
     val, tr = torch.from_numpy(val[val >= 0]), torch.from_numpy(tr[tr >= 0])
     return Split(x[tr].to(device), y[tr].to(device), x[val].to(device), y[val].to(device))
+
+
+def check_data(data: Split) -> None:
+    """Check the run's images (float32 in [0, 1]) and labels (class indices 0..9) once, before training: the attacks
+    inside the training steps then skip their per-call value checks (``validate=False``)."""
+    for name in ("x_train", "x_val"):
+        if len(getattr(data, name)):
+            check_images(getattr(data, name), name=name)
+    for name in ("y_train", "y_val"):
+        if len(getattr(data, name)):
+            check_class_range(getattr(data, name), NUM_CLASSES, name=name)
 
 
 class Clock:

@@ -36,6 +36,7 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/attacks.py
 	$(PY) benchmarks/metrics.py
 	$(PY) benchmarks/train.py
+	$(PY) benchmarks/gpu.py
 
 clean:
 	rm -rf _build .pytest_cache

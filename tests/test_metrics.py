@@ -433,3 +433,25 @@ def test_attack_utility_on_deepsec_mnist_fgsm(deepsec_mnist):
     assert got["ALD_L0"] == pytest.approx(l0, abs=1e-12)
     assert got["ALD_L2"] == pytest.approx(l2, abs=1e-5)
     assert got["ASS"] == pytest.approx(ssim_ref, abs=1e-6)
+
+
+def test_ric_on_a_sample_encodes_only_the_sample(monkeypatch):
+    """ric_samples=k encodes exactly k of the successful AEs (drawn with the seed), RIC's interval has n = k, and the
+    other metrics do not change."""
+    import repro.metrics.attack as attack_mod
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    x = torch.rand(40, 3, 8, 8)
+    x_adv = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
+    y = model(x).argmax(1)  # clean images classified "correctly" by construction
+    encoded = []
+    monkeypatch.setattr(attack_mod, "guetzli_jpeg_8bit", lambda images, **kw: encoded.append(len(images)) or images)
+    full, full_iv = attack_mod.attack_utility(model, x, x_adv, y, intervals=True, seed=3)
+    n = full_iv["RIC"]["n"]
+    assert n > 10 and encoded == [n]
+    part, part_iv = attack_mod.attack_utility(model, x, x_adv, y, intervals=True, seed=3, ric_samples=10)
+    assert encoded[-1] == 10 and part_iv["RIC"]["n"] == 10
+    assert {k: v for k, v in part.items() if k != "RIC"} == {k: v for k, v in full.items() if k != "RIC"}
+    with pytest.raises(ValueError, match="ric_samples must be a positive integer or None, got 0"):
+        attack_mod.attack_utility(model, x, x_adv, y, ric_samples=0)

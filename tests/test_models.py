@@ -188,3 +188,32 @@ def test_fold_batchnorm_refuses_training_mode_and_untraceable_models():
 
     with pytest.raises(ValueError, match="cannot trace DataDependent"):
         fold_batchnorm(DataDependent().eval())
+
+
+def test_compile_or_eager_falls_back_to_the_eager_model(monkeypatch):
+    """A backend that fails at the first call (no compiler, unsupported operation) warns once and the wrapper then
+    computes exactly what the eager model computes; disabled, the model itself is returned."""
+    import warnings
+
+    from repro.models.compiled import compile_or_eager
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    calls = []
+
+    def broken(model, **kwargs):
+        def run(*args, **kw):
+            calls.append(1)
+            raise RuntimeError("no backend here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    wrapped = compile_or_eager(net)
+    x = torch.randn(2, 4)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no backend here"):
+        out = wrapped(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = wrapped(x)  # no second attempt, no second warning
+    assert torch.equal(out, net(x)) and torch.equal(again, out) and len(calls) == 1
+    assert list(wrapped.parameters()) == list(net.parameters())  # training the wrapper trains the model
+    assert compile_or_eager(net, enabled=False) is net

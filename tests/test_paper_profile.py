@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.slow, needs_deepsec]
 TINY = {
     "n_samples": 2, "batch_size": 20, "epochs": 1, "train_subset": 20, "defence_epochs": 1, "defence_subset": 20,
     "eval_subset": 20, "curve_samples": 2, "curve_steps": 1, "binary_search_steps": 1, "max_iterations": 1,
+    "pgd_steps": 1,
 }
 
 
@@ -34,7 +35,8 @@ def _tiny(col: plan.Column) -> dict:
     overrides = {k: v for k, v in TINY.items() if k in _declared(col.notebook)}
     if "steps" in params:
         overrides["steps"] = 1
-    if params.get("model") == "resnet20_wide" or params.get("dataset") == "cifar10" and col.table == "security":
+    if params.get("model") == "resnet20_wide" or params.get("dataset") == "cifar10" and col.table in ("security",
+                                                                                                      "training"):
         overrides["width"] = 1
     return overrides
 
@@ -67,7 +69,7 @@ def test_paper_column_runs_one_step(col, paper_cache, tmp_path):
     if col.defence:
         assert result["provenance"]["models"]["defended"]["config"]["train_images"] == 20
         assert result["provenance"]["models"]["defended"]["config"]["init"] == "scratch"
-    if col.table == "security":  # every model it attacks, raw or defended, trained here (from scratch)
+    if col.table in ("security", "training"):  # every model, raw or defended, trained here (from scratch)
         assert {m["source"] for m in result["provenance"]["models"].values()} == {"trained here"}
     elif col.notebook != "findings.ipynb":
         assert result["provenance"]["models"]["raw"]["source"] == "trained here"

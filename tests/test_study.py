@@ -22,8 +22,8 @@ def _what(col: plan.Column) -> dict:
         return {"attack": col.attack}
     if col.defence:
         return {"defence": col.defence}
-    if col.table == "security":
-        return {"security": True}
+    if col.table in ("security", "training"):
+        return {col.table: True}
     return {"findings": True}
 
 
@@ -166,7 +166,7 @@ def test_plan_rows_name_registered_attacks_and_defences_and_their_notebooks_run_
         assert (col.defence is None) or col.defence in DEFENCES, col.id
         nb = (repo_root() / "notebooks" / col.notebook).read_text()
         what = f'attack=\\"{col.attack}\\"' if col.attack else f'defence=\\"{col.defence}\\"' if col.defence \
-            else "security=True" if col.table == "security" else "findings=True"
+            else f"{col.table}=True" if col.table in ("security", "training") else "findings=True"
         assert what in nb, f"{col.notebook} does not run {what} for column {col.id}"
         if col.contrasts_with:
             assert col.contrasts_with in plan.COLUMNS

@@ -415,8 +415,10 @@ def test_paper_profile_takes_bf16_and_channels_last_on_cuda_only():
     make = lambda profile, device: train_config(dataset="cifar10", model="resnet20", profile=profile,  # noqa: E731
                                                 defence="pat", device=device)
     cuda, cpu, quick = make("paper", "cuda"), make("paper", "cpu"), make("quick", "cuda")
-    assert cuda.bf16 and cuda.channels_last and config_key(cuda) != config_key(cpu)
-    assert not (cpu.bf16 or cpu.channels_last or quick.bf16 or quick.channels_last)
+    assert cuda.bf16 and cuda.channels_last and cuda.compile and config_key(cuda) != config_key(cpu)
+    assert not (cpu.bf16 or cpu.channels_last or cpu.compile or quick.bf16 or quick.channels_last or quick.compile)
+    # compiling changes where the work runs, not what is trained: like the device, not in the cache key
+    assert config_key(dataclasses.replace(cuda, compile=False)) == config_key(cuda)
 
 
 @needs_cifar10

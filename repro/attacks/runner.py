@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm  # text bars: papermill --log-output streams them; no ipywidgets needed
 
+from ..models.compiled import compile_or_eager
 from ..models.fold import fold_batchnorm as fold_batchnorm_copy, has_batchnorm
 from ._common import check_device, check_image_batch
 
@@ -96,6 +97,7 @@ def run_attack(
     autocast_bf16: bool = False,
     channels_last: bool | None = None,
     fold_batchnorm: bool | None = None,
+    compile_model: bool = False,
 ) -> AttackRun:
     """Apply ``attack`` to ``x`` in batches of ``batch_size`` on ``device`` and collect the results on the CPU.
 
@@ -118,14 +120,17 @@ def run_attack(
         seed: if given and the attack takes a ``generator`` (PGD's random start), a CPU generator seeded with it is
             used across batches, so the run is reproducible for a given batch size.
         autocast_bf16: run the attack under CUDA bfloat16 autocast (CUDA only; changes numerics: record it).
-        channels_last: attack a channels-last (NHWC) copy of the model with channels-last batches (any device: on
-            CPU ResNet-20's PGD ran ~1.25× faster). ``None`` (default): on for 4-D image batches.
+        channels_last: attack a channels-last (NHWC) copy of the model with channels-last batches (any device; on 2
+            CPU cores PGD on ResNet-20 ran between as fast and 1.25× faster in our measurements, on GPUs it is the
+            tensor-core layout). ``None`` (default): on for 4-D image batches.
         fold_batchnorm: attack a copy of the model with each conv → BN pair merged into one conv
-            (:func:`repro.models.fold_batchnorm`; ~1.3–1.6× faster PGD on CPU). ``None`` (default): on when the
+            (:func:`repro.models.fold_batchnorm`; 1.35–1.45× faster PGD-7 on ResNet-20 on 2 CPU cores). ``None`` (default): on when the
             model is in ``eval()`` mode and has BatchNorm layers; if its forward pass cannot be traced, a warning
             says so and the run goes on unfolded. ``True`` insists (ValueError in training mode or when tracing
             fails). Both options change outputs only by float32 rounding (the same function, other kernels); a
             gradient component within rounding of zero may flip the sign of a PGD step there.
+        compile_model: run the prepared copy through ``torch.compile``, falling back to eager if compilation fails
+            (:func:`repro.models.compiled.compile_or_eager`); the pipeline enables it on CUDA under ``paper``.
 
     The caller's model is never modified: the options act on a copy made once per run.
 
@@ -167,6 +172,7 @@ def run_attack(
         raise ValueError(f"channels_last needs NCHW images, got shape {tuple(x.shape)}")
     channels_last = x.dim() == 4 if channels_last is None else bool(channels_last)
     attack_model, folded = prepare_model(model, fold_batchnorm=fold_batchnorm, channels_last=channels_last)
+    attack_model = compile_or_eager(attack_model, enabled=compile_model)
     kwargs = dict(params)
     if seed is not None and "generator" in inspect.signature(fn).parameters:
         kwargs["generator"] = torch.Generator().manual_seed(seed)
@@ -193,5 +199,6 @@ def run_attack(
         attack=name, params=dict(params), x_adv=torch.cat(outputs), n=n, seconds=seconds,
         seconds_per_example=seconds / n, device=_device_name(device),
         batch_size=batch_size, seed=seed,
-        options=dict(autocast_bf16=autocast_bf16, channels_last=channels_last, fold_batchnorm=folded),
+        options=dict(autocast_bf16=autocast_bf16, channels_last=channels_last, fold_batchnorm=folded,
+                     compiled=bool(compile_model) and getattr(attack_model, "failed", None) is None),
     )

@@ -7,6 +7,7 @@ differences, and the verdict of :mod:`repro.study.verdicts` on our interval.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -507,60 +508,42 @@ def _appendix_pages(gen: Path, profile: str, cols, found) -> None:
     (gen / "appendix_gpu.md").write_text(gpu_estimate(found), encoding="utf-8")
 
 
+GPU_CHECK_FILES = ("gpu_cuda.json", "gpu_cpu.json")  # benchmarks/results/, written by benchmarks/gpu.py
+
+
 def gpu_estimate(found: dict) -> str:
-    """The paper setting's workload in image-gradient steps, timed with our measured per-step throughput.
-
-    CPU seconds per image-step come from our own runs (PGD/CW2 CC divided by the steps per image). The GPU estimate
-    scales the same workload by the follow-up's report that PAT on the ×10 wide ResNet took about 7,000 minutes on a
-    GTX 1080 (200 epochs × 45,000 images × (10 + 2) forward-backward passes: 10 crafting steps, then the clean and
-    the adversarial batch), i.e. it assumes that GPU's throughput.
-    """
-    from ..models import build
-
-    def params(model, **kw):
-        return sum(p.numel() for p in build(model, **kw).parameters())
-
-    # Forward-backward cost per image relative to ResNet-20 (conv FLOPs scale with width² at fixed resolution).
-    rel = {"mnist_convnet": 0.3, "resnet20": 1.0, "resnet20_wide": 100.0}
-    anchor_steps = 200 * 45_000 * 12 * rel["resnet20_wide"]
-    seconds_per_rel_step = 7000 * 60 / anchor_steps
-    work = [
-        ("CW2, MNIST: 1,000 images × 10 × 10,000 iterations", 1000 * 10 * 10_000 * rel["mnist_convnet"]),
-        ("PGD, ResNet-20: 1,000 × 15 steps", 1000 * 15 * rel["resnet20"]),
-        ("PGD, wide ResNet ×10: 1,000 × 15 steps", 1000 * 15 * rel["resnet20_wide"]),
-        ("raw MNIST ConvNet: 20 epochs × 54,000", 20 * 54_000 * rel["mnist_convnet"]),
-        ("raw ResNet-20: 200 epochs × 45,000", 200 * 45_000 * rel["resnet20"]),
-        ("raw wide ResNet ×10: 200 epochs × 45,000", 200 * 45_000 * rel["resnet20_wide"]),
-        ("NAT, MNIST: 20 epochs × 54,000 × 2 passes", 20 * 54_000 * 2 * rel["mnist_convnet"]),
-        ("PAT, ResNet-20: 200 epochs × 45,000 × (7 + 2)", 200 * 45_000 * 9 * rel["resnet20"]),
-        ("PAT \"ε = 8\", wide ×10: 200 × 45,000 × (10 + 2)", 200 * 45_000 * 12 * rel["resnet20_wide"]),
-        ("PAT ε = 8/255, wide ×10: 200 × 45,000 × (10 + 2)", 200 * 45_000 * 12 * rel["resnet20_wide"]),
-    ]
-    cpu = None
-    r = found.get("pgd_resnet20")
-    if r is not None and r.metrics.get("CC"):
-        cpu = r.metrics["CC"] / r.parameters["steps"]
-    rows, total_gpu, total_cpu = [], 0.0, 0.0
-    for label, steps in work:
-        gpu_h = steps * seconds_per_rel_step / 3600
-        total_gpu += gpu_h
-        cpu_h = None if cpu is None else steps * cpu / 3600
-        total_cpu += cpu_h or 0.0
-        rows.append([label, f"{steps:.3g}", f"{gpu_h:.1f}", NOT_COMPUTED if cpu_h is None else f"{cpu_h:,.0f}"])
-    rows.append(["**total**", "", f"**{total_gpu:.0f}**", NOT_COMPUTED if cpu is None else f"**{total_cpu:,.0f}**"])
-    text = ("The paper setting's work, counted in forward-backward passes of one image through ResNet-20 "
-            "(\"ResNet-20 steps\"; the MNIST ConvNet costs about 0.3 of one, the ×10 wide ResNet about 100, since "
-            "convolution cost grows with the square of the width). "
-            f"The wide ResNet ×10 has {params('resnet20_wide', width=10):,} parameters against ResNet-20's "
-            f"{params('resnet20'):,}.\n\n")
-    text += _md_table(["run", "ResNet-20 steps", "GPU hours (GTX 1080 class)", "CPU hours (our measurement)"], rows)
-    text += ("\nGPU hours assume the throughput implied by the follow-up's report that PAT on the ×10 wide ResNet "
-             f"took about 7,000 minutes on a GTX 1080 ({seconds_per_rel_step * 1e6:.1f} µs per ResNet-20 step). ")
-    if cpu is not None:
-        text += (f"CPU hours use our measured {cpu * 1e3:.2f} ms per ResNet-20 step (PGD's CC divided by its steps, "
-                 f"on {r.provenance.get('device', {}).get('name', '?')}). ")
-    text += ("A current data-centre GPU is several times faster than a GTX 1080; the `paper` profile is meant for "
-             "one.\n")
+    """The paper profile's wall time, from the committed output of ``benchmarks/gpu.py``: its measured throughput of
+    each unit of work on each model times the work :func:`repro.study.workload.workload` counts. A CUDA measurement
+    is preferred; without one, the CPU measurement is shown and the page says so."""
+    folder = results_mod.repo_root() / "benchmarks" / "results"
+    path = next((folder / name for name in GPU_CHECK_FILES if (folder / name).is_file()), None)
+    if path is None:
+        return ("*No device check has been run: `python benchmarks/gpu.py` measures the throughput of each unit of "
+                "work on the device present and writes `benchmarks/results/gpu_<device>.json`, from which this "
+                "section is built.*\n")
+    check = json.loads(path.read_text(encoding="utf-8"))
+    by_column: dict[str, float] = {}
+    for row in check["estimate"]:
+        by_column[row["column"]] = by_column.get(row["column"], 0.0) + (row["seconds"] or 0.0)
+    rows = [[f"`{column}`", f"{seconds / 3600:,.1f}"] for column, seconds in by_column.items()]
+    rows.append(["**total**", f"**{check['total_seconds'] / 3600:,.1f}**"])
+    units = sorted({u for t in check["throughput"].values() for u in t})
+    throughput = [[f"`{model}`", *(f"{t[u]:,.0f}" if u in t else NOT_COMPUTED for u in units)]
+                  for model, t in check["throughput"].items()]
+    text = (f"Measured by `python benchmarks/gpu.py` on **{check['device']}** (torch {check['torch']}"
+            + (", bfloat16 autocast and channels-last, as the paper profile runs on CUDA" if check.get(
+                "bf16_channels_last") else "") + f"; file `benchmarks/results/{path.name}`). ")
+    if check["device_type"] != "cuda":
+        text += ("No GPU was available to this project's sessions, so this is the CPU's measurement: run the same "
+                 "command on a GPU to replace it (the file `gpu_cuda.json` then takes precedence). For scale, the "
+                 "follow-up reports about 7,000 minutes for one PAT run on the ×10 wide ResNet on a GTX 1080. ")
+    text += ("Each column's work is counted from the profile, the plan and the recipes "
+             "(`repro.study.workload`): attack steps, CW2 iterations, training updates (a PAT epoch costs its "
+             "crafting steps plus two updates per image), the metric suite, and the security evaluation's PGD "
+             "restarts and APGD iterations on every image (an upper bound).\n\n")
+    text += _md_table(["column", f"estimated hours ({check['profile']} profile)"], rows)
+    text += "\nThroughput, units per second (one unit = one image through one step):\n\n"
+    text += _md_table(["model", *units], throughput)
     return text
 
 
@@ -686,6 +669,9 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
     from .security import security_page  # the security columns' chapter
 
     (gen / "security.md").write_text(security_page(found, profile, figures_dir), encoding="utf-8")
+    from .training import training_page  # the training columns' chapter
+
+    (gen / "training.md").write_text(training_page(found, profile, figures_dir), encoding="utf-8")
 
     prof = get_profile(profile)
     subs = {"profile": profile, "profile_description": prof.description,

@@ -42,7 +42,7 @@ class Column:
     """
 
     id: str
-    table: str  # "1", "2", "corrected", "findings", "security"
+    table: str  # "1", "2", "corrected", "findings", "security", "training"
     title: str
     notebook: str
     parameters: dict
@@ -178,6 +178,17 @@ PLAN: tuple[Column, ...] = (
     Column(
         id="security_cifar10", table="security", title="Security evaluation, CIFAR-10: ResNet-20 and wide ResNet, "
         "raw and PAT", notebook="security.ipynb", model_label="CIFAR-10 ResNet-20 and wide ResNet-20 (raw, PAT)",
+        parameters=dict(dataset="cifar10", seed=100), uses=frozenset({"raw", "defence", "wide", "train_wide"}),
+    ),
+    # ------------------------------ training: how each model was trained, its curves, clean and PGD test accuracy
+    Column(
+        id="training_mnist", table="training", title="Training, MNIST: the NAT models", notebook="training.ipynb",
+        model_label="MNIST ConvNet (raw, NAT)", parameters=dict(dataset="mnist", seed=100),
+        uses=frozenset({"raw", "defence"}),
+    ),
+    Column(
+        id="training_cifar10", table="training", title="Training, CIFAR-10: the PAT models and the training ablation",
+        notebook="training.ipynb", model_label="CIFAR-10 ResNet-20 and wide ResNet-20 (raw, PAT)",
         parameters=dict(dataset="cifar10", seed=100), uses=frozenset({"raw", "defence", "wide", "train_wide"}),
     ),
 )

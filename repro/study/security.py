@@ -142,7 +142,8 @@ SECURITY_MODELS: dict[str, tuple[EvaluatedModel, ...]] = {
 
 
 def model_config(spec: EvaluatedModel, profile: str | Profile, *, width: int | None = None,
-                 epochs: int | None = None, train_subset: int | None = None, defence_epochs: int | None = None,
+                 epochs: int | None = None, train_subset: int | None = None, defence_init: str | None = None,
+                 defence_recipe: str | None = None, defence_epochs: int | None = None,
                  defence_subset: int | None = None, device: str = "auto") -> TrainConfig | None:
     """The training configuration of ``spec`` under ``profile``, or ``None`` for DeepSec's released checkpoint.
 
@@ -163,7 +164,8 @@ def model_config(spec: EvaluatedModel, profile: str | Profile, *, width: int | N
         return steps.train_config(**common)
     names = steps.defence_parameters(col.defence)
     params = DEFENCES[col.defence].params_type(**{k: p[k] for k in names if k in p})
-    return steps.train_config(**common, defence=col.defence, defence_params=params, defence_epochs=defence_epochs,
+    return steps.train_config(**common, defence=col.defence, defence_params=params, defence_init=defence_init,
+                              defence_recipe=defence_recipe, defence_epochs=defence_epochs,
                               defence_subset=defence_subset)
 
 
@@ -633,7 +635,8 @@ def evaluation_images(ctx: steps.Context) -> tuple[Tensor, Tensor]:
                               f"{p['dataset']} has no more")
         p["n_samples_requested"], p["n_samples"] = p["n_samples"], len(y)
         for name in ("transfer_samples", "curve_samples"):
-            p[name] = min(p[name], len(y))
+            if name in p:
+                p[name] = min(p[name], len(y))
     ctx.data["security_images"] = {"n": len(y), "split": "test", "first": len(y)}
     return x, y
 

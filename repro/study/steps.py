@@ -168,13 +168,14 @@ def injected_parameters() -> set[str] | None:
 
 
 def resolve(*, attack: str | None = None, defence: str | None = None, findings: bool = False, security: bool = False,
-            **params) -> dict:
+            training: bool = False, **params) -> dict:
     """Validate a notebook's parameters and fill the budgets the profile decides.
 
     Args:
-        attack / defence / findings / security: what the notebook runs: an :data:`repro.attacks.ATTACKS` name, a
-            :data:`repro.train.DEFENCES` name, the findings experiments, or the security evaluation (its
-            parameters are resolved by :func:`repro.study.security.resolve_security`).
+        attack / defence / findings / security / training: what the notebook runs: an :data:`repro.attacks.ATTACKS`
+            name, a :data:`repro.train.DEFENCES` name, the findings experiments, the security evaluation or the
+            training chapter (their parameters are resolved by :func:`repro.study.security.resolve_security` and
+            :func:`repro.study.training.resolve_training`).
         **params: the parameters cell's values. ``None`` for a budget (``n_samples``, ``batch_size``, ``width``,
             the attack's iteration budget, ``epochs``, ``train_subset``, ``defence_*``, ``eval_subset``,
             ``curve_samples``) means "the profile's value". PGD's ``eps_iter`` (the follow-up's name) is accepted
@@ -187,8 +188,8 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
         ParameterError: an unknown profile, dataset, model, attack or defence, a dataset/model mismatch, a negative
             ε, a step count below 1, ... — the message names the parameter and what is allowed.
     """
-    _require((attack is not None) + (defence is not None) + bool(findings) + bool(security) == 1,
-             "give exactly one of attack=..., defence=..., findings=True or security=True")
+    _require((attack is not None) + (defence is not None) + bool(findings) + bool(security) + bool(training) == 1,
+             "give exactly one of attack=..., defence=..., findings=True, security=True or training=True")
     _require(attack is None or attack in ATTACKS,
              f"unknown attack {attack!r}; allowed: {', '.join(map(repr, ATTACKS))}")
     _require(defence is None or defence in DEFENCES,
@@ -216,6 +217,10 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
         from .security import resolve_security  # its budgets live with the security evaluation
 
         return resolve_security(p, prof)
+    if training:
+        from .training import resolve_training  # the training chapter's parameters live with it
+
+        return resolve_training(p, prof)
     if findings:
         if p.get("n_samples") is None:
             p["n_samples"] = prof.findings_samples
@@ -277,7 +282,7 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
 
 
 def setup(*, attack: str | None = None, defence: str | None = None, findings: bool = False, security: bool = False,
-          **params) -> Context:
+          training: bool = False, **params) -> Context:
     """Check that papermill injected no parameter the notebook lacks, validate and resolve the parameters
     (:func:`resolve`), seed every RNG, and start the clock.
 
@@ -290,11 +295,12 @@ def setup(*, attack: str | None = None, defence: str | None = None, findings: bo
         unknown = sorted(injected - set(params))
         _require(not unknown, f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; allowed: "
                               f"{', '.join(map(repr, sorted(params)))}")
-    p = resolve(attack=attack, defence=defence, findings=findings, security=security, **params)
+    p = resolve(attack=attack, defence=defence, findings=findings, security=security, training=training, **params)
     random.seed(p["seed"])
     np.random.seed(p["seed"] % 2**32)
     torch.manual_seed(p["seed"])
-    kind = "attack" if attack else "defence" if defence else "security" if security else "findings"
+    kind = "attack" if attack else "defence" if defence else "security" if security else \
+        "training" if training else "findings"
     ctx = Context(kind=kind, name=attack or defence or kind, params=p, profile=get_profile(p["profile"]),
                   device=torch.device(p["device"]), started=started)
     datasets = [p["dataset"]] if "dataset" in p else list(data_mod.DATASETS)
@@ -331,13 +337,14 @@ def train_config(*, dataset: str, model: str, profile: str | Profile, width: int
     prof = get_profile(profile) if isinstance(profile, str) else profile
     kwargs = {} if logit_shift else {"logit_shift": False}
     on_cuda = torch.cuda.is_available() if device == "auto" else torch.device(device).type == "cuda"
-    fast = prof.cuda_bf16 and on_cuda  # bfloat16 autocast and channels-last tensors: GPU speed options
+    fast = prof.cuda_bf16 and on_cuda  # bfloat16 autocast, channels-last, torch.compile: GPU speed options
     if model == "resnet20_wide":
         kwargs["width"] = prof.wide_width if width is None else width
     raw = TrainConfig(dataset=dataset, model=model, model_kwargs=kwargs,
                       epochs=prof.raw.epochs if epochs is None else epochs,
                       subset=prof.raw.subset if train_subset is None else train_subset, seed=seed,
-                      history_subset=prof.history_subset, device=device, bf16=fast, channels_last=fast)
+                      history_subset=prof.history_subset, device=device, bf16=fast, channels_last=fast,
+                      compile=fast)
     if defence is None:
         return raw
     budget = prof.defence.for_dataset(dataset)
@@ -518,7 +525,7 @@ def attack(ctx: Context, model: torch.nn.Module, cands: data_mod.Candidates):
         bf16 = ctx.profile.cuda_bf16 and ctx.device.type == "cuda"
         run = run_attack(ctx.name, model, cands.x, getattr(cands, labels_field(ctx.name)), params=params,
                          batch_size=p["batch_size"], device=ctx.device, progress=progress_enabled(), seed=p["seed"],
-                         autocast_bf16=bf16)
+                         autocast_bf16=bf16, compile_model=bf16)
     if bf16:
         ctx.departures.append(BF16_DEPARTURE.format(what="attack"))
     prepared = [what for what, on in (("BatchNorm folded into the convolutions", run.options["fold_batchnorm"]),
@@ -532,10 +539,12 @@ def attack_metrics(ctx: Context, model: torch.nn.Module, cands: data_mod.Candida
     from ..metrics import attack_utility
 
     target = getattr(cands, labels_field(ctx.name)) if labels_field(ctx.name) != "y" else None
-    # RIC's Guetzli encoder dominates a CPU column's time; it uses every usable CPU (jpeg_workers=None).
+    # RIC's Guetzli encoder dominates a CPU column's time: it uses every usable CPU (jpeg_workers=None) and, where
+    # the profile says so, encodes a random sample of the successful AEs (its interval has the sample's n).
     metrics, ctx.intervals = attack_utility(model, cands.x, run.x_adv, cands.y, target=target,
                                             batch_size=ctx.params["batch_size"], device=ctx.device, jpeg_workers=None,
-                                            intervals=True, seed=ctx.params["seed"])
+                                            ric_samples=ctx.profile.ric_samples, intervals=True,
+                                            seed=ctx.params["seed"])
     # CC is one timing of the whole run divided by N, not a mean of per-image values: it has no interval.
     metrics["CC"] = run.seconds_per_example
     ctx.extra["by_class"] = outcome_by_class(model, cands, run.x_adv, target=target,

@@ -136,6 +136,8 @@ class TrainConfig:
             the cache key: the same experiment on another device is the same experiment.
         bf16: bfloat16 autocast for forward passes (training and crafting); changes numerics, hence in the key.
         channels_last: NHWC memory format for the model and batches (a GPU speed option).
+        compile: run the update's forward pass through ``torch.compile`` (falling back to eager if compilation
+            fails; :func:`repro.models.compiled.compile_or_eager`). Like the device, not part of the cache key.
     """
 
     dataset: str
@@ -155,6 +157,7 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = False
     channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self):
         _choice("dataset", self.dataset, DATASETS)
@@ -194,7 +197,7 @@ class TrainConfig:
             torch.device("cuda" if self.device == "auto" else self.device)
         except RuntimeError as err:
             raise ValueError(f"unknown device {self.device!r}; allowed: 'auto', 'cpu', 'cuda', 'cuda:N'") from err
-        for name in ("disable_dropout", "bf16", "channels_last"):
+        for name in ("disable_dropout", "bf16", "channels_last", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 

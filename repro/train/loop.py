@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm  # text bars: papermill --log-output streams them; no ipywidgets needed
 
 from .. import _io
+from ..models.compiled import compile_or_eager
 from ..data import provenance
 from .augment import draw_augmentation, translate_flip
 from .config import FORMAT_VERSION, TrainConfig, config_key, effective_config
@@ -114,6 +115,7 @@ def train(config: TrainConfig, *, out_dir: str | Path, initial_weights: dict | N
     history, best, start_epoch = state if state else ([], None, 0)
     model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else net
+    model = compile_or_eager(model, enabled=config.compile)
     n_train, show = len(data.y_train), progress and rank == 0
     steps_per_epoch = -(-n_train // batch_size)
 

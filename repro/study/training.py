@@ -1,0 +1,182 @@
+"""Training: every model the study trains, judged by how it was trained and by attacking it.
+
+Per dataset (plan tables "training"), each model of the security evaluation (:data:`repro.study.security.SECURITY_MODELS`),
+the seed replicates of the defence columns, and the profile's training ablation (:class:`repro.study.profiles.
+AblationArm`): where its weights come from, its recipe, epochs, training images, wall time, kept epoch and keep rule,
+its per-epoch validation curves (clean and PGD accuracy on DeepSec's held-out images), and its accuracy on the test
+images, clean and under PGD at the dataset's threat model (Madry et al.'s evaluation: CIFAR-10 ε = 8/255, step 2/255,
+20 steps; MNIST ε = 0.3, step 0.01, 100 steps; one random start), each with its exact 95 % interval. This is where
+the issue's target for an adversarially trained ResNet-20 (clean ≥ 75 %, PGD-20 ≥ 30 %) is checked, and where the
+quick profile's PAT recipe is compared with the alternatives it was chosen over.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from torch import Tensor, nn
+
+from .. import data as data_mod
+from ..train import TrainConfig, config_key, is_cached
+from . import security, steps
+from .security import evaluation_images  # the same first test images for every model, as the security chapter
+from .plan import columns_for
+from .profiles import Profile, get_profile
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model of the training chapter: ``spec`` names the plan column and role it comes from; ``arm`` is the label
+    of the ablation arm that changes its training (``None``: the column's own configuration)."""
+
+    spec: security.EvaluatedModel
+    arm: str | None = None
+    arm_index: int | None = None
+
+
+def trained_models(dataset: str, profile: str | Profile) -> list[TrainedModel]:
+    """The models of ``dataset``'s training column under ``profile``, in table order: the security evaluation's
+    models, each defended model's seed replicates run under the profile, then the ablation arms (variants of the
+    first defended model's training)."""
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    specs = security.SECURITY_MODELS[dataset]
+    out = [TrainedModel(spec) for spec in specs]
+    running = {c.id: c for c in columns_for(prof.name)}
+    for spec in specs:
+        for col in (c for c in running.values() if c.replicate_of == spec.column and spec.role == "defended"):
+            seed = col.parameters["seed"]
+            out.append(TrainedModel(security.EvaluatedModel(f"{spec.id}_seed{seed}", f"{spec.label}, seed {seed}",
+                                                            col.id, "defended")))
+    first = next(spec for spec in specs if spec.role == "defended")
+    for i, arm in enumerate(prof.defence.ablation):
+        if arm.dataset == dataset:
+            out.append(TrainedModel(security.EvaluatedModel(f"{first.id}_arm{i}", f"{first.label}: {arm.label}",
+                                                            first.column, "defended"), arm=arm.label, arm_index=i))
+    return out
+
+
+def model_config(model: TrainedModel, ctx: steps.Context) -> TrainConfig | None:
+    """The training configuration of ``model`` (``None``: DeepSec's released checkpoint), with the notebook's budget
+    overrides; an ablation arm replaces the initialisation, recipe, epochs and images of its column's defence."""
+    p = ctx.params
+    kwargs = dict(width=p["width"], epochs=p["epochs"], train_subset=p["train_subset"], device=str(ctx.device))
+    if model.arm_index is None:
+        return security.model_config(model.spec, ctx.profile, defence_epochs=p["defence_epochs"],
+                                     defence_subset=p["defence_subset"], **kwargs)
+    arm = ctx.profile.defence.ablation[model.arm_index].training
+    return security.model_config(model.spec, ctx.profile, defence_init=arm.init, defence_recipe=arm.recipe,
+                                 defence_epochs=arm.epochs, defence_subset=arm.subset, **kwargs)
+
+
+def resolve_training(p: dict, prof: Profile) -> dict:
+    """The training notebook's effective parameters: ``n_samples`` (``None``: the profile's, else the whole official
+    test split; a partial copy then uses all it has), ``pgd_steps`` (``None``: the profile's, else the threat
+    model's), the raw and defence budgets (``None``: the profile's, as the defence columns).
+
+    Raises:
+        repro.study.steps.ParameterError: unknown dataset, a count below 1, a width on a model without one.
+    """
+    require = steps._require
+    require(p.get("dataset") in security.SECURITY_MODELS,
+            f"unknown dataset {p.get('dataset')!r}; allowed: {', '.join(map(repr, security.SECURITY_MODELS))}")
+    if p.get("n_samples") is None:
+        p["n_samples"] = prof.training_images.get(p["dataset"]) or data_mod.FULL_SIZES[p["dataset"]]["test"]
+    if p.get("pgd_steps") is None:
+        p["pgd_steps"] = prof.training_pgd_steps or security.threat_model(p["dataset"])["steps"]
+    steps._count(p, "n_samples")
+    steps._count(p, "pgd_steps")
+    if p["dataset"] == "cifar10":
+        p["width"] = prof.wide_width if p.get("width") is None else p["width"]
+        steps._count(p, "width")
+    else:
+        require(p.get("width") in (None, 1), f"width applies to the wide ResNet of the cifar10 column only, got "
+                                             f"width={p.get('width')!r} with dataset {p['dataset']!r}")
+        p["width"] = None
+    defence = prof.defence.for_dataset(p["dataset"])
+    for name, default in (("epochs", prof.raw.epochs), ("train_subset", prof.raw.subset),
+                          ("defence_epochs", defence.epochs), ("defence_subset", defence.subset)):
+        p[name] = default if p.get(name) is None else p[name]
+        steps._count(p, name, optional=True)
+    return p
+
+
+def planned_work(ctx: steps.Context) -> str:
+    """Where each model comes from (cache key, or trained now) and the evaluation, in words."""
+    p, lines = ctx.params, []
+    for model in trained_models(p["dataset"], ctx.profile):
+        config = model_config(model, ctx)
+        where = ("DeepSec's released checkpoint" if config is None else
+                 f"training cache, key {config_key(config)[:12]}" if is_cached(config) else
+                 "NOT in the training cache: trained now")
+        lines.append(f"{model.spec.label}: {where}")
+    threat = security.threat_model(p["dataset"])
+    lines.append(f"per model: the first {p['n_samples']:,} test images, clean and under PGD ε = {threat['eps']:.4g}, "
+                 f"step {threat['step_size']:.4g}, {p['pgd_steps']} steps, one random start")
+    return "\n".join(lines)
+
+
+def evaluate(ctx: steps.Context, x: Tensor, y: Tensor) -> dict:
+    """Load (or train) every model of the column and measure it, JSON-ready: per model id its label, column, role,
+    ablation arm, training record (recipe, epochs, images, init, history, kept epoch and rule, wall time; ``None``
+    for DeepSec's checkpoint), and ``clean`` and ``pgd`` rate records (:func:`repro.study.security.rate`)."""
+    from .. import models as models_mod
+
+    p = ctx.params
+    threat = security.threat_model(p["dataset"])
+    out = {"threat_model": {**threat, "steps": p["pgd_steps"], "restarts": 1}, "models": {}}
+    for model in trained_models(p["dataset"], ctx.profile):
+        config, mid = model_config(model, ctx), model.spec.id
+        if config is None:
+            net: nn.Module = models_mod.load_deepsec(p["dataset"], map_location=ctx.device).eval()
+            record = None
+            out["deepsec_split"] = _split_accuracy(net, p["dataset"], model.spec, ctx)
+        else:
+            net = steps._trained(ctx, config, mid)
+            trained = ctx.models[mid]
+            recipe = trained["config"]["recipe"]
+            record = {"init": trained["config"]["init"], "recipe": recipe["name"], "optimiser": recipe["optimiser"],
+                      "lr": recipe["lr"], "schedule": recipe["schedule"], "keep": recipe["keep"],
+                      "epochs": trained["config"]["epochs"], "batch_size": trained["config"]["batch_size"],
+                      "train_images": _images(trained["history"]), "kept_epoch": trained["best_epoch"],
+                      "train_time_s": trained["train_time_s"], "history": trained["history"]}
+        clean = security.predict_correct(net, x, y, batch_size=p["batch_size"], device=ctx.device)
+        pgd = security.pgd_worst_case(net, x, y, eps=threat["eps"], step_size=threat["step_size"],
+                                      steps=p["pgd_steps"], restarts=1, batch_size=p["batch_size"],
+                                      device=ctx.device, seed=p["seed"], correct=clean)
+        out["models"][mid] = {"label": model.spec.label, "column": model.spec.column, "role": model.spec.role,
+                              "arm": model.arm, "training": record, "clean": security.rate(clean), "pgd": pgd}
+        ctx.models.setdefault(mid, {}).update(label=model.spec.label, column=model.spec.column, role=model.spec.role)
+    return out
+
+
+def _split_accuracy(net: nn.Module, dataset: str, spec: security.EvaluatedModel, ctx: steps.Context) -> dict:
+    """DeepSec's released model on the training images available here, split as the training loop splits them
+    (DeepSec's own seeded hold-out): the held-out part should score like the test split, the rest (which DeepSec
+    trained on) near 100 %, evidence that validation here uses images the checkpoint never saw."""
+    from ..train.runtime import split_data
+
+    config = security.model_config(replace(spec, role="defended"), ctx.profile, device=str(ctx.device))
+    data = split_data(config, ctx.device)
+    held_out = security.predict_correct(net, data.x_val, data.y_val, batch_size=ctx.params["batch_size"],
+                                        device=ctx.device)
+    trained_on = security.predict_correct(net, data.x_train, data.y_train, batch_size=ctx.params["batch_size"],
+                                          device=ctx.device)
+    return {"model": spec.label, "held_out": security.rate(held_out), "trained_on": security.rate(trained_on)}
+
+
+def _images(history: list[dict]) -> int | None:
+    """Training images per epoch, from a training history."""
+    return history[0]["images"] if history else None
+
+
+def headline_records(found: dict) -> dict[str, dict]:
+    """Per model, the clean and PGD rate records, keyed ``"<model id>/<what>"``."""
+    return {f"{mid}/{what}": rec[what] for mid, rec in found["models"].items() for what in ("clean", "pgd")}
+
+
+def headline_metrics(found: dict) -> dict:
+    """The result's metrics: per model, clean and PGD accuracy as fractions, keyed ``"<model id>/<what>"``."""
+    return {key: value["rate"] for key, value in headline_records(found).items()}
+
+
+__all__ = ["TrainedModel", "evaluate", "evaluation_images", "headline_metrics", "headline_records", "model_config",
+           "planned_work", "resolve_training", "trained_models"]

@@ -1,0 +1,109 @@
+"""The work a profile's columns do, counted in units whose throughput ``benchmarks/gpu.py`` measures on a device.
+
+Units (per image): ``pgd_step`` one forward and backward pass to the input in eval mode (a PGD, LLC or APGD step);
+``train_step`` one forward and backward pass with a parameter update in train mode; ``cw2_iteration`` one CW2 Adam
+iteration; ``metrics`` DeepSec's attack-utility metric suite on one adversarial example (Guetzli JPEG included). A
+PAT epoch on N images is N × (steps ``pgd_step`` + 2 ``train_step``), the clean and the adversarial batch; NAT's is
+N × (1 + 2). The counts come from the profile, the plan and the training recipes, never typed here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..data import FULL_SIZES
+from ..train import RECIPES
+from ..train.config import DEEPSEC_RECIPE
+from .plan import columns_for
+from .profiles import Profile, get_profile
+
+UNITS = ("pgd_step", "train_step", "cw2_iteration", "metrics")
+
+
+@dataclass(frozen=True)
+class Work:
+    """``count`` units of ``unit`` on ``model`` (a key of :func:`model_keys`) for the plan column ``column``."""
+
+    column: str
+    what: str
+    unit: str
+    model: str
+    count: float
+
+
+def model_keys(profile: Profile) -> dict[str, tuple[str, dict]]:
+    """The architectures a profile uses, as benchmark keys → (model name, factory keywords)."""
+    return {"mnist_convnet": ("mnist_convnet", {}), "resnet20": ("resnet20", {}),
+            f"resnet20_wide_x{profile.wide_width}": ("resnet20_wide", {"width": profile.wide_width})}
+
+
+def _train_images(dataset: str, subset: int | None) -> int:
+    """Training images per epoch: DeepSec's 90 % share of the first ``subset`` of the complete dataset."""
+    n = min(subset or FULL_SIZES[dataset]["train"], FULL_SIZES[dataset]["train"])
+    return n - int(0.1 * n)
+
+
+def workload(profile: str | Profile = "paper") -> list[Work]:
+    """The work of every column of ``profile`` that trains or attacks with a full budget (the findings notebook and
+    the seed replicates are left out; the security evaluation is counted as its PGD restarts and AutoAttack's APGD
+    iterations on every image, an upper bound since AutoAttack attacks only the images still classified correctly)."""
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    wide = f"resnet20_wide_x{prof.wide_width}"
+    out: list[Work] = []
+    trained_raw: set[str] = set()
+    for col in columns_for(prof.name):
+        if col.replicate_of or col.table in ("findings", "training"):
+            continue
+        p = col.parameters_for(prof.name)
+        dataset = p.get("dataset")
+        model = wide if p.get("model") == "resnet20_wide" else p.get("model")
+        if col.attack:
+            budget = prof.attack_budget(col.attack)
+            if col.attack == "cw2":
+                it = budget.iterations
+                out.append(Work(col.id, f"{budget.n_candidates:,} images × {it['binary_search_steps']} × "
+                                        f"{it['max_iterations']:,} iterations", "cw2_iteration", model,
+                                budget.n_candidates * it["binary_search_steps"] * it["max_iterations"]))
+            else:
+                out.append(Work(col.id, f"{budget.n_candidates:,} images × {p['steps']} steps", "pgd_step", model,
+                                budget.n_candidates * p["steps"]))
+            out.append(Work(col.id, "metric suite", "metrics", dataset, budget.n_candidates))
+        if ("raw" in col.uses and prof.raw.source == "train" or model == wide) and model not in trained_raw \
+                and col.table in ("1", "2", "corrected"):
+            trained_raw.add(model)
+            recipe = RECIPES[DEEPSEC_RECIPE[dataset]]
+            epochs, n = prof.raw.epochs or recipe.epochs, _train_images(dataset, prof.raw.subset)
+            out.append(Work(col.id, f"raw {model}: {epochs} epochs × {n:,} images", "train_step", model, epochs * n))
+        if col.defence:
+            training = prof.defence.for_dataset(dataset)
+            recipe = RECIPES[training.recipe or DEEPSEC_RECIPE[dataset]]
+            epochs, n = training.epochs or recipe.epochs, _train_images(dataset, training.subset)
+            steps = p.get("steps", 1) if col.defence == "pat" else 1
+            out.append(Work(col.id, f"{col.defence.upper()}: {epochs} epochs × {n:,} images × {steps} crafting "
+                                    "steps", "pgd_step", model, epochs * n * steps))
+            out.append(Work(col.id, f"{col.defence.upper()}: {epochs} epochs × {n:,} images × 2 updates",
+                            "train_step", model, epochs * n * 2))
+        if col.table == "security":
+            sec = prof.security
+            n = sec.n_images or FULL_SIZES[dataset]["test"]
+            steps = sec.pgd_steps or (20 if dataset == "cifar10" else 100)
+            targets = sec.autoattack_target_classes or 9
+            per_image = sec.pgd_restarts * steps + (1 + targets) * (sec.autoattack_iterations or 100)
+            models = ([("mnist_convnet", 2)] if dataset == "mnist" else [("resnet20", 2), (wide, 3)])
+            for name, count in models:
+                out.append(Work(col.id, f"{count} models × {n:,} images × {per_image} steps (PGD restarts, APGD)",
+                                "pgd_step", name, count * n * per_image))
+    return out
+
+
+def estimate(work: list[Work], throughput: dict[str, dict[str, float]]) -> list[dict]:
+    """Seconds for each item of ``work`` given ``throughput[model][unit]`` in units per second (``metrics`` keyed by
+    dataset); an item whose throughput was not measured gets ``None``."""
+    rows = []
+    for w in work:
+        rate = throughput.get(w.model, {}).get(w.unit)
+        rows.append({"column": w.column, "what": w.what, "unit": w.unit, "model": w.model, "count": w.count,
+                     "seconds": None if not rate else w.count / rate})
+    return rows
+
+
+__all__ = ["UNITS", "Work", "estimate", "model_keys", "workload"]

@@ -1,0 +1,65 @@
+"""The training chapter's model list, the workload counts behind the paper estimate, and the device check."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from repro.results import repo_root
+from repro.study import training, workload
+from repro.study.profiles import get_profile
+from repro.train import RECIPES
+
+
+def test_quick_cifar10_models_are_the_security_models_then_the_ablation_arms():
+    models = training.trained_models("cifar10", "quick")
+    ids = [m.spec.id for m in models]
+    assert ids[:5] == ["raw_resnet20", "pat_resnet20", "raw_wide", "pat_eps8_wide", "pat_8_255_wide"]
+    arms = [m for m in models if m.arm]
+    assert [m.arm for m in arms] == [a.label for a in get_profile("quick").defence.ablation]
+    assert all(m.spec.column == "pat_resnet20" for m in arms)
+
+
+def test_quick_mnist_models_include_the_nat_seed_replicates():
+    ids = [m.spec.id for m in training.trained_models("mnist", "quick")]
+    assert ids == ["raw_mnist", "nat_mnist", "nat_mnist_seed101", "nat_mnist_seed102"]
+
+
+def test_ablation_arms_name_registered_recipes_and_differ_from_the_profile():
+    prof = get_profile("quick")
+    own = prof.defence.for_dataset("cifar10")
+    for arm in prof.defence.ablation:
+        assert arm.training.recipe in RECIPES
+        assert arm.training != own
+
+
+def test_paper_workload_counts_come_from_the_profile_and_recipes():
+    """Hand-computed: PAT ResNet-20 under paper = 200 epochs × 45,000 images × 7 PGD steps, + 2 updates per image;
+    CW2 = 1,000 × 10 × 10,000 iterations."""
+    work = {(w.column, w.unit): w.count for w in workload.workload("paper")}
+    assert work[("pat_resnet20", "pgd_step")] == 200 * 45_000 * 7
+    assert work[("pat_resnet20", "train_step")] == 200 * 45_000 * 2
+    assert work[("pat_8_255_wide", "pgd_step")] == 200 * 45_000 * 10
+    assert work[("cw2_mnist", "cw2_iteration")] == 1000 * 10 * 10_000
+    assert work[("nat_mnist", "train_step")] == 20 * 54_000 * 2
+    rows = workload.estimate(workload.workload("paper"), {"resnet20": {"pgd_step": 1000.0}})
+    pat = next(r for r in rows if r["column"] == "pat_resnet20" and r["unit"] == "pgd_step")
+    assert pat["seconds"] == pytest.approx(200 * 45_000 * 7 / 1000.0)
+    assert next(r for r in rows if r["unit"] == "cw2_iteration")["seconds"] is None  # not measured: no guess
+
+
+def test_device_check_runs_on_cpu_and_prints_the_estimate(tmp_path):
+    """benchmarks/gpu.py in its tiny form: every unit measured for every model of the profile, and an estimate."""
+    out = tmp_path / "gpu.json"
+    done = subprocess.run([sys.executable, str(repo_root() / "benchmarks" / "gpu.py"), "--tiny", "--profile",
+                           "smoke", "--device", "cpu", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "estimated wall time of the smoke profile" in done.stdout and "total" in done.stdout
+    found = json.loads(out.read_text())
+    for key in workload.model_keys(get_profile("smoke")):
+        assert set(found["throughput"][key]) == {"pgd_step", "train_step", "cw2_iteration"}
+        assert all(v > 0 for v in found["throughput"][key].values())
+    assert all(r["seconds"] is not None and r["seconds"] > 0 for r in found["estimate"])

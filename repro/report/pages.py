@@ -15,7 +15,7 @@ import yaml
 
 from .. import results as results_mod
 from ..study.plan import (COLUMNS, METRIC_LABELS, PRINTED_UNIT, TABLE_METRICS, Column, columns_for, fingerprint,
-                          published, replicates, to_printed_unit)
+                          published, published_value, replicates, to_printed_unit)
 from ..study.profiles import get_profile
 from ..study.steps import ModelSource
 from ..study.verdicts import ALLOWANCES, Verdict, noncomparable, verdict
@@ -341,6 +341,24 @@ def _corrected_page(profile, found, fresh, figures_dir) -> str:
     return "\n".join(parts)
 
 
+# Published numbers the hand-written chapters quote: substitution name → (table, column, source, metric), read from
+# the published CSVs so that prose cannot drift from them.
+PUBLISHED_SUBS = {
+    "p_cw2_ass_followup": ("1", "cw2_mnist", "follow-up", "ASS"),
+    "p_cw2_ass_deepsec": ("1", "cw2_mnist", "deepsec", "ASS"),
+    "p_pat_acc_raw_followup": ("2", "pat_resnet20", "follow-up", "ACC_raw"),
+    "p_pat_acc_raw_deepsec": ("2", "pat_resnet20", "deepsec", "ACC_raw"),
+}
+
+
+def _published_subs() -> dict[str, str]:
+    out = {}
+    for name, (table, column, source, metric) in PUBLISHED_SUBS.items():
+        entry = published_value(table, column, source, metric)
+        out[name] = f"{entry.printed:g}{' %' if entry.unit == '%' else ''}"
+    return out
+
+
 def _allowances_page() -> str:
     rows = []
     for metric, allowance in ALLOWANCES.items():
@@ -575,6 +593,16 @@ def glance(profile: str, found: dict) -> str:
                      f"{_label(key)} {_fmt_interval(key, r)}", "; ".join(why) or "–"])
     text = _md_table(["column", "vs follow-up (✓ / ✗ / n/c)", "vs DeepSec (✓ / ✗ / n/c)", "key number [95 % CI]",
                       "why"], rows)
+    attacked = [[rec["label"], f"{100 * rec['clean']['rate']:.1f} [{100 * rec['clean']['low']:.1f}, "
+                               f"{100 * rec['clean']['high']:.1f}]",
+                 f"{100 * rec['pgd']['rate']:.1f} [{100 * rec['pgd']['low']:.1f}, {100 * rec['pgd']['high']:.1f}]"]
+                for col in columns_for(profile) if col.table == "training" and col.id in found
+                for rec in found[col.id].extra.get("training", {}).get("models", {}).values()
+                if rec["role"] == "defended" and not rec["arm"] and "_seed" not in rec["column"]]
+    if attacked:
+        text += ("\nThe defended models attacked themselves (the training chapter: PGD at the dataset's threat model, "
+                 "ε = 8/255 on CIFAR-10 and 0.3 on MNIST, on the test images), accuracy in % [95 % CI]:\n\n"
+                 + _md_table(["defended model", "clean", "under PGD"], attacked))
     data = {}
     for r in found.values():
         data.update(r.provenance.get("data", {}).get("datasets", {}))
@@ -679,6 +707,7 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
                                 "path in seconds." if profile == "smoke" else
                                 "Every column lists where this run departs from the published setting."
                                 if profile != "paper" else "This is the papers' own setting.")}
+    subs.update(_published_subs())
     _findings_pages(gen, found.get("findings"), subs, found)
     _appendix_pages(gen, profile, cols, found)
     config_path = stage / "_config.yml"

@@ -243,18 +243,7 @@ def resolve_security(p: dict, prof: Profile) -> dict:
         steps._count(p, name)
     for name in ("transfer_samples", "curve_samples"):
         p[name] = p["n_samples"] if p[name] is None else min(p[name], p["n_samples"])
-    if p["dataset"] == "cifar10":
-        p["width"] = prof.wide_width if p.get("width") is None else p["width"]
-        steps._count(p, "width")
-    else:
-        require(p.get("width") in (None, 1), f"width applies to the wide ResNet of the cifar10 column only, got "
-                                             f"width={p.get('width')!r} with dataset {p['dataset']!r}")
-        p["width"] = None
-    defence = prof.defence.for_dataset(p["dataset"])
-    for name, default in (("epochs", prof.raw.epochs), ("train_subset", prof.raw.subset),
-                          ("defence_epochs", defence.epochs), ("defence_subset", defence.subset)):
-        p[name] = default if p.get(name) is None else p[name]
-        steps._count(p, name, optional=True)
+    resolve_model_budgets(p, prof)
     p["autoattack"] = {"version": budget.autoattack_version, "attacks": list(budget.autoattack_attacks),
                        "target_classes": budget.autoattack_target_classes,
                        "iterations": budget.autoattack_iterations}
@@ -577,6 +566,27 @@ def masking_checks(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, white_
 
 
 # --------------------------------------------------------------------------------------------- the column's run
+def resolve_model_budgets(p: dict, prof: Profile) -> None:
+    """Fill, in ``p``, the budgets of the models a per-dataset column loads (the wide ResNet's width on CIFAR-10,
+    the raw and defence training budgets), each ``None`` from ``prof`` as the defence columns do.
+
+    Raises:
+        repro.study.steps.ParameterError: a count below 1, or a width on MNIST.
+    """
+    if p["dataset"] == "cifar10":
+        p["width"] = prof.wide_width if p.get("width") is None else p["width"]
+        steps._count(p, "width")
+    else:
+        steps._require(p.get("width") in (None, 1), f"width applies to the wide ResNet of the cifar10 column only, "
+                                                    f"got width={p.get('width')!r} with dataset {p['dataset']!r}")
+        p["width"] = None
+    defence = prof.defence.for_dataset(p["dataset"])
+    for name, default in (("epochs", prof.raw.epochs), ("train_subset", prof.raw.subset),
+                          ("defence_epochs", defence.epochs), ("defence_subset", defence.subset)):
+        p[name] = default if p.get(name) is None else p[name]
+        steps._count(p, name, optional=True)
+
+
 def load_models(ctx: steps.Context) -> dict[str, nn.Module]:
     """Every model of the column's dataset (:data:`SECURITY_MODELS`), in ``eval()`` mode on the context's device:
     DeepSec's released checkpoints where the profile loads them, the others from the training cache (trained now if

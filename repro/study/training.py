@@ -84,18 +84,7 @@ def resolve_training(p: dict, prof: Profile) -> dict:
         p["pgd_steps"] = prof.training_pgd_steps or security.threat_model(p["dataset"])["steps"]
     steps._count(p, "n_samples")
     steps._count(p, "pgd_steps")
-    if p["dataset"] == "cifar10":
-        p["width"] = prof.wide_width if p.get("width") is None else p["width"]
-        steps._count(p, "width")
-    else:
-        require(p.get("width") in (None, 1), f"width applies to the wide ResNet of the cifar10 column only, got "
-                                             f"width={p.get('width')!r} with dataset {p['dataset']!r}")
-        p["width"] = None
-    defence = prof.defence.for_dataset(p["dataset"])
-    for name, default in (("epochs", prof.raw.epochs), ("train_subset", prof.raw.subset),
-                          ("defence_epochs", defence.epochs), ("defence_subset", defence.subset)):
-        p[name] = default if p.get(name) is None else p[name]
-        steps._count(p, name, optional=True)
+    security.resolve_model_budgets(p, prof)
     return p
 
 

@@ -146,8 +146,8 @@ def test_runner_attacks_a_folded_channels_last_copy_and_leaves_the_model_alone()
     params = dict(eps=EPS, step_size=0.03, steps=1, random_start=False)
     exact = run_attack("pgd", model, x, y, params=params, progress=False, fold_batchnorm=False, channels_last=False)
     fast = run_attack("pgd", model, x, y, params=params, progress=False)
-    assert exact.options == dict(autocast_bf16=False, channels_last=False, fold_batchnorm=False)
-    assert fast.options == dict(autocast_bf16=False, channels_last=True, fold_batchnorm=True)
+    assert exact.options == dict(autocast_bf16=False, channels_last=False, fold_batchnorm=False, compiled=False)
+    assert fast.options == dict(autocast_bf16=False, channels_last=True, fold_batchnorm=True, compiled=False)
     assert torch.equal(exact.x_adv, pgd(model, x, y, **params))
     # The same function up to float32 rounding: a sign flips only where a gradient component is within rounding of 0.
     assert (fast.x_adv != exact.x_adv).float().mean() < 1e-3 and fast.x_adv.is_contiguous()
@@ -182,7 +182,7 @@ def test_runner_folding_follows_the_mode_and_says_why_it_cannot_fold():
         run_attack("fgsm", model, x, y, params=params, progress=False, fold_batchnorm=True)
     flat = nn.Sequential(nn.Linear(SIDE * SIDE, CLASSES)).eval()
     run = run_attack("fgsm", flat, x.flatten(1), y, params=params, progress=False)
-    assert run.options == dict(autocast_bf16=False, channels_last=False, fold_batchnorm=False)
+    assert run.options == dict(autocast_bf16=False, channels_last=False, fold_batchnorm=False, compiled=False)
     with pytest.raises(ValueError, match="channels_last needs NCHW"):
         run_attack("fgsm", flat, x.flatten(1), y, params=params, progress=False, channels_last=True)
 

@@ -1,6 +1,8 @@
 """The book: comparison logic on hand-made results, and the smoke book built end to end with jupyter-book."""
 from __future__ import annotations
 
+import json
+
 import re
 import shutil
 from html.parser import HTMLParser
@@ -57,9 +59,25 @@ def test_every_verdict_shown_is_the_rules_output():
     assert book._fmt("CAV", -0.0009) == "-0.09"
 
 
-def test_gpu_estimate_without_measurements():
+def test_gpu_estimate_comes_from_the_device_check_output(tmp_path, monkeypatch):
+    """The appendix's estimate is built from benchmarks/results/gpu_<device>.json (CUDA preferred), never from
+    hand-set constants; without a file it says how to make one."""
+    monkeypatch.setattr(book.results_mod, "repo_root", lambda: tmp_path)
+    assert "No device check has been run" in book.gpu_estimate({})
+    folder = tmp_path / "benchmarks" / "results"
+    folder.mkdir(parents=True)
+    check = {"device": "a test CPU", "device_type": "cpu", "torch": "x", "profile": "paper",
+             "throughput": {"resnet20": {"pgd_step": 100.0}},
+             "estimate": [{"column": "pat_resnet20", "seconds": 7200.0}, {"column": "pat_resnet20", "seconds": 3600.0}],
+             "total_seconds": 10800.0}
+    (folder / "gpu_cpu.json").write_text(json.dumps(check), encoding="utf-8")
     text = book.gpu_estimate({})
-    assert "total" in text and "7,000 minutes" in text
+    assert "a test CPU" in text and "No GPU was available" in text and "| `pat_resnet20` | 3.0 |" in text
+    assert "**total** | **3.0**" in text and "| `resnet20` | 100 |" in text
+    (folder / "gpu_cuda.json").write_text(json.dumps({**check, "device": "a test GPU", "device_type": "cuda"}),
+                                          encoding="utf-8")
+    text = book.gpu_estimate({})
+    assert "a test GPU" in text and "No GPU was available" not in text
 
 
 class _Tables(HTMLParser):

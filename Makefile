@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= quick
 STAMP := $(VENV)/.installed
 
-.PHONY: install test book screenshot benchmarks clean
+.PHONY: install test book screenshot benchmarks bench-deps clean
 
 install: $(STAMP)
 
@@ -37,6 +37,16 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/metrics.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/gpu.py
+	$(PY) benchmarks/optimality.py
+
+# The optimality benchmark's oracle libraries (benchmarks/optimality.py). adv-lib imports visdom, whose sdist only
+# builds with setuptools < 81 (it needs pkg_resources): build that wheel in a throwaway venv, then install.
+bench-deps: $(STAMP)
+	rm -rf .bench-build && $(PYTHON) -m venv .bench-build
+	.bench-build/bin/pip install --quiet 'setuptools<81' wheel
+	.bench-build/bin/pip wheel --quiet --no-deps --no-build-isolation visdom -w .bench-build/wheels
+	$(PY) -m pip install --quiet .bench-build/wheels/visdom-*.whl adv-lib adversarial-robustness-toolbox torchattacks
+	rm -rf .bench-build
 
 clean:
 	rm -rf _build .pytest_cache

@@ -85,6 +85,22 @@ def test_per_sample_eps(name):
     assert per_sample[0] == 0.0
 
 
+def test_pgd_per_sample_step_size_equals_one_call_per_sample():
+    """A per-sample (ε, step) pair, as the optimality benchmark's ε bisection uses, gives each image exactly what a
+    call with its own scalar ε and step gives it (no random start: the comparison is exact)."""
+    model = tiny_convnet().eval()
+    x, y = batch()
+    eps = torch.linspace(0.02, 0.2, N)
+    step = 2.5 * eps / 5
+    together = pgd(model, x, y, eps=eps, step_size=step, steps=5, random_start=False)
+    for i in range(N):
+        alone = pgd(model, x[i:i + 1], y[i:i + 1], eps=float(eps[i]), step_size=float(step[i]), steps=5,
+                    random_start=False)
+        torch.testing.assert_close(together[i:i + 1], alone, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="step_size"):
+        pgd(model, x, y, eps=eps, step_size=-step, steps=5)
+
+
 # -------------------------------------------------------------------------------------------- no side effects
 @pytest.mark.parametrize("train_mode", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("name", list(ATTACKS))

@@ -42,7 +42,7 @@ def pgd(
     y: Tensor,
     *,
     eps: float | Tensor,
-    step_size: float,
+    step_size: float | Tensor,
     steps: int,
     random_start: bool = True,
     generator: torch.Generator | None = None,
@@ -63,7 +63,8 @@ def pgd(
         y: true labels ``(N,)``, int64 in ``0..K-1``, on ``x``'s device.
         eps: L∞ budget in [0, 1] pixel units, a float ≥ 0 or a per-sample tensor ``(N,)``. ε ≥ 1 is allowed but
             warns: only the [0, 1] box constrains then (the follow-up's "ε=8").
-        step_size: L∞ size of each step, ≥ 0, same units.
+        step_size: L∞ size of each step, ≥ 0, same units; a float or a per-sample tensor ``(N,)`` (a minimal-ε
+            search scales each sample's step with its ε: ``benchmarks/optimality.py``).
         steps: number of gradient steps, ≥ 1.
         random_start: start from x + U(−eps, eps) (DeepSec, Madry); ``False`` starts from x.
         generator: source of the random start (on ``x``'s device or the CPU); ``None`` uses the global RNG, so
@@ -84,7 +85,10 @@ def pgd(
     (check_images if validate else check_image_batch)(x)
     check_labels(y, x, name="y")
     eps = as_eps(eps, x, check_values=validate)
-    step_size = check_nonnegative(step_size, name="step_size")
+    if isinstance(step_size, Tensor):
+        step_size = as_eps(step_size, x, name="step_size", check_values=validate)
+    else:
+        step_size = check_nonnegative(step_size, name="step_size")
     steps = check_steps(steps)
     x = x.detach()
     lower, upper = box_bounds(x, eps)
@@ -96,5 +100,8 @@ def pgd(
     for step in range(steps):
         grad = input_gradient(model, x_adv, y, check=validate and step == 0, name="y")
         # One clamp to precomputed bounds = ε-ball projection followed by [0, 1] clipping (x is in [0, 1]).
-        x_adv = torch.add(x_adv, grad.sign_(), alpha=step_size).clamp_(min=lower, max=upper)
+        if isinstance(step_size, Tensor):
+            x_adv = torch.addcmul(x_adv, grad.sign_(), step_size).clamp_(min=lower, max=upper)
+        else:
+            x_adv = torch.add(x_adv, grad.sign_(), alpha=step_size).clamp_(min=lower, max=upper)
     return x_adv

@@ -209,3 +209,27 @@ def save(fig, path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
+
+
+def optimality_curves(settings: dict[str, dict]):
+    """Robust accuracy versus perturbation size, one panel per model × norm of ``benchmarks/optimality.py``'s output:
+    one line per attack (from its per-image distances) and the per-image best of all attacks, dashed."""
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.4), squeeze=False)
+    for ax, (key, setting) in zip(axes[0], settings.items()):
+        d_max = setting["d_max"]
+        grid = np.linspace(0.0, d_max, 200)
+        rows = {name: np.asarray(a["distances"], dtype=float) for name, a in setting["attacks"].items()}
+        best = np.min(np.stack(list(rows.values())), axis=0)
+        scale = 255.0 if setting["norm"] == "linf" else 1.0
+        for name, d in rows.items():
+            ax.plot(grid * scale, [(d > e).mean() * 100 for e in grid], lw=1.2,
+                    label=f"{name} ({setting['attacks'][name]['optimality']:.3f})")
+        ax.plot(grid * scale, [(best > e).mean() * 100 for e in grid], color="black", ls="--", lw=1.0,
+                label="best of all")
+        ax.set_xlabel("L∞ × 255" if setting["norm"] == "linf" else "L2")
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_title(f"{setting['dataset']}, {setting['norm']}, n={setting['n']}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import yaml
@@ -524,6 +525,7 @@ def _appendix_pages(gen: Path, profile: str, cols, found) -> None:
         text += "\n" + _md_table(["model", "sha256"], list(models.values()))
     (gen / "appendix_data.md").write_text(text, encoding="utf-8")
     (gen / "appendix_gpu.md").write_text(gpu_estimate(found), encoding="utf-8")
+    (gen / "appendix_optimality.md").write_text(optimality_section(gen / "figures"), encoding="utf-8")
 
 
 GPU_CHECK_FILES = ("gpu_cuda.json", "gpu_cpu.json")  # benchmarks/results/, written by benchmarks/gpu.py
@@ -562,6 +564,75 @@ def gpu_estimate(found: dict) -> str:
     text += _md_table(["column", f"estimated hours ({check['profile']} profile)"], rows)
     text += "\nThroughput, units per second (one unit = one image through one step):\n\n"
     text += _md_table(["model", *units], throughput)
+    return text
+
+
+OPTIMALITY_FILES = ("optimality_cuda.json", "optimality_cpu.json")  # benchmarks/results/, benchmarks/optimality.py
+# Which of the benchmark's attacks is the configuration each table column runs, and the family it is judged in.
+OURS_IN_TABLES = {"ours CW2 (DeepSec search)": "the CW2 columns (`cw2` configuration `deepsec`)",
+                  "ours PGD": "the PGD columns (random start, last iterate; the columns use a fixed ε)"}
+REFERENCE_MARK = "(reference)"
+# The issue's bar: ours within this many optimality points of the best implementation of the same attack.
+OPTIMALITY_SLACK = 0.02
+
+
+def optimality_section(figures_dir: Path) -> str:
+    """The attack-strength appendix, from the committed output of ``benchmarks/optimality.py``: per model and norm,
+    each attack's optimality, success, counted passes and time, a figure of the robust-accuracy curves, and for
+    each of our attacks how far it is from the best implementation of the same attack."""
+    folder = results_mod.repo_root() / "benchmarks" / "results"
+    path = next((folder / name for name in OPTIMALITY_FILES if (folder / name).is_file()), None)
+    if path is None:
+        return ("*The optimality benchmark has not been run: `python benchmarks/optimality.py` writes "
+                "`benchmarks/results/optimality_<device>.json`, from which this section is built.*\n")
+    from . import figures
+
+    check = json.loads(path.read_text(encoding="utf-8"))
+    text = (f"Measured by `python benchmarks/optimality.py` on **{check['device']}** ({check['threads']} thread(s), "
+            f"torch {check['torch']}; file `benchmarks/results/{path.name}`), on DeepSec's released raw models. "
+            "L2 attacks are targeted at one random wrong class per image (DeepSec's CW2 setting) and get the same "
+            "number of search steps × iterations; L∞ attacks are untargeted PGD turned into minimal attacks by a "
+            "per-image bisection over ε, with the same PGD steps per probe. Optimality is AttackBench's: "
+            "1 − (A − A*)/(d_max − A*), A the area under an attack's robust-accuracy curve on [0, d_max], A* that "
+            "of the per-image best of all attacks, d_max the largest best distance (1 = best on every image, 0 = "
+            "nothing found). *Passes* are images through the model per image, counted (forward / backward); "
+            "*(reference)* marks minimal-norm attacks of another kind that only sharpen the best curve.\n\n")
+    verdicts = []
+    for key, setting in check["settings"].items():
+        rows = []
+        for name, a in setting["attacks"].items():
+            finite = [d for d in a["distances"] if d != float("inf")]
+            median = statistics.median(finite) if finite else float("nan")
+            rows.append([name, f"{a['optimality']:.3f}", f"{100 * a['success']:.1f} %",
+                         f"{median * (255 if setting['norm'] == 'linf' else 1):.3f}",
+                         f"{a['forwards_per_image']:.0f} / {a['backwards_per_image']:.0f}", f"{a['wall_s']:.1f}",
+                         f"{a['ms_per_forward']:.2f}"])
+        unit = "× 255" if setting["norm"] == "linf" else ""
+        how = (f"{setting['search']} search steps × {setting['iterations']} iterations" if setting["targeted"] else
+               f"{setting['probes']} probes over ε ≤ {255 * setting['eps_max']:.0f}/255 × {setting['steps']} steps")
+        text += (f"**{setting['dataset']}, {setting['norm'].upper()}** ({setting['n']} clean-correct test images; "
+                 f"{how} = {setting['budget']} passes per image; d_max {setting['d_max']:.4f}):\n\n")
+        text += _md_table(["attack", "optimality", "success", f"median distance {unit}".strip(),
+                           "passes per image", "wall time (s)", "ms per forward"], rows) + "\n"
+        library = {n: a["optimality"] for n, a in setting["attacks"].items()
+                   if not n.startswith("ours") and REFERENCE_MARK not in n}
+        for ours, where in OURS_IN_TABLES.items():
+            if ours not in setting["attacks"] or not library:
+                continue
+            best_name = max(library, key=library.get)
+            gap = setting["attacks"][ours]["optimality"] - library[best_name]
+            verdicts.append([f"{setting['dataset']} {setting['norm'].upper()}", ours, where,
+                             f"{setting['attacks'][ours]['optimality']:.3f}", f"{best_name} ({library[best_name]:.3f})",
+                             f"{100 * gap:+.1f}", "yes" if gap >= -OPTIMALITY_SLACK else "**no**"])
+    fig = figures.optimality_curves(check["settings"])
+    figures.save(fig, figures_dir / "optimality.png")
+    text += ("```{figure} figures/optimality.png\n:name: fig-optimality\n:width: 100%\n\nRobust accuracy "
+             "against perturbation size for each attack (optimality in brackets) and the per-image best of all "
+             "(dashed).\n```\n\n")
+    text += ("How far the configuration each table column runs is from the best library implementation of the same "
+             f"attack (within {100 * OPTIMALITY_SLACK:.0f} points counts as as strong):\n\n")
+    text += _md_table(["model, norm", "ours", "used by", "optimality", "best library implementation",
+                       "difference (points)", "as strong"], verdicts)
     return text
 
 

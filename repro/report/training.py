@@ -6,8 +6,10 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from ..data import FULL_SIZES
 from ..study.plan import COLUMNS
 from ..study.profiles import get_profile
+from ..train.config import DEEPSEC_RECIPE, RECIPES
 from .security import DATASET_LABELS, _eps, _md_table, with_interval
 
 # The issue's target for an adversarially trained ResNet-20 on the available test images (RobustBench's ResNet-20
@@ -91,16 +93,20 @@ def _target_line(evaluation: dict) -> str:
 
 
 def _scratch_cost(evaluation: dict) -> str:
-    """What DeepSec's own PAT schedule (200 epochs from scratch) would cost here, from the measured epoch time of
-    the first PAT model trained here."""
+    """What DeepSec's own schedule for the dataset (its recipe's epochs, from scratch, on the training part of the
+    full dataset) would cost here, from the measured epoch time of the first PAT model trained here."""
+    dataset = evaluation["dataset"]
+    recipe = RECIPES[DEEPSEC_RECIPE[dataset]]
+    full = round(FULL_SIZES[dataset]["train"] * (1 - recipe.val_fraction))
     for rec in evaluation["models"].values():
         t = rec["training"]
         if rec["role"] == "defended" and t and t["history"] and rec["column"] == "pat_resnet20" and not rec["arm"]:
             per_epoch = t["train_time_s"] / len(t["history"])
             return (f"\nTraining from scratch, as DeepSec does, is not an arm of the ablation: at the {per_epoch:.0f} s "
-                    f"per epoch measured for {rec['label']} on {t['train_images']:,} images, DeepSec's 200 epochs "
-                    f"would take {200 * per_epoch / 3600:.1f} hours on this machine (on 45,000 images, "
-                    f"{200 * per_epoch * 45_000 / t['train_images'] / 3600:.0f} hours).\n")
+                    f"per epoch measured for {rec['label']} on {t['train_images']:,} images, DeepSec's "
+                    f"{recipe.epochs} epochs would take {recipe.epochs * per_epoch / 3600:.1f} hours on this machine "
+                    f"(on {full:,} images, {recipe.epochs * per_epoch * full / t['train_images'] / 3600:.0f} "
+                    "hours).\n")
     return ""
 
 
@@ -131,7 +137,7 @@ def training_page(found: dict, profile: str, figures_dir) -> str:
         if any(rec["arm"] for rec in ev["models"].values()):
             parts.append("\nRows named after an ablation arm differ from the profile's recipe only in what the label "
                          "says; the profile's own PAT recipe is the row without one.\n")
-        dataset = "cifar10" if "cifar10" in cid else "mnist"
+        dataset = ev["dataset"]
         if dataset == "cifar10":
             parts.append(f"\nTarget for an adversarially trained ResNet-20 on these images: clean ≥ "
                          f"{100 * TARGET['clean']:.0f} % and PGD-20 ≥ {100 * TARGET['pgd']:.0f} % (RobustBench's "

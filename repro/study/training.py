@@ -111,7 +111,7 @@ def evaluate(ctx: steps.Context, x: Tensor, y: Tensor) -> dict:
 
     p = ctx.params
     threat = security.threat_model(p["dataset"])
-    out = {"threat_model": {**threat, "steps": p["pgd_steps"], "restarts": 1}, "models": {}}
+    out = {"dataset": p["dataset"], "threat_model": {**threat, "steps": p["pgd_steps"], "restarts": 1}, "models": {}}
     for model in trained_models(p["dataset"], ctx.profile):
         config, mid = model_config(model, ctx), model.spec.id
         if config is None:
@@ -137,6 +137,9 @@ def evaluate(ctx: steps.Context, x: Tensor, y: Tensor) -> dict:
     return out
 
 
+SPLIT_CONTRAST_IMAGES = 10_000
+
+
 def _split_accuracy(net: nn.Module, dataset: str, spec: security.EvaluatedModel, ctx: steps.Context) -> dict:
     """DeepSec's released model on the training images available here, split as the training loop splits them
     (DeepSec's own seeded hold-out): the held-out part should score like the test split, the rest (which DeepSec
@@ -145,9 +148,12 @@ def _split_accuracy(net: nn.Module, dataset: str, spec: security.EvaluatedModel,
 
     config = security.model_config(replace(spec, role="defended"), ctx.profile, device=str(ctx.device))
     data = split_data(config, ctx.device)
+    # The trained-on part is only the contrast: its first SPLIT_CONTRAST_IMAGES (in the split's order) suffice to
+    # tell ~100 % from the held-out rate, where predicting all 54,000 MNIST images would not add anything.
     held_out = security.predict_correct(net, data.x_val, data.y_val, batch_size=ctx.params["batch_size"],
                                         device=ctx.device)
-    trained_on = security.predict_correct(net, data.x_train, data.y_train, batch_size=ctx.params["batch_size"],
+    trained_on = security.predict_correct(net, data.x_train[:SPLIT_CONTRAST_IMAGES],
+                                          data.y_train[:SPLIT_CONTRAST_IMAGES], batch_size=ctx.params["batch_size"],
                                           device=ctx.device)
     return {"model": spec.label, "held_out": security.rate(held_out), "trained_on": security.rate(trained_on)}
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from ..data import FULL_SIZES
 from ..train import RECIPES
 from ..train.config import DEEPSEC_RECIPE
-from .plan import columns_for
+from . import security
+from .plan import COLUMNS, columns_for
 from .profiles import Profile, get_profile
 
 UNITS = ("pgd_step", "train_step", "cw2_iteration", "metrics")
@@ -85,11 +86,15 @@ def workload(profile: str | Profile = "paper") -> list[Work]:
         if col.table == "security":
             sec = prof.security
             n = sec.n_images or FULL_SIZES[dataset]["test"]
-            steps = sec.pgd_steps or (20 if dataset == "cifar10" else 100)
-            targets = sec.autoattack_target_classes or 9
-            per_image = sec.pgd_restarts * steps + (1 + targets) * (sec.autoattack_iterations or 100)
-            models = ([("mnist_convnet", 2)] if dataset == "mnist" else [("resnet20", 2), (wide, 3)])
-            for name, count in models:
+            steps = sec.pgd_steps or security.threat_model(dataset)["steps"]
+            targets = sec.autoattack_target_classes or security.AUTOATTACK_TARGET_CLASSES
+            per_image = sec.pgd_restarts * steps + (1 + targets) * (sec.autoattack_iterations or security.AUTOATTACK_ITERATIONS)
+            models: dict[str, int] = {}
+            for spec in security.SECURITY_MODELS[dataset]:
+                arch = COLUMNS[spec.column].parameters_for(prof.name).get("model")
+                name = wide if arch == "resnet20_wide" else arch
+                models[name] = models.get(name, 0) + 1
+            for name, count in models.items():
                 out.append(Work(col.id, f"{count} models × {n:,} images × {per_image} steps (PGD restarts, APGD)",
                                 "pgd_step", name, count * n * per_image))
     return out

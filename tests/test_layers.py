@@ -97,11 +97,7 @@ def test_committed_results_name_a_clean_commit_of_this_history(path):
 
 # Planned columns whose committed result is knowingly missing, each with the reason; the pipeline computes them on
 # the next `make book`. An entry must go as soon as its result is committed (the test below fails otherwise).
-PENDING = {
-    ("quick", "training_cifar10"): "needs the two wide PAT models of the quick profile (5 epochs each, about 17 "
-                                   "minutes an epoch on the two shared cores of the session that added the column); "
-                                   "see the closing note of issue 11",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 def test_committed_results_exist_for_every_planned_column():

@@ -1,6 +1,7 @@
 """Throughput of our PGD and CW2 against torchattacks on the same models, batch and device, in one run.
 
 Run by hand (not part of the tests):  python benchmarks/attacks.py [--batch 16] [--repeats 3] [--cw-iterations 10]
+[--compile]
 
 Models: DeepSec's released CIFAR-10 ResNet-20 (``load_deepsec("cifar10")``; random weights if the checkpoint is not
 available — speed does not depend on the weights, and the output says which) and the follow-up's wide ResNet-20
@@ -37,6 +38,8 @@ def parse_args() -> argparse.Namespace:
                         "0 skips it (default 2; the follow-up used 10)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU (default 1)")
+    parser.add_argument("--compile", action="store_true", help="also our PGD on the prepared model under "
+                        "torch.compile (compiled once per model, outside the timing)")
     return parser.parse_args()
 
 
@@ -146,6 +149,7 @@ def main() -> None:
         began = time.perf_counter()
         prepared, folded = prepare_model(model, channels_last=True)
         prepare_ms = 1e3 * (time.perf_counter() - began)
+        compiled = torch.compile(prepared) if args.compile else None
         counter = ForwardCounter(model, prepared)
         with torch.no_grad():
             y = model(x).argmax(1)
@@ -160,6 +164,9 @@ def main() -> None:
                      "theirs": lambda theirs=theirs: theirs(x, y),
                      "ours, model as given": lambda params=params: pgd(model, x, y, **params, generator=generator),
                      "theirs, prepared model": lambda theirs=theirs_prepared: theirs(x_cl, y)}
+            if compiled is not None:
+                cases["ours, compiled prepared model"] = lambda params=params: pgd(compiled, x_cl, y, **params,
+                                                                                   generator=generator)
             if device.type == "cuda":
                 cases["ours, bf16 autocast"] = lambda params=params: run_attack(
                     "pgd", model, x, y, params=params, batch_size=args.batch, progress=False, autocast_bf16=True)

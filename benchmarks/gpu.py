@@ -2,7 +2,8 @@
 
     python benchmarks/gpu.py                  # on the device present (CUDA if any), sizes for that device
     python benchmarks/gpu.py --tiny --profile smoke   # seconds, on any device (the tests run this form)
-    python benchmarks/gpu.py --compile        # also: torch.compile'd model against eager, per unit
+    python benchmarks/gpu.py --compile        # also: torch.compile'd model against eager, per unit, with the
+                                              # first call's excess and the units after which compiling pays
 
 Units (:mod:`repro.study.workload`): ``pgd_step`` (one PGD-7 step of the training's crafting, on the BatchNorm-folded
 model the loop crafts on), ``train_step`` (one update of the training loop, :func:`repro.train.loop.step`, without a
@@ -56,10 +57,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, units: float, *, repeats: int, device: torch.device) -> float:
-    """Units per second of ``fn`` (median of ``repeats`` timed calls after one warm-up)."""
+def timed(fn, units: float, *, repeats: int, device: torch.device, first: list | None = None) -> float:
+    """Units per second of ``fn`` (median of ``repeats`` timed calls after one warm-up); the warm-up's own seconds
+    (for a compiled model: tracing and code generation) are appended to ``first`` when given."""
+    start = time.perf_counter()
     fn()
     _sync(device)
+    if first is not None:
+        first.append(time.perf_counter() - start)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -70,9 +75,9 @@ def timed(fn, units: float, *, repeats: int, device: torch.device) -> float:
 
 
 def measure_model(name: str, kwargs: dict, *, device: torch.device, size: dict, fast: bool,
-                  compiled: bool = False) -> dict[str, float]:
+                  compiled: bool = False, first_call: dict | None = None) -> dict[str, float]:
     """pgd_step, train_step and cw2_iteration throughputs of one architecture (random weights: speed does not depend
-    on them)."""
+    on them); each unit's first call in seconds (compilation included) goes into ``first_call`` when given."""
     torch.manual_seed(0)
     shape = (1, 28, 28) if name == "mnist_convnet" else (3, 32, 32)
     fmt = torch.channels_last if fast else torch.contiguous_format
@@ -104,9 +109,19 @@ def measure_model(name: str, kwargs: dict, *, device: torch.device, size: dict, 
             cw2(attacked, x, (y + 1) % 10, binary_search_steps=1, max_iterations=iters)
 
     reps = size["repeats"]
-    return {"pgd_step": timed(pgd7, 7 * b, repeats=reps, device=device),
-            "train_step": timed(update, b, repeats=reps, device=device),
-            "cw2_iteration": timed(cw, iters * b, repeats=reps, device=device)}
+    out = {}
+    for unit, fn, units in (("pgd_step", pgd7, 7 * b), ("train_step", update, b), ("cw2_iteration", cw, iters * b)):
+        first: list[float] = []
+        out[unit] = timed(fn, units, repeats=reps, device=device, first=first)
+        if first_call is not None:
+            first_call[unit] = first[0] - units / out[unit]  # the first call's excess over a steady one
+    return out
+
+
+def break_even(eager: float, compiled: float, excess_s: float) -> float | None:
+    """Units after which compiling has paid for its first-call excess (``None``: compiled is not faster, never)."""
+    saving = 1 / eager - 1 / compiled
+    return max(excess_s, 0.0) / saving if saving > 0 else None
 
 
 def measure_metrics(dataset: str, *, device: torch.device, size: dict) -> float:
@@ -127,12 +142,21 @@ def run(args: argparse.Namespace) -> dict:
     size = SIZES["tiny" if args.tiny else device.type if device.type in SIZES else "cpu"]
     fast = device.type == "cuda" and prof.cuda_bf16
     throughput: dict[str, dict] = {}
+    compile_cost: dict[str, dict] = {}
     for key, (name, kwargs) in model_keys(prof).items():
         throughput[key] = measure_model(name, kwargs, device=device, size=size, fast=fast)
         if args.compile:
-            throughput[key].update({f"{unit}_compiled": value for unit, value in measure_model(
-                name, kwargs, device=device, size=size, fast=fast, compiled=True).items()})
+            excess: dict[str, float] = {}
+            compiled = measure_model(name, kwargs, device=device, size=size, fast=fast, compiled=True,
+                                     first_call=excess)
+            throughput[key].update({f"{unit}_compiled": value for unit, value in compiled.items()})
+            compile_cost[key] = {unit: {"first_call_excess_s": excess[unit],
+                                        "break_even_units": break_even(throughput[key][unit], compiled[unit],
+                                                                       excess[unit])} for unit in compiled}
         print(f"{key}: " + ", ".join(f"{u} {v:,.0f}/s" for u, v in throughput[key].items()), flush=True)
+        for unit, cost in compile_cost.get(key, {}).items():
+            pays = "never" if cost["break_even_units"] is None else f"after {cost['break_even_units']:,.0f} units"
+            print(f"  compiled {unit}: first call +{cost['first_call_excess_s']:.1f} s, pays {pays}", flush=True)
     for dataset in ("mnist", "cifar10"):
         throughput[dataset] = {"metrics": measure_metrics(dataset, device=device, size=size)}
         print(f"{dataset} metric suite: {throughput[dataset]['metrics']:,.1f} images/s", flush=True)
@@ -148,7 +172,7 @@ def run(args: argparse.Namespace) -> dict:
     return {"device": device_name(device), "device_type": device.type, "size": "tiny" if args.tiny else size,
             "bf16_channels_last": fast, "torch": torch.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "profile": prof.name, "throughput": throughput,
-            "estimate": rows, "total_seconds": total}
+            "estimate": rows, "total_seconds": total, **({"compile_cost": compile_cost} if compile_cost else {})}
 
 
 def device_name(device: torch.device) -> str:

@@ -224,7 +224,7 @@ L2_ATTACKS: dict[str, Callable] = {
     "ours CW2 (Carlini–Wagner search)": ours_cw2("carlini_wagner"),
     # Ablations that locate a gap to adv-lib: its early abort needs every image's loss to stall (ours, like
     # Carlini–Wagner's code, tests the batch's summed loss), and DeepSec's Adam step is twice Carlini–Wagner's.
-    "ours CW2 (Carlini–Wagner search, no early abort) (ablation)": ours_cw2("carlini_wagner", abort_early=False),
+    "ours CW2 (Carlini–Wagner search, no early abort) (ablation)": ours_cw2("carlini_wagner_no_abort"),
     "ours CW2 (DeepSec search, lr 0.01) (ablation)": ours_cw2("deepsec", lr=0.01),
     "adv-lib CW-L2": advlib_cw2,
     "ART CW-L2": art_cw2,

@@ -63,3 +63,15 @@ def test_device_check_runs_on_cpu_and_prints_the_estimate(tmp_path):
         assert set(found["throughput"][key]) == {"pgd_step", "train_step", "cw2_iteration"}
         assert all(v > 0 for v in found["throughput"][key].values())
     assert all(r["seconds"] is not None and r["seconds"] > 0 for r in found["estimate"])
+
+
+def test_compile_break_even_is_the_excess_over_the_saving_per_unit():
+    """Eager 100 units/s, compiled 200/s: each unit saves 0.01 − 0.005 = 0.005 s, so a first call 1 s slower than a
+    steady one is paid back after 200 units; a compiled model no faster never pays."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", repo_root() / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    assert gpu.break_even(100.0, 200.0, 1.0) == pytest.approx(200.0)
+    assert gpu.break_even(100.0, 100.0, 1.0) is None and gpu.break_even(100.0, 90.0, 0.5) is None

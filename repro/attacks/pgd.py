@@ -100,8 +100,6 @@ def pgd(
     for step in range(steps):
         grad = input_gradient(model, x_adv, y, check=validate and step == 0, name="y")
         # One clamp to precomputed bounds = ε-ball projection followed by [0, 1] clipping (x is in [0, 1]).
-        if isinstance(step_size, Tensor):
-            x_adv = torch.addcmul(x_adv, grad.sign_(), step_size).clamp_(min=lower, max=upper)
-        else:
-            x_adv = torch.add(x_adv, grad.sign_(), alpha=step_size).clamp_(min=lower, max=upper)
+        # step_size·sign is exact (sign ∈ {−1, 0, 1}), for a float and a per-sample (N, 1, …, 1) tensor alike.
+        x_adv = (x_adv + grad.sign_().mul_(step_size)).clamp_(min=lower, max=upper)
     return x_adv

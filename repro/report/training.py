@@ -97,7 +97,7 @@ def _scratch_cost(evaluation: dict) -> str:
     full dataset) would cost here, from the measured epoch time of the first PAT model trained here."""
     dataset = evaluation["dataset"]
     recipe = RECIPES[DEEPSEC_RECIPE[dataset]]
-    full = round(FULL_SIZES[dataset]["train"] * (1 - recipe.val_fraction))
+    full = recipe.training_images(FULL_SIZES[dataset]["train"])
     for rec in evaluation["models"].values():
         t = rec["training"]
         if rec["role"] == "defended" and t and t["history"] and rec["column"] == "pat_resnet20" and not rec["arm"]:

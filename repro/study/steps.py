@@ -473,7 +473,7 @@ def planned_work(ctx: Context) -> str:
             passes = config.defence_params.steps + 2
         elif config.defence == "nat":
             passes = 3
-        images = int((config.subset or _train_images(config.dataset)) * 0.9)
+        images = config.effective_recipe.training_images(config.subset or ctx.data["datasets"][config.dataset]["train"])
         estimate = config.effective_epochs * images * passes * _seconds_per_image_pass(config, ctx.device)
         lines.append(f"{role}: training {config.model} {config.model_kwargs or ''} for {config.effective_epochs} "
                      f"epoch(s) on {images:,} images ({passes} forward-backward passes per image), not in the "
@@ -484,10 +484,6 @@ def planned_work(ctx: Context) -> str:
         lines.append(f"attack: {ctx.name} on up to {p['n_samples']:,} candidates, "
                      + ", ".join(f"{k} {v:,}" for k, v in iters.items()))
     return "\n".join(lines) or "nothing expensive"
-
-
-def _train_images(dataset: str) -> int:
-    return len(data_mod.load(dataset, split="train")[1])
 
 
 # ------------------------------------------------------------------------------------------------------ attacks

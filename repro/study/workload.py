@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..data import FULL_SIZES
 from ..train import RECIPES
-from ..train.config import DEEPSEC_RECIPE
+from ..train.config import DEEPSEC_RECIPE, Recipe
 from . import security
 from .plan import COLUMNS, columns_for
 from .profiles import Profile, get_profile
@@ -37,10 +37,9 @@ def model_keys(profile: Profile) -> dict[str, tuple[str, dict]]:
             f"resnet20_wide_x{profile.wide_width}": ("resnet20_wide", {"width": profile.wide_width})}
 
 
-def _train_images(dataset: str, subset: int | None) -> int:
-    """Training images per epoch: DeepSec's 90 % share of the first ``subset`` of the complete dataset."""
-    n = min(subset or FULL_SIZES[dataset]["train"], FULL_SIZES[dataset]["train"])
-    return n - int(0.1 * n)
+def _train_images(dataset: str, subset: int | None, recipe: Recipe) -> int:
+    """Training images per epoch: the recipe's training share of the first ``subset`` of the complete dataset."""
+    return recipe.training_images(min(subset or FULL_SIZES[dataset]["train"], FULL_SIZES[dataset]["train"]))
 
 
 def workload(profile: str | Profile = "paper") -> list[Work]:
@@ -72,12 +71,12 @@ def workload(profile: str | Profile = "paper") -> list[Work]:
                 and col.table in ("1", "2", "corrected"):
             trained_raw.add(model)
             recipe = RECIPES[DEEPSEC_RECIPE[dataset]]
-            epochs, n = prof.raw.epochs or recipe.epochs, _train_images(dataset, prof.raw.subset)
+            epochs, n = prof.raw.epochs or recipe.epochs, _train_images(dataset, prof.raw.subset, recipe)
             out.append(Work(col.id, f"raw {model}: {epochs} epochs × {n:,} images", "train_step", model, epochs * n))
         if col.defence:
             training = prof.defence.for_dataset(dataset)
             recipe = RECIPES[training.recipe or DEEPSEC_RECIPE[dataset]]
-            epochs, n = training.epochs or recipe.epochs, _train_images(dataset, training.subset)
+            epochs, n = training.epochs or recipe.epochs, _train_images(dataset, training.subset, recipe)
             steps = p.get("steps", 1) if col.defence == "pat" else 1
             out.append(Work(col.id, f"{col.defence.upper()}: {epochs} epochs × {n:,} images × {steps} crafting "
                                     "steps", "pgd_step", model, epochs * n * steps))
@@ -88,7 +87,8 @@ def workload(profile: str | Profile = "paper") -> list[Work]:
             n = sec.n_images or FULL_SIZES[dataset]["test"]
             steps = sec.pgd_steps or security.threat_model(dataset)["steps"]
             targets = sec.autoattack_target_classes or security.AUTOATTACK_TARGET_CLASSES
-            per_image = sec.pgd_restarts * steps + (1 + targets) * (sec.autoattack_iterations or security.AUTOATTACK_ITERATIONS)
+            aa_iterations = sec.autoattack_iterations or security.AUTOATTACK_ITERATIONS
+            per_image = sec.pgd_restarts * steps + (1 + targets) * aa_iterations
             models: dict[str, int] = {}
             for spec in security.SECURITY_MODELS[dataset]:
                 arch = COLUMNS[spec.column].parameters_for(prof.name).get("model")

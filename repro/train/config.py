@@ -74,6 +74,11 @@ class Recipe:
     warmup_epochs: float = 0.0
     keep: str = "best_val"
 
+    def training_images(self, n: int) -> int:
+        """Images an epoch trains on when ``n`` are available: all but the held-out validation share (exact on the
+        complete dataset, where :func:`repro.train.runtime.split_data` holds out ⌊val_fraction·N⌋)."""
+        return n - int(self.val_fraction * n)
+
     def __post_init__(self):
         _choice("optimiser", self.optimiser, ("sgd", "adam"))
         _choice("schedule", self.schedule, SCHEDULES)

@@ -48,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="smallest sizes (seconds; what the tests run)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     parser.add_argument("--profile", default="paper", help="the profile whose wall time is estimated")
+    parser.add_argument("--batch", type=int, default=None, help="images per call instead of the size's (e.g. a "
+                        "profile's batch size)")
     parser.add_argument("--out", default=None, help="JSON output (default benchmarks/results/gpu_<device>.json)")
     return parser.parse_args(argv)
 
@@ -140,6 +142,10 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     prof = get_profile(args.profile)
     size = SIZES["tiny" if args.tiny else device.type if device.type in SIZES else "cpu"]
+    if args.batch is not None:
+        if args.batch < 1:
+            raise SystemExit(f"--batch must be a positive number of images, got {args.batch}")
+        size = {**size, "batch": args.batch}
     fast = device.type == "cuda" and prof.cuda_bf16
     throughput: dict[str, dict] = {}
     compile_cost: dict[str, dict] = {}

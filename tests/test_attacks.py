@@ -418,5 +418,7 @@ def test_registry_and_configs():
     assert labels_field("illc") == "least_likely" and labels_field("cw2") == "target" and labels_field("pgd") == "y"
     assert get_config("pgd", "deepsec_cifar10") == dict(eps=0.1, step_size=0.01, steps=15)
     assert get_config("cw2", "carlini_wagner")["binary_search_steps"] == 9
+    # The named no-abort configuration is Carlini–Wagner's with that one switch flipped, nothing else.
+    assert get_config("cw2", "carlini_wagner_no_abort") == {**get_config("cw2", "carlini_wagner"), "abort_early": False}
     with pytest.raises(ValueError, match="unknown pgd configuration"):
         get_config("pgd", "madry")

@@ -626,9 +626,9 @@ def optimality_section(figures_dir: Path) -> str:
                              f"{100 * gap:+.1f}", "yes" if gap >= -OPTIMALITY_SLACK else "**no**"])
     fig = figures.optimality_curves(check["settings"])
     figures.save(fig, figures_dir / "optimality.png")
-    # Root-relative ("/generated/..."): the section is included by book/appendix.md, and an include does not rebase
-    # a relative figure path to the included file's folder.
-    text += ("```{figure} /generated/figures/optimality.png\n:name: fig-optimality\n:width: 100%\n\n"
+    # From the book's source root (where _config.yml is): the section is included by book/appendix.md, and an
+    # include does not rebase a relative figure path to the included file's folder.
+    text += ("```{figure} /book/generated/figures/optimality.png\n:name: fig-optimality\n:width: 100%\n\n"
              "Robust accuracy against perturbation size for each attack (optimality in brackets) and the per-image "
              "best of all (dashed).\n```\n\n")
     text += ("How far the configuration each table column runs is from the best library implementation of the same "

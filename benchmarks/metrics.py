@@ -331,7 +331,8 @@ def column_share(device: torch.device, column: str = "pgd_resnet20") -> None:
     defaults = dict(width=None, logit_shift=True, eps_iter=None, n_samples=None, batch_size=None, epochs=None,
                     train_subset=None)
 
-    def run_column(profile) -> tuple[dict, dict, float]:
+    def run_column(profile) -> tuple[dict, dict, tuple, float]:
+        """The column's metrics, their intervals, (model, candidates, attack run), and its wall time."""
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
             ctx = study.setup(attack="pgd", column=f"{column}_benchmark", device=device.type, results_dir=out,
@@ -342,11 +343,10 @@ def column_share(device: torch.device, column: str = "pgd_resnet20") -> None:
             run = study.attack(ctx, raw, cands)
             metrics = study.attack_metrics(ctx, raw, cands, run)
             study.finish(ctx, metrics)
-            return metrics, dict(ctx.intervals, raw=raw, cands=cands, run=run), time.perf_counter() - start
+            return metrics, ctx.intervals, (raw, cands, run), time.perf_counter() - start
 
-    all_metrics, _, t_all = run_column(dataclasses.replace(quick, ric_samples=None))
-    sub_metrics, found, t_sub = run_column(quick)
-    raw, cands, run = found["raw"], found["cands"], found["run"]
+    all_metrics, _, _, t_all = run_column(dataclasses.replace(quick, ric_samples=None))
+    sub_metrics, sub_intervals, (raw, cands, run), t_sub = run_column(quick)
     success = M.success_mask(M._predict(raw, run.x_adv, batch_size=256, device=device, who="model"),
                              cands.y.to(device))
     n_succ = int(success.sum())
@@ -358,7 +358,7 @@ def column_share(device: torch.device, column: str = "pgd_resnet20") -> None:
     rest = max(t_sub - t_ric_sub, 0.0)
     t_ric_all = max(t_all - rest, 0.0)
     share_all, share_sub = t_ric_all / t_all, t_ric_sub / t_sub
-    ric_iv = found["RIC"]
+    ric_iv = sub_intervals["RIC"]
     print(f"\nthe quick column {column}, run as its notebook runs it: {len(cands.x)} candidates, PGD "
           f"{run.params}, {n_succ} successful AEs (attack {run.seconds:.1f} s); the rest of the column {rest:.1f} s "
           "in both runs")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import platform
 import statistics
@@ -88,7 +89,8 @@ def measure_model(name: str, kwargs: dict, *, device: torch.device, size: dict, 
     x = torch.rand(b, *shape, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (b,), device=device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if fast else contextlib.nullcontext
-    attacked, _ = prepare_model(net.eval(), channels_last=fast)
+    # its own copy: the training step below puts ``net`` in train() mode, and attacks refuse that
+    attacked, _ = prepare_model(copy.deepcopy(net).eval(), channels_last=fast)
     if compiled:
         attacked = torch.compile(attacked)
     optimiser = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)

@@ -281,6 +281,24 @@ def official_indices(dataset: str, *, split: str, n: int | None = None, root: st
     return index[:n].copy() if n is not None else index.copy()
 
 
+def digest(dataset: str, *, split: str, root: str | Path | None = None, download: bool = True) -> str:
+    """sha256 of the tensors :func:`load` returns for the whole split (images as float32 bytes, labels, official
+    indices): it changes with any pixel or label, whatever the file names, counts or checksums say. Part of the
+    training cache key (:func:`repro.train.config.config_key`). Computed once per state of the files."""
+    _loaded(dataset, split, None, root, download)  # checks the arguments and loads (or reuses) the split
+    root = (Path(root) if root is not None else data_root()).expanduser().resolve()
+    return _digest_cached(dataset, split, str(root), download, _files_state(dataset, split, root))
+
+
+@lru_cache(maxsize=8)
+def _digest_cached(dataset: str, split: str, root: str, download: bool, files_state: tuple) -> str:
+    x, y, index = _load_cached(dataset, split, root, download, files_state)
+    h = hashlib.sha256()
+    for part in (x.contiguous().numpy().tobytes(), y.numpy().tobytes(), np.ascontiguousarray(index).tobytes()):
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()
+
+
 def provenance(dataset: str, *, root: str | Path | None = None) -> dict:
     """Describe the copy of ``dataset`` that :func:`load` reads: where, how many images, official or not.
 

@@ -6,12 +6,14 @@
     python -m repro.pipeline --screenshot --profile quick  # landing page and tables as PNG (headless Chromium)
 
 A column is up to date when its result carries the plan's fingerprint (:func:`repro.study.plan.fingerprint`: the
-plan row, the profile, every source file of ``repro/`` and the notebook) and its executed notebook carries the same
-``run_id`` as the result. A notebook runs in ``runs/pipeline/`` (ignored by git); the result it writes there is
-moved, never rewritten, beside its executed notebook in ``results/<profile>/`` (notebook first, then the JSON: a run
-killed between the two leaves a pair whose run ids differ, which counts as stale). A second run of the same column
-while one is in progress is refused. papermill executes; jupyter-book only renders (``execute_notebooks: 'off'``)
-with warnings as errors.
+plan row, the profile, the notebook, the source files the notebook's ``repro`` imports reach, excluding the report
+and this module, which never change a number, and the published CSVs), its executed notebook carries the same
+``run_id``, and every model it trained is published in ``results/<profile>/models/`` with the sha256 the result
+records (so a fresh clone reruns a column without retraining). A notebook runs in ``runs/pipeline/`` (ignored by
+git); the result it writes there is moved, never rewritten, beside its executed notebook in ``results/<profile>/``
+(notebook first, then the JSON: a run killed between the two leaves a pair whose run ids differ, which counts as
+stale). A second run of the same column while one is in progress is refused. papermill executes; jupyter-book only
+renders (``execute_notebooks: 'off'``) with warnings as errors.
 """
 from __future__ import annotations
 
@@ -26,9 +28,10 @@ from pathlib import Path
 from . import results as results_mod
 from ._io import write_text_atomic
 from .study.plan import Column, columns_for, fingerprint
+from .train import read_index
 
 NOTEBOOKS = "notebooks"
-STAGING = "runs/pipeline"  # where notebooks write their results while the pipeline runs them (ignored by git)
+STAGING = results_mod.PIPELINE_STAGING  # where notebooks write their results while the pipeline runs them
 LOCKS = "runs/locks"
 SCREENSHOT_DIR = "screenshots"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -50,7 +53,8 @@ def notebook_run_id(path: Path) -> str | None:
 
 
 def is_fresh(col: Column, profile: str, results_dir: str | os.PathLike) -> bool:
-    """Whether ``col`` has an up-to-date result and the executed notebook of the same run under ``results_dir``."""
+    """Whether ``col`` has an up-to-date result and the executed notebook of the same run under ``results_dir``,
+    with every model it trained published beside it (the sha256 the result records)."""
     path = results_mod.result_path(results_dir, profile, col.id)
     nb = results_mod.executed_notebook_path(results_dir, profile, col.id)
     if not path.exists() or not nb.exists():
@@ -59,7 +63,50 @@ def is_fresh(col: Column, profile: str, results_dir: str | os.PathLike) -> bool:
         result = results_mod.load(path)
     except (ValueError, TypeError, KeyError):
         return False
-    return result.fingerprint == fingerprint(col, profile) and notebook_run_id(nb) == result.run_id
+    if result.fingerprint != fingerprint(col, profile) or notebook_run_id(nb) != result.run_id:
+        return False
+    index = read_index(results_mod.models_dir(results_dir, profile))
+    return all(index.get(key, {}).get("sha256") == sha and
+               (results_mod.models_dir(results_dir, profile) / f"{key}.pt").is_file()
+               for key, sha in trained_models(result).items())
+
+
+def trained_models(result: results_mod.Result) -> dict[str, str]:
+    """Key → sha256 of every model trained here that ``result`` used (DeepSec's checkpoints are not published)."""
+    return {rec["key"]: rec["sha256"] for rec in result.provenance.get("models", {}).values()
+            if isinstance(rec, dict) and rec.get("key") and rec.get("sha256")}
+
+
+def publish_models(result: results_mod.Result, profile: str, results_dir: str | os.PathLike, log=print) -> None:
+    """Publish every model ``result`` trained into ``<results_dir>/<profile>/models/`` (from the training cache, or
+    from the committed models folder it was loaded from), each checked against the sha256 the result records."""
+    from ._io import sha256_file
+    from .train import cached_model_file, publish
+
+    folder = results_mod.models_dir(results_dir, profile)
+    index = read_index(folder)
+    committed = results_mod.models_dir(results_mod.COMMITTED_RESULTS, profile)
+    for key, sha in trained_models(result).items():
+        if index.get(key, {}).get("sha256") == sha and (folder / f"{key}.pt").is_file():
+            continue
+        sources = [p for p in (cached_model_file(key), committed / f"{key}.pt") if p.is_file()]
+        source = next((p for p in sources if sha256_file(p) == sha), None)
+        if source is None:
+            raise PipelineError(f"column {result.column!r} used model {key} (sha256 {sha}), but neither the training "
+                                f"cache nor {committed} holds a file with that sha256; rerun the column")
+        publish(source, folder)
+        log(f"[{profile}] {result.column}: published model {key[:12]} ({(folder / f'{key}.pt').stat().st_size:,} bytes)")
+
+
+def prune_models(profile: str, results_dir: str | os.PathLike, log=print) -> None:
+    """Delete the published models of ``<results_dir>/<profile>/models/`` that no result there names."""
+    from .train import prune
+
+    keep = set()
+    for result in results_mod.load_profile(results_dir, profile).values():
+        keep |= set(trained_models(result))
+    for path in prune(results_mod.models_dir(results_dir, profile), keep=keep):
+        log(f"[{profile}] deleted the superseded published model {path.name}")
 
 
 class ColumnLock:
@@ -151,6 +198,7 @@ def execute(col: Column, profile: str, *, results_dir: str, device: str = "auto"
         if not staged.exists():
             raise PipelineError(f"notebook {col.notebook} ran for column {col.id!r} but saved no result at {staged}")
         result = results_mod.load(staged)
+        publish_models(result, profile, results_dir, log=log)  # models first: a result never names a missing one
         nb = nbformat.read(partial, as_version=4)
         meta = nb.metadata.setdefault("papermill", {})
         meta["input_path"] = f"{NOTEBOOKS}/{col.notebook}"  # no local paths in committed files
@@ -161,6 +209,7 @@ def execute(col: Column, profile: str, *, results_dir: str, device: str = "auto"
         write_text_atomic(nbformat.writes(nb), dest_nb)
         os.replace(staged, results_mod.result_path(results_dir, profile, col.id))
         partial.unlink(missing_ok=True)
+        prune_models(profile, results_dir, log=log)
     seconds = time.time() - started
     log(f"[{profile}] {col.id}: done in {seconds:.1f} s")
     return seconds

@@ -6,17 +6,17 @@ pipeline would take as up to date. Metrics are fractions (0.998, not "99.8 %"); 
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
 import platform
-import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ._io import write_text_atomic
+from ._source import git_info  # noqa: F401  (re-exported: results record it)
 
 SCHEMA = 2
 
@@ -108,6 +108,18 @@ def executed_notebook_path(results_dir: str | os.PathLike, profile: str, column:
     return resolve_path(results_dir) / profile / f"{column}.ipynb"
 
 
+# The results tree in the repository that the pipeline writes and git tracks (ad-hoc runs write elsewhere), and the
+# folder where the pipeline's notebook runs save before it moves their results there (ignored by git).
+COMMITTED_RESULTS = "results"
+PIPELINE_STAGING = "runs/pipeline"
+
+
+def models_dir(results_dir: str | os.PathLike, profile: str) -> Path:
+    """``<results_dir>/<profile>/models/``: the trained models behind a profile's results, published beside them
+    (:func:`repro.train.publish`)."""
+    return resolve_path(results_dir) / profile / "models"
+
+
 def save(result: Result, path: str | os.PathLike) -> Path:
     """Write ``result`` as JSON to ``path`` atomically; fills ``created`` if empty. Returns the path."""
     path = resolve_path(path)
@@ -117,18 +129,97 @@ def save(result: Result, path: str | os.PathLike) -> Path:
     return path
 
 
+class ResultError(ValueError):
+    """A result file that cannot be shown: unreadable, not of this schema, or with a number that contradicts its
+    definition (wrong type, outside its range, outside its own interval). The message names the file, the field,
+    the value and what is allowed."""
+
+
+# Interval methods a result may name: a rate's exact binomial interval, a mean's bootstrap (repro.metrics.uncertainty).
+INTERVAL_METHODS = ("clopper-pearson", "bootstrap")
+# Floating-point slack for "the point lies in its interval" (the bootstrap's percentiles are computed in float64 from
+# float32 per-image values).
+_SLACK = 1e-9
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate(result: Result, *, path: str | os.PathLike = "<result>") -> Result:
+    """``result`` if every number in it can be what it claims to be, else :class:`ResultError` naming the first
+    violation: the fields' types; each metric a finite number or ``None`` (undefined) within its range
+    (:data:`repro.metrics.RANGES` by name; a rate, i.e. a Clopper–Pearson interval, in [0, 1]); each interval
+    ``low <= point <= high`` with ``n`` a positive count, its method one of :data:`INTERVAL_METHODS`, and no interval
+    for a metric the result does not report."""
+    from .metrics import RANGES
+
+    def bad(field_: str, value, allowed: str) -> ResultError:
+        return ResultError(f"{path}: {field_} = {value!r}; allowed: {allowed}")
+
+    for name, kind in (("column", str), ("kind", str), ("notebook", str), ("profile", str), ("parameters", dict),
+                       ("metrics", dict), ("intervals", dict), ("extra", dict), ("departures", list),
+                       ("provenance", dict), ("fingerprint", str), ("created", str), ("run_id", str)):
+        if not isinstance(getattr(result, name), kind):
+            raise bad(name, getattr(result, name), f"a {kind.__name__}")
+    for name, value in result.metrics.items():
+        if value is None:
+            continue
+        if not _is_number(value):
+            raise bad(f"metrics.{name}", value, "a finite number (a fraction, not a percentage string) or null")
+        interval = result.intervals.get(name)
+        low, high = RANGES.get(name, (-math.inf, math.inf))
+        if isinstance(interval, dict) and interval.get("method") == "clopper-pearson":
+            low, high = max(low, 0.0), min(high, 1.0)
+        if not low - _SLACK <= value <= high + _SLACK:
+            raise bad(f"metrics.{name}", value, f"a value in [{low}, {high}]")
+    for name, interval in result.intervals.items():
+        if name not in result.metrics:
+            raise bad(f"intervals.{name}", interval, f"an interval of a reported metric ({', '.join(result.metrics)})")
+        point = result.metrics[name]
+        if interval is None:
+            continue
+        if point is None:
+            raise bad(f"intervals.{name}", interval, "null: the metric is undefined (null), so is its interval")
+        if not isinstance(interval, dict) or set(interval) != {"low", "high", "method", "n"}:
+            raise bad(f"intervals.{name}", interval, "an object with exactly low, high, method and n")
+        if interval["method"] not in INTERVAL_METHODS:
+            raise bad(f"intervals.{name}.method", interval["method"], " or ".join(INTERVAL_METHODS))
+        n = interval["n"]
+        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+            raise bad(f"intervals.{name}.n", n, "a positive count of images")
+        lo, hi = interval["low"], interval["high"]
+        if not (_is_number(lo) and _is_number(hi)):
+            raise bad(f"intervals.{name}", [lo, hi], "finite numbers low and high")
+        if not lo - _SLACK <= point <= hi + _SLACK:
+            raise bad(f"metrics.{name}", point, f"a value inside its own 95 % interval [{lo}, {hi}]")
+    return result
+
+
 def load(path: str | os.PathLike) -> Result:
-    """Read a result JSON written by :func:`save`.
+    """Read a result JSON written by :func:`save`, validated (:func:`validate`).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a result of a schema this code reads.
+        ResultError: not JSON, not a result of a schema this code reads, missing or unknown fields, or a number
+            that contradicts its definition; the message names the file and the field.
     """
     path = resolve_path(path)
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ResultError(f"{path}: not a JSON result file (truncated or edited?): {err}") from None
+    if not isinstance(data, dict):
+        raise ResultError(f"{path}: a result file holds one JSON object, not a {type(data).__name__}")
     if data.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: result schema {data.get('schema')!r}, this code reads schema {SCHEMA}")
-    return Result(**data)
+        raise ResultError(f"{path}: result schema {data.get('schema')!r}, this code reads schema {SCHEMA}")
+    known = set(Result.__dataclass_fields__)
+    required = {n for n, f in Result.__dataclass_fields__.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    if set(data) - known or required - set(data):
+        raise ResultError(f"{path}: unknown fields {sorted(set(data) - known)}, missing fields "
+                          f"{sorted(required - set(data))}; a result has {sorted(known)}")
+    return validate(Result(**data), path=path)
 
 
 def load_profile(results_dir: str | os.PathLike, profile: str) -> dict[str, Result]:
@@ -138,25 +229,6 @@ def load_profile(results_dir: str | os.PathLike, profile: str) -> dict[str, Resu
 
 
 # ---------------------------------------------------------------------------------------------------- provenance
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def git_info() -> dict:
-    """The repository's commit (``None`` before the first commit or outside git) and whether the code is dirty.
-
-    "Dirty" looks at the code only (``repro/``, ``notebooks/``, ``pyproject.toml``), not at results or the book,
-    which the pipeline itself writes.
-    """
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--", "repro", "notebooks", "pyproject.toml")
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
-
-
 def versions() -> dict:
     """Python, torch, torchvision, numpy versions and the platform (no local paths)."""
     import numpy
@@ -190,28 +262,3 @@ def provenance(*, device, wall_time_s: float, data: dict | None = None, models: 
     """Everything a result records about where and how it was computed."""
     return {"git": git_info(), "versions": versions(), "device": device_info(device), "wall_time_s": wall_time_s,
             "data": data or {}, "models": models or {}}
-
-
-# --------------------------------------------------------------------------------------------------- fingerprints
-def source_files(sources) -> list[Path]:
-    """The files named by ``sources`` (paths relative to the repository root; a folder means its ``*.py``)."""
-    root = repo_root()
-    files: list[Path] = []
-    for rel in sources:
-        p = root / rel
-        if p.is_dir():
-            files.extend(sorted(p.rglob("*.py")))
-        elif p.exists():
-            files.append(p)
-    return files
-
-
-def fingerprint(parameters: dict, sources) -> str:
-    """sha256 over the parameters (canonical JSON) and the contents of ``sources`` (see :func:`source_files`)."""
-    root = repo_root()
-    digest = hashlib.sha256()
-    digest.update(json.dumps(_clean(parameters), sort_keys=True).encode())
-    for path in source_files(sources):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()

@@ -102,21 +102,33 @@ def test_pgd_per_sample_step_size_equals_one_call_per_sample():
 
 
 # -------------------------------------------------------------------------------------------- no side effects
-@pytest.mark.parametrize("train_mode", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("name", list(ATTACKS))
-def test_no_side_effects(name, train_mode):
-    model = tiny_convnet().train(train_mode)
+def test_no_side_effects(name):
+    model = tiny_convnet().eval()
     params_before = [p.detach().clone() for p in model.parameters()]
     x, y = batch()
     labels = attack_labels(name, y)
     x_copy, labels_copy = x.clone(), labels.clone()
     x_adv = ATTACKS[name](model, x, labels, **SMALL[name])
     assert torch.equal(x, x_copy) and torch.equal(labels, labels_copy)
-    assert all(m.training == train_mode for m in model.modules())
+    assert not any(m.training for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params_before))
     assert not x_adv.requires_grad and x_adv.grad_fn is None
     assert x_adv.data_ptr() != x.data_ptr() and x_adv.device == x.device
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_a_model_in_training_mode_is_refused_and_left_untouched(name):
+    """Attacked in train() mode, batch norm would use the batch's statistics and update the caller's running
+    buffers: every attack refuses, naming the fix, and the caller's buffers and mode stay as they were."""
+    model = tiny_convnet().train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = batch()
+    with pytest.raises(ValueError, match=r"training mode.*\.eval\(\)"):
+        ATTACKS[name](model, x, attack_labels(name, y), **SMALL[name])
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
 
 # --------------------------------------------------------------------------------------- batch consistency
@@ -177,10 +189,9 @@ def test_runner_folding_follows_the_mode_and_says_why_it_cannot_fold():
     x, y = batch()
     params = SMALL["fgsm"]
     training = tiny_convnet().train()
-    assert run_attack("fgsm", training, x, y, params=params, progress=False).options["fold_batchnorm"] is False
+    with pytest.raises(ValueError, match=r"training mode.*\.eval\(\)"):
+        run_attack("fgsm", training, x, y, params=params, progress=False)
     assert training.training
-    with pytest.raises(ValueError, match="eval"):
-        run_attack("fgsm", training, x, y, params=params, progress=False, fold_batchnorm=True)
 
     class Untraceable(nn.Module):
         def __init__(self):
@@ -252,7 +263,7 @@ def test_pgd_random_start_reaches_the_model_unclipped_as_in_deepsec():
 
     x = torch.zeros(N, 1, SIDE, SIDE)
     x[:, :, :4] = 1.0
-    pgd(Recorder(), x, torch.zeros(N, dtype=torch.int64), eps=0.3, step_size=0.01, steps=2)
+    pgd(Recorder().eval(), x, torch.zeros(N, dtype=torch.int64), eps=0.3, step_size=0.01, steps=2)
     (first_lo, first_hi), (second_lo, second_hi) = seen
     assert first_lo < 0.0 and first_hi > 1.0  # U(−ε, ε) start, not clipped before step 1
     assert second_lo >= 0.0 and second_hi <= 1.0  # projected after each step

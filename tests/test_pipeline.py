@@ -86,7 +86,12 @@ def _ctx(column: str, **changes) -> study.Context:
 
 
 def test_ad_hoc_results_get_distinct_names_and_plan_columns_keep_theirs():
-    assert study.result_name(_ctx("pgd_resnet20")) == "pgd_resnet20"
+    from repro.results import PIPELINE_STAGING
+
+    assert study.result_name(_ctx("pgd_resnet20", results_dir=PIPELINE_STAGING)) == "pgd_resnet20"
+    # outside the pipeline, a plan column's name gets the parameters' hash too: two ad-hoc runs never collide
+    c, d = study.result_name(_ctx("pgd_resnet20", eps=0.05)), study.result_name(_ctx("pgd_resnet20", eps=0.2))
+    assert c.startswith("pgd_resnet20-") and d.startswith("pgd_resnet20-") and c != d
     a, b = study.result_name(_ctx("pgd_adhoc")), study.result_name(_ctx("pgd_adhoc", eps=8.0, step_size=0.875))
     assert a.startswith("pgd_adhoc-") and b.startswith("pgd_adhoc-") and a != b
     assert study.result_name(_ctx("pgd_adhoc")) == a  # the same parameters: the same file
@@ -110,3 +115,26 @@ def test_progress_bars_are_on_for_users_and_off_under_ci_and_in_committed_execut
     monkeypatch.delenv("CI")
     monkeypatch.setenv("REPRO_PROGRESS", "0")  # what the pipeline sets for the executions it commits
     assert not study.progress_enabled()
+
+
+def test_an_edited_result_is_stale_and_the_book_refuses_it_by_name(tmp_path, capsys):
+    """MR edited from 1.0 to 0.5 in a committed result used to render as `50.00 [99.60, 100.00]` ✓: now the
+    column counts as stale (the pipeline reruns it) and --build-book stops naming the file and the field."""
+    import json
+    import shutil
+
+    src = results.repo_root() / "results" / "smoke"
+    shutil.copytree(src, tmp_path / "smoke", ignore=shutil.ignore_patterns("models"))
+    path = tmp_path / "smoke" / "pgd_resnet20.json"
+    col = plan.column("pgd_resnet20")
+    fresh_before = pipeline.is_fresh(col, "smoke", tmp_path)
+    data = json.loads(path.read_text())
+    data["metrics"]["MR"] = 0.5 * data["intervals"]["MR"]["low"]
+    path.write_text(json.dumps(data))
+    assert not pipeline.is_fresh(col, "smoke", tmp_path)
+    assert fresh_before == pipeline.is_fresh(col, "smoke", src.parent)  # the edit is what made it stale
+    code = pipeline.main(["--build-book", "--profile", "smoke", "--results-dir", str(tmp_path),
+                          "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and f"{path}: metrics.MR = " in err and "inside its own 95 % interval" in err
+    assert not (tmp_path / "out" / "_build" / "html").exists()

@@ -74,22 +74,68 @@ def test_load_profile_reads_every_result(tmp_path):
     assert sorted(results.load_profile(tmp_path, "smoke")) == ["a", "b"]
 
 
-def test_fingerprint_tracks_parameters_and_sources(tmp_path, monkeypatch):
-    monkeypatch.setattr(results, "repo_root", lambda: tmp_path)
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
-    (tmp_path / "nb.ipynb").write_text("{}")
-    sources = ("pkg", "nb.ipynb", "missing.py")
-    base = results.fingerprint({"eps": 0.1}, sources)
-    assert results.fingerprint({"eps": 0.1}, sources) == base
-    assert results.fingerprint({"eps": 0.2}, sources) != base
-    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
-    assert results.fingerprint({"eps": 0.1}, sources) != base
-
-
 def test_provenance_records_versions_device_and_git():
     prov = results.provenance(device="cpu", wall_time_s=1.5, data={"mnist": {}}, models={"raw": {}})
     assert set(prov["versions"]) >= {"python", "torch", "torchvision"}
     assert prov["device"]["device"] == "cpu" and prov["device"]["name"]
     assert set(prov["git"]) == {"commit", "dirty"}
     assert prov["wall_time_s"] == 1.5
+
+
+# ------------------------------------------------------------------------------------------ validated on load
+def _committed(tmp_path, edit) -> "Path":
+    """A copy of the committed quick pgd_resnet20 result with ``edit`` applied to its JSON."""
+    data = json.loads((results.repo_root() / "results" / "quick" / "pgd_resnet20.json").read_text())
+    edit(data)
+    path = tmp_path / "quick" / "pgd_resnet20.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _set(field, key, value):
+    def edit(data):
+        data[field][key] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, match", [
+    (_set("metrics", "MR", 0.5), r"metrics\.MR = 0\.5; allowed: a value inside its own 95 % interval"),
+    (_set("metrics", "MR", 1.5), r"metrics\.MR = 1\.5; allowed: a value in \[0\.0, 1\.0\]"),
+    (_set("metrics", "MR", -0.2), r"metrics\.MR = -0\.2; allowed: a value in \[0\.0, 1\.0\]"),
+    (_set("metrics", "MR", "99%"), r"metrics\.MR = '99%'; allowed: a finite number"),
+    (_set("metrics", "MR", True), r"metrics\.MR = True; allowed: a finite number"),
+    (_set("metrics", "MR", None), r"intervals\.MR = .*allowed: null: the metric is undefined"),
+    (_set("metrics", "ALD_Linf", 0.0123), r"metrics\.ALD_Linf = 0\.0123; allowed: a value inside its own"),
+    (_set("metrics", "ASS", 1.2), r"metrics\.ASS = 1\.2; allowed: a value in \[-1\.0, 1\.0\]"),
+    (_set("intervals", "PSD", {"low": 1, "high": 2}), r"intervals\.PSD = .*exactly low, high, method and n"),
+    (_set("intervals", "XYZ", None), r"intervals\.XYZ = None; allowed: an interval of a reported metric"),
+    (lambda d: d["intervals"]["MR"].update(n=0), r"intervals\.MR\.n = 0; allowed: a positive count"),
+    (lambda d: d["intervals"]["MR"].update(method="normal"), r"intervals\.MR\.method = 'normal'"),
+    (lambda d: d.pop("metrics"), r"missing fields \['metrics'\]"),
+    (lambda d: d.update(bogus=1), r"unknown fields \['bogus'\]"),
+    (lambda d: d.update(parameters=[]), r"parameters = \[\]; allowed: a dict"),
+])
+def test_a_result_that_contradicts_itself_is_refused_by_file_and_field(tmp_path, edit, match):
+    path = _committed(tmp_path, edit)
+    with pytest.raises(results.ResultError, match=match) as err:
+        results.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_an_unedited_result_and_a_truncated_one(tmp_path):
+    path = _committed(tmp_path, lambda d: None)
+    assert results.load(path).metrics["MR"] == 1.0  # the committed result itself passes
+    path.write_text(path.read_text()[:200])
+    with pytest.raises(results.ResultError, match=rf"{path}: not a JSON result file"):
+        results.load(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(results.ResultError, match="one JSON object, not a list"):
+        results.load(path)
+
+
+def test_every_committed_result_passes_validation():
+    paths = sorted((results.repo_root() / "results").glob("*/*.json"))
+    assert len(paths) >= 30
+    for path in paths:
+        results.load(path)

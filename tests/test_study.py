@@ -224,17 +224,4 @@ def test_command_line_and_notebook_configure_the_same_training(col_id, profile):
         cli.init == notebook.init
 
 
-# ------------------------------------------------------------------------------------------------- fingerprints
-def test_fingerprint_covers_every_source_file_the_notebook_and_the_plan_row(tmp_path, monkeypatch):
-    import dataclasses
-
-    col = plan.column("pgd_resnet20")
-    before = plan.fingerprint(col, "quick")
-    assert before == plan.fingerprint(col, "quick")
-    assert plan.fingerprint(dataclasses.replace(col, departures=("another text",)), "quick") != before
-    assert plan.fingerprint(col, "smoke") != before
-    sources = {str(p.relative_to(repo_root())) for p in
-               __import__("repro.results", fromlist=["source_files"]).source_files(plan.FINGERPRINT_SOURCES)}
-    for module in ("repro/train/loop.py", "repro/study/plan.py", "repro/study/steps.py", "repro/metrics/attack.py",
-                   "repro/attacks/pgd.py", "repro/report/pages.py", "repro/data.py"):
-        assert module in sources, module
+# Fingerprints: tests/test_hermetic.py.

@@ -202,13 +202,34 @@ def project(x_adv: Tensor, x: Tensor, eps: float | Tensor) -> Tensor:
     return torch.maximum(torch.minimum(x_adv, upper), lower)
 
 
+# The layers whose output depends on the module's mode: batch statistics instead of running ones (and buffers
+# updated), random dropout masks. A stateless layer's mode changes nothing, so only these are checked.
+MODE_DEPENDENT = (torch.nn.modules.batchnorm._NormBase, torch.nn.modules.dropout._DropoutNd)
+
+
+def check_eval_mode(model, *, name: str = "model") -> None:
+    """Refuse a model with a batch-norm or dropout layer in training mode: attacked or scored in ``train()`` mode,
+    batch norm would use the batch's statistics and update the caller's running buffers, and dropout would draw
+    masks, so the numbers would describe neither the model nor a reproducible run. The caller owns the mode (STYLE):
+    this never calls ``eval()`` on it."""
+    if not isinstance(model, torch.nn.Module):
+        return
+    training = [n or type(model).__name__ for n, m in model.named_modules()
+                if isinstance(m, MODE_DEPENDENT) and m.training]
+    if training:
+        raise ValueError(f"{name} is in training mode ({len(training)} batch-norm or dropout layers, first "
+                         f"{training[0]!r}); attacks and metrics need it in evaluation mode: call {name}.eval() first")
+
+
 def input_gradient(model, x: Tensor, labels: Tensor, *, check: bool, name: str) -> Tensor:
     """Gradient of the summed cross-entropy of ``model(x)`` w.r.t. ``x`` (a fresh leaf), via ``torch.autograd.grad``.
 
     ``reduction='sum'`` makes each sample's gradient independent of the batch size (batch consistency); only its
     sign is used by the L∞ attacks. Parameter ``.grad`` fields are never touched. ``check`` validates the logits
-    (first forward pass only).
+    (first forward pass only), and the model's mode (:func:`check_eval_mode`) then too.
     """
+    if check:
+        check_eval_mode(model)
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)

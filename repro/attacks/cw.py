@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._common import check_images, check_labels, check_logits, check_nonnegative, check_steps
+from ._common import check_eval_mode, check_images, check_labels, check_logits, check_nonnegative, check_steps
 
 # Named settings (SPEC §4).
 CW2_CONFIGS: dict[str, dict] = {
@@ -108,6 +108,7 @@ def cw2(
     """
     check_images(x)
     check_labels(target, x, name="target")
+    check_eval_mode(model)
     confidence = check_nonnegative(confidence, name="confidence")
     for name, value in (("initial_const", initial_const), ("lr", lr)):
         if check_nonnegative(value, name=name) == 0.0:

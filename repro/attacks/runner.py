@@ -15,7 +15,7 @@ from tqdm import tqdm  # text bars: papermill --log-output streams them; no ipyw
 
 from ..models.compiled import compile_or_eager
 from ..models.fold import fold_batchnorm as fold_batchnorm_copy, has_batchnorm
-from ._common import check_device, check_image_batch
+from ._common import check_device, check_eval_mode, check_image_batch
 
 
 @dataclass(frozen=True)
@@ -156,6 +156,7 @@ def run_attack(
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     # Checked here once, before any batch moves, so that a custom attack function gets the same refusals.
     check_image_batch(x)
+    check_eval_mode(model)
     if not isinstance(labels, Tensor) or labels.shape != x.shape[:1]:
         raise ValueError(f"x (N, ...) and labels (N,) must be tensors with the same N, got shapes "
                          f"{tuple(x.shape)} and {tuple(getattr(labels, 'shape', ()))}")

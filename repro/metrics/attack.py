@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..attacks._common import check_class_range, check_device, check_images, looks_like_probabilities
+from ..attacks._common import (check_class_range, check_device, check_eval_mode, check_images,
+                               looks_like_probabilities)
 from .uncertainty import DEFAULT_LEVEL, DEFAULT_RESAMPLES, check_interval_args, interval_records
 
 # SSIM constants: Wang et al. (2004), as in scikit-image's structural_similarity, which DeepSec called.
@@ -53,6 +54,11 @@ KEYS = ("MR", "ACAC", "ACTC", "ALD_L0", "ALD_L2", "ALD_Linf", "ASS", "PSD", "NTE
 # The rates among KEYS (a fraction of a count: Clopper–Pearson interval); the others are means over the n successful
 # AEs (bootstrap interval). MR counts over all N, RGB and RIC over the n successful AEs.
 RATE_KEYS = ("MR", "RGB", "RIC")
+# The values each metric can take (closed bounds): rates and confidences in [0, 1], SSIM in [−1, 1], distances,
+# PSD and CC (the study's seconds per AE) non-negative. A stored result outside them is refused on load.
+RANGES = {"MR": (0.0, 1.0), "ACAC": (0.0, 1.0), "ACTC": (0.0, 1.0), "ALD_L0": (0.0, math.inf),
+          "ALD_L2": (0.0, math.inf), "ALD_Linf": (0.0, math.inf), "ASS": (-1.0, 1.0), "PSD": (0.0, math.inf),
+          "NTE": (0.0, 1.0), "RGB": (0.0, 1.0), "RIC": (0.0, 1.0), "CC": (0.0, math.inf)}
 
 
 # ------------------------------------------------------------------------------------------------------ validation
@@ -764,6 +770,7 @@ def attack_utility(
     _check_labels("y", y, len(x))
     if target is not None:
         _check_labels("target", target, len(x))
+    check_eval_mode(model)
     _check_jpeg_args(jpeg_quality, jpeg_workers)
     if intervals:
         check_interval_args(n_resamples=n_resamples, seed=seed, level=level)
@@ -800,7 +807,7 @@ def attack_utility(
 
 
 __all__ = [
-    "KEYS", "RATE_KEYS", "attack_utility", "success_mask", "to_8bit", "ssim", "local_std", "gaussian_blur_8bit",
+    "KEYS", "RATE_KEYS", "RANGES", "attack_utility", "success_mask", "to_8bit", "ssim", "local_std", "gaussian_blur_8bit",
     "guetzli_jpeg_8bit", "mr", "acac", "actc", "ald", "ass", "psd", "nte", "rgb", "ric",
     "DEEPSEC_SSIM_DATA_RANGE", "DEEPSEC_BLUR_RADIUS", "DEEPSEC_JPEG_QUALITY",
 ]

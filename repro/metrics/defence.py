@@ -7,10 +7,12 @@ lengths and labels outside ``0..K-1`` raise ValueError; no image right for both 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from ..attacks._common import check_class_range, check_device, looks_like_probabilities
+from ..attacks._common import check_class_range, check_device, check_eval_mode, looks_like_probabilities
 from .attack import (
     _check_images, _check_labels, _check_logits, _device_of, _mean, _no_samples, _predict, _rate, _softmax,
 )
@@ -21,6 +23,10 @@ KEYS = ("ACC_raw", "ACC_defended", "CAV", "CRR", "CSR", "CCV", "COS")
 # rates, the mean of per-image differences in {−1, 0, 1} (paired bootstrap over N); CCV and COS are means over the
 # images both models classify correctly (bootstrap over those).
 RATE_KEYS = ("ACC_raw", "ACC_defended", "CRR", "CSR")
+# The values each metric can take (closed bounds): CAV a difference of two rates, COS a Jensen–Shannon divergence
+# in nats (at most ln 2). A stored result outside them is refused on load.
+RANGES = {"ACC_raw": (0.0, 1.0), "ACC_defended": (0.0, 1.0), "CAV": (-1.0, 1.0), "CRR": (0.0, 1.0),
+          "CSR": (0.0, 1.0), "CCV": (0.0, 1.0), "COS": (0.0, math.log(2))}
 
 
 def _check_correct(raw_correct: Tensor, defended_correct: Tensor) -> None:
@@ -255,6 +261,8 @@ def defence_utility(
             (n_resamples < 1000, seed, level).
     """
     _check_images("x", x)
+    check_eval_mode(raw_model, name="raw_model")
+    check_eval_mode(defended_model, name="defended_model")
     _check_labels("y", y, len(x))
     if intervals:
         check_interval_args(n_resamples=n_resamples, seed=seed, level=level)
@@ -287,4 +295,4 @@ def defence_utility(
                                      level=level)
 
 
-__all__ = ["KEYS", "RATE_KEYS", "defence_utility", "cav", "crr", "csr", "ccv", "cos", "js_divergence"]
+__all__ = ["KEYS", "RATE_KEYS", "RANGES", "defence_utility", "cav", "crr", "csr", "ccv", "cos", "js_divergence"]

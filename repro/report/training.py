@@ -32,14 +32,15 @@ def _init(record: dict) -> str:
     return "raw model trained here" if isinstance(init, dict) and "trained" in init else str(init)
 
 
-def _rows(evaluation: dict) -> list[list[str]]:
+def _rows(evaluation: dict, *, wall_time: bool = True) -> list[list[str]]:
     rows = []
     for rec in evaluation["models"].values():
         t = rec["training"]
         how = ["DeepSec's released checkpoint", "–", "–", "–", "–"] if t is None else [
             _init(t), f"{t['recipe']} ({t['optimiser']}, lr {t['lr']:g}, {t['schedule']})",
             f"{t['epochs']} × {t['train_images']:,}", f"{t['kept_epoch']} ({t['keep']})", f"{t['train_time_s'] / 60:.1f}"]
-        rows.append([rec["label"], *how, with_interval(rec["clean"]), with_interval(rec["pgd"])])
+        row = [rec["label"], *how, with_interval(rec["clean"]), with_interval(rec["pgd"])]
+        rows.append(row if wall_time else row[:5] + row[6:])
     return rows
 
 
@@ -47,11 +48,20 @@ HEADER = ["model", "initialisation", "recipe", "epochs × images", "kept epoch (
           "clean accuracy", "PGD accuracy"]
 
 
-def training_table(evaluation: dict):
-    """The column's models as a DataFrame (for the notebook): how each was trained and its test accuracies."""
+def training_table(evaluation: dict, *, wall_time: bool = False):
+    """The column's models as a DataFrame (for the notebook): how each was trained and its test accuracies; the
+    training wall time only with ``wall_time`` (it depends on the machine, so the regression-checked cell leaves it
+    out: :func:`wall_times` prints it)."""
     import pandas as pd
 
-    return pd.DataFrame(_rows(evaluation), columns=HEADER)
+    header = HEADER if wall_time else HEADER[:5] + HEADER[6:]
+    return pd.DataFrame(_rows(evaluation, wall_time=wall_time), columns=header)
+
+
+def wall_times(evaluation: dict) -> str:
+    """One line per model trained here: its training wall time in minutes (as its training recorded it)."""
+    return "\n".join(f"{rec['label']}: trained in {rec['training']['train_time_s'] / 60:.1f} min"
+                     for rec in evaluation["models"].values() if rec["training"]) or "no model trained here"
 
 
 def curves_figure(evaluation: dict, *, title: str = ""):
@@ -161,4 +171,4 @@ def training_page(found: dict, profile: str, figures_dir) -> str:
     return "\n".join(parts)
 
 
-__all__ = ["TARGET", "curves_figure", "training_page", "training_table"]
+__all__ = ["TARGET", "curves_figure", "training_page", "training_table", "wall_times"]

@@ -242,19 +242,44 @@ def departures(col: Column, profile: str | Profile) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------- fingerprints
-# A column's numbers may depend on any code of the package (conservative on purpose) and on the published tables.
-FINGERPRINT_SOURCES = ("repro",)
 PUBLISHED_DIR = Path(__file__).with_name("published")
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+# Code that shapes how a result is shown or scheduled, never a number in it: not part of a fingerprint.
+NOT_NUMBERS = ("repro.report", "repro.pipeline")
+
+
+def notebook_code(notebook: str) -> str:
+    """The code cells of ``notebooks/<notebook>``, joined (IPython magics and shell lines dropped)."""
+    import json
+
+    cells = json.loads((NOTEBOOK_DIR / notebook).read_text(encoding="utf-8"))["cells"]
+    lines = [line for c in cells if c["cell_type"] == "code" for line in "".join(c["source"]).splitlines()]
+    return "\n".join(line for line in lines if not line.lstrip().startswith(("%", "!")))
+
+
+def fingerprint_sources(col: Column) -> tuple[Path, ...]:
+    """The files a result of ``col`` depends on: its notebook and every ``repro`` module the notebook imports,
+    transitively (library and study; not :data:`NOT_NUMBERS`)."""
+    from .._source import imported_names, module_closure
+
+    roots = sorted(n for n in imported_names(notebook_code(col.notebook)) if n.split(".")[:2] != ["repro", "report"])
+    return (NOTEBOOK_DIR / col.notebook, *module_closure(roots, exclude=NOT_NUMBERS))
 
 
 def fingerprint(col: Column, profile: str) -> str:
     """The fingerprint a fresh result of ``col`` under ``profile`` carries: sha256 over the column's plan row, the
-    profile's budgets, every ``.py`` file of ``repro/``, the published CSVs and the column's notebook. Any edit to
-    them makes the column stale."""
-    from ..results import fingerprint as source_fingerprint
+    profile's budgets, the published CSVs and :func:`fingerprint_sources` (the notebook and the code it runs). Any
+    edit to them makes the column stale; an edit to the report or the pipeline does not."""
+    import json
+
+    from .._io import canonical_json
+    from .._source import module_closure, source_hash
 
     row = {"column": {**asdict(col), "uses": sorted(col.uses)}, "profile": get_profile(profile).as_dict()}
-    digest = hashlib.sha256(source_fingerprint(row, FINGERPRINT_SOURCES + (f"notebooks/{col.notebook}",)).encode())
+    digest = hashlib.sha256(canonical_json(json.loads(json.dumps(row, default=str))).encode())
+    notebook, *modules = fingerprint_sources(col)
+    digest.update(notebook.read_bytes())
+    digest.update(source_hash(modules).encode())
     for path in sorted(PUBLISHED_DIR.glob("*.csv")):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())

@@ -621,14 +621,15 @@ def load_models(ctx: steps.Context) -> dict[str, nn.Module]:
 def planned_work(ctx: steps.Context) -> str:
     """What the column is about to do, in words: where each model comes from (and which must be trained first)
     and the attack budget."""
-    from ..train import config_key, is_cached
+    from ..train import config_key
 
     p, lines = ctx.params, []
     for spec in SECURITY_MODELS[p["dataset"]]:
         config = model_config(spec, ctx.profile, width=p["width"], epochs=p["epochs"], train_subset=p["train_subset"],
                               defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"])
         where = ("DeepSec's released checkpoint" if config is None else
-                 f"training cache, key {config_key(config)[:12]} (column {spec.column})" if is_cached(config) else
+                 f"trained model {config_key(config)[:12]} (cached or published; column {spec.column})"
+                 if steps.model_available(config, ctx.profile) else
                  f"NOT in the training cache: trained now with column {spec.column}'s configuration")
         lines.append(f"{spec.label}: {where}")
     aa = p["autoattack"]

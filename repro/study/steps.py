@@ -14,10 +14,12 @@ import inspect
 import math
 import os
 import random
+import tempfile
 import time
 import uuid
 import warnings
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -121,6 +123,23 @@ def _check_rule(p: dict, name: str) -> None:
                                               f"got {p[name]!r}")
 
 
+def _check_output_folder(results_dir: str, profile: str) -> None:
+    """Refuse, before any work, a results folder inside the committed ``results/`` tree (only the pipeline writes
+    there, by moving what a run saved in its staging folder) or one where the result could not be written."""
+    folder = results_mod.resolve_path(results_dir) / profile
+    committed = results_mod.resolve_path(results_mod.COMMITTED_RESULTS)
+    _require(folder != committed and committed not in folder.parents,
+             f"results_dir {results_dir!r} is inside the committed results/ tree, which only the pipeline writes "
+             "(python -m repro.pipeline); use another folder, e.g. the default 'runs'")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise ParameterError(f"results_dir {results_dir!r}: cannot write to {folder} ({err.strerror or err}); give "
+                             "a writable folder") from err
+
+
 def _resolve_device(device) -> str:
     _require(isinstance(device, str), f"device must be a string ('auto', 'cpu', 'cuda', 'cuda:N'), got {device!r}")
     if device == "auto":
@@ -208,6 +227,7 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
              f"column must be a plain name (letters, digits, _ and -), got {p.get('column')!r}")
     _require(isinstance(p.get("results_dir"), str) and p["results_dir"] != "",
              f"results_dir must be a folder name, got {p.get('results_dir')!r}")
+    _check_output_folder(p["results_dir"], p["profile"])
     _count(p, "seed", low=0)
     p["device"] = _resolve_device(p.get("device", "auto"))
     if p.get("batch_size") is None:
@@ -376,26 +396,50 @@ def _config_of(ctx: Context, *, defence_params=None) -> TrainConfig:
                         train_subset=p["train_subset"], **extra)
 
 
+def published_models(profile: Profile) -> "os.PathLike":
+    """The folder of the trained models behind the committed results of ``profile`` (``results/<profile>/models/``):
+    every notebook run loads a model from there (checksum verified) before it would train one."""
+    return results_mod.models_dir(results_mod.COMMITTED_RESULTS, profile.name)
+
+
+def model_available(config: TrainConfig, profile: Profile) -> bool:
+    """Whether ``config``'s model is in the training cache or published with ``profile``'s results (no training)."""
+    from ..train import is_cached
+
+    return is_cached(config, published=published_models(profile))
+
+
 def _trained(ctx: Context, config: TrainConfig, role: str):
-    """Train (or load from the cache) ``config``; record it in the result under ``role``."""
-    from ..train import is_cached, train_cached
+    """Train ``config`` (or load it from the cache or the profile's published models); record it in the result
+    under ``role``: its key, the sha256 of its ``model.pt``, the commit and code hash that trained it."""
+    from ..train import train_cached
 
     if config.bf16:
         departure = BF16_DEPARTURE.format(what=f"{role} model's training")
         ctx.departures += [departure] if departure not in ctx.departures else []
 
-    cached = is_cached(config)
+    available = model_available(config, ctx.profile)
     with warnings.catch_warnings():
         if getattr(config.defence_params, "eps", 0) >= 1:
             warnings.simplefilter("ignore", UserWarning)  # the literal "ε = 8": recorded in the parameters' note
-        trained = train_cached(config, progress=progress_enabled() and not cached)
+        trained = train_cached(config, progress=progress_enabled() and not available,
+                               published=published_models(ctx.profile))
     if not trained.from_cache:
         ctx.train_seconds += trained.train_time_s
+    trained_by = trained.provenance or {}
+    published = Path(trained.checkpoint).parent == Path(published_models(ctx.profile))
     ctx.models[role] = {"source": ModelSource.TRAINED.value, "logit_shift": ctx.params.get("logit_shift", True),
                         "config": results_mod._clean(_effective(trained.config)), "key": trained.key,
+                        "sha256": _io.sha256_file(Path(trained.checkpoint)),
+                        "trained_commit": trained_by.get("git", {}).get("commit"),
+                        "trained_dirty": trained_by.get("git", {}).get("dirty"), "code": trained_by.get("code"),
+                        "loaded_from": "published" if published else "cache" if trained.from_cache else "trained",
                         "history": results_mod._clean(trained.history), "best_epoch": trained.best_epoch,
                         "best_val_acc": trained.best_val_acc, "from_cache": trained.from_cache,
                         "train_time_s": trained.train_time_s}
+    if published:
+        ctx.notes.append(f"{role} model loaded from the published {Path(trained.checkpoint).name} (sha256 checked), "
+                         "not retrained")
     return trained.model.to(ctx.device).eval()
 
 
@@ -455,7 +499,7 @@ def planned_work(ctx: Context) -> str:
     """What the column is about to do that costs time, in words: each model it trains that is not in the training
     cache, with an estimate from one timed batch on this machine; and the attack budget. Returned (the notebook
     shows it) before the work starts, so that a long cell is never a surprise."""
-    from ..train import DEFENCES as _defences, is_cached
+    from ..train import DEFENCES as _defences
 
     p, lines = ctx.params, []
     configs = []
@@ -465,8 +509,9 @@ def planned_work(ctx: Context) -> str:
         params = _defences[ctx.name].params_type(**{k: p[k] for k in defence_parameters(ctx.name) if k in p})
         configs.append((f"{ctx.name.upper()} defence", _config_of(ctx, defence_params=params)))
     for role, config in configs:
-        if is_cached(config):
-            lines.append(f"{role}: {config.model} {config.model_kwargs or ''} from the training cache")
+        if model_available(config, ctx.profile):
+            lines.append(f"{role}: {config.model} {config.model_kwargs or ''} from the training cache or the "
+                         "published models")
             continue
         passes = 1
         if config.defence == "pat":
@@ -638,12 +683,17 @@ def data_departures(datasets: dict) -> list[str]:
             for prov in datasets.values() if not prov.get("official", True)]
 
 
+def is_pipeline_run(params: dict) -> bool:
+    """Whether a run is the pipeline's: it saves into the pipeline's staging folder (only the pipeline passes it)."""
+    return results_mod.resolve_path(params["results_dir"]) == results_mod.resolve_path(results_mod.PIPELINE_STAGING)
+
+
 def result_name(ctx: Context) -> str:
-    """The file name (without ``.json``) the run's result gets: the plan column's id for a plan run; for an ad-hoc
-    run (a column name not in the plan, e.g. the notebooks' default ``pgd_adhoc``), that name plus a short hash of
-    the effective parameters, so that ad-hoc runs with other parameters never overwrite each other."""
+    """The file name (without ``.json``) the run's result gets: the plan column's id for a pipeline run of a plan
+    column; for any other run (ad hoc, whatever its ``column``), that name plus a short hash of the effective
+    parameters, so that runs with other parameters never overwrite each other or a plan column's result."""
     p = ctx.params
-    if p["column"] in COLUMNS:
+    if p["column"] in COLUMNS and is_pipeline_run(p):
         return p["column"]
     digest = _io.sha256_text(_io.canonical_json(results_mod._clean(
         {k: v for k, v in p.items() if k not in ("results_dir", "column")})))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from torch import Tensor, nn
 
 from .. import data as data_mod
-from ..train import TrainConfig, config_key, is_cached
+from ..train import TrainConfig, config_key
 from . import security, steps
 from .security import evaluation_images  # the same first test images for every model, as the security chapter
 from .plan import columns_for
@@ -94,7 +94,8 @@ def planned_work(ctx: steps.Context) -> str:
     for model in trained_models(p["dataset"], ctx.profile):
         config = model_config(model, ctx)
         where = ("DeepSec's released checkpoint" if config is None else
-                 f"training cache, key {config_key(config)[:12]}" if is_cached(config) else
+                 f"trained model {config_key(config)[:12]} (cached or published)"
+                 if steps.model_available(config, ctx.profile) else
                  "NOT in the training cache: trained now")
         lines.append(f"{model.spec.label}: {where}")
     threat = security.threat_model(p["dataset"])

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from .. import _io
-from ..data import DATASETS, data_root, load
+from .._source import code_hash
+from ..data import DATASETS, data_root, digest, load
 from ..models import DEEPSEC_CHECKPOINTS, MODELS, dataset_of
 from .defences import DEFENCES, PGDParams
 
@@ -26,7 +27,11 @@ from .defences import DEFENCES, PGDParams
 # entries then get new keys instead of being returned for a configuration they were not trained with.
 # 3: DeepSec's split on official indices (a partial copy's validation images are ones DeepSec's checkpoint never saw),
 #    learning rate set per batch, adversarial examples crafted on the BatchNorm-folded copy.
-FORMAT_VERSION = 3
+# 4: the key also holds the training code's hash (TRAINING_CODE) and the digest of the training images used.
+FORMAT_VERSION = 4
+# The modules a training run executes (the loop, the defences, the attacks they craft with, the models, the data):
+# their source hash is part of every key, so a model trained by other code is never served for this code's config.
+TRAINING_CODE = ("repro.train",)
 
 
 def _choice(name: str, value, allowed) -> None:
@@ -241,7 +246,9 @@ def effective_config(config: TrainConfig) -> dict:
     n_available = _train_size(config.dataset, str(data_root()))
     return {
         "format": FORMAT_VERSION,
+        "code": training_code_hash(),
         "dataset": config.dataset,
+        "train_data": digest(config.dataset, split="train"),
         "train_images": min(n_available, config.subset or n_available),
         "model": config.model,
         "model_kwargs": dict(config.model_kwargs),
@@ -260,6 +267,11 @@ def effective_config(config: TrainConfig) -> dict:
     }
 
 
+def training_code_hash() -> str:
+    """sha256 of the source of :data:`TRAINING_CODE` and every module it imports (:func:`repro._source.code_hash`)."""
+    return code_hash(TRAINING_CODE)
+
+
 @functools.lru_cache(maxsize=8)
 def _train_size(dataset: str, root: str) -> int:
     return len(load(dataset, split="train", root=root)[1])
@@ -268,7 +280,8 @@ def _train_size(dataset: str, root: str) -> int:
 def config_key(config: TrainConfig) -> str:
     """The cache key of a configuration: hex sha256 of the canonical JSON of :func:`effective_config`.
 
-    It includes :data:`FORMAT_VERSION`, so a change to what the code trains gives new keys. Defaults resolve first:
+    It includes :data:`FORMAT_VERSION`, the training code's hash (:func:`training_code_hash`) and the digest of the
+    training split (:func:`repro.data.digest`), so other code or other images give new keys. Defaults resolve first:
     ``epochs=None`` and the recipe's 20 give the same key; the device is not part of it.
     """
     return _io.sha256_text(_io.canonical_json(effective_config(config)))

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm  # text bars: papermill --log-output streams them; no ipywidgets needed
 
 from .. import _io
+from .._source import git_info
 from ..models.compiled import compile_or_eager
 from ..data import provenance
 from .augment import draw_augmentation, translate_flip
@@ -51,6 +52,7 @@ class TrainResult:
     best_val_acc: float
     checkpoint: Path
     from_cache: bool
+    provenance: dict | None = None  # the commit and code hash that trained it (``model.pt``'s "provenance")
 
     @property
     def train_time_s(self) -> float:
@@ -216,24 +218,24 @@ def _resume(path: Path, config: TrainConfig, key: str, net, optimiser, data_gen,
 
 def _finish(config, key, net, history, best, out_dir, device, rank, world) -> TrainResult:
     """Load the best weights, write ``model.pt`` and ``result.json`` (rank 0), return the :class:`TrainResult`."""
-    from ..results import git_info
-
     net.load_state_dict(best["state_dict"])
     net.eval()
     final_path = out_dir / MODEL_FILE
+    effective = effective_config(config)
+    trained_by = {"git": git_info(), "code": effective["code"]}
     if rank == 0:
-        effective = effective_config(config)
+        # model.pt is what results/<profile>/models/ publishes: the kept weights and what trained them, no optimiser.
         _io.save_atomic({"format": FORMAT_VERSION, "key": key, "config": effective, "state_dict": best["state_dict"],
-                         "history": history, "best_epoch": best["epoch"], "best_val_acc": best["val_acc"]},
-                        final_path)
+                         "history": history, "best_epoch": best["epoch"], "best_val_acc": best["val_acc"],
+                         "provenance": trained_by}, final_path)
         record = {
             "key": key, "config": effective, "history": history, "best_epoch": best["epoch"],
             "best_val_acc": best["val_acc"], "train_time_s": sum(h["epoch_time_s"] for h in history),
-            "provenance": {"git": git_info(), "torch": torch.__version__, "python": sys.version.split()[0],
+            "provenance": {"git": trained_by["git"], "code": trained_by["code"], "torch": torch.__version__, "python": sys.version.split()[0],
                            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
                            "world_size": world, "data": provenance(config.dataset)},
         }
         _io.write_text_atomic(json.dumps(record, indent=1), out_dir / RESULT_FILE)
     rt.barrier(world)
     return TrainResult(model=net, config=config, key=key, history=history, best_epoch=best["epoch"],
-                       best_val_acc=best["val_acc"], checkpoint=final_path, from_cache=False)
+                       best_val_acc=best["val_acc"], checkpoint=final_path, from_cache=False, provenance=trained_by)

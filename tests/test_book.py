@@ -162,3 +162,25 @@ def test_smoke_book_builds_with_both_tables(tmp_path):
     for section in source.split("\n## ")[1:]:
         lines = [line for line in section.splitlines() if line in bullets]
         assert len(lines) == len(set(lines)), lines
+
+
+def test_a_stale_result_is_marked_pending_on_the_landing_page_and_in_its_chapter(tmp_path):
+    """A result computed with other code is shown as it is, but never without saying so: its id appears in the
+    glance (README and landing page) and a warning heads the chapter that uses it."""
+    found = book.load_found("smoke")
+    assert book.stale_columns("smoke", found) == []  # the committed smoke results are up to date
+    assert "Pending" not in book.glance("smoke", found)
+    found["security_mnist"].fingerprint = "computed by other code"
+    found["pgd_resnet20"].fingerprint = "computed by other code"
+    assert book.stale_columns("smoke", found) == ["pgd_resnet20", "security_mnist"]
+    assert "**Pending**: 2 of these results" in book.glance("smoke", found)
+    stage = tmp_path / "src"
+    stage.mkdir()
+    shutil.copy2(results.repo_root() / "_config.yml", stage / "_config.yml")
+    src = results.repo_root() / "results"
+    shutil.copytree(src / "smoke", tmp_path / "res" / "smoke", ignore=shutil.ignore_patterns("models"))
+    results.save(found["security_mnist"], tmp_path / "res" / "smoke" / "security_mnist.json")
+    assert book.generate("smoke", results_dir=str(tmp_path / "res"), stage=stage) == []
+    security = (stage / "book" / "generated" / "security.md").read_text()
+    assert security.startswith("# ") and "Pending: the results of `security_mnist`" in security
+    assert "Pending" not in (stage / "book" / "generated" / "training.md").read_text()

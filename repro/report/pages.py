@@ -642,6 +642,19 @@ KEY_METRIC = {"attack": "MR", "defence": "ACC_defended"}
 GLANCE_START, GLANCE_END = "<!-- results at a glance: start -->", "<!-- results at a glance: end -->"
 
 
+def stale_columns(profile: str, found: dict) -> list[str]:
+    """Ids of the profile's columns whose result in ``found`` carries another fingerprint than the current plan's:
+    computed with other code or parameters, shown as they are until the pipeline recomputes them."""
+    return [col.id for col in columns_for(profile)
+            if col.id in found and found[col.id].fingerprint != fingerprint(col, profile)]
+
+
+def _stale_warning(ids: list[str]) -> str:
+    return ("```{warning}\nPending: the results of " + ", ".join(f"`{c}`" for c in ids) + " were computed with "
+            "other code or parameters than the current plan (their fingerprints differ) and are shown as they are "
+            "until `python -m repro.pipeline` recomputes them.\n```\n\n") if ids else ""
+
+
 def glance(profile: str, found: dict) -> str:
     """Results at a glance, generated from the results: one row per table column with its verdict counts against
     each reference, its key number with the interval, and why any cell is inconsistent or not comparable; then the
@@ -685,6 +698,10 @@ def glance(profile: str, found: dict) -> str:
                      f"{prov.get('full_train', 0):,} training and {prov.get('test', 0):,} of "
                      f"{prov.get('full_test', 0):,} test images, with files whose checksums are not the official "
                      "ones; every column lists it among its departures.\n")
+    stale = stale_columns(profile, found)
+    if stale:
+        text += (f"\n**Pending**: {len(stale)} of these results were computed with other code or parameters than "
+                 f"the current plan and are shown as they are until recomputed: {', '.join(stale)}.\n")
     return f"Profile **{profile}**; ✓ consistent, ✗ inconsistent, n/c not comparable (see the verdict rule in " \
            f"the book's Methods chapter).\n\n{text}"
 
@@ -746,7 +763,7 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
     (gen / "columns").mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
     cols = columns_for(profile)
-    found, fresh, missing = {}, {}, []
+    found, missing = {}, []
     for col in cols:
         path = results_mod.result_path(results_dir, profile, col.id)
         nb = results_mod.executed_notebook_path(results_dir, profile, col.id)
@@ -754,8 +771,9 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
             missing.append(col.id)
             continue
         found[col.id] = results_mod.load(path)
-        fresh[col.id] = found[col.id].fingerprint == fingerprint(col, profile)
         _copy_titled(nb, gen / "columns" / f"{col.id}.ipynb", col)
+    stale = stale_columns(profile, found)
+    fresh = {cid: cid not in stale for cid in found}
     if missing:
         return missing
 
@@ -769,10 +787,12 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
     (gen / "notebooks.md").write_text(_notebooks_page(profile, cols), encoding="utf-8")
     from .security import security_page  # the security columns' chapter
 
-    (gen / "security.md").write_text(security_page(found, profile, figures_dir), encoding="utf-8")
     from .training import training_page  # the training columns' chapter
 
-    (gen / "training.md").write_text(training_page(found, profile, figures_dir), encoding="utf-8")
+    for chapter, page in (("security", security_page), ("training", training_page)):
+        heading, _, body = page(found, profile, figures_dir).partition("\n")
+        warn = _stale_warning([c.id for c in cols if c.table == chapter and c.id in stale])
+        (gen / f"{chapter}.md").write_text(f"{heading}\n\n{warn}{body}", encoding="utf-8")
 
     prof = get_profile(profile)
     subs = {"profile": profile, "profile_description": prof.description,

@@ -358,6 +358,10 @@ def main(argv=None) -> int:
             html = None if args.output is None else Path(args.output) / "_build" / "html"
             screenshot(html=html)
         else:
+            if args.device != "auto":  # before any notebook starts, not as a kernel traceback minutes later
+                from .attacks._common import check_device
+
+                check_device(args.device)
             timings = run_plan(args.profile, results_dir=args.results_dir, only=args.only, force=args.force,
                                device=args.device)
             ran = {k: v for k, v in timings.items() if v is not None}

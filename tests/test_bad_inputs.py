@@ -289,3 +289,29 @@ def test_run_attack_on_missing_cuda_says_so():
         run_attack("fgsm", linear_model(), x, y, params=SMALL["fgsm"], device="cuda", progress=False)
     with pytest.raises(ValueError, match=r"device 'gpu' is not a device .* allowed here: 'cpu'"):
         run_attack("fgsm", linear_model(), x, y, params=SMALL["fgsm"], device="gpu", progress=False)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "mnist", "--variant", "madry"], "--variant only applies to a defence; add --defence"),
+    (["--dataset", "mnist", "--init", "raw", "--recipe", "x"], "--init, --recipe only apply to a defence"),
+    (["--dataset", "cifar10", "--width", "0"], "argument --width: 0 is below the minimum 1"),
+    (["--dataset", "mnist", "--epochs", "0"], "argument --epochs: 0 is below the minimum 1"),
+    (["--dataset", "mnist", "--seed", str(2 ** 70)], "does not fit a 64-bit generator seed"),
+    (["--dataset", "mnist", "--device", "cuda:99" if torch.cuda.is_available() else "cuda"], "--device: device"),
+])
+def test_the_training_command_line_refuses_flags_it_would_ignore_or_crash_on(argv, message, capsys):
+    """Before: --variant/--init without --defence trained the raw model under the same key (ignored), --width 0
+    and a huge seed gave tracebacks, --device cuda without a GPU a driver traceback."""
+    from repro.train.__main__ import parse_args
+
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_pipeline_checks_the_device_before_any_notebook_runs(capsys):
+    from repro.pipeline import main
+
+    bad = "cuda:99" if torch.cuda.is_available() else "cuda"
+    assert main(["--profile", "smoke", "--device", bad, "--only", "pgd_resnet20"]) == 1
+    assert "not available on this machine" in capsys.readouterr().err

@@ -18,6 +18,7 @@ import sys
 import torch
 import torch.distributed as dist
 
+from ..attacks._common import check_device
 from ..data import DATASETS
 from ..models import DEEPSEC_CHECKPOINTS, MODELS
 from .cache import initial_weights, trained_dir
@@ -27,6 +28,23 @@ from .loop import train
 from .runtime import distributed
 
 
+def _count(minimum: int):
+    """An argparse type: an integer of at least ``minimum``, refused naming the value otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
+        return value
+    return parse
+
+
+# Flags that only mean something for a defence: without --defence they would be ignored, so they are refused.
+DEFENCE_ONLY = ("variant", "init", "recipe")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m repro.train",
@@ -34,26 +52,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "(--nproc_per_node=N) it trains with DistributedDataParallel (NCCL on GPUs, gloo on CPUs).")
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--model", default=None, help=f"one of {', '.join(MODELS)} (default: DeepSec's)")
-    parser.add_argument("--width", type=int, default=None, help="resnet20_wide's width (default: the profile's)")
+    parser.add_argument("--width", type=_count(1), default=None, help="resnet20_wide's width (default: the profile's)")
     parser.add_argument("--defence", default="none", choices=["none", *DEFENCES])
     parser.add_argument("--variant", default=None, help="a named setting of the defence (default: DeepSec's)")
-    parser.add_argument("--profile", default="paper", help="smoke, quick or paper (budgets; flags below override)")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch size")
-    parser.add_argument("--subset", type=int, default=None, help="training images used (before the 90/10 split)")
-    parser.add_argument("--history-subset", type=int, default=None, help="validation images for the PGD history")
+    parser.add_argument("--profile", default="paper",
+                        help="smoke, quick or paper (budgets; flags below override; default: paper, the papers' "
+                             "settings: pass --profile quick for the model the quick book reports)")
+    parser.add_argument("--epochs", type=_count(1), default=None)
+    parser.add_argument("--batch-size", type=_count(1), default=None, help="global batch size")
+    parser.add_argument("--subset", type=_count(1), default=None, help="training images used (before the 90/10 split)")
+    parser.add_argument("--history-subset", type=_count(0), default=None, help="validation images for the PGD history")
     parser.add_argument("--init", default=None, choices=["scratch", "raw"], help="default: the profile's")
     parser.add_argument("--recipe", default=None, help="a defence's training recipe, one of "
                         f"{', '.join(RECIPES)} (default: the profile's)")
-    parser.add_argument("--seed", type=int, default=100)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=_count(0), default=100)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--disable-dropout", action="store_true")
     parser.add_argument("--out-dir", default=None, help="default: the cache folder of the configuration")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.defence == "none":
+        given = [f"--{name}" for name in DEFENCE_ONLY if getattr(args, name) is not None]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            parser.error(f"{', '.join(given)} only {verb} to a defence; add --defence ({', '.join(DEFENCES)})")
+    if args.seed >= 2 ** 63:
+        parser.error(f"--seed {args.seed} does not fit a 64-bit generator seed (allowed: 0 .. 2**63 - 1)")
+    if args.device != "auto":
+        try:
+            check_device(args.device)
+        except ValueError as err:
+            parser.error(f"--device: {err}")
+    return args
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -66,11 +66,17 @@ def test_no_layer_imports_a_layer_above_it(layer):
     assert not {k: v for k, v in bad.items() if v}, bad
 
 
-def test_the_import_check_can_fail(tmp_path):
-    """The checker sees relative imports too (a test that cannot fail is a defect)."""
-    fake = ROOT / "repro" / "train" / "config.py"
-    names = _imports(fake)
-    assert "repro.models" in names or any(n.startswith("repro.models") for n in names)
+def test_the_import_check_can_fail(monkeypatch):
+    """The checker sees relative and absolute imports of a higher layer (a test that cannot fail is a defect): a
+    library module planted with both is reported, and the layer test fails on it."""
+    planted = ROOT / "repro" / "train" / "config.py"
+    source = planted.read_text(encoding="utf-8") + "\nfrom ..study import plan\nimport repro.report.pages\n"
+    real_read = Path.read_text
+    monkeypatch.setattr(Path, "read_text",
+                        lambda self, *a, **k: source if self == planted else real_read(self, *a, **k))
+    assert {"repro.study.plan", "repro.report.pages"} <= _imports(planted)
+    with pytest.raises(AssertionError, match="repro/train/config.py"):
+        test_no_layer_imports_a_layer_above_it("library")
 
 
 def _git(*args: str) -> subprocess.CompletedProcess:

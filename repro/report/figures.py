@@ -1,6 +1,6 @@
 """Plot and table helpers for the notebooks and the book: each returns a matplotlib Figure or a pandas DataFrame.
 
-Nothing here computes a metric; it only formats numbers that :mod:`repro.experiments` measured. Numbers are
+Nothing here computes a metric; it only formats numbers that :mod:`repro.study` measured. Numbers are
 shown in the unit the papers print them in (percent for MR and the accuracies), rounded for display only.
 """
 from __future__ import annotations
@@ -155,7 +155,7 @@ def accuracy_curves(curves: dict[str, dict], *, title: str = ""):
     """Accuracy versus ε, one line per model (and per column when several are given).
 
     Args:
-        curves: label → the dict :func:`repro.experiments.accuracy_vs_eps` returns.
+        curves: label → the dict ``accuracy_vs_eps`` record a defence result stores in ``extra``.
     """
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for label, curve in curves.items():

@@ -1,7 +1,7 @@
 """Generate the book's data-driven pages from the result JSONs of one profile and the published CSVs.
 
 :func:`generate` writes Markdown pages, figures, copies of the executed notebooks and the MyST substitutions
-(numbers quoted in the hand-written chapters) into a staging folder that ``repro.run`` then hands to jupyter-book.
+(numbers quoted in the hand-written chapters) into a staging folder that ``repro.pipeline`` then hands to jupyter-book.
 The comparison logic is :func:`comparison_rows`: ours, the follow-up's and DeepSec's value per metric, the
 differences, and the verdict of :mod:`repro.study.verdicts` on our interval.
 """
@@ -21,7 +21,6 @@ from ..study.profiles import get_profile
 from ..study.steps import ModelSource
 from ..study.verdicts import ALLOWANCES, Verdict, noncomparable, verdict
 
-MADRY_ANCHOR = {"clean": 0.873, "pgd20": 0.458}  # Madry et al. (2018), adversarially trained wide network, CIFAR-10
 NOT_COMPUTED = "–"
 
 
@@ -100,17 +99,6 @@ def _fmt(metric: str, value) -> str:
     if PRINTED_UNIT.get(metric) == "%":
         return f"{printed:.2f}"
     return f"{printed:.1f}" if abs(printed) >= 100 else f"{printed:.3f}"
-
-
-def _fmt_diff(metric: str, value) -> str:
-    printed = to_printed_unit(metric, value)
-    if printed is None:
-        return ""
-    if metric == "COS":
-        return f"{printed:+.4f}"
-    if PRINTED_UNIT.get(metric) == "%":
-        return f"{printed:+.2f}"
-    return f"{printed:+.1f}" if abs(printed) >= 100 else f"{printed:+.3f}"
 
 
 def _mark(v) -> str:

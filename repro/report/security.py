@@ -94,15 +94,6 @@ def _transfer_rows(evaluation: dict) -> list[list[str]]:
     return rows
 
 
-def transfer_table(evaluation: dict):
-    """DeepSec's transfer setting against white-box: the defended model's accuracy on each, as a DataFrame."""
-    import pandas as pd
-
-    return pd.DataFrame(_transfer_rows(evaluation),
-                        columns=["defended model", "attack", "crafted on the raw model (DeepSec)",
-                                 "crafted on the defended model (white-box)", "n"])
-
-
 def _masking_rows(evaluation: dict) -> list[list[str]]:
     rows = []
     for mid, check in evaluation["masking"].items():

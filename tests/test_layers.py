@@ -2,12 +2,12 @@
 a clean commit of this history; notebooks refuse parameters they do not declare."""
 from __future__ import annotations
 
-import ast
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from repro._source import imported_names, module_name
 from repro.results import load, repo_root
 
 from .conftest import needs_deepsec
@@ -23,29 +23,10 @@ FORBIDDEN = {
 }
 
 
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(ROOT).with_suffix("")
-    parts = list(rel.parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
 def _imports(path: Path) -> set[str]:
-    """Absolute names of the repro modules ``path`` imports (relative imports resolved)."""
-    package = _module_name(path).split(".")
-    if path.name != "__init__.py":
-        package = package[:-1]
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
-            module = ".".join(base + ([node.module] if node.module else []))
-            names.add(module)
-            names.update(f"{module}.{a.name}" for a in node.names)
-    return {n for n in names if n.startswith("repro")}
+    """Absolute names of the repro modules ``path`` imports (relative imports resolved), by the same reader the
+    fingerprints use (:func:`repro._source.imported_names`)."""
+    return imported_names(path.read_text(encoding="utf-8"), module=module_name(path))
 
 
 def _files(*places: str) -> list[Path]:

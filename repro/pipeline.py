@@ -71,6 +71,27 @@ def is_fresh(col: Column, profile: str, results_dir: str | os.PathLike) -> bool:
                for key, sha in trained_models(result).items())
 
 
+def check_pairs(profile: str, results_dir: str | os.PathLike) -> None:
+    """Refuse to render a column whose result has no executed notebook of its own run beside it.
+
+    Raises:
+        PipelineError: naming the result and the notebook that is missing or belongs to another run.
+    """
+    for col in columns_for(profile):
+        path = results_mod.result_path(results_dir, profile, col.id)
+        nb = results_mod.executed_notebook_path(results_dir, profile, col.id)
+        if not path.exists():
+            continue
+        if not nb.exists():
+            raise PipelineError(f"no executed notebook {nb} beside its result {path}; rerun the column "
+                                f"(python -m repro.pipeline --profile {profile} --only {col.id} --force)")
+        run_id = results_mod.load(path).run_id
+        if notebook_run_id(nb) != run_id:
+            raise PipelineError(f"{nb} is the execution of another run than {path} (run ids "
+                                f"{notebook_run_id(nb)!r} and {run_id!r}); rerun the column "
+                                f"(python -m repro.pipeline --profile {profile} --only {col.id} --force)")
+
+
 def trained_models(result: results_mod.Result) -> dict[str, str]:
     """Key → sha256 of every model trained here that ``result`` used (DeepSec's checkpoints are not published)."""
     return {rec["key"]: rec["sha256"] for rec in result.provenance.get("models", {}).values()
@@ -265,6 +286,7 @@ def build_book(profile: str, *, results_dir: str = "results", output: str | os.P
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(root / name, stage / name)
     shutil.copytree(root / "book", stage / "book", ignore=shutil.ignore_patterns("generated", ".*"))
+    check_pairs(profile, results_dir)
     missing = pages.generate(profile, results_dir=results_dir, stage=stage)
     if missing:
         raise PipelineError(f"no result for column(s) {', '.join(missing)} under {results_dir}/{profile}/; run "

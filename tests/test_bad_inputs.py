@@ -298,10 +298,13 @@ def test_run_attack_on_missing_cuda_says_so():
     (["--dataset", "mnist", "--epochs", "0"], "argument --epochs: 0 is below the minimum 1"),
     (["--dataset", "mnist", "--seed", str(2 ** 70)], "does not fit a 64-bit generator seed"),
     (["--dataset", "mnist", "--device", "cuda:99" if torch.cuda.is_available() else "cuda"], "--device: device"),
+    (["--dataset", "mnist", "--out-dir", "/etc/passwd"], "--out-dir /etc/passwd: not a folder"),
+    (["--dataset", "mnist", "--out-dir", "/proc/repro-out"], "--out-dir /proc/repro-out: cannot write there"),
 ])
 def test_the_training_command_line_refuses_flags_it_would_ignore_or_crash_on(argv, message, capsys):
     """Before: --variant/--init without --defence trained the raw model under the same key (ignored), --width 0
-    and a huge seed gave tracebacks, --device cuda without a GPU a driver traceback."""
+    and a huge seed gave tracebacks, --device cuda without a GPU a driver traceback, a bad --out-dir a traceback
+    after the data had loaded."""
     from repro.train.__main__ import parse_args
 
     with pytest.raises(SystemExit) as exit_:

@@ -138,3 +138,27 @@ def test_an_edited_result_is_stale_and_the_book_refuses_it_by_name(tmp_path, cap
     err = capsys.readouterr().err
     assert code == 1 and f"{path}: metrics.MR = " in err and "inside its own 95 % interval" in err
     assert not (tmp_path / "out" / "_build" / "html").exists()
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("missing", "no executed notebook {nb} beside its result {res}"),
+    ("other_run", "{nb} is the execution of another run than {res}"),
+])
+def test_the_book_refuses_a_result_without_its_own_executed_notebook(tmp_path, capsys, fault, message):
+    """Before: a missing notebook was reported as "no result", and another run's (or another column's) executed
+    notebook was rendered under this column's title."""
+    import shutil
+
+    shutil.copytree(results.repo_root() / "results" / "smoke", tmp_path / "smoke",
+                    ignore=shutil.ignore_patterns("models"))
+    res = results.result_path(tmp_path, "smoke", "pgd_resnet20")
+    nb = results.executed_notebook_path(tmp_path, "smoke", "pgd_resnet20")
+    if fault == "missing":
+        nb.unlink()
+    else:
+        shutil.copy2(results.executed_notebook_path(tmp_path, "smoke", "cw2_mnist"), nb)
+    code = pipeline.main(["--build-book", "--profile", "smoke", "--results-dir", str(tmp_path),
+                          "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and message.format(nb=nb, res=res) in err, err
+    assert not (tmp_path / "out" / "_build" / "html").exists()

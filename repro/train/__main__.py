@@ -14,6 +14,8 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -81,12 +83,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"{', '.join(given)} only {verb} to a defence; add --defence ({', '.join(DEFENCES)})")
     if args.seed >= 2 ** 63:
         parser.error(f"--seed {args.seed} does not fit a 64-bit generator seed (allowed: 0 .. 2**63 - 1)")
+    if args.out_dir is not None:
+        _check_out_dir(parser, args.out_dir)
     if args.device != "auto":
         try:
             check_device(args.device)
         except ValueError as err:
             parser.error(f"--device: {err}")
     return args
+
+
+def _check_out_dir(parser: argparse.ArgumentParser, folder: str) -> None:
+    """Refuse an ``--out-dir`` that is a file or cannot be created or written, before any data is loaded."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        parser.error(f"--out-dir {folder}: not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        parser.error(f"--out-dir {folder}: cannot write there ({err.strerror or err})")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -2,6 +2,7 @@
 exactly zero where it must be; the README's results at a glance are generated from the committed results."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -11,7 +12,8 @@ from repro.metrics import ATTACK_KEYS, DEFENCE_KEYS
 from repro.report import pages
 from repro.study import plan
 from repro.study.profiles import get_profile
-from repro.study.verdicts import ALLOWANCES, Verdict, noncomparable, verdict
+from repro.study import verdicts
+from repro.study.verdicts import ALLOWANCES, Effect, Verdict, judge, noncomparable, verdict
 
 ROOT = results.repo_root()
 PARTIAL = {"cifar10": {"dataset": "cifar10", "official": False, "train": 8068, "full_train": 50000}}
@@ -75,3 +77,70 @@ def test_readme_results_at_a_glance_match_the_committed_results():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     expected = pages.readme_with_glance(readme, "quick", pages.load_found("quick"))
     assert readme == expected, "README's results at a glance are stale: run python -m repro.pipeline --update-readme"
+
+
+# -------------------------------------------------------------------------------------- measured departure effects
+def test_a_measured_effect_within_the_allowance_shifts_the_interval_and_beyond_it_blocks():
+    # MR, allowance 0.5 pp. Interval [0.90, 0.92]; published 0.95 is 3 pp above: inconsistent without effects.
+    assert judge(low=0.90, high=0.92, published=0.95, metric="MR").verdict == Verdict.INCONSISTENT
+    # A departure measured to lower MR by 0.004 (within 0.005): the paper setting's value is ours + 0.004 → still
+    # inconsistent; by −0.004 for a published 0.924 → [0.904, 0.924] ± 0.005 holds it: consistent.
+    small = Effect("d", "MR", -0.004, -0.004, "paired")
+    assert judge(low=0.90, high=0.92, published=0.928, metric="MR").verdict == Verdict.INCONSISTENT
+    assert judge(low=0.90, high=0.92, published=0.928, metric="MR", effects=[small]).verdict == Verdict.CONSISTENT
+    # Beyond the allowance on either side: not comparable, and the cell says which effect blocked it.
+    big = Effect("d", "MR", -0.03, -0.01, "paired")
+    cell = judge(low=0.90, high=0.92, published=0.95, metric="MR", effects=[big])
+    assert cell.verdict == Verdict.NOT_COMPARABLE and cell.blocking == (big,)
+    # Unmeasured: not comparable whatever the numbers.
+    cell = judge(low=0.90, high=0.92, published=0.91, metric="MR", effects=[Effect("d", "MR")])
+    assert cell.verdict == Verdict.NOT_COMPARABLE and not cell.blocking[0].measured
+
+
+@pytest.mark.skipif(not (ROOT / "results" / "quick").exists(), reason="no committed quick results")
+def test_the_released_checkpoint_counts_against_deepsecs_paper_by_the_follow_ups_run_on_it():
+    """Before: DeepSec's paper values were compared with our runs on the released (retrained) checkpoint as if it
+    were the paper's model, and "inconsistent: ALD L2, ASS, PSD" appeared unexplained."""
+    found = pages.load_found("quick")
+    col = plan.column("pgd_resnet20")
+    rows = {r["metric"]: r for r in verdicts.comparison_rows(col, found[col.id], "quick", found)}
+    l2 = rows["ALD_L2"]
+    assert l2["verdict_followup"] == Verdict.CONSISTENT  # the follow-up also ran the released checkpoint
+    [effect] = l2["cell_deepsec"].blocking
+    assert effect.departure == verdicts.RELEASED_CHECKPOINT and effect.kind == "published pair"
+    assert effect.low == pytest.approx(l2["followup"] - l2["deepsec"])  # 3.38 − 3.682
+    assert l2["verdict_deepsec"] == Verdict.NOT_COMPARABLE
+    # Where the follow-up's and DeepSec's values agree, the shift is inside the allowance and the verdict stands.
+    assert rows["ALD_L0"]["verdict_deepsec"] == Verdict.CONSISTENT and rows["ALD_L0"]["cell_deepsec"].effects
+    # If our raw accuracy showed the follow-up's raw model to differ from the released checkpoint, the pair would
+    # not measure the departure: unmeasured.
+    pat = found["pat_resnet20"]
+    planted = dict(found, pat_resnet20=dataclasses.replace(
+        pat, intervals={**pat.intervals, "ACC_raw": {**pat.intervals["ACC_raw"], "low": 0.70, "high": 0.72}}))
+    rows = {r["metric"]: r for r in verdicts.comparison_rows(col, found[col.id], "quick", planted)}
+    assert not rows["ALD_L0"]["cell_deepsec"].blocking[0].measured
+    assert rows["ALD_L0"]["verdict_deepsec"] == Verdict.NOT_COMPARABLE
+
+
+def test_a_defence_with_seed_replicates_gets_its_allowance_from_their_range():
+    col = plan.column("nat_mnist")
+    quick = get_profile("quick")
+
+    def res(cid, cav, seed):
+        return results.Result(column=cid, kind="defence", notebook="nat.ipynb", profile="quick",
+                              parameters={"seed": seed}, metrics={"CAV": cav, "ACC_raw": 0.99})
+
+    found = {"nat_mnist": res("nat_mnist", -0.0030, 100), "nat_mnist_seed101": res("nat_mnist_seed101", -0.0024, 101),
+             "nat_mnist_seed102": res("nat_mnist_seed102", -0.0020, 102)}
+    a = verdicts.allowance(col, "CAV", quick, found)
+    assert a.basis == "measured" and a.width(0.0024) == pytest.approx(0.0010) and "100, 101, 102" in a.why
+    assert verdicts.allowance(col, "ACC_raw", quick, found).basis == "assumed"  # the raw model is not retrained
+    assert verdicts.allowance(col, "CAV", quick, {"nat_mnist": found["nat_mnist"]}).basis == "assumed"
+
+
+def test_a_consistent_verdict_at_a_bound_is_marked_uninformative():
+    col = plan.column("pgd_resnet20")
+    assert "upper bound" in verdicts.power(col, "MR", 1.0, low=0.996, high=1.0)
+    assert "ε" in verdicts.power(col, "ALD_Linf", 0.1, low=0.1, high=0.1, params={"eps": 0.1})
+    assert verdicts.power(col, "ALD_L0", 0.978, low=0.977, high=0.978) is None
+    assert verdicts.power(col, "MR", 0.80, low=0.78, high=0.82) is None

@@ -19,7 +19,10 @@ from ..study.plan import (COLUMNS, METRIC_LABELS, PRINTED_UNIT, TABLE_METRICS, C
                           published, published_value, replicates, to_printed_unit)
 from ..study.profiles import get_profile
 from ..study.steps import ModelSource
-from ..study.verdicts import ALLOWANCES, Verdict, noncomparable, verdict
+from ..study import verdicts
+from ..study.claims import scorecard
+from .templates import render
+from ..study.verdicts import ALLOWANCES, Verdict, verdict, verdict_counts
 
 NOT_COMPUTED = "–"
 
@@ -33,47 +36,68 @@ def _finite(value):
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def published_table(col: Column) -> str:
-    """The published table ("1" or "2") a column is compared with (its own, or its kind's for other columns)."""
-    return col.table if col.table in TABLE_METRICS else "1" if col.attack else "2"
+def comparison_rows(col: Column, result: results_mod.Result | None, profile: str | None = None,
+                    found: dict | None = None) -> list[dict]:
+    """The study's comparison of ``col`` (:func:`repro.study.verdicts.comparison_rows`), for rendering."""
+    return verdicts.comparison_rows(col, result, profile, found)
 
 
-def comparison_rows(col: Column, result: results_mod.Result | None, profile: str | None = None) -> list[dict]:
-    """One dict per metric of ``col``: ``ours`` with ``low``/``high``/``n`` (its 95 % interval), ``followup`` and
-    ``deepsec`` (published, fractions or None), ``d_*`` (ours − published) and ``verdict_*`` (a
-    :class:`repro.study.verdicts.Verdict` from the rule, or None), ``reason`` (why not comparable), and for a
-    defence the null defence's value ``null`` with its verdicts ``null_verdict_*``."""
-    pub = {}
-    if col.compare_with is not None:
-        pub = {(r.source, r.metric): r for r in published(published_table(col)) if r.column == col.compare_with}
-    prof = get_profile(profile or (result.profile if result is not None else "paper"))
-    datasets = {} if result is None else result.provenance.get("data", {}).get("datasets", {})
-    reasons = noncomparable(col, prof, datasets=datasets)
-    null = {} if result is None else result.extra.get("null_defence", {})
-    rows = []
-    for metric in col.metric_keys:
-        ours = None if result is None else _finite(result.metrics.get(metric))
-        interval = (None if result is None else result.intervals.get(metric)) or {}
-        row = {"metric": metric, "ours": ours, "low": interval.get("low"), "high": interval.get("high"),
-               "n": interval.get("n"), "reason": reasons.get(metric, "")}
-        null_interval = (null.get("intervals") or {}).get(metric) or {}
-        row["null"] = _finite(null.get("metrics", {}).get(metric)) if null else None
-        for source, key in SOURCES:
-            entry = pub.get((source, metric))
-            row[key] = None if entry is None else entry.value
-            row[f"second_hand_{key}"] = entry is not None and entry.second_hand
-            row[f"d_{key}"] = None if entry is None or ours is None else ours - entry.value
-            row[f"verdict_{key}"] = verdict(low=row["low"], high=row["high"], published=row[key], metric=metric,
-                                            reason=row["reason"])
-            row[f"null_verdict_{key}"] = None if row["null"] is None else verdict(
-                low=null_interval.get("low"), high=null_interval.get("high"), published=row[key], metric=metric)
-        rows.append(row)
-    return rows
+def _signed(metric: str, value: float) -> str:
+    text = _fmt(metric, abs(value))
+    return ("−" if value < 0 else "+") + text
 
 
-def verdict_counts(rows: list[dict], key: str) -> dict[Verdict, int]:
-    """How many cells of ``rows`` got each verdict against the reference ``key`` ("followup" or "deepsec")."""
-    return {v: sum(1 for r in rows if r[f"verdict_{key}"] == v) for v in Verdict}
+def effect_text(effect: verdicts.Effect, allowance: float | None = None) -> str:
+    """One departure's effect on one metric, in words with its numbers (printed units)."""
+    m = effect.metric
+    if effect.kind == "published pair":
+        d = effect.detail
+        text = (f"{effect.departure}: the follow-up, running DeepSec's code on the released checkpoint, printed "
+                f"{_fmt(m, d['followup'])} where DeepSec's paper printed {_fmt(m, d['deepsec'])} (a shift of "
+                f"{_signed(m, effect.low)}")
+        return text + (f", beyond the allowance ±{_fmt(m, allowance)})" if allowance is not None
+                       and abs(effect.low) > allowance else ")")
+    if effect.measured:
+        return f"{effect.departure}: measured effect [{_signed(m, effect.low)}, {_signed(m, effect.high)}]"
+    if effect.departure == verdicts.RELEASED_CHECKPOINT:
+        d = effect.detail.get("raw_accuracy")
+        if d and not d["matches_followup"]:
+            return (f"{effect.departure} (effect not measured: the follow-up's raw accuracy "
+                    f"{_fmt('ACC_raw', d['followup'])} is not consistent with the released checkpoint's, ours "
+                    f"{_fmt('ACC_raw', d['ours'])} [{_fmt('ACC_raw', d['low'])}, {_fmt('ACC_raw', d['high'])}])")
+        return f"{effect.departure} (effect not measured: the paper's model is not available)"
+    return f"{effect.departure} (effect not measured)"
+
+
+def _why_short(rows: list[dict], key: str) -> list[str]:
+    """One phrase per departure that makes cells against ``key`` not comparable: "(effect not measured)", or the
+    metrics its measured effect moves beyond their allowances."""
+    unmeasured, beyond = [], {}
+    for r in rows:
+        for e in r[f"cell_{key}"].blocking:
+            if e.measured:
+                beyond.setdefault(e.departure, []).append(METRIC_LABELS[e.metric])
+            elif e.departure not in unmeasured:
+                unmeasured.append(e.departure)
+    return ([f"{d} (effect not measured)" for d in unmeasured] +
+            [f"{d} (moves {', '.join(ms)} beyond the allowance)" for d, ms in beyond.items()])
+
+
+def _why(rows: list[dict], key: str) -> list[str]:
+    """The distinct reasons, over ``rows``, why cells against reference ``key`` are not comparable."""
+    out = []
+    for r in rows:
+        cell = r[f"cell_{key}"]
+        for e in cell.blocking:
+            text = effect_text(e, cell.allowance)
+            if e.kind == "published pair":
+                text = f"{_label(e.metric)}: {text}"
+            elif e.metric != r["metric"] or text in out:
+                continue
+            if text not in out:
+                out.append(text)
+    # Unmeasured departures are listed once, not once per metric.
+    return list(dict.fromkeys(out))
 
 
 def _counts_text(counts: dict) -> str:
@@ -138,7 +162,7 @@ def _column_section(col: Column, result: results_mod.Result | None, profile: str
     if not fresh:
         out.append("```{warning}\nThis result was computed with different code or parameters than the current "
                    "plan (its fingerprint differs); rerun the column to refresh it.\n```\n")
-    rows = comparison_rows(col, result, profile)
+    rows = comparison_rows(col, result, profile, found)
     spread = seed_spread(col, found, profile) if found is not None else {}
     header = ["metric", "ours [95 % CI]", "n", "follow-up", "verdict", "DeepSec", "verdict"]
     has_null = any(r["null"] is not None for r in rows)
@@ -165,10 +189,30 @@ def _column_section(col: Column, result: results_mod.Result | None, profile: str
                f"DeepSec {against['deepsec']}. n is the "
                "interval's denominator (all attacked images for MR, the successful adversarial examples for the "
                "other attack metrics, the test images for accuracies).\n")
-    noncomp = list(dict.fromkeys(part for r in rows if r["reason"] for part in r["reason"].split("; ")))
-    if noncomp:
-        out.append("**Not comparable** (a departure of this profile changes these metrics): " + "; ".join(noncomp)
-                   + ".\n")
+    for key, label in (("followup", "the follow-up"), ("deepsec", "DeepSec")):
+        why = _why(rows, key)
+        if why:
+            out.append(f"**Not comparable with {label}** (a departure that can move the metric, unmeasured or "
+                       "measured beyond the metric's allowance):\n")
+            out.extend(f"- {w}" for w in why)
+            out.append("")
+    taken = sorted({f"{_label(e.metric)}: {effect_text(e)}" for r in rows for key in ("followup", "deepsec")
+                    if r[f"verdict_{key}"] in (Verdict.CONSISTENT, Verdict.INCONSISTENT)
+                    for e in r[f"cell_{key}"].effects if e.measured})
+    if taken:
+        out.append("**Departure effects taken into account** (measured within the allowance; the verdict judges "
+                   "our interval shifted back by them):\n")
+        out.extend(f"- {t}" for t in taken)
+        out.append("")
+    measured = [f"{_label(r['metric'])} ±{_fmt(r['metric'], r['allowance_followup'].abs)} ({r['allowance_followup'].why})"
+                for r in rows if r["allowance_followup"].basis == "measured"]
+    if measured:
+        out.append("**Allowances measured** from this column's seed replicates: " + "; ".join(measured) + ".\n")
+    weak = [f"{_label(r['metric'])} ({r[f'power_{key}']})" for r in rows for key in ("followup",)
+            if r[f"power_{key}"]]
+    if weak:
+        out.append("**Consistent but uninformative:** " + "; ".join(weak) + ": any run of this kind gives that "
+                   "value, so agreement says nothing about the model.\n")
     if has_null:
         # ACC_raw is the same for the null defence by construction; the others tell a defence from none when a
         # published value is inconsistent with the null defence's.
@@ -236,7 +280,7 @@ def _overview(cols: list[Column], found: dict, metrics, profile: str) -> str:
     for col in cols:
         header += [f"{col.id}: ours [95 % CI]", "follow-up / DeepSec", "verdicts"]
     rows = []
-    comps = {col.id: {r["metric"]: r for r in comparison_rows(col, found.get(col.id), profile)} for col in cols}
+    comps = {col.id: {r["metric"]: r for r in comparison_rows(col, found.get(col.id), profile, found)} for col in cols}
     for metric in metrics:
         row = [_label(metric)]
         for col in cols:
@@ -275,7 +319,7 @@ def _table_page(table: str, cols, found, fresh, profile, figures_dir) -> str:
     parts = [f"# {title}\n", intro + "\n", f"```{{note}}\nProfile **{profile}**: "
              f"{get_profile(profile).description}. Each column below lists its departures from the paper.\n```\n",
              "## Overview\n", _overview(cols, found, metrics, profile)]
-    rows = {col.id: comparison_rows(col, found.get(col.id), profile) for col in cols if col.id in found}
+    rows = {col.id: comparison_rows(col, found.get(col.id), profile, found) for col in cols if col.id in found}
     if any(r["followup"] is not None or r["deepsec"] is not None for rs in rows.values() for r in rs):
         fig = figures.distance_dots(rows, {m: ALLOWANCES[m].width for m in metrics}, labels=METRIC_LABELS,
                                     title=f"Table {table}: ours against the published values")
@@ -346,6 +390,21 @@ def _published_subs() -> dict[str, str]:
         entry = published_value(table, column, source, metric)
         out[name] = f"{entry.printed:g}{' %' if entry.unit == '%' else ''}"
     return out
+
+
+def _verdict_subs(profile: str, found: dict) -> dict[str, str]:
+    """Substitutions of the Methods chapter's verdict section, generated from the results."""
+    ev = verdicts.raw_accuracy_evidence("cifar10", get_profile(profile), found)
+    if ev is None:
+        return {"v_released_cifar10": "no result of this profile measures the released checkpoint's accuracy, so "
+                                      "the estimate below is not used"}
+    vs_paper = verdict(low=ev["low"], high=ev["high"], published=ev["deepsec"], metric="ACC_raw")
+    word = {True: "consistent", False: "not consistent"}
+    return {"v_released_cifar10": (
+        f"its {_fmt('ACC_raw', ev['followup'])} % is {word[ev['matches_followup']]} with our "
+        f"{_fmt('ACC_raw', ev['ours'])} % [{_fmt('ACC_raw', ev['low'])}, {_fmt('ACC_raw', ev['high'])}] for the "
+        f"released checkpoint, which is {word[vs_paper == Verdict.CONSISTENT]} with the paper's "
+        f"{_fmt('ACC_raw', ev['deepsec'])} %")}
 
 
 def _allowances_page() -> str:
@@ -651,7 +710,7 @@ def glance(profile: str, found: dict) -> str:
     for col in columns_for(profile):
         if col.table not in TABLE_METRICS or col.replicate_of or col.id not in found:
             continue
-        comp = comparison_rows(col, found[col.id], profile)
+        comp = comparison_rows(col, found[col.id], profile, found)
         key = KEY_METRIC["attack" if col.attack else "defence"]
         r = next(r for r in comp if r["metric"] == key)
         why = []
@@ -659,9 +718,10 @@ def glance(profile: str, found: dict) -> str:
             bad = [METRIC_LABELS[x["metric"]] for x in comp if x[f"verdict_{k}"] == Verdict.INCONSISTENT]
             if bad:
                 why.append(f"inconsistent with {label}: {', '.join(bad)}")
-        reasons = list(dict.fromkeys(part for x in comp if x["reason"] for part in x["reason"].split("; ")))
-        if reasons:
-            why.append("not comparable: " + "; ".join(reasons))
+        for k, label in (("followup", "the follow-up"), ("deepsec", "DeepSec")):
+            reasons = _why_short(comp, k)
+            if reasons:
+                why.append(f"not comparable with {label}: " + "; ".join(reasons))
         rows.append([col.title, _counts_short(verdict_counts(comp, "followup")),
                      _counts_short(verdict_counts(comp, "deepsec")),
                      f"{_label(key)} {_fmt_interval(key, r)}", "; ".join(why) or "–"])
@@ -690,8 +750,10 @@ def glance(profile: str, found: dict) -> str:
     if stale:
         text += (f"\n**Pending**: {len(stale)} of these results were computed with other code or parameters than "
                  f"the current plan and are shown as they are until recomputed: {', '.join(stale)}.\n")
-    return f"Profile **{profile}**; ✓ consistent, ✗ inconsistent, n/c not comparable (see the verdict rule in " \
-           f"the book's Methods chapter).\n\n{text}"
+    claims = render("claims.md.j2", decisions=scorecard(profile, found))
+    return (f"**The follow-up's claims**, each decided from these results and the published tables (profile "
+            f"**{profile}**):\n\n{claims}\n**Every column** against the published values: ✓ consistent, ✗ "
+            "inconsistent, n/c not comparable (see the verdict rule in the book's Methods chapter).\n\n" + text)
 
 
 def _counts_short(counts: dict) -> str:
@@ -789,6 +851,7 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
                                 "Every column lists where this run departs from the published setting."
                                 if profile != "paper" else "This is the papers' own setting.")}
     subs.update(_published_subs())
+    subs.update(_verdict_subs(profile, found))
     _findings_pages(gen, found.get("findings"), subs, found)
     _appendix_pages(gen, profile, cols, found)
     config_path = stage / "_config.yml"

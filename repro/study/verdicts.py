@@ -1,27 +1,42 @@
-"""Verdicts: does a published number agree with ours? One rule, applied to intervals; never typed by hand.
+"""Verdicts: does a published number agree with ours? One rule, applied to intervals and measured departure effects;
+never typed by hand.
 
-For one metric of one column and one reference (the follow-up's table or DeepSec's):
+For one metric of one column and one reference (the follow-up's table or DeepSec's), every way our run departs from
+that reference's setting is an :class:`Effect` on the metric: how far the departure moves it (``ours − the reference
+setting's value``, an interval), or *unmeasured*. Then the cell is
 
-* **not comparable** when a departure of our run from the published setting affects that metric (a narrower or
-  shorter-trained model, a cut attack budget, a defence trained on fewer images: :func:`noncomparable`);
-* otherwise **consistent** when the published value lies inside our 95 % interval widened on each side by the
-  metric's systematic allowance (:data:`ALLOWANCES`), **inconsistent** when it lies outside;
+* **not comparable** when a departure that can move the metric has no measurement (:attr:`Effect.measured` false),
+  or when its measured effect reaches beyond the metric's allowance on either side (the departure matters: the
+  numbers describe different things);
+* otherwise **consistent** when the published value lies inside our 95 % interval, shifted back by the measured
+  effects and widened on each side by the metric's allowance (:func:`allowance`), **inconsistent** when it lies
+  outside;
 * no verdict where we have no interval (the metric is undefined, e.g. no successful adversarial example) or the paper
   printed nothing.
 
-The allowance covers what differs even in the same setting and what our interval cannot see: a different retrained
-raw model, a different draw of candidates, float and library versions. It is small, and relative for metrics whose
-values are small, so that a ninefold gap never passes as "close".
+Departures and where their effects come from (:func:`effects`):
+
+* the profile's budget departures (a cut CW2 search, a narrower or shorter-trained network, a defence trained
+  differently or on fewer images, a partial training set): unmeasured until a paired run of both settings exists;
+* DeepSec's released checkpoints, which DeepSec's authors retrained after the paper (a departure from DeepSec's paper
+  only): estimated from the follow-up's run of DeepSec's code on the released checkpoint, which printed its own value
+  for the same cell — used only where our measured raw accuracy shows that the follow-up's raw model behaves as the
+  released checkpoint does (consistent with the follow-up's raw accuracy).
+
+The allowance covers what differs even in the same setting and what our interval cannot see. Where the column has
+seed replicates that retrain its model, it is measured: the range of the replicates' values (:func:`allowance`);
+elsewhere it is the assumed value of :data:`ALLOWANCES`, and the book says which. A consistent verdict can still be
+uninformative: :func:`power` says when the published value sits at a bound any run of that kind reaches.
 """
 from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..metrics import DEFENCE_KEYS
-from .plan import Column
-from .profiles import Profile, budget_differences
+from ..metrics import DEFENCE_KEYS, RANGES
+from .plan import TABLE_METRICS, Column, columns_for, published, replicates
+from .profiles import Profile, budget_differences, get_profile
 
 
 class Verdict(str, enum.Enum):
@@ -32,19 +47,25 @@ class Verdict(str, enum.Enum):
     NOT_COMPARABLE = "not comparable"
 
 
+REFERENCES = (("follow-up", "followup"), ("deepsec", "deepsec"))  # (source in the CSVs, key in comparison rows)
+
+
 @dataclass(frozen=True)
 class Allowance:
-    """Systematic allowance of a metric: ``max(abs, rel·|published|)`` on each side of our interval."""
+    """Systematic allowance of a metric: ``max(abs, rel·|published|)`` on each side of our interval. ``basis`` is
+    "assumed" (:data:`ALLOWANCES`) or "measured" (from the runs named in ``why``)."""
 
     abs: float
     rel: float
     why: str
+    basis: str = "assumed"
 
     def width(self, published: float) -> float:
         return max(self.abs, self.rel * abs(published))
 
 
 _RETRAINED = "another retrained raw model and another draw of candidates move it by about this much"
+# The assumed allowances: used where no replicate measures the spread (the book lists which cells use which).
 ALLOWANCES: dict[str, Allowance] = {
     "MR": Allowance(0.005, 0.0, "half a percentage point: " + _RETRAINED),
     "ACAC": Allowance(0.01, 0.02, _RETRAINED),
@@ -66,9 +87,9 @@ ALLOWANCES: dict[str, Allowance] = {
     "COS": Allowance(0.0002, 0.10, "small values: relative, 10 %"),
 }
 
-# Which metrics a kind of departure changes systematically ("all": every metric of the column; "defended": every
-# defence metric that depends on the defended model, i.e. all but ACC_raw). Departures that only change how many
-# images are measured (fewer candidates, a partial test split) are not listed: the interval accounts for them.
+# Which metrics a kind of budget departure can move ("all": every metric of the column; "defended": every defence
+# metric that depends on the defended model, i.e. all but ACC_raw). Departures that only change how many images are
+# measured (fewer candidates, a partial test split) are not listed: the interval accounts for them.
 AFFECTS = {
     ("attack", "binary_search_steps"): ("all", "CW2 binary search steps"),
     ("attack", "max_iterations"): ("all", "CW2 iterations per search step"),
@@ -80,27 +101,56 @@ AFFECTS = {
     ("defence", "subset"): ("defended", "defence training images"),
     ("defence", "recipe"): ("defended", "defence training recipe"),
 }
+RELEASED_CHECKPOINT = "DeepSec's released checkpoint instead of the paper's model"
 
 
-def _changed(profile: Profile, col: Column) -> list[tuple[str, str, object, object]]:
-    """(part, field, ours, paper's) for every budget field of ``profile`` that differs from the paper's and that
-    ``col`` uses."""
-    return budget_differences(profile, uses=col.uses, attack=col.attack, dataset=col.parameters.get("dataset"))
+@dataclass(frozen=True)
+class Effect:
+    """How far one departure moves one metric: ``ours − the reference setting's value`` lies in [``low``, ``high``]
+    (both ``None``: unmeasured). ``kind`` says where the numbers come from: "unmeasured"; "published pair" (the
+    follow-up's run of the same setting on the released checkpoint against DeepSec's paper, ``detail`` holding both
+    printed values and, under "raw_accuracy", :func:`raw_accuracy_evidence`); "paired" (a run of both settings on the same images)."""
+
+    departure: str
+    metric: str
+    low: float | None = None
+    high: float | None = None
+    kind: str = "unmeasured"
+    detail: dict = field(default_factory=dict)
+
+    @property
+    def measured(self) -> bool:
+        return self.low is not None and self.high is not None
 
 
-def noncomparable(col: Column, profile: Profile, *, datasets: dict | None = None) -> dict[str, str]:
-    """Metric → why it is not comparable with the published value, for ``col`` run under ``profile`` on the data
-    ``datasets`` records (a result's ``provenance["data"]["datasets"]``; a partial training set makes every model
-    trained here not comparable)."""
-    reasons: dict[str, list[str]] = {}
+@dataclass(frozen=True)
+class Cell:
+    """The judgement of one published number: the verdict, the effects it took into account, the allowance used and
+    the effects that made it not comparable (``blocking``)."""
+
+    verdict: Verdict | None
+    effects: tuple[Effect, ...] = ()
+    blocking: tuple[Effect, ...] = ()
+    allowance: float | None = None
+
+
+def _scope_keys(col: Column, scope: str) -> tuple[str, ...]:
+    return col.metric_keys if scope == "all" else tuple(k for k in DEFENCE_KEYS if k != "ACC_raw")
+
+
+def budget_departures(col: Column, profile: Profile, *, datasets: dict | None = None) -> dict[str, list[str]]:
+    """Metric → the worded budget departures of ``col`` under ``profile`` that can move it (both references), on the
+    data ``datasets`` records (a result's ``provenance["data"]["datasets"]``: a partial training set moves every
+    model trained here)."""
+    out: dict[str, list[str]] = {}
 
     def add(scope: str, why: str) -> None:
-        keys = col.metric_keys if scope == "all" else tuple(k for k in DEFENCE_KEYS if k != "ACC_raw")
-        for key in keys:
-            if key in col.metric_keys and why not in reasons.get(key, []):
-                reasons.setdefault(key, []).append(why)
+        for key in _scope_keys(col, scope):
+            if key in col.metric_keys and why not in out.get(key, []):
+                out.setdefault(key, []).append(why)
 
-    for part, name, ours, paper in _changed(profile, col):
+    changed = budget_differences(profile, uses=col.uses, attack=col.attack, dataset=col.parameters.get("dataset"))
+    for part, name, ours, paper in changed:
         if (part, name) in AFFECTS:
             scope, label = AFFECTS[(part, name)]
             shown = lambda v: "all" if v is None and name == "subset" else "DeepSec's" if v is None and \
@@ -111,17 +161,192 @@ def noncomparable(col: Column, profile: Profile, *, datasets: dict | None = None
     if partial and ("train_wide" in col.uses or "defence" in col.uses):
         add("all" if "train_wide" in col.uses else "defended",
             f"trained on {partial[0].get('train', 0):,} of {partial[0].get('full_train', 0):,} training images")
-    return {k: "; ".join(v) for k, v in reasons.items()}
+    return out
+
+
+def noncomparable(col: Column, profile: Profile, *, datasets: dict | None = None) -> dict[str, str]:
+    """Metric → the budget departures that move it, joined with "; " (see :func:`budget_departures`)."""
+    return {k: "; ".join(v) for k, v in budget_departures(col, profile, datasets=datasets).items()}
+
+
+def published_table(col: Column) -> str:
+    """The published table ("1" or "2") a column is compared with (its own, or its kind's for other columns)."""
+    return col.table if col.table in TABLE_METRICS else "1" if col.attack else "2"
+
+
+def _published(col: Column) -> dict:
+    if col.compare_with is None:
+        return {}
+    return {(r.source, r.metric): r for r in published(published_table(col)) if r.column == col.compare_with}
+
+
+def _finite(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+
+
+def _uses_released_checkpoint(col: Column, profile: Profile) -> bool:
+    from .steps import uses_deepsec_checkpoint
+
+    model = col.parameters_for(profile.name).get("model")
+    return "raw" in col.uses and model is not None and uses_deepsec_checkpoint(model, profile)
+
+
+def raw_accuracy_evidence(dataset: str, profile: Profile, found: dict) -> dict | None:
+    """Our measured accuracy of DeepSec's released checkpoint on ``dataset`` beside the follow-up's and DeepSec's
+    printed raw accuracy, from the first defence column on that dataset that evaluates the released checkpoint:
+    ``{"ours", "low", "high", "followup", "deepsec", "matches_followup"}`` (``None`` without such a result).
+    ``matches_followup``: the follow-up's raw accuracy is consistent with ours by the rule of this module, i.e. the
+    follow-up's raw model behaves as the released checkpoint does."""
+    for col in columns_for(profile.name):
+        if col.defence is None or col.replicate_of or col.parameters.get("dataset") != dataset \
+                or not _uses_released_checkpoint(col, profile) or col.id not in found:
+            continue
+        result = found[col.id]
+        interval = result.intervals.get("ACC_raw") or {}
+        pub = _published(col)
+        fu, ds = pub.get(("follow-up", "ACC_raw")), pub.get(("deepsec", "ACC_raw"))
+        if interval.get("low") is None or fu is None or ds is None:
+            continue
+        match = verdict(low=interval["low"], high=interval["high"], published=fu.value, metric="ACC_raw")
+        return {"ours": result.metrics.get("ACC_raw"), "low": interval["low"], "high": interval["high"],
+                "followup": fu.value, "deepsec": ds.value, "matches_followup": match == Verdict.CONSISTENT}
+    return None
+
+
+def effects(col: Column, profile: Profile, *, reference: str, found: dict | None = None,
+            datasets: dict | None = None) -> dict[str, list[Effect]]:
+    """Metric → the :class:`Effect` of every departure of ``col`` (run under ``profile``) from the setting of
+    ``reference`` ("followup" or "deepsec") that can move that metric, measured from the results in ``found``
+    (column id → result) where a measurement exists."""
+    out: dict[str, list[Effect]] = {}
+    for metric, labels in budget_departures(col, profile, datasets=datasets).items():
+        out[metric] = [Effect(label, metric) for label in labels]
+    if reference == "deepsec" and _uses_released_checkpoint(col, profile):
+        pub = _published(col)
+        evidence = raw_accuracy_evidence(col.parameters.get("dataset"), profile, found or {})
+        for metric in col.metric_keys:
+            if metric == "CC":
+                continue
+            fu, ds = pub.get(("follow-up", metric)), pub.get(("deepsec", metric))
+            if evidence and evidence["matches_followup"] and fu is not None and ds is not None:
+                shift = fu.value - ds.value
+                effect = Effect(RELEASED_CHECKPOINT, metric, shift, shift, "published pair",
+                                {"followup": fu.value, "deepsec": ds.value, "raw_accuracy": evidence})
+            else:
+                effect = Effect(RELEASED_CHECKPOINT, metric, detail={"raw_accuracy": evidence})
+            out.setdefault(metric, []).append(effect)
+    return out
+
+
+def allowance(col: Column, metric: str, profile: Profile, found: dict | None = None) -> Allowance:
+    """The allowance of ``metric`` for ``col``: measured when ``col`` has results from seed replicates that retrain
+    the model the metric depends on (a defence column's replicates retrain the defence: every metric but ACC_raw) —
+    the range of the point values over those runs —; else the assumed :data:`ALLOWANCES` entry."""
+    assumed = ALLOWANCES[metric]
+    found = found or {}
+    retrains = col.defence is not None and metric != "ACC_raw"
+    runs = [found[c.id] for c in [col, *replicates(col.id, profile.name)] if c.id in found]
+    values = [v for v in (_finite(r.metrics.get(metric)) for r in runs) if v is not None]
+    if not retrains or len(values) < 3:
+        return assumed
+    seeds = ", ".join(str(r.parameters.get("seed")) for r in runs)
+    spread = max(values) - min(values)
+    return Allowance(spread, 0.0, f"the range of the values of {len(values)} models trained with seeds {seeds}",
+                     basis="measured")
 
 
 def verdict(*, low: float | None, high: float | None, published: float | None, metric: str,
-            reason: str | None = None) -> Verdict | None:
-    """The verdict of one cell (see the module docstring); ``None`` when there is nothing to judge."""
+            reason: str | None = None, effects: list[Effect] | tuple = (), margin: float | None = None) -> Verdict | None:
+    """The verdict of one cell (see the module docstring); ``None`` when there is nothing to judge. ``reason``: a
+    departure known to move the metric without an :class:`Effect` (not comparable); ``margin``: the allowance's
+    width (default: the assumed :data:`ALLOWANCES` entry's)."""
+    return judge(low=low, high=high, published=published, metric=metric, effects=effects, margin=margin,
+                 reason=reason).verdict
+
+
+def judge(*, low: float | None, high: float | None, published: float | None, metric: str,
+          effects: list[Effect] | tuple = (), margin: float | None = None, reason: str | None = None) -> Cell:
+    """The :class:`Cell` of one published value against our interval [``low``, ``high``] and the ``effects`` of
+    the departures that can move the metric (see the module docstring)."""
     if published is None or (isinstance(published, float) and math.isnan(published)):
-        return None
-    if reason:
-        return Verdict.NOT_COMPARABLE
+        return Cell(None, tuple(effects))
+    width = ALLOWANCES[metric].width(published) if margin is None else margin
+    blocking = tuple(e for e in effects if not e.measured or max(abs(e.low), abs(e.high)) > width + 1e-12)
+    if reason or blocking:
+        return Cell(Verdict.NOT_COMPARABLE, tuple(effects), blocking, width)
+    if low is None or high is None:
+        return Cell(None, tuple(effects), (), width)
+    # The reference setting's value: ours minus the departures' effects.
+    lo = low - sum(e.high for e in effects) - width - 1e-12
+    hi = high - sum(e.low for e in effects) + width + 1e-12
+    return Cell(Verdict.CONSISTENT if lo <= published <= hi else Verdict.INCONSISTENT, tuple(effects), (), width)
+
+
+def power(col: Column, metric: str, published: float, *, low: float | None, high: float | None,
+          params: dict | None = None) -> str | None:
+    """Why a consistent verdict on ``metric`` says little (``None``: it is informative): the published value and our
+    interval sit at a bound of the metric's range, which any run of this kind reaches (MR 100 % for an unbounded or
+    strong attack on an undefended model), or, for L∞ of a bounded attack, at the attack's ε itself."""
     if low is None or high is None:
         return None
-    margin = ALLOWANCES[metric].width(published) + 1e-12
-    return Verdict.CONSISTENT if low - margin <= published <= high + margin else Verdict.INCONSISTENT
+    lo_bound, hi_bound = RANGES.get(metric, (-math.inf, math.inf))
+    tol = ALLOWANCES[metric].width(published) + 1e-9
+    for bound, name in ((lo_bound, "lower"), (hi_bound, "upper")):
+        if math.isfinite(bound) and abs(published - bound) <= tol and min(abs(low - bound), abs(high - bound)) <= tol:
+            return f"at the {name} bound of the metric ({bound:g})"
+    eps = (params or {}).get("eps")
+    if metric == "ALD_Linf" and isinstance(eps, (int, float)) and eps < 1 and abs(published - eps) <= tol \
+            and abs(high - eps) <= tol:
+        return f"the L∞ distance of a bounded attack is its ε ({eps:g}) by construction"
+    return None
+
+
+def comparison_rows(col: Column, result, profile: str | None = None, found: dict | None = None) -> list[dict]:
+    """One dict per metric of ``col``: ``ours`` with ``low``/``high``/``n`` (its 95 % interval), and per reference
+    key ``k`` ("followup", "deepsec"): the published value ``k`` (a fraction or None), ``second_hand_k``, ``d_k``
+    (ours − published), ``verdict_k`` (a :class:`Verdict` or None), ``cell_k`` (its :class:`Cell`), ``power_k`` (why a
+    consistent verdict is uninformative, or None), ``allowance_k`` (the :class:`Allowance` used); ``reason``: the
+    budget departures that move the metric; for a defence the null defence's value ``null`` and its verdicts
+    ``null_verdict_k``. ``found`` (column id → result) supplies the measurements behind effects and allowances."""
+    pub = _published(col)
+    prof = get_profile(profile or (result.profile if result is not None else "paper"))
+    datasets = {} if result is None else result.provenance.get("data", {}).get("datasets", {})
+    found = dict(found or {})
+    if result is not None:
+        found.setdefault(col.id, result)
+    reasons = noncomparable(col, prof, datasets=datasets)
+    per_ref = {key: effects(col, prof, reference=key, found=found, datasets=datasets) for _, key in REFERENCES}
+    null = {} if result is None else result.extra.get("null_defence", {})
+    params = {} if result is None else result.parameters
+    rows = []
+    for metric in col.metric_keys:
+        ours = None if result is None else _finite(result.metrics.get(metric))
+        interval = (None if result is None else result.intervals.get(metric)) or {}
+        row = {"metric": metric, "ours": ours, "low": interval.get("low"), "high": interval.get("high"),
+               "n": interval.get("n"), "reason": reasons.get(metric, "")}
+        null_interval = (null.get("intervals") or {}).get(metric) or {}
+        row["null"] = _finite(null.get("metrics", {}).get(metric)) if null else None
+        allow = allowance(col, metric, prof, found)
+        for source, key in REFERENCES:
+            entry = pub.get((source, metric))
+            value = None if entry is None else entry.value
+            row[key] = value
+            row[f"second_hand_{key}"] = entry is not None and entry.second_hand
+            row[f"d_{key}"] = None if entry is None or ours is None else ours - entry.value
+            margin = None if value is None else allow.width(value)
+            cell = judge(low=row["low"], high=row["high"], published=value, metric=metric,
+                         effects=per_ref[key].get(metric, []), margin=margin)
+            row[f"cell_{key}"] = cell
+            row[f"verdict_{key}"] = cell.verdict
+            row[f"allowance_{key}"] = allow
+            row[f"power_{key}"] = power(col, metric, value, low=row["low"], high=row["high"], params=params) \
+                if cell.verdict == Verdict.CONSISTENT else None
+            row[f"null_verdict_{key}"] = None if row["null"] is None else verdict(
+                low=null_interval.get("low"), high=null_interval.get("high"), published=value, metric=metric)
+        rows.append(row)
+    return rows
+
+
+def verdict_counts(rows: list[dict], key: str) -> dict[Verdict, int]:
+    """How many cells of ``rows`` got each verdict against the reference ``key`` ("followup" or "deepsec")."""
+    return {v: sum(1 for r in rows if r[f"verdict_{key}"] == v) for v in Verdict}

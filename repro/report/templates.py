@@ -1,0 +1,37 @@
+"""Render the report's Markdown templates (``repro/report/templates/*.md.j2``, Jinja2): prose lives there, numbers
+come in as data. Undefined names are errors, never empty text."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+TEMPLATE_DIR = Path(__file__).with_name("templates")
+
+
+def pct(value: float | None, digits: int = 2) -> str:
+    """A fraction in percent, e.g. 0.0028 → "0.28 %"; ``None`` → "–"."""
+    return "–" if value is None else f"{100 * value:.{digits}f} %"
+
+
+def num(value: float | None, digits: int = 3) -> str:
+    """A plain number with ``digits`` decimals; ``None`` → "–"."""
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+@lru_cache(maxsize=None)
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    env.filters.update(pct=pct, num=num)
+    return env
+
+
+def render(name: str, **context) -> str:
+    """The template ``name`` (a file in :data:`TEMPLATE_DIR`) rendered with ``context``.
+
+    Raises:
+        jinja2.TemplateNotFound: no such template; jinja2.UndefinedError: the template uses a name not given.
+    """
+    return _environment().get_template(name).render(**context)

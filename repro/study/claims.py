@@ -1,0 +1,250 @@
+"""The follow-up study's claims, each decided from our results and the published tables: confirmed, refuted or not
+tested here (with the reason). Nothing is typed by hand but the claim itself and the rule that decides it.
+
+Every claim is one decision function registered with :func:`claim`; it finds the columns it needs by what they run
+(attack or defence, ε, model), never by id, and returns a :class:`Decision` whose ``numbers`` are what the book quotes
+(fractions, as in the results). The wording lives in the report's template (``repro/report/templates/claims.md.j2``);
+a decision's ``reason`` is a key of that template's reasons.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .plan import Column, columns_for
+from .profiles import get_profile
+from .verdicts import ALLOWANCES, Verdict, comparison_rows, verdict
+
+MADRY_EPS = 8 / 255  # Madry et al.'s CIFAR-10 budget, 8 on the 0…255 scale, on [0, 1] images
+# Madry et al.'s accuracies under PGD that the follow-up cites for its PAT drop (its §4.2): "standard" and "wide".
+MADRY_CITED = (0.471, 0.50)
+# The follow-up's text on NAT (§4.2): CRR 44 %, CSR 20 %.
+NAT_TEXT = {"CRR": 0.44, "CSR": 0.20}
+SLIGHT = 2.0  # a ratio beyond which a change in a distance is not "slight"
+
+
+class Status(str, enum.Enum):
+    CONFIRMED = "confirmed"
+    REFUTED = "refuted"
+    UNTESTED = "not tested here"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One claim decided: ``status``; ``reason`` (a key of the template's reasons: what decided it, or why it could
+    not be tested); ``numbers`` quoted by the book; ``columns``: the ids of the results it used."""
+
+    claim: str
+    status: Status
+    reason: str
+    numbers: dict = field(default_factory=dict)
+    columns: tuple[str, ...] = ()
+
+
+CLAIMS: dict[str, Callable] = {}
+
+
+def claim(name: str):
+    """Register a decision function ``f(view) -> Decision`` under ``name`` (its order is the scorecard's)."""
+    def register(f):
+        if name in CLAIMS:
+            raise ValueError(f"claim {name!r} is registered twice")
+        CLAIMS[name] = f
+        return f
+    return register
+
+
+class View:
+    """The results of one profile as the decisions read them: columns found by what they run."""
+
+    def __init__(self, profile: str, found: dict):
+        self.profile = get_profile(profile).name
+        self.found = found
+        self.columns = [c for c in columns_for(self.profile) if c.replicate_of is None]
+
+    def column(self, *, attack: str | None = None, defence: str | None = None, literal_eps: bool | None = None,
+               model: str | None = None, table: str | None = None) -> Column | None:
+        """The first column with a result that runs ``attack``/``defence`` (``literal_eps``: ε ≥ 1, the follow-up's
+        "ε = 8" taken literally; False: a budget below 1), on ``model``, in ``table``."""
+        for col in self.columns:
+            p = col.parameters
+            if (attack and col.attack != attack) or (defence and col.defence != defence) or col.id not in self.found:
+                continue
+            if literal_eps is not None and (p.get("eps") is None or (p["eps"] >= 1) != literal_eps):
+                continue
+            if (model and p.get("model") != model) or (table and col.table != table):
+                continue
+            return col
+        return None
+
+    def rows(self, col: Column) -> dict[str, dict]:
+        return {r["metric"]: r for r in comparison_rows(col, self.found[col.id], self.profile, self.found)}
+
+    def interval(self, col: Column, metric: str) -> dict:
+        r = self.rows(col)[metric]
+        return {"value": r["ours"], "low": r["low"], "high": r["high"]}
+
+
+def _missing(name: str, what: str) -> Decision:
+    return Decision(name, Status.UNTESTED, "no_result", {"what": what})
+
+
+@claim("eps8_is_madry")
+def _eps8_is_madry(v: View) -> Decision:
+    """"ε = 8, as Madry et al.": refuted when the literal ε = 8 attack moves pixels (mean L∞) beyond Madry's 8/255 —
+    in our run and in the follow-up's own table."""
+    col = v.column(attack="pgd", literal_eps=True, table="1")
+    if col is None:
+        return _missing("eps8_is_madry", "the literal ε = 8 PGD column")
+    r = v.rows(col)["ALD_Linf"]
+    margin = ALLOWANCES["ALD_Linf"].width(MADRY_EPS)
+    beyond = r["low"] is not None and r["low"] > MADRY_EPS + margin and (r["followup"] or 0) > MADRY_EPS + margin
+    return Decision("eps8_is_madry", Status.REFUTED if beyond else Status.UNTESTED,
+                    "linf_beyond_madry" if beyond else "linf_within_madry",
+                    {"ours": r["ours"], "low": r["low"], "high": r["high"], "followup": r["followup"],
+                     "madry": MADRY_EPS, "ratio": None if r["ours"] is None else r["ours"] / MADRY_EPS}, (col.id,))
+
+
+@claim("ass_zero_is_a_mistake")
+def _ass_zero(v: View) -> Decision:
+    """"ASS ≈ 0 under ε = 8 is a computational mistake": refuted when our independent implementation gives an ASS
+    consistent with the follow-up's (the value is what the metric gives for the attack's output, whatever the model:
+    the departures in the model are not taken into account here, and the book says so)."""
+    col = v.column(attack="pgd", literal_eps=True, table="1")
+    if col is None:
+        return _missing("ass_zero_is_a_mistake", "the literal ε = 8 PGD column")
+    r = v.rows(col)["ASS"]
+    same = verdict(low=r["low"], high=r["high"], published=r["followup"], metric="ASS")
+    status = {Verdict.CONSISTENT: Status.REFUTED, Verdict.INCONSISTENT: Status.CONFIRMED}.get(same, Status.UNTESTED)
+    return Decision("ass_zero_is_a_mistake", status, {Status.REFUTED: "ass_reproduced",
+                                                      Status.CONFIRMED: "ass_differs"}.get(status, "no_interval"),
+                    {"ours": r["ours"], "low": r["low"], "high": r["high"], "followup": r["followup"]}, (col.id,))
+
+
+def _similar_to_deepsec(v: View, name: str, col: Column | None, what: str) -> Decision:
+    """Our run of the column against DeepSec's paper: refuted by an inconsistent informative cell, confirmed by at
+    least one consistent informative cell and no inconsistent one, else not tested."""
+    if col is None:
+        return _missing(name, what)
+    rows = v.rows(col).values()
+    cells = [r for r in rows if r["verdict_deepsec"] is not None]
+    informative = [r["metric"] for r in cells if r["verdict_deepsec"] == Verdict.CONSISTENT and not r["power_deepsec"]]
+    bounded = [r["metric"] for r in cells if r["verdict_deepsec"] == Verdict.CONSISTENT and r["power_deepsec"]]
+    bad = [r["metric"] for r in cells if r["verdict_deepsec"] == Verdict.INCONSISTENT]
+    nc = [r["metric"] for r in cells if r["verdict_deepsec"] == Verdict.NOT_COMPARABLE]
+    status = Status.REFUTED if bad else Status.CONFIRMED if informative else Status.UNTESTED
+    reason = "inconsistent_cells" if bad else "consistent_cells" if informative else "no_comparable_cell"
+    return Decision(name, status, reason, {"informative": informative, "at_bound": bounded, "inconsistent": bad,
+                                          "not_comparable": nc, "cells": len(cells)}, (col.id,))
+
+
+@claim("pgd_similar_to_deepsec")
+def _pgd_similar(v: View) -> Decision:
+    """"PGD's values are in a very similar range to DeepSec's" (DeepSec's own ε = 0.1 setting)."""
+    return _similar_to_deepsec(v, "pgd_similar_to_deepsec", v.column(attack="pgd", literal_eps=False, table="1"),
+                               "the PGD column at DeepSec's ε")
+
+
+@claim("cw2_similar_to_deepsec")
+def _cw2_similar(v: View) -> Decision:
+    """"CW2's values are in a very similar range to DeepSec's"."""
+    return _similar_to_deepsec(v, "cw2_similar_to_deepsec", v.column(attack="cw2", table="1"), "the CW2 column")
+
+
+@claim("eps8_slightly_worse")
+def _eps8_worse(v: View) -> Decision:
+    """"With ε = 8 the values are just slightly worse (except ASS and PSD)": refuted when the mean L2 and L∞
+    distances of the literal ε = 8 attack are more than :data:`SLIGHT` times those at DeepSec's ε — in our runs and in
+    the follow-up's own table."""
+    lit, base = v.column(attack="pgd", literal_eps=True, table="1"), v.column(attack="pgd", literal_eps=False, table="1")
+    if lit is None or base is None:
+        return _missing("eps8_slightly_worse", "both PGD columns")
+    a, b = v.rows(lit), v.rows(base)
+    ratios = {}
+    for m in ("ALD_L2", "ALD_Linf"):
+        ours = None if not a[m]["ours"] or not b[m]["ours"] else a[m]["ours"] / b[m]["ours"]
+        theirs = None if not a[m]["followup"] or not b[m]["followup"] else a[m]["followup"] / b[m]["followup"]
+        ratios[m] = {"ours": ours, "followup": theirs}
+    far = all(r["ours"] and r["ours"] > SLIGHT and r["followup"] and r["followup"] > SLIGHT for r in ratios.values())
+    return Decision("eps8_slightly_worse", Status.REFUTED if far else Status.UNTESTED,
+                    "distances_multiply" if far else "distances_close", {"ratios": ratios, "slight": SLIGHT},
+                    (lit.id, base.id))
+
+
+@claim("nat_increases_accuracy")
+def _nat_accuracy(v: View) -> Decision:
+    """"NAT increases accuracy (positive CAV)": decided by our CAV interval (above 0: confirmed, below: refuted)
+    only where our NAT column is comparable with a published one; the follow-up's own printed CAV is quoted."""
+    col = v.column(defence="nat", table="2")
+    if col is None:
+        return _missing("nat_increases_accuracy", "the NAT column")
+    r = v.rows(col)["CAV"]
+    numbers = {"ours": r["ours"], "low": r["low"], "high": r["high"], "followup": r["followup"],
+               "deepsec": r["deepsec"], "why": [e.departure for k in ("followup", "deepsec")
+                                                for e in r[f"cell_{k}"].blocking if not e.measured]}
+    comparable = any(r[f"verdict_{k}"] in (Verdict.CONSISTENT, Verdict.INCONSISTENT) for k in ("followup", "deepsec"))
+    if not comparable or r["low"] is None:
+        return Decision("nat_increases_accuracy", Status.UNTESTED, "not_comparable", numbers, (col.id,))
+    status = Status.CONFIRMED if r["low"] > 0 else Status.REFUTED if r["high"] < 0 else Status.UNTESTED
+    return Decision("nat_increases_accuracy", status, {Status.CONFIRMED: "cav_positive", Status.REFUTED:
+                                                       "cav_negative"}.get(status, "cav_spans_zero"), numbers, (col.id,))
+
+
+@claim("nat_crr_csr_text")
+def _nat_crr_csr(v: View) -> Decision:
+    """"CRR 44 %, CSR 20 %" (the follow-up's text on NAT): refuted when every published CRR and CSR of the NAT column
+    (both tables) is below a tenth of the claimed value — the text reads percentages printed as 0.44 % and 0.20 % as
+    44 % and 20 %. Our own values are quoted."""
+    col = v.column(defence="nat", table="2")
+    if col is None:
+        return _missing("nat_crr_csr_text", "the NAT column")
+    rows = v.rows(col)
+    printed = {m: {k: rows[m][k] for k in ("followup", "deepsec")} for m in NAT_TEXT}
+    ours = {m: {"value": rows[m]["ours"], "low": rows[m]["low"], "high": rows[m]["high"]} for m in NAT_TEXT}
+    tenth = all(v_ is not None and v_ < NAT_TEXT[m] / 10 for m in NAT_TEXT for v_ in printed[m].values())
+    return Decision("nat_crr_csr_text", Status.REFUTED if tenth else Status.UNTESTED,
+                    "tables_print_hundredfold_less" if tenth else "tables_agree",
+                    {"claimed": NAT_TEXT, "printed": printed, "ours": ours,
+                     "hundredfold_deepsec": all(printed[m]["deepsec"] is not None and
+                                                abs(NAT_TEXT[m] / 100 - printed[m]["deepsec"]) < 1e-9 for m in NAT_TEXT)},
+                    (col.id,))
+
+
+@claim("pat_drop_like_madry")
+def _pat_drop(v: View) -> Decision:
+    """"PAT's accuracy drop is in line with Madry's 47.1 % / 50 %": decided by the literal ε = 8 PAT column's
+    defended accuracy, only where it is comparable with the follow-up's."""
+    col = v.column(defence="pat", literal_eps=True, table="2")
+    if col is None:
+        return _missing("pat_drop_like_madry", "the literal ε = 8 PAT column")
+    r = v.rows(col)["ACC_defended"]
+    numbers = {"ours": r["ours"], "low": r["low"], "high": r["high"], "followup": r["followup"],
+               "madry": MADRY_CITED, "why": [e.departure for e in r["cell_followup"].blocking]}
+    if r["verdict_followup"] not in (Verdict.CONSISTENT, Verdict.INCONSISTENT) or r["low"] is None:
+        return Decision("pat_drop_like_madry", Status.UNTESTED, "not_comparable", numbers, (col.id,))
+    margin = ALLOWANCES["ACC_defended"].width(MADRY_CITED[0])
+    inside = r["high"] >= MADRY_CITED[0] - margin and r["low"] <= MADRY_CITED[1] + margin
+    return Decision("pat_drop_like_madry", Status.CONFIRMED if inside else Status.REFUTED,
+                    "within_madry" if inside else "outside_madry", numbers, (col.id,))
+
+
+@claim("wider_is_more_robust")
+def _wider(v: View) -> Decision:
+    """"A wider ResNet gives more accuracy and a more robust model": not tested while every "wide" model of the
+    profile has the width of ResNet-20 itself (×1)."""
+    wide = [c for c in v.columns if c.parameters.get("model") == "resnet20_wide" and c.id in v.found]
+    widths = sorted({v.found[c.id].parameters.get("width") for c in wide} - {None})
+    if not wide:
+        return _missing("wider_is_more_robust", "a wide ResNet column")
+    if max(widths, default=1) <= 1:
+        return Decision("wider_is_more_robust", Status.UNTESTED, "width_one", {"widths": widths},
+                        tuple(c.id for c in wide))
+    return Decision("wider_is_more_robust", Status.UNTESTED, "no_ladder", {"widths": widths},
+                    tuple(c.id for c in wide))
+
+
+def scorecard(profile: str, found: dict) -> list[Decision]:
+    """Every registered claim decided from ``found`` (column id → result) under ``profile``, in registration order."""
+    view = View(profile, found)
+    return [decide(view) for decide in CLAIMS.values()]

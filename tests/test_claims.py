@@ -1,0 +1,77 @@
+"""The claims scorecard: every claim of the follow-up decided by a rule from the results, each decision changing
+with the data it reads, every decision rendered by the template, and no column id in the deciding code."""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+
+from repro import results
+from repro.report import pages, templates
+from repro.study import claims, plan
+from repro.study.claims import Status
+
+ROOT = results.repo_root()
+pytestmark = pytest.mark.skipif(not (ROOT / "results" / "quick").exists(), reason="no committed quick results")
+
+
+@pytest.fixture(scope="module")
+def found():
+    return pages.load_found("quick")
+
+
+def _decide(name, found, profile="quick"):
+    return next(d for d in claims.scorecard(profile, found) if d.claim == name)
+
+
+def _with(found, column, **changes):
+    res = found[column]
+    metrics, intervals, params = dict(res.metrics), dict(res.intervals), dict(res.parameters)
+    for metric, (value, low, high) in changes.pop("metrics", {}).items():
+        metrics[metric] = value
+        intervals[metric] = {**intervals[metric], "low": low, "high": high}
+    params.update(changes.pop("parameters", {}))
+    return dict(found, **{column: dataclasses.replace(res, metrics=metrics, intervals=intervals, parameters=params)})
+
+
+def test_the_committed_quick_results_decide_these_claims(found):
+    got = {d.claim: d.status for d in claims.scorecard("quick", found)}
+    assert set(got) == set(claims.CLAIMS)
+    assert got["eps8_is_madry"] == Status.REFUTED and got["eps8_slightly_worse"] == Status.REFUTED
+    assert got["nat_crr_csr_text"] == Status.REFUTED
+    assert got["wider_is_more_robust"] == Status.UNTESTED  # width ×1 under quick
+    assert got["nat_increases_accuracy"] == Status.UNTESTED  # NAT trained 2 of 20 epochs: not comparable
+
+
+def test_each_decision_follows_the_data_it_reads(found):
+    # The literal ε = 8 attack inside Madry's ball would not refute "as Madry".
+    inside = _with(found, "pgd_eps8_wide", metrics={"ALD_Linf": (0.031, 0.030, 0.0314)})
+    assert _decide("eps8_is_madry", inside).status == Status.UNTESTED
+    # An ASS far from the follow-up's 0 would support "a computational mistake".
+    far = _with(found, "pgd_eps8_wide", metrics={"ASS": (0.5, 0.45, 0.55)})
+    assert _decide("ass_zero_is_a_mistake", far).status == Status.CONFIRMED
+    # The same NAT result judged without the profile's departures (as if run under paper): its negative CAV now
+    # decides, and refutes "NAT increases accuracy".
+    assert _decide("nat_increases_accuracy", found, profile="paper").status == Status.REFUTED
+    # A wide model of width 2 is no longer "width ×1"; without a ladder at equal recipe the claim stays untested.
+    wide = _with(found, "pgd_eps8_wide", parameters={"width": 2})
+    d = _decide("wider_is_more_robust", wide)
+    assert d.status == Status.UNTESTED and d.reason == "no_ladder" and d.numbers["widths"] == [1, 2]
+
+
+@pytest.mark.parametrize("profile", ["quick", "paper"])
+def test_every_decision_renders_with_its_numbers(found, profile):
+    text = templates.render("claims.md.j2", decisions=claims.scorecard(profile, found))
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == len(claims.CLAIMS)
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        assert len(cells) == 3 and all(cells), row  # claim text, status and evidence are never empty
+
+
+def test_the_claims_name_no_column():
+    source = (ROOT / "repro" / "study" / "claims.py").read_text(encoding="utf-8")
+    ids = [c.id for c in plan.PLAN]
+    used = [i for i in ids if re.search(rf"\b{re.escape(i)}\b", source)]
+    assert not used, f"repro/study/claims.py names columns {used}: find them by what they run"

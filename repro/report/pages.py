@@ -724,19 +724,28 @@ def glance(profile: str, found: dict) -> str:
                 why.append(f"not comparable with {label}: " + "; ".join(reasons))
         rows.append([col.title, _counts_short(verdict_counts(comp, "followup")),
                      _counts_short(verdict_counts(comp, "deepsec")),
-                     f"{_label(key)} {_fmt_interval(key, r)}", "; ".join(why) or "–"])
-    text = _md_table(["column", "vs follow-up (✓ / ✗ / n/c)", "vs DeepSec (✓ / ✗ / n/c)", "key number [95 % CI]",
-                      "why"], rows)
-    attacked = [[rec["label"], f"{100 * rec['clean']['rate']:.1f} [{100 * rec['clean']['low']:.1f}, "
-                               f"{100 * rec['clean']['high']:.1f}]",
-                 f"{100 * rec['pgd']['rate']:.1f} [{100 * rec['pgd']['low']:.1f}, {100 * rec['pgd']['high']:.1f}]"]
-                for col in columns_for(profile) if col.table == "training" and col.id in found
-                for rec in found[col.id].extra.get("training", {}).get("models", {}).values()
-                if rec["role"] == "defended" and not rec["arm"] and "_seed" not in rec["column"]]
+                     f"{_label(key)} {_fmt_interval(key, r)}", _fmt(key, r["followup"]), _fmt(key, r["deepsec"]),
+                     "; ".join(why) or "–"])
+    text = _md_table(["column", "vs follow-up (✓ / ✗ / n/c)", "vs DeepSec (✓ / ✗ / n/c)", "our key number [95 % CI]",
+                      "follow-up", "DeepSec", "why"], rows)
+    text += ("\n✓ / ✗ / n/c count the published cells of a column: consistent, inconsistent, or not comparable (a "
+             "departure of our run from the published setting can move the metric, and its effect is unmeasured or "
+             "larger than the allowance, the metric's tolerance for another training run); – where nothing was "
+             "published.\n")
+
+    def rate(rec: dict) -> str:
+        return f"{100 * rec['rate']:.1f} [{100 * rec['low']:.1f}, {100 * rec['high']:.1f}]"
+
+    attacked = [[rec["label"], rate(rec["clean"]), rate(rec["robust"]), f"{rec['robust']['n']:,}",
+                 f"ε = {_eps_text(sec['threat_model']['eps'])}"]
+                for col in columns_for(profile) if col.table == "security" and col.id in found
+                for sec in [found[col.id].extra["security"]]
+                for rec in sec["models"].values() if rec["role"] == "defended"]
     if attacked:
-        text += ("\nThe defended models attacked themselves (the training chapter: PGD at the dataset's threat model, "
-                 "ε = 8/255 on CIFAR-10 and 0.3 on MNIST, on the test images), accuracy in % [95 % CI]:\n\n"
-                 + _md_table(["defended model", "clean", "under PGD"], attacked))
+        text += ("\nThe defended models attacked themselves, white-box (the security chapter): clean accuracy and "
+                 "worst-case robust accuracy per image over PGD with restarts and AutoAttack, in % [95 % CI], on the "
+                 "first n test images:\n\n"
+                 + _md_table(["defended model", "clean", "robust (worst case)", "n", "threat model"], attacked))
     data = {}
     for r in found.values():
         data.update(r.provenance.get("data", {}).get("datasets", {}))
@@ -756,7 +765,15 @@ def glance(profile: str, found: dict) -> str:
             "inconsistent, n/c not comparable (see the verdict rule in the book's Methods chapter).\n\n" + text)
 
 
+def _eps_text(eps: float) -> str:
+    """ε as the papers write it: 8/255 for multiples of 1/255 below 1, else the number."""
+    k = eps * 255
+    return f"{round(k)}/255" if eps < 1 and abs(k - round(k)) < 1e-6 and round(k) not in (0, 255) else f"{eps:g}"
+
+
 def _counts_short(counts: dict) -> str:
+    if not any(counts.values()):
+        return "–"
     return " / ".join(str(counts[v]) for v in (Verdict.CONSISTENT, Verdict.INCONSISTENT, Verdict.NOT_COMPARABLE))
 
 

@@ -21,6 +21,7 @@ from ..study.profiles import get_profile
 from ..study.steps import ModelSource
 from ..study import verdicts
 from ..study.claims import scorecard
+from ..study.lookup import column_running, columns_running
 from .templates import render
 from ..study.verdicts import ALLOWANCES, Verdict, verdict, verdict_counts
 
@@ -374,20 +375,23 @@ def _corrected_page(profile, found, fresh, figures_dir) -> str:
     return "\n".join(parts)
 
 
-# Published numbers the hand-written chapters quote: substitution name → (table, column, source, metric), read from
-# the published CSVs so that prose cannot drift from them.
+# Published numbers the hand-written chapters quote: substitution name → (the column, found by what it runs, source,
+# metric), read from the published CSVs so that prose cannot drift from them.
+_CW2 = {"attack": "cw2", "table": "1"}
+_PAT = {"defence": "pat", "model": "resnet20", "table": "2"}
 PUBLISHED_SUBS = {
-    "p_cw2_ass_followup": ("1", "cw2_mnist", "follow-up", "ASS"),
-    "p_cw2_ass_deepsec": ("1", "cw2_mnist", "deepsec", "ASS"),
-    "p_pat_acc_raw_followup": ("2", "pat_resnet20", "follow-up", "ACC_raw"),
-    "p_pat_acc_raw_deepsec": ("2", "pat_resnet20", "deepsec", "ACC_raw"),
+    "p_cw2_ass_followup": (_CW2, "follow-up", "ASS"),
+    "p_cw2_ass_deepsec": (_CW2, "deepsec", "ASS"),
+    "p_pat_acc_raw_followup": (_PAT, "follow-up", "ACC_raw"),
+    "p_pat_acc_raw_deepsec": (_PAT, "deepsec", "ACC_raw"),
 }
 
 
 def _published_subs() -> dict[str, str]:
     out = {}
-    for name, (table, column, source, metric) in PUBLISHED_SUBS.items():
-        entry = published_value(table, column, source, metric)
+    for name, (criteria, source, metric) in PUBLISHED_SUBS.items():
+        col = column_running("paper", **criteria)
+        entry = published_value(col.table, col.compare_with, source, metric)
         out[name] = f"{entry.printed:g}{' %' if entry.unit == '%' else ''}"
     return out
 
@@ -433,20 +437,22 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
     subs.update({key: NOT_COMPUTED for key in FINDINGS_SUBS})  # every number the chapter quotes has a value
 
     # Where the follow-up's "ε = 8" examples land on the wide ResNet, beside the same attack with ε in /255.
-    wide = {cid: found[cid].extra.get("by_class") for cid in ("pgd_eps8_wide", "pgd_8_255_wide")
-            if cid in found and found[cid].extra.get("by_class")}
+    profile = next(iter(found.values())).profile if found else "paper"
+    wide = {col.title: found[col.id].extra.get("by_class")
+            for col in columns_running(profile, attack="pgd", model="resnet20_wide")
+            if col.id in found and found[col.id].extra.get("by_class")}
     if wide:
-        table = findings.class_table({f"{cid}: adversarial class": w["adversarial_class_counts"]
-                                      for cid, w in wide.items()},
-                                     per_true={f"{cid}: MR of true class": (w["successes_per_true_class"],
-                                                                            w["n_per_true_class"])
-                                               for cid, w in wide.items()})
+        table = findings.class_table({f"{title}: adversarial class": w["adversarial_class_counts"]
+                                      for title, w in wide.items()},
+                                     per_true={f"{title}: MR of true class": (w["successes_per_true_class"],
+                                                                              w["n_per_true_class"])
+                                               for title, w in wide.items()})
         (gen / "findings_eps8_wide_classes.md").write_text(findings.as_markdown(table), encoding="utf-8")
     else:
         (gen / "findings_eps8_wide_classes.md").write_text("*Not computed under this profile.*\n",
                                                            encoding="utf-8")
-    seeds = [found[c] for c in ("findings", *(c.id for c in COLUMNS.values() if c.replicate_of == "findings"))
-             if c in found]
+    main = column_running(profile, table="findings")
+    seeds = [] if main is None else [found[c.id] for c in (main, *replicates(main.id, profile)) if c.id in found]
     if len(seeds) > 1:
         rows = []
         for key in seeds[0].metrics:
@@ -460,7 +466,8 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
     else:
         text = "*Only one seed was run under this profile.*\n"
     (gen / "findings_seeds.md").write_text(text, encoding="utf-8")
-    cw2 = found.get("cw2_mnist")
+    cw2_col = column_running(profile, **_CW2)
+    cw2 = None if cw2_col is None else found.get(cw2_col.id)
     zero = (cw2.extra.get("by_class") or {}).get("deepsec_zero_image") if cw2 is not None else None
     if zero:
         subs.update({"f_cw2_zero_class": str(zero["class"]),
@@ -468,7 +475,7 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
                      "f_cw2_mr": f"{100 * cw2.metrics['MR']:.1f} %",
                      "f_cw2_mr_deepsec_zero": f"{100 * zero['MR_counted_as_deepsec']:.1f} %",
                      "f_cw2_n": str(cw2.parameters.get("n_samples")),
-                     "f_cw2_ass": _fmt_interval("ASS", next(r for r in comparison_rows(COLUMNS["cw2_mnist"], cw2)
+                     "f_cw2_ass": _fmt_interval("ASS", next(r for r in comparison_rows(cw2_col, cw2)
                                                             if r["metric"] == "ASS"))})
     names = ("eps8", "eps8_classes", "norms", "definitions", "shift", "pat")
     if result is None:
@@ -869,7 +876,8 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
                                 if profile != "paper" else "This is the papers' own setting.")}
     subs.update(_published_subs())
     subs.update(_verdict_subs(profile, found))
-    _findings_pages(gen, found.get("findings"), subs, found)
+    findings_col = column_running(profile, table="findings")
+    _findings_pages(gen, None if findings_col is None else found.get(findings_col.id), subs, found)
     _appendix_pages(gen, profile, cols, found)
     config_path = stage / "_config.yml"
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))

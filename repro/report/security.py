@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..study import security as sec
+from ..study.lookup import column_running
 from ..study.plan import COLUMNS, published_value
 from ..study.profiles import get_profile
 
@@ -289,7 +290,8 @@ def _anchor_section() -> list[str]:
 
 def _followup_section(evaluations: dict[str, dict]) -> list[str]:
     cifar = next((ev for ev in evaluations.values() if ev["dataset"] == "cifar10"), None)
-    published = published_value("2", "pat_eps8_wide", "follow-up", "ACC_defended")
+    literal = column_running("paper", defence="pat", literal_eps=True, table="2")
+    published = None if literal is None else published_value("2", literal.compare_with, "follow-up", "ACC_defended")
     madry = sec.ANCHORS[0]
     text = ("## Clean accuracy is not robust accuracy\n\n"
             "The follow-up reads its PAT \"ε = 8\" wide ResNet's accuracy, "
@@ -302,9 +304,8 @@ def _followup_section(evaluations: dict[str, dict]) -> list[str]:
             f"{pct(sec.ANCHORS[1].autoattack, 2)} under AutoAttack).")
     if cifar is not None:
         parts = []
-        for mid in ("pat_eps8_wide", "pat_8_255_wide", "pat_resnet20"):
-            rec = cifar["models"].get(mid)
-            if rec is not None:
+        for rec in cifar["models"].values():
+            if rec["role"] == "defended" and COLUMNS[rec["column"]].defence == "pat":
                 parts.append(f"{rec['label']}: clean {with_interval(rec['clean'])}, robust "
                              f"{with_interval(rec['robust'])} (n = {rec['robust']['n']})")
         if parts:

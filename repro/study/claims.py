@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .lookup import columns_running
 from .plan import Column, columns_for
 from .profiles import get_profile
 from .verdicts import ALLOWANCES, Verdict, comparison_rows, verdict
@@ -63,20 +64,9 @@ class View:
         self.found = found
         self.columns = [c for c in columns_for(self.profile) if c.replicate_of is None]
 
-    def column(self, *, attack: str | None = None, defence: str | None = None, literal_eps: bool | None = None,
-               model: str | None = None, table: str | None = None) -> Column | None:
-        """The first column with a result that runs ``attack``/``defence`` (``literal_eps``: ε ≥ 1, the follow-up's
-        "ε = 8" taken literally; False: a budget below 1), on ``model``, in ``table``."""
-        for col in self.columns:
-            p = col.parameters
-            if (attack and col.attack != attack) or (defence and col.defence != defence) or col.id not in self.found:
-                continue
-            if literal_eps is not None and (p.get("eps") is None or (p["eps"] >= 1) != literal_eps):
-                continue
-            if (model and p.get("model") != model) or (table and col.table != table):
-                continue
-            return col
-        return None
+    def column(self, **criteria) -> Column | None:
+        """The first column with a result among :func:`repro.study.lookup.columns_running` ``(**criteria)``."""
+        return next((c for c in columns_running(self.profile, **criteria) if c.id in self.found), None)
 
     def rows(self, col: Column) -> dict[str, dict]:
         return {r["metric"]: r for r in comparison_rows(col, self.found[col.id], self.profile, self.found)}

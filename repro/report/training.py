@@ -111,8 +111,9 @@ def _scratch_cost(evaluation: dict) -> str:
     full = recipe.training_images(FULL_SIZES[dataset]["train"])
     for rec in evaluation["models"].values():
         t = rec["training"]
-        if rec["role"] == "defended" and t and t["history"] and not rec["arm"] \
-                and COLUMNS[rec["column"]].parameters.get("model") == DEEPSEC_CHECKPOINTS[dataset]["model"]:
+        col = COLUMNS[rec["column"]]
+        if rec["role"] == "defended" and t and t["history"] and not rec["arm"] and col.defence == "pat" \
+                and col.parameters.get("model") == DEEPSEC_CHECKPOINTS[dataset]["model"]:
             per_epoch = t["train_time_s"] / len(t["history"])
             return (f"\nTraining from scratch, as DeepSec does, is not an arm of the ablation: at the {per_epoch:.0f} s "
                     f"per epoch measured for {rec['label']} on {t['train_images']:,} images, DeepSec's "

@@ -184,3 +184,42 @@ def test_a_stale_result_is_marked_pending_on_the_landing_page_and_in_its_chapter
     security = (stage / "book" / "generated" / "security.md").read_text()
     assert security.startswith("# ") and "Pending: the results of `security_mnist`" in security
     assert "Pending" not in (stage / "book" / "generated" / "training.md").read_text()
+
+
+def test_reader_facing_findings_numbers_have_names_not_code_keys():
+    """Before: the findings seed table showed `eps8_MR` and floats like 4.056e-06; an unknown key must fail."""
+    label, show = book._findings_label("eps8_MR")
+    assert label == 'MR, literal "ε = 8"' and show(0.996) == "99.6 %"
+    assert book._findings_label("eps8_ASS_code")[1](4.056e-06) == "0.0000"
+    with pytest.raises(KeyError, match="'eps8_new'"):
+        book._findings_label("eps8_new")
+
+
+def test_methods_numbers_come_from_the_recipes_and_the_results():
+    """Before: Methods said DeepSec's CIFAR-10 schedule ended at 1e-4 (it ends at 5e-7), NAT took "about 3 minutes an
+    epoch", and an ablation arm with DeepSec's optimiser that the profile does not train."""
+    subs = book._methods_subs("quick", {})
+    assert subs["m_deepsec_cifar_final_lr"] == "5e-07"  # 1e-3 · 0.1 · 0.1 · 0.1 · 0.5
+    assert subs["m_nat_epoch_time"] == "no NAT model was trained under this profile"
+    assert subs["m_ablation_arms"] == "; ".join(a.label for a in book.get_profile("quick").defence.ablation)
+
+
+def test_a_column_on_deepsecs_checkpoint_does_not_list_a_raw_training_budget():
+    res = _result("pgd_resnet20", {})
+    res.provenance["models"] = {"raw": {"source": "DeepSec's released checkpoint"}}
+    assert {"epochs", "train_subset"} <= book._unused_parameters(res)
+    res.provenance["models"] = {"raw": {"source": "trained here"}}
+    assert "epochs" not in book._unused_parameters(res)
+
+
+def test_the_null_defence_sentence_follows_each_reference_separately():
+    """Before: one sentence for both references said "the other published values are consistent with an untouched
+    model" even where they were not."""
+    C, I = Verdict.CONSISTENT, Verdict.INCONSISTENT
+    rows = [{"metric": "ACC_raw", "null_verdict_followup": I, "null_verdict_deepsec": I},
+            {"metric": "CRR", "null_verdict_followup": I, "null_verdict_deepsec": C},
+            {"metric": "CAV", "null_verdict_followup": C, "null_verdict_deepsec": None}]
+    text = book.null_defence_text(rows)
+    assert "of the follow-up's values, CRR tells the published defence from no defence; CAV is consistent" in text
+    assert "of DeepSec's values, none tells the published defence from no defence; CRR is consistent" in text
+    assert "ACC raw" not in text

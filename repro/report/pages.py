@@ -21,6 +21,7 @@ from ..study.profiles import get_profile
 from ..study.steps import ModelSource
 from ..study import verdicts
 from ..study.claims import scorecard
+from ..train.config import DEEPSEC_RECIPE, RECIPES
 from ..study.lookup import column_running, columns_running
 from .templates import render
 from ..study.verdicts import ALLOWANCES, Verdict, verdict, verdict_counts
@@ -215,15 +216,7 @@ def _column_section(col: Column, result: results_mod.Result | None, profile: str
         out.append("**Consistent but uninformative:** " + "; ".join(weak) + ": any run of this kind gives that "
                    "value, so agreement says nothing about the model.\n")
     if has_null:
-        # ACC_raw is the same for the null defence by construction; the others tell a defence from none when a
-        # published value is inconsistent with the null defence's.
-        telling = [METRIC_LABELS[r["metric"]] for r in rows if r["metric"] != "ACC_raw"
-                   and Verdict.INCONSISTENT in (r["null_verdict_followup"], r["null_verdict_deepsec"])]
-        out.append("**Null defence** (the raw model as its own defence, on the same images): "
-                   + (f"only {', '.join(telling)} tell the published defence from no defence at all; the other "
-                      "published values are consistent with an untouched model." if telling else
-                      "every published value is consistent with an untouched model: these metrics cannot tell "
-                      "the published defence from no defence.") + "\n")
+        out.append(null_defence_text(rows) + "\n")
     if any(r["second_hand_followup"] or r["second_hand_deepsec"] for r in rows):
         out.append("\\* second-hand: copied from the follow-up's table, not checked against DeepSec's own "
                    "paper.\n")
@@ -240,9 +233,45 @@ def _column_section(col: Column, result: results_mod.Result | None, profile: str
     deps = result.departures or ["none"]
     out.extend(f"- {d}" for d in deps)
     out.append("")
-    params = {k: v for k, v in result.parameters.items() if k not in ("results_dir", "device", "column", "profile")}
+    params = {k: v for k, v in result.parameters.items() if k not in _unused_parameters(result)}
     out.append("**Effective parameters:** " + ", ".join(f"`{k}={v!r}`" for k, v in params.items()) + "\n")
     return "\n".join(out)
+
+
+# Raw-model training budgets: they apply only to a raw model trained here, not to DeepSec's released checkpoint.
+RAW_TRAINING_PARAMETERS = ("epochs", "train_subset")
+
+
+def _unused_parameters(result: results_mod.Result) -> set[str]:
+    """Parameters a column's section does not list: run plumbing, and the raw training budget when the raw model
+    is DeepSec's released checkpoint (before: "epochs=8" was shown for columns that trained nothing)."""
+    out = {"results_dir", "device", "column", "profile"}
+    raw = result.provenance.get("models", {}).get("raw", {})
+    if raw.get("source") == ModelSource.DEEPSEC.value:
+        out.update(RAW_TRAINING_PARAMETERS)
+    return out
+
+
+def null_defence_text(rows: list[dict]) -> str:
+    """What the null defence (the raw model scored as its own defence) says about the published values, per
+    reference: which of them tell the published defence from no defence at all (inconsistent with the null
+    defence) and which an untouched model matches as well (consistent). ACC_raw is the same for the null defence by
+    construction and is left out."""
+    parts = []
+    for key, label in (("followup", "the follow-up's"), ("deepsec", "DeepSec's")):
+        judged = [r for r in rows if r["metric"] != "ACC_raw" and r[f"null_verdict_{key}"] is not None]
+        if not judged:
+            continue
+        telling = [METRIC_LABELS[r["metric"]] for r in judged if r[f"null_verdict_{key}"] == Verdict.INCONSISTENT]
+        same = [METRIC_LABELS[r["metric"]] for r in judged if r[f"null_verdict_{key}"] == Verdict.CONSISTENT]
+        text = f"of {label} values, " + (f"{', '.join(telling)} {'tells' if len(telling) == 1 else 'tell'} the published defence from no defence"
+                                         if telling else "none tells the published defence from no defence")
+        if same:
+            text += f"; {', '.join(same)} {'is' if len(same) == 1 else 'are'} consistent with an untouched model too"
+        parts.append(text)
+    if not parts:
+        return "**Null defence** (the raw model as its own defence, on the same images): nothing published to judge."
+    return "**Null defence** (the raw model as its own defence, on the same images): " + "; ".join(parts) + "."
 
 
 def seed_spread(col: Column, found: dict, profile: str) -> dict:
@@ -396,6 +425,24 @@ def _published_subs() -> dict[str, str]:
     return out
 
 
+def _methods_subs(profile: str, found: dict) -> dict[str, str]:
+    """Substitutions of the Methods chapter's training section, generated from the results and the recipes."""
+    prof = get_profile(profile)
+    times = []
+    for col in columns_running(profile, defence="nat", replicates=True):
+        model = found[col.id].provenance.get("models", {}).get("defended", {}) if col.id in found else {}
+        times += [h["epoch_time_s"] for h in model.get("history") or [] if h.get("epoch_time_s")]
+    nat = ("no NAT model was trained under this profile" if not times else
+           f"{min(times):.0f}–{max(times):.0f} s an epoch here, over {len(times)} epochs measured")
+    recipe = RECIPES[DEEPSEC_RECIPE["cifar10"]]
+    final = recipe.lr
+    for _, factor in recipe.lr_decays:
+        final *= factor
+    arms = [a.label for a in prof.defence.ablation if a.dataset == "cifar10"]
+    return {"m_nat_epoch_time": nat, "m_deepsec_cifar_final_lr": f"{final:.1g}",
+            "m_ablation_arms": "; ".join(arms) if arms else "none under this profile"}
+
+
 def _verdict_subs(profile: str, found: dict) -> dict[str, str]:
     """Substitutions of the Methods chapter's verdict section, generated from the results."""
     ev = verdicts.raw_accuracy_evidence("cifar10", get_profile(profile), found)
@@ -431,6 +478,31 @@ FINDINGS_SUBS = ("f_eps8_n", "f_eps8_saturated", "f_eps8_ass_code", "f_eps8_ass_
                  "f_cw2_zero_flipped", "f_cw2_mr", "f_cw2_mr_deepsec_zero", "f_cw2_n", "f_cw2_ass")
 
 
+# The findings column's headline numbers (repro.study.findings), as the seed table names them: key → label, and
+# whether the number is a rate (shown in %).
+FINDINGS_LABELS = {
+    "eps8_MR": ('MR, literal "ε = 8"', True), "eps8_ALD_Linf": ('mean L∞ distance, literal "ε = 8"', False),
+    "eps8_ASS_code": ('ASS as DeepSec computes it (data range 2), literal "ε = 8"', False),
+    "eps8_ASS_255": ('ASS with the correct data range 255, literal "ε = 8"', False),
+    "eps8_saturated": ('share of pixels driven to 0 or 1, literal "ε = 8"', True),
+    "eps8_255_ASS_code": ("ASS as DeepSec computes it (data range 2), ε = 8/255", False),
+    "eps8_255_ASS_255": ("ASS with the correct data range 255, ε = 8/255", False),
+    "fgsm_MR_shift": ("FGSM MR on DeepSec's MNIST model, with the logit max-shift", True),
+    "fgsm_MR_no_shift": ("FGSM MR on DeepSec's MNIST model, without the shift", True),
+    "pgd_MR_shift": ("PGD MR on DeepSec's MNIST model, with the logit max-shift", True),
+    "pgd_MR_no_shift": ("PGD MR on DeepSec's MNIST model, without the shift", True),
+}
+
+
+def _findings_label(key: str):
+    """(label, formatter) of a findings headline number; an unknown key is an error, never a code name shown."""
+    if key not in FINDINGS_LABELS:
+        raise KeyError(f"the findings result has a headline number {key!r} that the report cannot name; add it to "
+                       "repro.report.pages.FINDINGS_LABELS")
+    label, is_rate = FINDINGS_LABELS[key]
+    return label, ((lambda v: f"{100 * v:.1f} %") if is_rate else (lambda v: f"{v:.4f}"))
+
+
 def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, found: dict) -> None:
     from ..study import findings
 
@@ -458,9 +530,10 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
         for key in seeds[0].metrics:
             values = [_finite(r.metrics.get(key)) for r in seeds]
             if all(v is not None for v in values):
+                label, show = _findings_label(key)
                 mean = sum(values) / len(values)
                 std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-                rows.append([key, *(f"{v:.4g}" for v in values), f"{mean:.4g} ± {std:.2g}"])
+                rows.append([label, *(show(v) for v in values), f"{show(mean)} ± {show(std)}"])
         text = _md_table(["headline number", *(f"seed {r.parameters.get('seed')}" for r in seeds), "mean ± std"],
                          rows)
     else:
@@ -876,6 +949,7 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
                                 if profile != "paper" else "This is the papers' own setting.")}
     subs.update(_published_subs())
     subs.update(_verdict_subs(profile, found))
+    subs.update(_methods_subs(profile, found))
     findings_col = column_running(profile, table="findings")
     _findings_pages(gen, None if findings_col is None else found.get(findings_col.id), subs, found)
     _appendix_pages(gen, profile, cols, found)

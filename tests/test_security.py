@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from repro import results
 from repro.metrics import clopper_pearson
 from repro.study import plan, security
 from repro.study import steps as study
@@ -281,3 +282,20 @@ def test_evaluate_and_the_chapter_on_tiny_models(tmp_path):
         assert text in page, text
     assert (tmp_path / "figures" / "security_transfer.png").exists()
     assert security_page({}, "smoke", tmp_path).count("Not computed") == 1
+
+
+def test_the_chapter_claims_autoattacks_square_check_only_where_it_can_fire():
+    """Before: "Square beating the gradient attacks raised no warning" was printed for a subset without Square."""
+    from repro.report import security as page
+
+    def evaluation(attacks):
+        aa = {"version": "custom", "attacks": attacks, "target_classes": 3, "iterations": 100,
+              "seconds_per_image": 0.1, "seconds": 10.0, "checks": []}
+        return {"c": {"models": {"m": {"label": "a model", "autoattack": aa}}}}
+
+    found = {"c": results.Result(column="c", kind="security", notebook="security.ipynb", profile="smoke",
+                                 parameters={}, metrics={})}
+    without = "\n".join(page._autoattack_section(evaluation(["apgd-ce", "apgd-t"]), found))
+    assert "Square beating" not in without and "cannot fire for a model" in without
+    with_square = "\n".join(page._autoattack_section(evaluation(["apgd-ce", "square"]), found))
+    assert "Square beating the gradient attacks) raised no warning" in with_square and "cannot fire" not in with_square

@@ -223,3 +223,13 @@ def test_the_null_defence_sentence_follows_each_reference_separately():
     assert "of the follow-up's values, CRR tells the published defence from no defence; CAV is consistent" in text
     assert "of DeepSec's values, none tells the published defence from no defence; CRR is consistent" in text
     assert "ACC raw" not in text
+
+
+@pytest.mark.parametrize("threat_eps, line_at", [(0.3, 0.3), (8 / 255, 8.0)])
+def test_accuracy_curves_mark_the_datasets_own_threat_model(threat_eps, line_at):
+    """Before: the MNIST curves drew the threat-model line at 8/255 instead of 0.3."""
+    from repro.report import figures
+
+    fig = figures.accuracy_curves({"": {"eps": [0.0, threat_eps], "n": 10, "raw": [1.0, 0.5]}}, threat_eps=threat_eps)
+    lines = [ln for ln in fig.axes[0].lines if ln.get_label() == "threat model ε"]
+    assert len(lines) == 1 and lines[0].get_xdata()[0] == pytest.approx(line_at)

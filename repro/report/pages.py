@@ -21,8 +21,10 @@ from ..study.profiles import get_profile
 from ..study.steps import ModelSource
 from ..study import verdicts
 from ..study.claims import scorecard
+from ..study.security import threat_model
 from ..train.config import DEEPSEC_RECIPE, RECIPES
 from ..study.lookup import column_running, columns_running
+from .security import eps_text
 from .templates import render
 from ..study.verdicts import ALLOWANCES, Verdict, verdict, verdict_counts
 
@@ -396,7 +398,8 @@ def _corrected_page(profile, found, fresh, figures_dir) -> str:
                      "test images; ε = 0 is clean accuracy. DeepSec's defence metrics only look at clean images, so "
                      "these curves are what they leave out.\n")
         for i, (label, curve) in enumerate(curves.items()):
-            fig = figures.accuracy_curves({"": curve}, title=label)
+            dataset = next(c for c in COLUMNS.values() if c.title == label).parameters["dataset"]
+            fig = figures.accuracy_curves({"": curve}, title=label, threat_eps=threat_model(dataset)["eps"])
             name = f"curve_{i}.png"
             figures.save(fig, figures_dir / name)
             parts.append(f"```{{figure}} figures/{name}\n:width: 70%\n\n{label}: raw and defended accuracy versus "
@@ -817,7 +820,7 @@ def glance(profile: str, found: dict) -> str:
         return f"{100 * rec['rate']:.1f} [{100 * rec['low']:.1f}, {100 * rec['high']:.1f}]"
 
     attacked = [[rec["label"], rate(rec["clean"]), rate(rec["robust"]), f"{rec['robust']['n']:,}",
-                 f"ε = {_eps_text(sec['threat_model']['eps'])}"]
+                 f"ε = {eps_text(sec['threat_model']['eps'])}"]
                 for col in columns_for(profile) if col.table == "security" and col.id in found
                 for sec in [found[col.id].extra["security"]]
                 for rec in sec["models"].values() if rec["role"] == "defended"]
@@ -843,12 +846,6 @@ def glance(profile: str, found: dict) -> str:
     return (f"**The follow-up's claims**, each decided from these results and the published tables (profile "
             f"**{profile}**):\n\n{claims}\n**Every column** against the published values: ✓ consistent, ✗ "
             "inconsistent, n/c not comparable (see the verdict rule in the book's Methods chapter).\n\n" + text)
-
-
-def _eps_text(eps: float) -> str:
-    """ε as the papers write it: 8/255 for multiples of 1/255 below 1, else the number."""
-    k = eps * 255
-    return f"{round(k)}/255" if eps < 1 and abs(k - round(k)) < 1e-6 and round(k) not in (0, 255) else f"{eps:g}"
 
 
 def _counts_short(counts: dict) -> str:

@@ -38,7 +38,7 @@ def with_interval(record: dict | None) -> str:
     return f"{pct(record['rate'])} [{100 * record['low']:.1f}, {100 * record['high']:.1f}]"
 
 
-def _eps(value: float) -> str:
+def eps_text(value: float) -> str:
     """ε as the reader knows it: k/255 when it is one, else a decimal."""
     k = value * 255
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and value < 1 else f"{value:g}"
@@ -71,10 +71,10 @@ def _robust_rows(evaluation: dict) -> list[list[str]]:
 
 def _robust_header(evaluation: dict) -> list[str]:
     threat = evaluation["threat_model"]
-    names = {**dict(ACCURACIES), "pgd": f"PGD ε = {_eps(threat['eps'])}",
-             "autoattack": f"AutoAttack ε = {_eps(threat['eps'])}"}
+    names = {**dict(ACCURACIES), "pgd": f"PGD ε = {eps_text(threat['eps'])}",
+             "autoattack": f"AutoAttack ε = {eps_text(threat['eps'])}"}
     if evaluation.get("deepsec_eps"):
-        names["pgd_deepsec_eps"] = f"PGD ε = {_eps(evaluation['deepsec_eps'])} (DeepSec's)"
+        names["pgd_deepsec_eps"] = f"PGD ε = {eps_text(evaluation['deepsec_eps'])} (DeepSec's)"
     return ["model", *(names[key] for key in _accuracies(evaluation)), "n"]
 
 
@@ -103,7 +103,7 @@ def _masking_rows(evaluation: dict) -> list[list[str]]:
         verdict = check["verdict"]
         why = "; ".join(verdict["reasons"]) or "–"
         rows.append([evaluation["models"][mid]["label"], with_interval(check["white_box"]),
-                     with_interval(check["square"]), by_steps, f"{pct(large['rate'])} at ε = {_eps(large['eps'])}",
+                     with_interval(check["square"]), by_steps, f"{pct(large['rate'])} at ε = {eps_text(large['eps'])}",
                      verdict["verdict"], why, str(check["white_box"]["n"])])
     return rows
 
@@ -173,11 +173,11 @@ def masking_figure(evaluation: dict, *, title: str = ""):
         ax2.plot([r["eps"] for r in check["eps"]], [100 * r["rate"] for r in check["eps"]], marker="o", label=label)
     steps = [r["steps"] for r in next(iter(evaluation["masking"].values()), {"steps": []})["steps"]]
     for ax, values, labels in ((ax1, steps, [str(v) for v in steps]),
-                               (ax2, evaluation["masking_eps"], [_eps(e) for e in evaluation["masking_eps"]])):
+                               (ax2, evaluation["masking_eps"], [eps_text(e) for e in evaluation["masking_eps"]])):
         ax.set_xscale("log")
         ax.set_xticks(values, labels, fontsize=7)
         ax.minorticks_off()
-    ax1.set_xlabel(f"PGD steps (ε = {_eps(evaluation['threat_model']['eps'])})")
+    ax1.set_xlabel(f"PGD steps (ε = {eps_text(evaluation['threat_model']['eps'])})")
     ax2.set_xlabel(f"ε ({evaluation['masking'][next(iter(evaluation['masking']))]['eps_steps']} PGD steps per point)"
                    if evaluation["masking"] else "ε")
     for ax in (ax1, ax2):
@@ -344,8 +344,8 @@ def security_page(found: dict, profile: str, figures_dir) -> str:
         "attacks, and attacks CIFAR-10 at ε = 0.1, about three times Madry et al.'s 8/255; Carlini's critique of "
         "DeepSec asks instead for attacks run against the defended model itself and for the worst case per image. "
         "This chapter does that for every model the study trains or loads: each is attacked at its threat model "
-        + "(" + "; ".join(f"{DATASET_LABELS.get(ev['dataset'], ev['dataset'])}: ε = {_eps(ev['threat_model']['eps'])}, "
-                          f"PGD step {_eps(ev['threat_model']['step_size'])}" for ev in evaluations.values())
+        + "(" + "; ".join(f"{DATASET_LABELS.get(ev['dataset'], ev['dataset'])}: ε = {eps_text(ev['threat_model']['eps'])}, "
+                          f"PGD step {eps_text(ev['threat_model']['step_size'])}" for ev in evaluations.values())
         + f") by PGD from {p['pgd_restarts']} random starts and by AutoAttack, on the same first test images for "
         "every attack on a model; an image counts as robust only if the model classifies it correctly under every "
         "attack. Every rate carries its exact (Clopper–Pearson) 95 % interval and its n; the per-image outcomes "
@@ -363,7 +363,7 @@ def security_page(found: dict, profile: str, figures_dir) -> str:
                      f"{result.provenance.get('device', {}).get('name', '?')}.\n")
         parts.append(_md_table(_robust_header(ev), _robust_rows(ev)))
         if ev.get("deepsec_eps"):
-            parts.append(f"PGD at DeepSec's ε = {_eps(ev['deepsec_eps'])} uses a step of ε/4 (Madry et al.'s "
+            parts.append(f"PGD at DeepSec's ε = {eps_text(ev['deepsec_eps'])} uses a step of ε/4 (Madry et al.'s "
                          "ratio); it is not part of the robust accuracy, which is at the threat model's ε.\n")
         parts.append("**Departures:**\n")
         parts.extend(f"- {d}" for d in (result.departures or ["none"]))

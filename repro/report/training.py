@@ -11,7 +11,7 @@ from ..models import DEEPSEC_CHECKPOINTS
 from ..study.plan import COLUMNS
 from ..study.profiles import get_profile
 from ..train.config import DEEPSEC_RECIPE, RECIPES
-from .security import DATASET_LABELS, _eps, _md_table, with_interval
+from .security import DATASET_LABELS, _md_table, eps_text, with_interval
 
 # The issue's target for an adversarially trained ResNet-20 on the available test images (RobustBench's ResNet-20
 # entry, trained on the full data: 78.91 % clean, 37.40 % PGD).
@@ -65,8 +65,20 @@ def wall_times(evaluation: dict) -> str:
                      for rec in evaluation["models"].values() if rec["training"]) or "no model trained here"
 
 
-def curves_figure(evaluation: dict, *, title: str = ""):
-    """Per trained model, clean and PGD accuracy on the held-out validation images after every epoch."""
+def validation_attack(result) -> str:
+    """The PGD that measured the per-epoch validation robustness of the models a training result trained, in words
+    (from their configurations; "each model's own PGD" when they differ)."""
+    settings = {(c["eps"], c["step_size"], c["steps"]) for m in result.provenance.get("models", {}).values()
+                for c in [(m.get("config") or {}).get("history_pgd")] if isinstance(c, dict)}
+    if len(settings) != 1:
+        return "each model's validation PGD"
+    eps, step, steps = settings.pop()
+    return f"PGD, ε = {eps_text(eps)}, {steps} steps of {eps_text(step)}"
+
+
+def curves_figure(evaluation: dict, *, title: str = "", pgd: str = "PGD"):
+    """Per trained model, clean and PGD accuracy on the held-out validation images after every epoch; ``pgd``
+    names the validation attack (the same for every model of the figure)."""
     trained = [(rec["label"], rec["training"]["history"]) for rec in evaluation["models"].values()
                if rec["training"] and rec["training"]["history"]]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
@@ -78,7 +90,7 @@ def curves_figure(evaluation: dict, *, title: str = ""):
             axes[1].plot(epochs, [float("nan") if v is None else 100 * v for v in pgd], marker="o", ms=3,
                          color=line.get_color())
     axes[0].set_title("clean validation accuracy", fontsize=9)
-    axes[1].set_title("PGD validation accuracy (the training's own attack)", fontsize=9)
+    axes[1].set_title(f"validation accuracy under {pgd}", fontsize=9)
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy (%)")
@@ -144,8 +156,8 @@ def training_page(found: dict, profile: str, figures_dir) -> str:
         threat = ev["threat_model"]
         n = next(iter(ev["models"].values()))["clean"]["n"]
         parts.append(f"## {COLUMNS[cid].title}\n")
-        parts.append(f"[Executed notebook](columns/{cid}.ipynb); {n:,} test images; PGD ε = {_eps(threat['eps'])}, "
-                     f"step {_eps(threat['step_size'])}, {threat['steps']} steps, one random start.\n")
+        parts.append(f"[Executed notebook](columns/{cid}.ipynb); {n:,} test images; PGD ε = {eps_text(threat['eps'])}, "
+                     f"step {eps_text(threat['step_size'])}, {threat['steps']} steps, one random start.\n")
         parts.append(_md_table(HEADER, _rows(ev)))
         if any(rec["arm"] for rec in ev["models"].values()):
             parts.append("\nRows named after an ablation arm differ from the profile's recipe only in what the label "
@@ -167,7 +179,8 @@ def training_page(found: dict, profile: str, figures_dir) -> str:
         if scratch:
             parts.append(scratch)
         name = f"training_curves_{cid}.png"
-        fig = curves_figure(ev, title=f"{DATASET_LABELS.get(dataset, dataset)}: validation accuracy per epoch")
+        fig = curves_figure(ev, title=f"{DATASET_LABELS.get(dataset, dataset)}: validation accuracy per epoch",
+                            pgd=validation_attack(found[cid]))
         fig.savefig(figures_dir / name, dpi=110)
         plt.close(fig)
         parts.append(f"\n![training curves](figures/{name})\n")

@@ -75,3 +75,10 @@ def test_compile_break_even_is_the_excess_over_the_saving_per_unit():
     spec.loader.exec_module(gpu)
     assert gpu.break_even(100.0, 200.0, 1.0) == pytest.approx(200.0)
     assert gpu.break_even(100.0, 100.0, 1.0) is None and gpu.break_even(100.0, 90.0, 0.5) is None
+
+
+def test_a_step_schedule_without_decays_reads_as_constant():
+    from repro.report import training as page
+
+    assert page._schedule({"recipe": "deepsec_mnist", "schedule": "step"}) == "constant"
+    assert page._schedule({"recipe": "deepsec_cifar10", "schedule": "step"}) == "step"

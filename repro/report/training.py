@@ -33,12 +33,21 @@ def _init(record: dict) -> str:
     return "raw model trained here" if isinstance(init, dict) and "trained" in init else str(init)
 
 
+def _schedule(record: dict) -> str:
+    """A recipe's learning-rate schedule in words: a "step" schedule without decays is a constant rate (before:
+    "step" was printed for DeepSec's MNIST recipe, which has none)."""
+    recipe = RECIPES.get(record["recipe"])
+    if record["schedule"] == "step" and recipe is not None and not recipe.lr_decays:
+        return "constant"
+    return record["schedule"]
+
+
 def _rows(evaluation: dict, *, wall_time: bool = True) -> list[list[str]]:
     rows = []
     for rec in evaluation["models"].values():
         t = rec["training"]
         how = ["DeepSec's released checkpoint", "–", "–", "–", "–"] if t is None else [
-            _init(t), f"{t['recipe']} ({t['optimiser']}, lr {t['lr']:g}, {t['schedule']})",
+            _init(t), f"{t['recipe']} ({t['optimiser']}, lr {t['lr']:g}, {_schedule(t)})",
             f"{t['epochs']} × {t['train_images']:,}", f"{t['kept_epoch']} ({t['keep']})", f"{t['train_time_s'] / 60:.1f}"]
         row = [rec["label"], *how, with_interval(rec["clean"]), with_interval(rec["pgd"])]
         rows.append(row if wall_time else row[:5] + row[6:])
@@ -55,8 +64,16 @@ def training_table(evaluation: dict, *, wall_time: bool = False):
     out: :func:`wall_times` prints it)."""
     import pandas as pd
 
-    header = HEADER if wall_time else HEADER[:5] + HEADER[6:]
+    header = _header(evaluation)
+    header = header if wall_time else header[:5] + header[6:]
     return pd.DataFrame(_rows(evaluation, wall_time=wall_time), columns=header)
+
+
+def _header(evaluation: dict) -> list[str]:
+    """The table header, with the number of test images behind the accuracies (Table 2 uses the whole test split,
+    so the same model's clean accuracy can differ there by its interval)."""
+    n = next(iter(evaluation["models"].values()))["clean"]["n"]
+    return HEADER[:6] + [f"clean accuracy ({n:,} test images)", f"PGD accuracy ({n:,} test images)"]
 
 
 def wall_times(evaluation: dict) -> str:
@@ -158,7 +175,7 @@ def training_page(found: dict, profile: str, figures_dir) -> str:
         parts.append(f"## {COLUMNS[cid].title}\n")
         parts.append(f"[Executed notebook](columns/{cid}.ipynb); {n:,} test images; PGD ε = {eps_text(threat['eps'])}, "
                      f"step {eps_text(threat['step_size'])}, {threat['steps']} steps, one random start.\n")
-        parts.append(_md_table(HEADER, _rows(ev)))
+        parts.append(_md_table(_header(ev), _rows(ev)))
         if any(rec["arm"] for rec in ev["models"].values()):
             parts.append("\nRows named after an ablation arm differ from the profile's recipe only in what the label "
                          "says; the profile's own PAT recipe is the row without one.\n")

@@ -171,12 +171,7 @@ def test_published_models_match_their_index_and_the_results_that_use_them(profil
 # Planned columns whose committed result is knowingly stale for the current code (or missing), each with the reason
 # it could not be recomputed; `make book` recomputes them. An entry must go as soon as its result is fresh (the test
 # below fails otherwise), and the book marks these columns as pending.
-_RETRAIN = ("its models were trained before the training key covered the code and the data, in a training cache "
-            "that was never published; retraining the quick CIFAR-10 models takes about 3.6 h on 2 CPU cores (measured: "
-            "12,945 s of training in the committed results), more than the session that changed the code had left")
-PENDING: dict[tuple[str, str], str] = {("quick", c): _RETRAIN for c in (
-    "pat_resnet20", "pat_eps8_wide", "pat_8_255_wide", "pgd_eps8_wide", "pgd_8_255_wide", "security_cifar10",
-    "training_cifar10")}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 @pytest.mark.parametrize("profile", PROFILES)

@@ -8,7 +8,6 @@ differences, and the verdict of :mod:`repro.study.verdicts` on our interval.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from pathlib import Path
 
@@ -34,10 +33,6 @@ NOT_COMPUTED = "–"
 # ------------------------------------------------------------------------------------------------- comparison
 SOURCES = (("follow-up", "followup"), ("deepsec", "deepsec"))
 MARK = {Verdict.CONSISTENT: "✓", Verdict.INCONSISTENT: "✗", Verdict.NOT_COMPARABLE: "n/c"}
-
-
-def _finite(value):
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def comparison_rows(col: Column, result: results_mod.Result | None, profile: str | None = None,
@@ -208,7 +203,8 @@ def _column_section(col: Column, result: results_mod.Result | None, profile: str
                    "our interval shifted back by them):\n")
         out.extend(f"- {t}" for t in taken)
         out.append("")
-    measured = [f"{_label(r['metric'])} ±{_fmt(r['metric'], r['allowance_followup'].abs)} ({r['allowance_followup'].why})"
+    measured = [f"{_label(r['metric'])} ±{_fmt(r['metric'], r['allowance_followup'].abs)} "
+                f"({r['allowance_followup'].why})"
                 for r in rows if r["allowance_followup"].basis == "measured"]
     if measured:
         out.append("**Allowances measured** from this column's seed replicates: " + "; ".join(measured) + ".\n")
@@ -266,7 +262,8 @@ def null_defence_text(rows: list[dict]) -> str:
             continue
         telling = [METRIC_LABELS[r["metric"]] for r in judged if r[f"null_verdict_{key}"] == Verdict.INCONSISTENT]
         same = [METRIC_LABELS[r["metric"]] for r in judged if r[f"null_verdict_{key}"] == Verdict.CONSISTENT]
-        text = f"of {label} values, " + (f"{', '.join(telling)} {'tells' if len(telling) == 1 else 'tell'} the published defence from no defence"
+        verb = "tells" if len(telling) == 1 else "tell"
+        text = f"of {label} values, " + (f"{', '.join(telling)} {verb} the published defence from no defence"
                                          if telling else "none tells the published defence from no defence")
         if same:
             text += f"; {', '.join(same)} {'is' if len(same) == 1 else 'are'} consistent with an untouched model too"
@@ -284,7 +281,7 @@ def seed_spread(col: Column, found: dict, profile: str) -> dict:
     runs = [found[col.id], *reps]
     text = {}
     for metric in col.metric_keys:
-        values = [_finite(r.metrics.get(metric)) for r in runs]
+        values = [verdicts.finite(r.metrics.get(metric)) for r in runs]
         if all(v is not None for v in values):
             mean = sum(values) / len(values)
             std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
@@ -531,7 +528,7 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
     if len(seeds) > 1:
         rows = []
         for key in seeds[0].metrics:
-            values = [_finite(r.metrics.get(key)) for r in seeds]
+            values = [verdicts.finite(r.metrics.get(key)) for r in seeds]
             if all(v is not None for v in values):
                 label, show = _findings_label(key)
                 mean = sum(values) / len(values)

@@ -147,7 +147,8 @@ def _eps8_worse(v: View) -> Decision:
     """"With ε = 8 the values are just slightly worse (except ASS and PSD)": refuted when the mean L2 and L∞
     distances of the literal ε = 8 attack are more than :data:`SLIGHT` times those at DeepSec's ε — in our runs and in
     the follow-up's own table."""
-    lit, base = v.column(attack="pgd", literal_eps=True, table="1"), v.column(attack="pgd", literal_eps=False, table="1")
+    lit = v.column(attack="pgd", literal_eps=True, table="1")
+    base = v.column(attack="pgd", literal_eps=False, table="1")
     if lit is None or base is None:
         return _missing("eps8_slightly_worse", "both PGD columns")
     a, b = v.rows(lit), v.rows(base)
@@ -177,8 +178,8 @@ def _nat_accuracy(v: View) -> Decision:
     if not comparable or r["low"] is None:
         return Decision("nat_increases_accuracy", Status.UNTESTED, "not_comparable", numbers, (col.id,))
     status = Status.CONFIRMED if r["low"] > 0 else Status.REFUTED if r["high"] < 0 else Status.UNTESTED
-    return Decision("nat_increases_accuracy", status, {Status.CONFIRMED: "cav_positive", Status.REFUTED:
-                                                       "cav_negative"}.get(status, "cav_spans_zero"), numbers, (col.id,))
+    reason = {Status.CONFIRMED: "cav_positive", Status.REFUTED: "cav_negative"}.get(status, "cav_spans_zero")
+    return Decision("nat_increases_accuracy", status, reason, numbers, (col.id,))
 
 
 @claim("nat_crr_csr_text")
@@ -196,8 +197,9 @@ def _nat_crr_csr(v: View) -> Decision:
     return Decision("nat_crr_csr_text", Status.REFUTED if tenth else Status.UNTESTED,
                     "tables_print_hundredfold_less" if tenth else "tables_agree",
                     {"claimed": NAT_TEXT, "printed": printed, "ours": ours,
-                     "hundredfold_deepsec": all(printed[m]["deepsec"] is not None and
-                                                abs(NAT_TEXT[m] / 100 - printed[m]["deepsec"]) < 1e-9 for m in NAT_TEXT)},
+                     "hundredfold_deepsec": all(printed[m]["deepsec"] is not None
+                                                and abs(NAT_TEXT[m] / 100 - printed[m]["deepsec"]) < 1e-9
+                                                for m in NAT_TEXT)},
                     (col.id,))
 
 

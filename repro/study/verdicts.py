@@ -109,7 +109,8 @@ class Effect:
     """How far one departure moves one metric: ``ours − the reference setting's value`` lies in [``low``, ``high``]
     (both ``None``: unmeasured). ``kind`` says where the numbers come from: "unmeasured"; "published pair" (the
     follow-up's run of the same setting on the released checkpoint against DeepSec's paper, ``detail`` holding both
-    printed values and, under "raw_accuracy", :func:`raw_accuracy_evidence`); "paired" (a run of both settings on the same images)."""
+    printed values and, under "raw_accuracy", :func:`raw_accuracy_evidence`); "paired" (a run of both settings on
+    the same images)."""
 
     departure: str
     metric: str
@@ -180,8 +181,10 @@ def _published(col: Column) -> dict:
     return {(r.source, r.metric): r for r in published(published_table(col)) if r.column == col.compare_with}
 
 
-def _finite(value):
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+def finite(value):
+    """``value`` if it is a finite number (not a bool), else ``None``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else None
 
 
 def _uses_released_checkpoint(col: Column, profile: Profile) -> bool:
@@ -246,7 +249,7 @@ def allowance(col: Column, metric: str, profile: Profile, found: dict | None = N
     found = found or {}
     retrains = col.defence is not None and metric != "ACC_raw"
     runs = [found[c.id] for c in [col, *replicates(col.id, profile.name)] if c.id in found]
-    values = [v for v in (_finite(r.metrics.get(metric)) for r in runs) if v is not None]
+    values = [v for v in (finite(r.metrics.get(metric)) for r in runs) if v is not None]
     if not retrains or len(values) < 3:
         return assumed
     seeds = ", ".join(str(r.parameters.get("seed")) for r in runs)
@@ -256,7 +259,8 @@ def allowance(col: Column, metric: str, profile: Profile, found: dict | None = N
 
 
 def verdict(*, low: float | None, high: float | None, published: float | None, metric: str,
-            reason: str | None = None, effects: list[Effect] | tuple = (), margin: float | None = None) -> Verdict | None:
+            reason: str | None = None, effects: list[Effect] | tuple = (),
+            margin: float | None = None) -> Verdict | None:
     """The verdict of one cell (see the module docstring); ``None`` when there is nothing to judge. ``reason``: a
     departure known to move the metric without an :class:`Effect` (not comparable); ``margin``: the allowance's
     width (default: the assumed :data:`ALLOWANCES` entry's)."""
@@ -320,12 +324,12 @@ def comparison_rows(col: Column, result, profile: str | None = None, found: dict
     params = {} if result is None else result.parameters
     rows = []
     for metric in col.metric_keys:
-        ours = None if result is None else _finite(result.metrics.get(metric))
+        ours = None if result is None else finite(result.metrics.get(metric))
         interval = (None if result is None else result.intervals.get(metric)) or {}
         row = {"metric": metric, "ours": ours, "low": interval.get("low"), "high": interval.get("high"),
                "n": interval.get("n"), "reason": reasons.get(metric, "")}
         null_interval = (null.get("intervals") or {}).get(metric) or {}
-        row["null"] = _finite(null.get("metrics", {}).get(metric)) if null else None
+        row["null"] = finite(null.get("metrics", {}).get(metric)) if null else None
         allow = allowance(col, metric, prof, found)
         for source, key in REFERENCES:
             entry = pub.get((source, metric))

@@ -105,11 +105,14 @@ def _ass_zero(v: View) -> Decision:
     if col is None:
         return _missing("ass_zero_is_a_mistake", "the literal ε = 8 PGD column")
     r = v.rows(col)["ASS"]
+    findings = v.column(table="findings")
+    eps8 = {} if findings is None else v.found[findings.id].extra.get("eps8", {}).get("eps8", {})
     same = verdict(low=r["low"], high=r["high"], published=r["followup"], metric="ASS")
     status = {Verdict.CONSISTENT: Status.REFUTED, Verdict.INCONSISTENT: Status.CONFIRMED}.get(same, Status.UNTESTED)
     return Decision("ass_zero_is_a_mistake", status, {Status.REFUTED: "ass_reproduced",
                                                       Status.CONFIRMED: "ass_differs"}.get(status, "no_interval"),
-                    {"ours": r["ours"], "low": r["low"], "high": r["high"], "followup": r["followup"]}, (col.id,))
+                    {"ours": r["ours"], "low": r["low"], "high": r["high"], "followup": r["followup"],
+                     "saturated": eps8.get("saturated")}, (col.id,))
 
 
 def _similar_to_deepsec(v: View, name: str, col: Column | None, what: str) -> Decision:

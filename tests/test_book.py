@@ -233,3 +233,11 @@ def test_accuracy_curves_mark_the_datasets_own_threat_model(threat_eps, line_at)
     fig = figures.accuracy_curves({"": {"eps": [0.0, threat_eps], "n": 10, "raw": [1.0, 0.5]}}, threat_eps=threat_eps)
     lines = [ln for ln in fig.axes[0].lines if ln.get_label() == "threat model ε"]
     assert len(lines) == 1 and lines[0].get_xdata()[0] == pytest.approx(line_at)
+
+
+def test_accuracy_curves_without_a_threat_model_draw_no_line():
+    """The notebooks call it without one: no line is better than another dataset's."""
+    from repro.report import figures
+
+    fig = figures.accuracy_curves({"": {"eps": [0.0, 0.3], "n": 10, "raw": [1.0, 0.5]}})
+    assert not [ln for ln in fig.axes[0].lines if ln.get_label() == "threat model ε"]

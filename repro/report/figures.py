@@ -151,21 +151,23 @@ def distance_dots(rows_by_column: dict[str, list[dict]], allowance: dict, *, lab
     return fig
 
 
-def accuracy_curves(curves: dict[str, dict], *, threat_eps: float, title: str = ""):
+def accuracy_curves(curves: dict[str, dict], *, threat_eps: float | None = None, title: str = ""):
     """Accuracy versus ε, one line per model (and per column when several are given), with the dataset's threat
-    model ε marked (``threat_eps``: 8/255 on CIFAR-10, 0.3 on MNIST). ε is drawn × 255 when the threat model's ε
-    is a few 255ths, else as it is.
+    model ε marked when ``threat_eps`` is given (8/255 on CIFAR-10, 0.3 on MNIST; ``None``: no line, never another
+    dataset's). ε is drawn × 255 when the curve's ε are a few 255ths, else as they are.
 
     Args:
         curves: label → the dict ``accuracy_vs_eps`` record a defence result stores in ``extra``.
     """
-    scale = 255 if threat_eps < 0.1 else 1
+    largest = max((max(c["eps"]) for c in curves.values() if c["eps"]), default=0.0)
+    scale = 255 if (threat_eps if threat_eps is not None else largest) < 0.1 else 1
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for label, curve in curves.items():
         eps = np.asarray(curve["eps"]) * scale
         for name in [k for k in curve if k not in ("eps", "n", "steps")]:
             ax.plot(eps, np.asarray(curve[name]) * 100, marker="o", label=f"{label}: {name}" if label else name)
-    ax.axvline(threat_eps * scale, color="grey", lw=0.8, ls=":", label="threat model ε")
+    if threat_eps is not None:
+        ax.axvline(threat_eps * scale, color="grey", lw=0.8, ls=":", label="threat model ε")
     ax.set_xlabel(("ε × 255" if scale == 255 else "ε") + " (PGD run against each model)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)

@@ -83,19 +83,14 @@ def _why_short(rows: list[dict], key: str) -> list[str]:
 
 
 def _why(rows: list[dict], key: str) -> list[str]:
-    """The distinct reasons, over ``rows``, why cells against reference ``key`` are not comparable."""
+    """The distinct reasons, over ``rows``, why cells against reference ``key`` are not comparable: a measured
+    effect once per metric (with its numbers), an unmeasured departure once for the column."""
     out = []
     for r in rows:
         cell = r[f"cell_{key}"]
         for e in cell.blocking:
             text = effect_text(e, cell.allowance)
-            if e.kind == "published pair":
-                text = f"{_label(e.metric)}: {text}"
-            elif e.metric != r["metric"] or text in out:
-                continue
-            if text not in out:
-                out.append(text)
-    # Unmeasured departures are listed once, not once per metric.
+            out.append(f"{_label(e.metric)}: {text}" if e.measured else text)
     return list(dict.fromkeys(out))
 
 

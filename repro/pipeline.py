@@ -381,7 +381,7 @@ def main(argv=None) -> int:
             screenshot(html=html)
         else:
             if args.device != "auto":  # before any notebook starts, not as a kernel traceback minutes later
-                from .attacks._common import check_device
+                from .metrics.checks import check_device
 
                 check_device(args.device)
             timings = run_plan(args.profile, results_dir=args.results_dir, only=args.only, force=args.force,

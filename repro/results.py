@@ -78,15 +78,15 @@ class Result:
     schema: int = SCHEMA
 
     def to_json(self) -> dict:
-        return _clean(asdict(self))
+        return json_ready(asdict(self))
 
 
-def _clean(value):
+def json_ready(value):
     """JSON-ready copy: NaN/inf → None, tuples → lists, numpy and torch scalars → Python numbers."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_ready(v) for v in value]
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
         value = value.item()
     if isinstance(value, float):
@@ -94,7 +94,7 @@ def _clean(value):
     if isinstance(value, (bool, int, str)) or value is None:
         return value
     if hasattr(value, "tolist"):
-        return _clean(value.tolist())
+        return json_ready(value.tolist())
     raise TypeError(f"cannot store {type(value).__name__} in a result JSON: {value!r}")
 
 
@@ -193,7 +193,53 @@ def validate(result: Result, *, path: str | os.PathLike = "<result>") -> Result:
             raise bad(f"intervals.{name}", [lo, hi], "finite numbers low and high")
         if not lo - _SLACK <= point <= hi + _SLACK:
             raise bad(f"metrics.{name}", point, f"a value inside its own 95 % interval [{lo}, {hi}]")
+    _check_outcomes(result, bad)
     return result
+
+
+def _walk_rates(value, where: str):
+    """Every stored rate record in ``value`` (a dict with ``rate``, ``k`` and ``n``), with its JSON path."""
+    if isinstance(value, dict):
+        if {"rate", "k", "n"} <= set(value):
+            yield where, value
+        for key, item in value.items():
+            yield from _walk_rates(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _walk_rates(item, f"{where}[{i}]")
+
+
+def _check_outcomes(result: Result, bad) -> None:
+    """Rates that a result stores beside their per-image outcomes must agree with them: MR with the per-class
+    success counts (``extra.by_class``), every ``{rate, k, n}`` record with ``k / n``, its interval and its
+    per-image bit string (``correct``), and a security metric ``<model>/<measure>`` with its record."""
+    by_class = result.extra.get("by_class")
+    if isinstance(by_class, dict) and "MR" in result.metrics and result.metrics["MR"] is not None:
+        n, k = sum(by_class.get("n_per_true_class", [])), sum(by_class.get("successes_per_true_class", []))
+        if n and abs(result.metrics["MR"] - k / n) > _SLACK:
+            raise bad("metrics.MR", result.metrics["MR"], f"{k} / {n} = {k / n}, the rate of the per-class success "
+                                                          "counts stored in extra.by_class")
+    for where, record in _walk_rates(result.extra, "extra"):
+        rate, k, n = record["rate"], record["k"], record["n"]
+        if not (isinstance(n, int) and isinstance(k, int) and 0 <= k <= n and n >= 1):
+            raise bad(f"{where}.k/n", [k, n], "counts 0 <= k <= n, n >= 1")
+        if not _is_number(rate) or abs(rate - k / n) > _SLACK:
+            raise bad(f"{where}.rate", rate, f"k / n = {k} / {n} = {k / n}")
+        if "low" in record and not record["low"] - _SLACK <= rate <= record["high"] + _SLACK:
+            raise bad(f"{where}.rate", rate, f"a value inside its own interval [{record['low']}, {record['high']}]")
+        bits = record.get("correct")
+        if isinstance(bits, str) and (len(bits) != n or bits.count("1") != k or set(bits) - {"0", "1"}):
+            raise bad(f"{where}.correct", f"{len(bits)} outcomes, {bits.count('1')} ones",
+                      f"n = {n} outcomes of 0 or 1 with k = {k} ones")
+    models = result.extra.get("security", {}).get("models") if isinstance(result.extra.get("security"), dict) else None
+    if isinstance(models, dict):
+        for name, value in result.metrics.items():
+            model, _, measure = name.partition("/")
+            record = models.get(model, {}).get(measure) if isinstance(models.get(model), dict) else None
+            if isinstance(record, dict) and "rate" in record and value is not None and \
+                    abs(value - record["rate"]) > _SLACK:
+                raise bad(f"metrics.{name}", value, f"{record['rate']}, the rate in extra.security.models.{model}."
+                                                    f"{measure}")
 
 
 def load(path: str | os.PathLike) -> Result:

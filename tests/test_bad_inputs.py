@@ -318,3 +318,24 @@ def test_the_pipeline_checks_the_device_before_any_notebook_runs(capsys):
     bad = "cuda:99" if torch.cuda.is_available() else "cuda"
     assert main(["--profile", "smoke", "--device", bad, "--only", "pgd_resnet20"]) == 1
     assert "not available on this machine" in capsys.readouterr().err
+
+
+def test_rgb_with_a_negative_blur_radius_is_refused():
+    x, y, success = torch.rand(2, 1, 8, 8), torch.tensor([0, 1]), torch.tensor([True, False])
+    model = linear_model()
+    with pytest.raises(ValueError, match=r"radius must be a finite number >= 0 .*got -1"):
+        rgb(model, x, y, success, radius=-1)
+    with pytest.raises(ValueError, match="radius must be a finite number"):
+        rgb(model, x, y, success, radius=float("nan"))
+    with pytest.raises(ValueError, match=r"blur_radius must be a finite number >= 0 .*got -0\.5"):
+        attack_utility(model, x, x, y, blur_radius=-0.5)
+
+
+def test_a_row_of_minus_inf_logits_is_refused_not_a_nan_acac():
+    # NaN is the documented "no successful example"; an all -inf row would give the same NaN for another reason
+    logits, _ = logits_and_labels()
+    logits[1] = -math.inf
+    with pytest.raises(ValueError, match=r"row 1 is -inf for every class"):
+        acac(logits, torch.tensor([True, True, False]))
+    logits[1, 0] = 0.0  # one class left: a legitimate row
+    assert math.isfinite(acac(logits, torch.tensor([True, True, False])))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,11 +84,11 @@ def test_provenance_records_versions_device_and_git():
 
 
 # ------------------------------------------------------------------------------------------ validated on load
-def _committed(tmp_path, edit) -> "Path":
-    """A copy of the committed quick pgd_resnet20 result with ``edit`` applied to its JSON."""
-    data = json.loads((results.repo_root() / "results" / "quick" / "pgd_resnet20.json").read_text())
+def _committed(tmp_path, edit, column: str = "pgd_resnet20") -> Path:
+    """A copy of the committed quick result of ``column`` with ``edit`` applied to its JSON."""
+    data = json.loads((results.repo_root() / "results" / "quick" / f"{column}.json").read_text())
     edit(data)
-    path = tmp_path / "quick" / "pgd_resnet20.json"
+    path = tmp_path / "quick" / f"{column}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
     return path
@@ -118,6 +119,32 @@ def _set(field, key, value):
 ])
 def test_a_result_that_contradicts_itself_is_refused_by_file_and_field(tmp_path, edit, match):
     path = _committed(tmp_path, edit)
+    with pytest.raises(results.ResultError, match=match) as err:
+        results.load(path)
+    assert str(path) in str(err.value)
+
+
+def _security(edit):
+    def apply(data):
+        edit(data["extra"]["security"]["models"]["pat_resnet20"])
+    return apply
+
+
+@pytest.mark.parametrize("column, edit, match", [
+    # one success fewer in the per-class counts than MR = 1.0 says
+    ("pgd_resnet20", lambda d: d["extra"]["by_class"]["successes_per_true_class"].__setitem__(0, 90),
+     r"metrics\.MR = 1\.0; allowed: \d+ / \d+ = 0\.99\d*, the rate of the per-class success counts"),
+    # a stored rate that is not its k / n, a bit string with one 1 too many, a metric that is not its record's rate
+    ("security_cifar10", _security(lambda m: m["clean"].update(rate=0.5)),
+     r"extra\.security\.models\.pat_resnet20\.clean\.rate = 0\.5; allowed: k / n"),
+    ("security_cifar10", _security(lambda m: m["pgd"].update(correct="1" + m["pgd"]["correct"][1:]
+                                                            if m["pgd"]["correct"][0] == "0" else "0" * m["pgd"]["n"])),
+     r"extra\.security\.models\.pat_resnet20\.pgd\.correct = .*allowed: n = 200 outcomes"),
+    ("security_cifar10", lambda d: d["metrics"].update({"pat_resnet20/robust": 0.08}),
+     r"metrics\.pat_resnet20/robust = 0\.08; allowed: .*the rate in extra\.security\.models\.pat_resnet20\.robust"),
+])
+def test_a_rate_that_disagrees_with_its_per_image_outcomes_is_refused(tmp_path, column, edit, match):
+    path = _committed(tmp_path, edit, column)
     with pytest.raises(results.ResultError, match=match) as err:
         results.load(path)
     assert str(path) in str(err.value)

@@ -8,7 +8,6 @@ import json
 import pytest
 
 from repro.attacks import ATTACKS
-from repro.metrics import ATTACK_KEYS, DEFENCE_KEYS
 from repro.results import repo_root
 from repro.study import plan
 from repro.study import steps as experiments
@@ -84,6 +83,32 @@ def test_eps_iter_is_step_size_and_eps_8_is_allowed_with_a_note():
     p = experiments.resolve(attack="pgd", **{**base, "eps": 8, "eps_iter": 0.875, "step_size": None})
     assert p["step_size"] == 0.875 and "eps_iter" not in p
     assert "box" in p["note"]
+
+
+def test_eps_iter_alone_under_papermill_replaces_the_default_step_size():
+    # `papermill notebooks/pgd.ipynb out.ipynb -p eps_iter 0.02`: step_size keeps the notebook's default 0.01
+    base = {**_parameters_cell("pgd.ipynb"), "device": "cpu", "eps_iter": 0.02}
+    assert base["step_size"] == 0.01
+    p = experiments.resolve(attack="pgd", injected={"eps_iter"}, **base)
+    assert p["step_size"] == 0.02 and "eps_iter" not in p
+    # both injected and different: refused, naming both values
+    with pytest.raises(experiments.ParameterError, match=r"got both, 0\.02 and 0\.01"):
+        experiments.resolve(attack="pgd", injected={"eps_iter", "step_size"}, **base)
+
+
+def test_an_ad_hoc_run_lists_the_profiles_departures():
+    # a column name outside the plan: the profile's budgets (RIC on a sample, 8-epoch wide ResNet) still apply
+    base = {**_parameters_cell("pgd.ipynb"), "device": "cpu", "column": "mine", "model": "resnet20_wide"}
+    p = experiments.resolve(attack="pgd", **base)
+    ctx = experiments.Context(kind="attack", name="pgd", params=p, profile=experiments.get_profile("quick"),
+                              device="cpu", started=0.0)
+    deps = experiments.adhoc_departures(ctx)
+    assert experiments.adhoc_uses(ctx) == frozenset({"attack", "wide", "train_wide"})
+    assert any("RIC" in d for d in deps) and any("width" in d or "×" in d for d in deps), deps
+    # the same as the plan column with those parts of the budget
+    from repro.study import plan
+
+    assert set(deps) <= set(plan.departures(plan.column("pgd_eps8_wide"), "quick"))
 
 
 def test_budgets_come_from_the_profile_unless_given():

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from repro.results import repo_root
-from repro.study import training, workload
+from repro.study import security, training, workload
 from repro.study.profiles import get_profile
 from repro.train import RECIPES
 
@@ -16,14 +16,23 @@ from repro.train import RECIPES
 def test_quick_cifar10_models_are_the_security_models_then_the_ablation_arms():
     models = training.trained_models("cifar10", "quick")
     ids = [m.spec.id for m in models]
-    assert ids[:5] == ["raw_resnet20", "pat_resnet20", "raw_wide", "pat_eps8_wide", "pat_8_255_wide"]
+    assert ids[:7] == ["raw_resnet20", "pat_resnet20", "raw_wide", "pat_eps8_wide", "pat_8_255_wide",
+                       "raw_wide_x2", "pat_8_255_wide_x2"]  # then the width ladder's ×2 rung
+    ladder = {m.spec.id: m.spec for m in models if m.spec.width}
+    assert {s.width for s in ladder.values()} == {2} and ladder["pat_8_255_wide_x2"].transfer_from == "raw_wide_x2"
+    config = security.model_config(ladder["pat_8_255_wide_x2"], "quick")
+    assert config.model_kwargs == {"width": 2} and config.init.model_kwargs == {"width": 2}  # PAT from the ×2 raw
+    same = security.model_config(next(m.spec for m in models if m.spec.id == "pat_8_255_wide"), "quick")
+    assert (config.recipe, config.effective_epochs) == (same.recipe, same.effective_epochs)  # the ×1 rung's recipe
     arms = [m for m in models if m.arm]
     assert [m.arm for m in arms] == [a.label for a in get_profile("quick").defence.ablation]
     assert all(m.spec.column == "pat_resnet20" for m in arms)
 
 
-def test_quick_mnist_models_include_the_nat_seed_replicates():
-    ids = [m.spec.id for m in training.trained_models("mnist", "quick")]
+def test_mnist_models_include_the_nat_seed_replicates_where_the_profile_runs_them():
+    # quick trains NAT by DeepSec's full recipe (about an hour a seed on one core): seed 100 only
+    assert [m.spec.id for m in training.trained_models("mnist", "quick")] == ["raw_mnist", "nat_mnist"]
+    ids = [m.spec.id for m in training.trained_models("mnist", "paper")]
     assert ids == ["raw_mnist", "nat_mnist", "nat_mnist_seed101", "nat_mnist_seed102"]
 
 

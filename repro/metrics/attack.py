@@ -16,7 +16,7 @@ Where the paper's text and the code disagree, a keyword selects the paper's defi
 Images are float32 NCHW in [0, 1] (float32 because ``round(x·255)`` must be DeepSec's float32 product); models return
 logits, and the functions that take logits refuse probabilities (rows in [0, 1] summing to 1) and labels outside
 ``0..K-1``. Every refusal is a ValueError naming the value and what is allowed (the checks are the attacks' own,
-:mod:`repro.attacks._common`). Metrics run on the device the tensors are on (in float64,
+:mod:`repro.metrics.checks`). Metrics run on the device the tensors are on (in float64,
 so MPS, which lacks float64, is not supported); only RGB's Pillow blur and RIC's Guetzli encoder run on the CPU.
 CC (DeepSec's classification cost) is the attack runner's wall time per AE, so it is not computed here.
 """
@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..attacks._common import (check_class_range, check_device, check_eval_mode, check_images,
-                               looks_like_probabilities)
+from .checks import (check_device, check_eval_mode, check_image_batch, check_labels, check_logits, check_pair,
+                     check_success, device_of, mean_over, predict_logits, rate_of, softmax64)
 from .uncertainty import DEFAULT_LEVEL, DEFAULT_RESAMPLES, check_interval_args, interval_records
 
 # SSIM constants: Wang et al. (2004), as in scikit-image's structural_similarity, which DeepSec called.
@@ -59,110 +59,6 @@ RATE_KEYS = ("MR", "RGB", "RIC")
 RANGES = {"MR": (0.0, 1.0), "ACAC": (0.0, 1.0), "ACTC": (0.0, 1.0), "ALD_L0": (0.0, math.inf),
           "ALD_L2": (0.0, math.inf), "ALD_Linf": (0.0, math.inf), "ASS": (-1.0, 1.0), "PSD": (0.0, math.inf),
           "NTE": (0.0, 1.0), "RGB": (0.0, 1.0), "RIC": (0.0, 1.0), "CC": (0.0, math.inf)}
-
-
-# ------------------------------------------------------------------------------------------------------ validation
-def _no_samples(name: str) -> ValueError:
-    return ValueError(f"{name} has no samples (N = 0); a metric needs at least one (N > 0 samples with no successful "
-                      "adversarial example give NaN instead)")
-
-
-def _check_images(name: str, x: Tensor) -> None:
-    check_images(x, name=name)
-    if x.dim() != 4:
-        raise ValueError(f"{name} has shape {tuple(x.shape)}; images must be 4-D (N, C, H, W)")
-
-
-def _check_pair(x: Tensor, x_adv: Tensor) -> None:
-    _check_images("x", x)
-    _check_images("x_adv", x_adv)
-    if x.shape != x_adv.shape:
-        raise ValueError(f"x has shape {tuple(x.shape)} but x_adv has shape {tuple(x_adv.shape)}; "
-                         "they must be equal (one adversarial example per clean image)")
-
-
-def _check_labels(name: str, labels: Tensor, n: int, *, n_classes: int | None = None) -> None:
-    """``labels`` must be ``n`` integer class indices, and in ``0..n_classes-1`` when ``n_classes`` is given."""
-    if not isinstance(labels, Tensor) or labels.shape != (n,):
-        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-        raise ValueError(f"{name} has shape {shape}; it must be a 1-D tensor of {n} class indices")
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise ValueError(f"{name} has dtype {labels.dtype}; class indices must be integers (int64)")
-    if n_classes is not None:
-        check_class_range(labels, n_classes, name=name)
-
-
-def _check_success(success: Tensor, n: int | None = None) -> None:
-    """``success`` must be a bool tensor ``(n,)`` from :func:`success_mask` (any N ≥ 1 when ``n`` is None)."""
-    if (not isinstance(success, Tensor) or success.dtype != torch.bool or success.dim() != 1
-            or (n is not None and len(success) != n)):
-        desc = f"{success.dtype} {tuple(success.shape)}" if isinstance(success, Tensor) else type(success).__name__
-        raise ValueError(f"success is {desc}; it must be a bool tensor of shape ({'N' if n is None else n},), "
-                         "from success_mask()")
-    if len(success) == 0:
-        raise _no_samples("success")
-
-
-def _check_logits(logits: Tensor, *, name: str, n: int | None = None) -> None:
-    """Logits ``(N, K)``, N ≥ 1 (``n`` if given), K ≥ 2, no NaN or +inf, and not softmax output.
-
-    Every metric here applies its own softmax, so probabilities would be softmaxed twice into a wrong number.
-    """
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[1] < 2:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"{name} has shape {shape}; expected logits (N, K) with K >= 2 classes")
-    if len(logits) == 0:
-        raise _no_samples(name)
-    if n is not None and len(logits) != n:
-        raise ValueError(f"{name} has {len(logits)} rows for {n} images; one row of logits per image is needed")
-    if not logits.is_floating_point():
-        raise ValueError(f"{name} has dtype {logits.dtype}; logits must be floating point")
-    # NaN fails `< inf` too; -inf is a legitimate logit (a class ruled out), +inf makes softmax NaN.
-    if not bool((logits < math.inf).all()):
-        raise ValueError(f"{name} contains NaN or +inf; logits must be finite (or -inf for a class ruled out)")
-    if looks_like_probabilities(logits):
-        raise ValueError(f"{name}: every row lies in [0, 1] and sums to 1, so these are probabilities, not logits; the "
-                         "metrics apply softmax themselves and need logits: drop the final softmax, or pass "
-                         "log(probabilities)")
-
-
-def _device_of(model: torch.nn.Module, fallback: torch.device) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return fallback
-
-
-@torch.no_grad()
-def _predict(model: torch.nn.Module, x: Tensor, *, batch_size: int, device: torch.device, who: str) -> Tensor:
-    """Logits (float32) of ``model`` on ``x`` (N ≥ 1) in batches on ``device``; checked by :func:`_check_logits`."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    out = [model(x[i : i + batch_size].to(device)).float() for i in range(0, len(x), batch_size)]
-    logits = torch.cat(out)
-    _check_logits(logits, name=f"{who}'s outputs", n=len(x))
-    return logits
-
-
-def _softmax(logits: Tensor) -> Tensor:
-    # float64 so that confidences near 1 (ACAC, NTE) are not rounded to exactly 1.0 by float32.
-    return torch.softmax(logits.double(), dim=1)
-
-
-def _mean(values: Tensor) -> float:
-    """Mean of per-AE values (n,), the reduction of every averaged metric; NaN when n = 0 (nothing to average)."""
-    n = len(values)
-    if n == 0:
-        return math.nan
-    return float(values.double().sum() / n)
-
-
-def _rate(outcomes: Tensor) -> float:
-    """Fraction of True among bool outcomes (n,), the reduction of every rate; NaN when n = 0."""
-    if len(outcomes) == 0:
-        return math.nan
-    return float(outcomes.double().mean())
 
 
 # --------------------------------------------------------------------------------------------------------- helpers
@@ -197,13 +93,13 @@ def success_mask(logits: Tensor, y: Tensor, *, target: Tensor | None = None) -> 
     Raises:
         ValueError: no samples, probabilities instead of logits, labels of the wrong shape or outside ``0..K-1``.
     """
-    _check_logits(logits, name="logits")
+    check_logits(logits, name="logits")
     n, n_classes = logits.shape
-    _check_labels("y", y, n, n_classes=n_classes)
+    check_labels("y", y, n, n_classes=n_classes)
     pred = logits.argmax(1)
     if target is None:
         return pred != y.to(pred.device)
-    _check_labels("target", target, n, n_classes=n_classes)
+    check_labels("target", target, n, n_classes=n_classes)
     return pred == target.to(pred.device)
 
 
@@ -292,8 +188,8 @@ def mr(success: Tensor) -> float:
     Raises:
         ValueError: ``success`` is empty (no samples) or not a 1-D bool tensor.
     """
-    _check_success(success)
-    return _rate(success)
+    check_success(success)
+    return rate_of(success)
 
 
 def acac(logits: Tensor, success: Tensor) -> float:
@@ -311,13 +207,13 @@ def acac(logits: Tensor, success: Tensor) -> float:
     Raises:
         ValueError: no samples, probabilities instead of logits, or ``success`` of the wrong shape.
     """
-    _check_logits(logits, name="logits")
-    _check_success(success, len(logits))
-    return _mean(_acac_values(logits, success))
+    check_logits(logits, name="logits")
+    check_success(success, len(logits))
+    return mean_over(_acac_values(logits, success))
 
 
 def _acac_values(logits: Tensor, success: Tensor) -> Tensor:
-    return _softmax(logits).amax(1)[success]
+    return softmax64(logits).amax(1)[success]
 
 
 def actc(logits: Tensor, y: Tensor, success: Tensor) -> float:
@@ -338,14 +234,14 @@ def actc(logits: Tensor, y: Tensor, success: Tensor) -> float:
         ValueError: no samples, probabilities instead of logits, ``y`` outside ``0..K-1`` or of the wrong shape, or
             ``success`` of the wrong shape.
     """
-    _check_logits(logits, name="logits")
-    _check_labels("y", y, len(logits), n_classes=logits.shape[1])
-    _check_success(success, len(logits))
-    return _mean(_actc_values(logits, y, success))
+    check_logits(logits, name="logits")
+    check_labels("y", y, len(logits), n_classes=logits.shape[1])
+    check_success(success, len(logits))
+    return mean_over(_actc_values(logits, y, success))
 
 
 def _actc_values(logits: Tensor, y: Tensor, success: Tensor) -> Tensor:
-    probs = _softmax(logits)
+    probs = softmax64(logits)
     return probs.gather(1, y.to(probs.device, torch.int64)[:, None])[:, 0][success]
 
 
@@ -428,9 +324,9 @@ def ald(x: Tensor, x_adv: Tensor, success: Tensor, *, p: float, normalized: bool
     Returns:
         The mean over the n successful AEs (L0 a fraction; L2, L∞ in [0, 1] pixel units); NaN if n = 0.
     """
-    _check_pair(x, x_adv)
-    _check_success(success, len(x))
-    return _mean(_ald_values(_SuccessfulPairs(x, x_adv, success), p=p, normalized=normalized))
+    check_pair(x, x_adv)
+    check_success(success, len(x))
+    return mean_over(_ald_values(_SuccessfulPairs(x, x_adv, success), p=p, normalized=normalized))
 
 
 def ass(x: Tensor, x_adv: Tensor, success: Tensor, *, data_range: float = DEEPSEC_SSIM_DATA_RANGE) -> float:
@@ -449,9 +345,9 @@ def ass(x: Tensor, x_adv: Tensor, success: Tensor, *, data_range: float = DEEPSE
     Returns:
         Mean SSIM (1 for identical images); NaN if n = 0.
     """
-    _check_pair(x, x_adv)
-    _check_success(success, len(x))
-    return _mean(_ass_values(_SuccessfulPairs(x, x_adv, success), data_range=data_range))
+    check_pair(x, x_adv)
+    check_success(success, len(x))
+    return mean_over(_ass_values(_SuccessfulPairs(x, x_adv, success), data_range=data_range))
 
 
 def psd(x: Tensor, x_adv: Tensor, success: Tensor, *, weighting: str = "one_minus_std") -> float:
@@ -470,9 +366,9 @@ def psd(x: Tensor, x_adv: Tensor, success: Tensor, *, weighting: str = "one_minu
     Returns:
         Mean PSD; NaN if n = 0 (``inf`` possible with ``"inverse_std"``).
     """
-    _check_pair(x, x_adv)
-    _check_success(success, len(x))
-    return _mean(_psd_values(_SuccessfulPairs(x, x_adv, success), weighting=weighting))
+    check_pair(x, x_adv)
+    check_success(success, len(x))
+    return mean_over(_psd_values(_SuccessfulPairs(x, x_adv, success), weighting=weighting))
 
 
 def nte(logits: Tensor, success: Tensor) -> float:
@@ -490,13 +386,13 @@ def nte(logits: Tensor, success: Tensor) -> float:
     Raises:
         ValueError: no samples, probabilities instead of logits, or ``success`` of the wrong shape.
     """
-    _check_logits(logits, name="logits")
-    _check_success(success, len(logits))
-    return _mean(_nte_values(logits, success))
+    check_logits(logits, name="logits")
+    check_success(success, len(logits))
+    return mean_over(_nte_values(logits, success))
 
 
 def _nte_values(logits: Tensor, success: Tensor) -> Tensor:
-    top2 = _softmax(logits).topk(2, dim=1).values
+    top2 = softmax64(logits).topk(2, dim=1).values
     return (top2[:, 0] - top2[:, 1])[success]
 
 
@@ -526,6 +422,12 @@ def _from_pil_images(images: list, like: Tensor) -> Tensor:
     return out.to(like.device)
 
 
+def _check_blur_radius(radius, *, name: str) -> None:
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 <= radius < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0 (pixels; DeepSec: {DEEPSEC_BLUR_RADIUS}), "
+                         f"got {radius!r}")
+
+
 def gaussian_blur_8bit(x: Tensor, *, radius: float = DEEPSEC_BLUR_RADIUS) -> Tensor:
     """RGB's transform: 8-bit round, Pillow ``ImageFilter.GaussianBlur(radius)``, back to [0, 1].
 
@@ -541,6 +443,7 @@ def gaussian_blur_8bit(x: Tensor, *, radius: float = DEEPSEC_BLUR_RADIUS) -> Ten
     """
     from PIL import ImageFilter
 
+    _check_blur_radius(radius, name="radius")
     blur = ImageFilter.GaussianBlur(radius=radius)
     return _from_pil_images([im.filter(blur) for im in _to_pil_images(x)], x)
 
@@ -597,14 +500,14 @@ def guetzli_jpeg_8bit(x: Tensor, *, quality: int = DEEPSEC_JPEG_QUALITY, workers
 
 def _still_successful(transform, model, x_adv, y, success, target, *, batch_size: int, device) -> Tensor:
     """Which of the n successful AEs stay successful after ``transform`` (bool (n,)); only those are transformed."""
-    _check_labels("y", y, len(x_adv))
+    check_labels("y", y, len(x_adv))
     if target is not None:
-        _check_labels("target", target, len(x_adv))
+        check_labels("target", target, len(x_adv))
     success = success.to(x_adv.device)
     if not bool(success.any()):
         return torch.zeros(0, dtype=torch.bool, device=x_adv.device)
     transformed = transform(x_adv[success])
-    logits = _predict(model, transformed, batch_size=batch_size, device=device, who="model")
+    logits = predict_logits(model, transformed, batch_size=batch_size, device=device, who="model")
     y_s = y.to(x_adv.device)[success].to(logits.device)
     t_s = None if target is None else target.to(x_adv.device)[success].to(logits.device)
     return success_mask(logits, y_s, target=t_s)
@@ -642,10 +545,11 @@ def rgb(
     Raises:
         ValueError: as :func:`attack_utility` (no samples, bad images, labels or device, probabilities).
     """
-    _check_images("x_adv", x_adv)
-    _check_success(success, len(x_adv))
-    device = check_device(device) if device is not None else _device_of(model, x_adv.device)
-    return _rate(_still_successful(lambda images: gaussian_blur_8bit(images, radius=radius), model, x_adv, y,
+    check_image_batch("x_adv", x_adv)
+    check_success(success, len(x_adv))
+    device = check_device(device) if device is not None else device_of(model, x_adv.device)
+    _check_blur_radius(radius, name="radius")
+    return rate_of(_still_successful(lambda images: gaussian_blur_8bit(images, radius=radius), model, x_adv, y,
                                    success, target, batch_size=batch_size, device=device))
 
 
@@ -683,11 +587,11 @@ def ric(
     Raises:
         ValueError: as :func:`attack_utility` (no samples, bad images, labels or device, probabilities).
     """
-    _check_images("x_adv", x_adv)
-    _check_success(success, len(x_adv))
+    check_image_batch("x_adv", x_adv)
+    check_success(success, len(x_adv))
     _check_jpeg_args(quality, workers)
-    device = check_device(device) if device is not None else _device_of(model, x_adv.device)
-    return _rate(_still_successful(lambda images: guetzli_jpeg_8bit(images, quality=quality, workers=workers), model,
+    device = check_device(device) if device is not None else device_of(model, x_adv.device)
+    return rate_of(_still_successful(lambda images: guetzli_jpeg_8bit(images, quality=quality, workers=workers), model,
                                    x_adv, y, success, target, batch_size=batch_size, device=device))
 
 
@@ -766,19 +670,20 @@ def attack_utility(
             labels of the wrong shape or outside ``0..K-1``, the model returns probabilities instead of logits, or
             a device this machine lacks, or bad interval settings (n_resamples < 1000, seed, level).
     """
-    _check_pair(x, x_adv)
-    _check_labels("y", y, len(x))
+    check_pair(x, x_adv)
+    check_labels("y", y, len(x))
     if target is not None:
-        _check_labels("target", target, len(x))
+        check_labels("target", target, len(x))
     check_eval_mode(model)
+    _check_blur_radius(blur_radius, name="blur_radius")
     _check_jpeg_args(jpeg_quality, jpeg_workers)
     if intervals:
         check_interval_args(n_resamples=n_resamples, seed=seed, level=level)
-    device = check_device(device) if device is not None else _device_of(model, x_adv.device)
+    device = check_device(device) if device is not None else device_of(model, x_adv.device)
     x, x_adv, y = x.to(device), x_adv.to(device), y.to(device)
     target = None if target is None else target.to(device)
 
-    logits = _predict(model, x_adv, batch_size=batch_size, device=device, who="model")
+    logits = predict_logits(model, x_adv, batch_size=batch_size, device=device, who="model")
     success = success_mask(logits, y, target=target)
     pairs = _SuccessfulPairs(x, x_adv, success)
     # One vector per metric: MR's outcomes over all N, every other metric's per-AE values (or, for RGB and RIC,
@@ -799,7 +704,7 @@ def attack_utility(
             lambda images: guetzli_jpeg_8bit(images, quality=jpeg_quality, workers=jpeg_workers), model, x_adv, y,
             _sample(success, ric_samples, seed=seed), target, batch_size=batch_size, device=device),
     }
-    metrics = {key: _rate(values) if key in RATE_KEYS else _mean(values) for key, values in per_sample.items()}
+    metrics = {key: rate_of(values) if key in RATE_KEYS else mean_over(values) for key, values in per_sample.items()}
     if not intervals:
         return metrics
     return metrics, interval_records(per_sample, metrics, rate_keys=RATE_KEYS, n_resamples=n_resamples, seed=seed,

@@ -12,10 +12,9 @@ import math
 import torch
 from torch import Tensor
 
-from ..attacks._common import check_class_range, check_device, check_eval_mode, looks_like_probabilities
-from .attack import (
-    _check_images, _check_labels, _check_logits, _device_of, _mean, _no_samples, _predict, _rate, _softmax,
-)
+from .checks import (check_class_range, check_device, check_eval_mode, check_image_batch, check_labels,
+                     check_logits, device_of, looks_like_probabilities, mean_over, no_samples, predict_logits,
+                     rate_of, softmax64)
 from .uncertainty import DEFAULT_LEVEL, DEFAULT_RESAMPLES, check_interval_args, interval_records
 
 KEYS = ("ACC_raw", "ACC_defended", "CAV", "CRR", "CSR", "CCV", "COS")
@@ -35,7 +34,7 @@ def _check_correct(raw_correct: Tensor, defended_correct: Tensor) -> None:
             desc = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
             raise ValueError(f"{name} is {desc}; it must be a 1-D bool tensor (prediction == label)")
         if len(t) == 0:
-            raise _no_samples(name)
+            raise no_samples(name)
     if raw_correct.shape != defended_correct.shape:
         raise ValueError(f"raw_correct has shape {tuple(raw_correct.shape)} but defended_correct has "
                          f"{tuple(defended_correct.shape)}; both models must be scored on the same images")
@@ -58,7 +57,7 @@ def cav(raw_correct: Tensor, defended_correct: Tensor) -> float:
         ValueError: a mask is empty (no samples) or not 1-D bool, or the two differ in shape.
     """
     _check_correct(raw_correct, defended_correct)
-    return _mean(_cav_values(raw_correct, defended_correct))
+    return mean_over(_cav_values(raw_correct, defended_correct))
 
 
 def _cav_values(raw_correct: Tensor, defended_correct: Tensor) -> Tensor:
@@ -80,7 +79,7 @@ def crr(raw_correct: Tensor, defended_correct: Tensor) -> float:
         ValueError: a mask is empty (no samples) or not 1-D bool, or the two differ in shape.
     """
     _check_correct(raw_correct, defended_correct)
-    return _rate(~raw_correct & defended_correct)
+    return rate_of(~raw_correct & defended_correct)
 
 
 def csr(raw_correct: Tensor, defended_correct: Tensor) -> float:
@@ -98,13 +97,13 @@ def csr(raw_correct: Tensor, defended_correct: Tensor) -> float:
         ValueError: a mask is empty (no samples) or not 1-D bool, or the two differ in shape.
     """
     _check_correct(raw_correct, defended_correct)
-    return _rate(raw_correct & ~defended_correct)
+    return rate_of(raw_correct & ~defended_correct)
 
 
 def _check_outputs(raw_logits: Tensor, defended_logits: Tensor, raw_correct: Tensor, defended_correct: Tensor) -> None:
     """CCV's and COS's inputs: two logit tables of one shape (N, K), N ≥ 1, and two correctness masks of N entries."""
-    _check_logits(raw_logits, name="raw_logits")
-    _check_logits(defended_logits, name="defended_logits")
+    check_logits(raw_logits, name="raw_logits")
+    check_logits(defended_logits, name="defended_logits")
     if raw_logits.shape != defended_logits.shape:
         raise ValueError(f"raw_logits has shape {tuple(raw_logits.shape)} but defended_logits has "
                          f"{tuple(defended_logits.shape)}; both models must score the same N images over the same K "
@@ -154,7 +153,7 @@ def js_divergence(p: Tensor, q: Tensor) -> Tensor:
             shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
             raise ValueError(f"{name} has shape {shape}; expected probability rows (N, K)")
         if len(t) == 0:
-            raise _no_samples(name)
+            raise no_samples(name)
         if not looks_like_probabilities(t):
             lo, hi = torch.stack(torch.aminmax(t.detach().double())).tolist()
             raise ValueError(f"{name} is not a probability distribution per row (values in [{lo:.4g}, {hi:.4g}]; each "
@@ -181,11 +180,11 @@ def ccv(raw_logits: Tensor, defended_logits: Tensor, raw_correct: Tensor, defend
         ValueError: no samples, probabilities instead of logits, or shapes/lengths that disagree (named).
     """
     _check_outputs(raw_logits, defended_logits, raw_correct, defended_correct)
-    return _mean(_ccv_values(raw_logits, defended_logits, raw_correct, defended_correct))
+    return mean_over(_ccv_values(raw_logits, defended_logits, raw_correct, defended_correct))
 
 
 def _ccv_values(raw_logits: Tensor, defended_logits: Tensor, raw_correct: Tensor, defended_correct: Tensor) -> Tensor:
-    gap = (_softmax(defended_logits).amax(1) - _softmax(raw_logits).amax(1)).abs()
+    gap = (softmax64(defended_logits).amax(1) - softmax64(raw_logits).amax(1)).abs()
     return _both_right(gap, raw_correct, defended_correct)
 
 
@@ -206,11 +205,11 @@ def cos(raw_logits: Tensor, defended_logits: Tensor, raw_correct: Tensor, defend
         ValueError: no samples, probabilities instead of logits, or shapes/lengths that disagree (named).
     """
     _check_outputs(raw_logits, defended_logits, raw_correct, defended_correct)
-    return _mean(_cos_values(raw_logits, defended_logits, raw_correct, defended_correct))
+    return mean_over(_cos_values(raw_logits, defended_logits, raw_correct, defended_correct))
 
 
 def _cos_values(raw_logits: Tensor, defended_logits: Tensor, raw_correct: Tensor, defended_correct: Tensor) -> Tensor:
-    divergence = _js_divergence(_softmax(raw_logits), _softmax(defended_logits))
+    divergence = _js_divergence(softmax64(raw_logits), softmax64(defended_logits))
     return _both_right(divergence, raw_correct, defended_correct)
 
 
@@ -260,15 +259,15 @@ def defence_utility(
             ``0..K-1``, a model returns probabilities, a device this machine lacks, or bad interval settings
             (n_resamples < 1000, seed, level).
     """
-    _check_images("x", x)
+    check_image_batch("x", x)
     check_eval_mode(raw_model, name="raw_model")
     check_eval_mode(defended_model, name="defended_model")
-    _check_labels("y", y, len(x))
+    check_labels("y", y, len(x))
     if intervals:
         check_interval_args(n_resamples=n_resamples, seed=seed, level=level)
-    device = check_device(device) if device is not None else _device_of(raw_model, x.device)
-    raw_logits = _predict(raw_model, x, batch_size=batch_size, device=device, who="raw_model")
-    defended_logits = _predict(defended_model, x, batch_size=batch_size, device=device, who="defended_model")
+    device = check_device(device) if device is not None else device_of(raw_model, x.device)
+    raw_logits = predict_logits(raw_model, x, batch_size=batch_size, device=device, who="raw_model")
+    defended_logits = predict_logits(defended_model, x, batch_size=batch_size, device=device, who="defended_model")
     if raw_logits.shape != defended_logits.shape:
         raise ValueError(f"raw_model gives {tuple(raw_logits.shape)} outputs but defended_model "
                          f"{tuple(defended_logits.shape)}; both must classify the same K classes")
@@ -288,7 +287,7 @@ def defence_utility(
         "CCV": _ccv_values(raw_logits, defended_logits, raw_correct, defended_correct),
         "COS": _cos_values(raw_logits, defended_logits, raw_correct, defended_correct),
     }
-    metrics = {key: _rate(values) if key in RATE_KEYS else _mean(values) for key, values in per_sample.items()}
+    metrics = {key: rate_of(values) if key in RATE_KEYS else mean_over(values) for key, values in per_sample.items()}
     if not intervals:
         return metrics
     return metrics, interval_records(per_sample, metrics, rate_keys=RATE_KEYS, n_resamples=n_resamples, seed=seed,

@@ -5,8 +5,6 @@ shown in the unit the papers print them in (percent for MR and the accuracies), 
 """
 from __future__ import annotations
 
-import math
-
 import matplotlib.pyplot as plt
 import numpy as np
 import torch

@@ -23,6 +23,7 @@ from ..study.claims import scorecard
 from ..study.security import threat_model
 from ..train.config import DEEPSEC_RECIPE, RECIPES
 from ..study.lookup import column_running, columns_running
+from . import markdown
 from .security import eps_text
 from .templates import render
 from ..study.verdicts import ALLOWANCES, Verdict, verdict, verdict_counts
@@ -128,18 +129,9 @@ def _label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric) + unit
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    def line(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-    return "\n".join([line(header), line(["---"] * len(header))] + [line(r) for r in rows]) + "\n"
-
-
 # ------------------------------------------------------------------------------------------------------- pages
 def _column_section(col: Column, result: results_mod.Result | None, profile: str, fresh: bool,
                     figures_dir: Path, found: dict | None = None) -> str:
-    from . import figures
-
     out = [f"({col.id})=\n## {col.title}\n"]
     if result is None:
         out.append(f"*Not computed under the {profile} profile.*\n")
@@ -177,7 +169,7 @@ def _column_section(col: Column, result: results_mod.Result | None, profile: str
         table.append(line)
     if "CC" in result.metrics and result.metrics["CC"] is not None:
         table.append(["CC (ms per AE)", f"{1e3 * result.metrics['CC']:.2f}"] + [""] * (len(header) - 2))
-    out.append(_md_table(header, table))
+    out.append(markdown.table(header, table))
     against = {key: _counts_text(verdict_counts(rows, key)) for key in ("followup", "deepsec")}
     out.append(f"Verdicts ({{ref}}`the rule <verdicts>`): against the follow-up {against['followup']}; against "
                f"DeepSec {against['deepsec']}. n is the "
@@ -312,7 +304,7 @@ def _overview(cols: list[Column], found: dict, metrics, profile: str) -> str:
             row += [_fmt_interval(metric, r), f"{_fmt(metric, r['followup'])} / {_fmt(metric, r['deepsec'])}",
                     f"{_mark(r['verdict_followup']) or '–'} / {_mark(r['verdict_deepsec']) or '–'}"]
         rows.append(row)
-    return _md_table(header, rows)
+    return markdown.table(header, rows)
 
 
 _VERDICT_LEGEND = ("Verdicts, computed by {ref}`the rule <verdicts>` and shown against the follow-up / DeepSec: ✓ "
@@ -373,7 +365,7 @@ def _corrected_page(profile, found, fresh, figures_dir) -> str:
         parts.append(f"## {title}: \"ε = 8\" versus ε = 8/255\n")
         rows = [[_label(m), _fmt(m, None if a is None else a.metrics.get(m)),
                  _fmt(m, None if b is None else b.metrics.get(m))] for m in metrics]
-        parts.append(_md_table(["metric", f"literal \"ε = 8\" ([{literal}](columns/{literal}.ipynb))",
+        parts.append(markdown.table(["metric", f"literal \"ε = 8\" ([{literal}](columns/{literal}.ipynb))",
                                 f"ε = 8/255 ([{corrected}](columns/{corrected}.ipynb))"], rows))
         if b is not None:
             parts.append(f"**Departures from the paper** ({profile} profile), ε = 8/255 column:\n")
@@ -463,7 +455,7 @@ def _allowances_page() -> str:
             parts.append(f"{allowance.rel * 100:g} % of the published value")
         rows.append([_label(metric), " or ".join(parts) + (" (the larger)" if len(parts) > 1 else ""),
                      allowance.why])
-    return _md_table(["metric", "allowance on each side of our interval", "why"], rows)
+    return markdown.table(["metric", "allowance on each side of our interval", "why"], rows)
 
 
 FINDINGS_SUBS = ("f_eps8_n", "f_eps8_saturated", "f_eps8_ass_code", "f_eps8_ass_255", "f_eps8_255_ass_code",
@@ -529,7 +521,7 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
                 mean = sum(values) / len(values)
                 std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
                 rows.append([label, *(show(v) for v in values), f"{show(mean)} ± {show(std)}"])
-        text = _md_table(["headline number", *(f"seed {r.parameters.get('seed')}" for r in seeds), "mean ± std"],
+        text = markdown.table(["headline number", *(f"seed {r.parameters.get('seed')}" for r in seeds), "mean ± std"],
                          rows)
     else:
         text = "*Only one seed was run under this profile.*\n"
@@ -557,16 +549,16 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
     subs.update({
         "f_eps8_n": str(ev["eps8"]["n"]),
         "f_eps8_saturated": f"{100 * ev['eps8']['eps8']['saturated']:.0f} %",
-        "f_eps8_ass_code": findings._f(ev['eps8']['eps8']['ASS_code']),
-        "f_eps8_ass_255": findings._f(ev['eps8']['eps8']['ASS_255']),
-        "f_eps8_255_ass_code": findings._f(ev['eps8']['eps8_255']['ASS_code']),
-        "f_eps8_255_ass_255": findings._f(ev['eps8']['eps8_255']['ASS_255']),
+        "f_eps8_ass_code": findings.fixed(ev['eps8']['eps8']['ASS_code']),
+        "f_eps8_ass_255": findings.fixed(ev['eps8']['eps8']['ASS_255']),
+        "f_eps8_255_ass_code": findings.fixed(ev['eps8']['eps8_255']['ASS_code']),
+        "f_eps8_255_ass_255": findings.fixed(ev['eps8']['eps8_255']['ASS_255']),
         "f_def_n_mnist": str(ev["definitions"]["mnist"]["n"]),
         "f_def_n_cifar": str(ev["definitions"]["cifar10"]["n"]),
         "f_shift_n": str(ev["logit_shift"]["n"]),
         "f_pat_crr_csr": f"{ev['pat_arithmetic']['crr_minus_csr']:.2f} %",
         "f_pat_implied": f"{ev['pat_arithmetic']['implied_defended']:.2f} %",
-        "f_eps8_cosine": findings._f(ev["eps8"]["eps8"]["centred_cosine"]),
+        "f_eps8_cosine": findings.fixed(ev["eps8"]["eps8"]["centred_cosine"]),
         "f_eps8_top2": _top_two(ev["eps8"]["eps8"]["adversarial_class_counts"]),
         "f_noise_top": _top_two(ev["eps8"].get("binary_noise_class_counts", [])),
         "f_def_flat_mnist": f"{ev['definitions']['mnist']['images_with_flat_perturbed_element']} of "
@@ -621,12 +613,12 @@ def _appendix_pages(gen: Path, profile: str, cols, found) -> None:
                 trained[m.get("key")] = (m["train_time_s"], m.get("from_cache", False))
     cached_total = sum(t for t, cached in trained.values() if cached)
     total = notebook_total + cached_total
-    text = _md_table(["column", "notebook", "device", "notebook wall time (s)", "training (s)", "commit"], rows)
+    text = markdown.table(["column", "notebook", "device", "notebook wall time (s)", "training (s)", "commit"], rows)
     text += (f"\nTotal: {total:.0f} s ({total / 60:.1f} min) for the {profile} profile: {notebook_total:.0f} s of "
              f"notebook wall time plus {cached_total:.0f} s of training served from the cache (each trained model "
              "counted once).\n")
     if versions:
-        text += "\n" + _md_table(["software", "version"], [[k, f"`{v}`"] for k, v in versions.items()
+        text += "\n" + markdown.table(["software", "version"], [[k, f"`{v}`"] for k, v in versions.items()
                                                          if k != "executable"])
     (gen / "appendix_runs.md").write_text(text, encoding="utf-8")
 
@@ -641,10 +633,10 @@ def _appendix_pages(gen: Path, profile: str, cols, found) -> None:
         for role, info in r.provenance.get("models", {}).items():
             if info.get("source") == ModelSource.DEEPSEC.value:
                 models[info.get("sha256")] = [f"DeepSec's released {role} model", f"`{info.get('sha256', '')}`"]
-    text = _md_table(["dataset", "copy", "training images (found / official)", "test images (found / official)"],
+    text = markdown.table(["dataset", "copy", "training images (found / official)", "test images (found / official)"],
                      list(data_rows.values()))
     if models:
-        text += "\n" + _md_table(["model", "sha256"], list(models.values()))
+        text += "\n" + markdown.table(["model", "sha256"], list(models.values()))
     (gen / "appendix_data.md").write_text(text, encoding="utf-8")
     (gen / "appendix_gpu.md").write_text(gpu_estimate(found), encoding="utf-8")
     (gen / "appendix_optimality.md").write_text(optimality_section(gen / "figures"), encoding="utf-8")
@@ -683,9 +675,9 @@ def gpu_estimate(found: dict) -> str:
              "(`repro.study.workload`): attack steps, CW2 iterations, training updates (a PAT epoch costs its "
              "crafting steps plus two updates per image), the metric suite, and the security evaluation's PGD "
              "restarts and APGD iterations on every image (an upper bound).\n\n")
-    text += _md_table(["column", f"estimated hours ({check['profile']} profile)"], rows)
+    text += markdown.table(["column", f"estimated hours ({check['profile']} profile)"], rows)
     text += "\nThroughput, units per second (one unit = one image through one step):\n\n"
-    text += _md_table(["model", *units], throughput)
+    text += markdown.table(["model", *units], throughput)
     return text
 
 
@@ -734,7 +726,7 @@ def optimality_section(figures_dir: Path) -> str:
                f"{setting['probes']} probes over ε ≤ {255 * setting['eps_max']:.0f}/255 × {setting['steps']} steps")
         text += (f"**{setting['dataset']}, {setting['norm'].upper()}** ({setting['n']} clean-correct test images; "
                  f"{how} = {setting['budget']} passes per image; d_max {setting['d_max']:.4f}):\n\n")
-        text += _md_table(["attack", "optimality", "success", f"median distance {unit}".strip(),
+        text += markdown.table(["attack", "optimality", "success", f"median distance {unit}".strip(),
                            "passes per image", "wall time (s)", "ms per forward"], rows) + "\n"
         library = {n: a["optimality"] for n, a in setting["attacks"].items()
                    if not n.startswith("ours") and REFERENCE_MARK not in n}
@@ -755,7 +747,7 @@ def optimality_section(figures_dir: Path) -> str:
              "best of all (dashed).\n```\n\n")
     text += ("How far the configuration each table column runs is from the best library implementation of the same "
              f"attack (within {100 * OPTIMALITY_SLACK:.0f} points counts as as strong):\n\n")
-    text += _md_table(["model, norm", "ours", "used by", "optimality", "best library implementation",
+    text += markdown.table(["model, norm", "ours", "used by", "optimality", "best library implementation",
                        "difference (points)", "as strong"], verdicts)
     return text
 
@@ -801,7 +793,7 @@ def glance(profile: str, found: dict) -> str:
                      _counts_short(verdict_counts(comp, "deepsec")),
                      f"{_label(key)} {_fmt_interval(key, r)}", _fmt(key, r["followup"]), _fmt(key, r["deepsec"]),
                      "; ".join(why) or "–"])
-    text = _md_table(["column", "vs follow-up (✓ / ✗ / n/c)", "vs DeepSec (✓ / ✗ / n/c)", "our key number [95 % CI]",
+    text = markdown.table(["column", "vs follow-up (✓ / ✗ / n/c)", "vs DeepSec (✓ / ✗ / n/c)", "our key number [95 % CI]",
                       "follow-up", "DeepSec", "why"], rows)
     text += ("\n✓ / ✗ / n/c count the published cells of a column: consistent, inconsistent, or not comparable (a "
              "departure of our run from the published setting can move the metric, and its effect is unmeasured or "
@@ -820,7 +812,7 @@ def glance(profile: str, found: dict) -> str:
         text += ("\nThe defended models attacked themselves, white-box (the security chapter): clean accuracy and "
                  "worst-case robust accuracy per image over PGD with restarts and AutoAttack, in % [95 % CI], on the "
                  "first n test images:\n\n"
-                 + _md_table(["defended model", "clean", "robust (worst case)", "n", "threat model"], attacked))
+                 + markdown.table(["defended model", "clean", "robust (worst case)", "n", "threat model"], attacked))
     data = {}
     for r in found.values():
         data.update(r.provenance.get("data", {}).get("datasets", {}))
@@ -870,7 +862,7 @@ def _notebooks_page(profile: str, cols) -> str:
     return ("# Executed notebooks\n\nEvery column of the tables, as papermill executed it under the "
             f"**{profile}** profile. Each wrote one result file, `results/{profile}/<column>.json`, from which the "
             "tables are generated; the notebook beside it is the execution shown here.\n\n"
-            + _md_table(["column", "id", "notebook"], rows))
+            + markdown.table(["column", "id", "notebook"], rows))
 
 
 def _copy_titled(src: Path, dest: Path, col: Column) -> None:

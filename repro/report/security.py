@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..study import security as sec
+from . import markdown
 from ..study.lookup import column_running
 from ..study.plan import COLUMNS, published_value
 from ..study.profiles import get_profile
@@ -42,13 +43,6 @@ def eps_text(value: float) -> str:
     """ε as the reader knows it: k/255 when it is one, else a decimal."""
     k = value * 255
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and value < 1 else f"{value:g}"
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    def line(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-    return "\n".join([line(header), line(["---"] * len(header))] + [line(r) for r in rows]) + "\n"
 
 
 def _security(found: dict) -> dict[str, dict]:
@@ -210,7 +204,7 @@ def _autoattack_section(evaluations: dict[str, dict], found: dict) -> list[str]:
                "threat model. The standard version runs APGD-CE, APGD-T (9 target classes), FAB-T and Square "
                "(5,000 queries); a cheaper profile runs the subset named below. Time is the attack's own wall time "
                "divided by all evaluated images (an image the model already misclassifies costs nothing):\n")
-    out.append(_md_table(["model", "version", "attacks", "APGD-T target classes", "APGD iterations",
+    out.append(markdown.table(["model", "version", "attacks", "APGD-T target classes", "APGD iterations",
                           "seconds per image", "seconds", "device"], rows))
     if checks:
         out.append("AutoAttack's own sanity checks said:\n")
@@ -244,7 +238,7 @@ def _transfer_section(evaluations: dict[str, dict], figures_dir: Path) -> list[s
                + (", ".join(f"{s} × {i:,}" for s, i in budgets) or NOT_COMPUTED)
                + " search steps × iterations, a cheap budget beside DeepSec's 10 × 10,000). Both columns give the "
                "defended model's accuracy; the white-box one is what an attacker who knows the defence obtains.\n")
-    out.append(_md_table(["defended model", "attack", "crafted on the raw model (DeepSec)",
+    out.append(markdown.table(["defended model", "attack", "crafted on the raw model (DeepSec)",
                           "crafted on the defended model (white-box)", "n"], rows))
     fig = transfer_figure(evaluations)
     figures.save(fig, figures_dir / "security_transfer.png")
@@ -270,7 +264,7 @@ def _masking_section(evaluations: dict[str, dict], figures_dir: Path) -> list[st
     rows = []
     for ev in evaluations.values():
         rows += _masking_rows(ev)
-    out.append(_md_table(MASKING_HEADER, rows))
+    out.append(markdown.table(MASKING_HEADER, rows))
     for i, (cid, ev) in enumerate(evaluations.items()):
         if not ev["masking"]:
             continue
@@ -291,7 +285,7 @@ def _anchor_section() -> list[str]:
     return ["## Anchors\n",
             "Published numbers to read ours against (CIFAR-10, L∞, ε = 8/255), with what each model was trained on "
             "and for how long, where that is known:\n",
-            _md_table(["model", "clean", "PGD", "AutoAttack", "attack setting", "training data",
+            markdown.table(["model", "clean", "PGD", "AutoAttack", "attack setting", "training data",
                        "training length", "source"], rows)]
 
 
@@ -361,7 +355,7 @@ def security_page(found: dict, profile: str, figures_dir) -> str:
                      f"{q['autoattack']['version']}, seed {q['seed']}; computed in "
                      f"{result.provenance.get('wall_time_s', float('nan')):.0f} s on "
                      f"{result.provenance.get('device', {}).get('name', '?')}.\n")
-        parts.append(_md_table(_robust_header(ev), _robust_rows(ev)))
+        parts.append(markdown.table(_robust_header(ev), _robust_rows(ev)))
         if ev.get("deepsec_eps"):
             parts.append(f"PGD at DeepSec's ε = {eps_text(ev['deepsec_eps'])} uses a step of ε/4 (Madry et al.'s "
                          "ratio); it is not part of the robust accuracy, which is at the threat model's ε.\n")

@@ -11,7 +11,8 @@ from ..models import DEEPSEC_CHECKPOINTS
 from ..study.plan import COLUMNS
 from ..study.profiles import get_profile
 from ..train.config import DEEPSEC_RECIPE, RECIPES
-from .security import DATASET_LABELS, _md_table, eps_text, with_interval
+from . import markdown
+from .security import DATASET_LABELS, eps_text, with_interval
 
 # The target for an adversarially trained ResNet-20 on the available test images (RobustBench's ResNet-20
 # entry, trained on the full data: 78.91 % clean, 37.40 % PGD).
@@ -175,7 +176,7 @@ def training_page(found: dict, profile: str, figures_dir) -> str:
         parts.append(f"## {COLUMNS[cid].title}\n")
         parts.append(f"[Executed notebook](columns/{cid}.ipynb); {n:,} test images; PGD ε = {eps_text(threat['eps'])}, "
                      f"step {eps_text(threat['step_size'])}, {threat['steps']} steps, one random start.\n")
-        parts.append(_md_table(_header(ev), _rows(ev)))
+        parts.append(markdown.table(_header(ev), _rows(ev)))
         if any(rec["arm"] for rec in ev["models"].values()):
             parts.append("\nRows named after an ablation arm differ from the profile's recipe only in what the label "
                          "says; the profile's own PAT recipe is the row without one.\n")

@@ -196,7 +196,7 @@ def headline(evidence: dict) -> dict:
     }
 
 
-def _f(value, digits=3) -> str:
+def fixed(value, digits=3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "∞" if value == math.inf else "–"
     text = f"{value:.{digits}f}"
@@ -214,10 +214,10 @@ def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
                         "follow-up's \"ε = 8\" column"]]}
     published = {m: published_value("1", "pgd_eps8_wide", "follow-up", m) for m in
                  ("MR", "ALD_Linf", "ALD_L2", "PSD", "ASS")}
-    rows = (("MR", "MR", _pct), ("L∞ (ALD)", "ALD_Linf", _f), ("L2 (ALD)", "ALD_L2", _f), ("PSD", "PSD", _f),
-            ("ASS, data range 2 (DeepSec's code)", "ASS_code", _f), ("ASS, data range 255 (correct)", "ASS_255", _f),
+    rows = (("MR", "MR", _pct), ("L∞ (ALD)", "ALD_Linf", fixed), ("L2 (ALD)", "ALD_L2", fixed), ("PSD", "PSD", fixed),
+            ("ASS, data range 2 (DeepSec's code)", "ASS_code", fixed), ("ASS, data range 255 (correct)", "ASS_255", fixed),
             ("pixel values at exactly 0 or 1", "saturated", _pct),
-            ("centred cosine between clean and adversarial image", "centred_cosine", _f))
+            ("centred cosine between clean and adversarial image", "centred_cosine", fixed))
     for label, key, fmt in rows:
         pub_key = "ASS" if key == "ASS_code" else key
         pub = published.get(pub_key)
@@ -239,9 +239,9 @@ def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
     pub_l1 = published_value("1", "pgd_resnet20", "follow-up", "ALD_L2")
     pub_l2 = published_value("1", "pgd_resnet20", "follow-up", "ALD_Linf")
     tables["norms"] = [["norm of the perturbation", "ours (mean over successful AEs)", "follow-up's row"],
-                       ["L1", _f(cifar["norms"]["L1"], 1), "–"],
-                       ["L2", _f(cifar["norms"]["L2"]), f"\"L1\": {pub_l1.printed:.3f}"],
-                       ["L∞", _f(cifar["norms"]["Linf"]), f"\"L2\": {pub_l2.printed:.3f}"]]
+                       ["L1", fixed(cifar["norms"]["L1"], 1), "–"],
+                       ["L2", fixed(cifar["norms"]["L2"]), f"\"L1\": {pub_l1.printed:.3f}"],
+                       ["L∞", fixed(cifar["norms"]["Linf"]), f"\"L2\": {pub_l2.printed:.3f}"]]
 
     defs = [["metric", "MNIST: code", "MNIST: paper", "CIFAR-10: code", "CIFAR-10: paper"]]
     mnist = evidence["definitions"]["mnist"]
@@ -250,10 +250,10 @@ def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
               "ALD_Linf": "ALD L∞ (code: raw; paper: / ‖x‖∞)",
               "PSD": "PSD (code: 1 − std; paper: 1/std)", "ASS": "ASS (code: data range 2; correct: 255)"}
     def paper(ev, key):  # the JSON stores an infinite mean as null: say ∞ where the evidence says it is
-        return "∞" if key == "PSD" and ev.get("paper_PSD_infinite") else _f(ev["paper"][key])
+        return "∞" if key == "PSD" and ev.get("paper_PSD_infinite") else fixed(ev["paper"][key])
 
     for key, label in labels.items():
-        defs.append([label, _f(mnist["code"][key]), paper(mnist, key), _f(cifar["code"][key]), paper(cifar, key)])
+        defs.append([label, fixed(mnist["code"][key]), paper(mnist, key), fixed(cifar["code"][key]), paper(cifar, key)])
     tables["definitions"] = defs
 
     shift = evidence["logit_shift"]

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import data as data_mod
+from .._io import lookup
 from ..attacks import get_config, labels_field, prepare_model, run_attack
 from ..metrics.uncertainty import clopper_pearson
 from ..train import DEFENCES, TrainConfig
@@ -45,8 +46,6 @@ MASKING_EPS = {"mnist": (0.1, 0.2, 0.3, 0.5, 1.0),
 # PGD step of the masking curves: 2.5·ε/steps, so that any number of steps can cross the ε-ball (Madry et al.'s
 # robustness library uses the same rule of thumb).
 MASKING_STEP_FACTOR = 2.5
-# The transfer comparison's attacks, with DeepSec's parameters (CW2's iteration budget comes from the profile).
-TRANSFER_ATTACKS = ("fgsm", "pgd", "cw2")
 CONFIDENCE_LEVEL = 0.95
 
 # ------------------------------------------------------------------------------------------ masking verdict rule
@@ -105,7 +104,7 @@ ANCHORS: tuple[Anchor, ...] = (
     Anchor(model="DeepSec's PAT ResNet-20, CIFAR-10", clean=0.8023, pgd=None, autoattack=None,
            attack_setting="clean accuracy only (DeepSec's defence evaluation scores transferred examples)",
            training_data="the CIFAR-10 training set less DeepSec's 10 % validation split (45,000 images)",
-           training_length="DeepSec's CIFAR-10 recipe from scratch, 200 epochs (SPEC §2, §5)",
+           training_length="DeepSec's CIFAR-10 recipe from scratch, 200 epochs",
            source="Ling et al., DEEPSEC, IEEE S&P 2019, as printed in the follow-up's Table 2 (PAT-DeepSec)"),
 )
 # The follow-up's comparison (its discussion of Table 2): its PAT "ε = 8" model's accuracy (on clean images) is
@@ -126,6 +125,7 @@ class EvaluatedModel:
     column: str
     role: str
     transfer_from: str | None = None
+    width: int | None = None  # the wide ResNet's width when it is not the profile's (a rung of the width ladder)
 
 
 SECURITY_MODELS: dict[str, tuple[EvaluatedModel, ...]] = {
@@ -145,6 +145,27 @@ SECURITY_MODELS: dict[str, tuple[EvaluatedModel, ...]] = {
 }
 
 
+def evaluated_models(dataset: str, profile: str | Profile) -> tuple[EvaluatedModel, ...]:
+    """The models the security evaluation of ``dataset`` attacks under ``profile``: :data:`SECURITY_MODELS`, then,
+    for each width of the profile's :attr:`~repro.study.profiles.Profile.width_ladder`, the wide ResNet's raw and
+    PAT ε = 8/255 models at that width (the wide columns' recipe and budget otherwise).
+
+    Raises:
+        ValueError: an unknown dataset (the message lists the known ones).
+    """
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    base = lookup(SECURITY_MODELS, dataset, what="dataset")
+    rungs = [spec for spec in base if spec.id in LADDER_MODELS]
+    ladder = tuple(EvaluatedModel(f"{spec.id}_x{w}", f"{spec.label}, width ×{w}", spec.column, spec.role,
+                                  spec.transfer_from and f"{spec.transfer_from}_x{w}", width=w)
+                   for w in prof.width_ladder if w != prof.wide_width for spec in rungs)
+    return base + ladder
+
+
+# The wide ResNet's models that the width ladder repeats at other widths.
+LADDER_MODELS = ("raw_wide", "pat_8_255_wide")
+
+
 def model_config(spec: EvaluatedModel, profile: str | Profile, *, width: int | None = None,
                  epochs: int | None = None, train_subset: int | None = None, defence_init: str | None = None,
                  defence_recipe: str | None = None, defence_epochs: int | None = None,
@@ -161,7 +182,7 @@ def model_config(spec: EvaluatedModel, profile: str | Profile, *, width: int | N
     p = col.parameters_for(prof.name)
     if spec.role == "raw" and steps.uses_deepsec_checkpoint(p["model"], prof):
         return None
-    common = dict(dataset=p["dataset"], model=p["model"], profile=prof, width=width,
+    common = dict(dataset=p["dataset"], model=p["model"], profile=prof, width=spec.width or width,
                   logit_shift=p.get("logit_shift", True), seed=p["seed"], device=device, epochs=epochs,
                   train_subset=train_subset)
     if spec.role == "raw":
@@ -226,9 +247,8 @@ def resolve_security(p: dict, prof: Profile) -> dict:
     Raises:
         repro.study.steps.ParameterError: unknown dataset, a count below 1, a width on a model without one.
     """
-    require = steps._require
-    require(p.get("dataset") in SECURITY_MODELS,
-            f"unknown dataset {p.get('dataset')!r}; allowed: {', '.join(map(repr, SECURITY_MODELS))}")
+    steps.require(p.get("dataset") in SECURITY_MODELS,
+                  f"unknown dataset {p.get('dataset')!r}; allowed: {', '.join(map(repr, SECURITY_MODELS))}")
     budget = prof.security
     check_budget(budget)
     for name, field_name in BUDGET_PARAMETERS.items():
@@ -241,12 +261,12 @@ def resolve_security(p: dict, prof: Profile) -> dict:
         p["n_samples"] = data_mod.FULL_SIZES[p["dataset"]]["test"]
     if p["pgd_steps"] is None:
         p["pgd_steps"] = get_config("pgd", THREAT_MODEL[p["dataset"]])["steps"]
-    steps._count(p, "n_samples")
+    steps.check_count(p, "n_samples")
     for name in ("transfer_samples", "curve_samples"):
-        steps._count(p, name, optional=True)
+        steps.check_count(p, name, optional=True)
     for name in ("pgd_steps", "pgd_restarts", "binary_search_steps", "max_iterations", "curve_steps",
                  "square_queries"):
-        steps._count(p, name)
+        steps.check_count(p, name)
     for name in ("transfer_samples", "curve_samples"):
         p[name] = p["n_samples"] if p[name] is None else min(p[name], p["n_samples"])
     resolve_model_budgets(p, prof)
@@ -582,16 +602,16 @@ def resolve_model_budgets(p: dict, prof: Profile) -> None:
     """
     if p["dataset"] == "cifar10":
         p["width"] = prof.wide_width if p.get("width") is None else p["width"]
-        steps._count(p, "width")
+        steps.check_count(p, "width")
     else:
-        steps._require(p.get("width") in (None, 1), f"width applies to the wide ResNet of the cifar10 column only, "
+        steps.require(p.get("width") in (None, 1), f"width applies to the wide ResNet of the cifar10 column only, "
                                                     f"got width={p.get('width')!r} with dataset {p['dataset']!r}")
         p["width"] = None
     defence = prof.defence.for_dataset(p["dataset"])
     for name, default in (("epochs", prof.raw.epochs), ("train_subset", prof.raw.subset),
                           ("defence_epochs", defence.epochs), ("defence_subset", defence.subset)):
         p[name] = default if p.get(name) is None else p[name]
-        steps._count(p, name, optional=True)
+        steps.check_count(p, name, optional=True)
 
 
 def load_models(ctx: steps.Context) -> dict[str, nn.Module]:
@@ -602,7 +622,7 @@ def load_models(ctx: steps.Context) -> dict[str, nn.Module]:
 
     p = ctx.params
     out = {}
-    for spec in SECURITY_MODELS[p["dataset"]]:
+    for spec in evaluated_models(p["dataset"], ctx.profile):
         config = model_config(spec, ctx.profile, width=p["width"], epochs=p["epochs"], train_subset=p["train_subset"],
                               defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"],
                               device=str(ctx.device))
@@ -613,7 +633,7 @@ def load_models(ctx: steps.Context) -> dict[str, nn.Module]:
                                    "sha256": models_mod.DEEPSEC_CHECKPOINTS[p["dataset"]]["sha256"],
                                    "deepsec_commit": models_mod.DEEPSEC_COMMIT, "logit_shift": True}
         else:
-            out[spec.id] = steps._trained(ctx, config, spec.id)
+            out[spec.id] = steps.provide_model(ctx, config, spec.id)
         ctx.models[spec.id].update(label=spec.label, column=spec.column, role=spec.role)
     return out
 
@@ -624,7 +644,7 @@ def planned_work(ctx: steps.Context) -> str:
     from ..train import config_key
 
     p, lines = ctx.params, []
-    for spec in SECURITY_MODELS[p["dataset"]]:
+    for spec in evaluated_models(p["dataset"], ctx.profile):
         config = model_config(spec, ctx.profile, width=p["width"], epochs=p["epochs"], train_subset=p["train_subset"],
                               defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"])
         where = ("DeepSec's released checkpoint" if config is None else
@@ -678,7 +698,7 @@ def evaluate(ctx: steps.Context, models: dict[str, nn.Module], x: Tensor, y: Ten
 
     p = ctx.params
     dataset, bs, dev, seed = p["dataset"], p["batch_size"], ctx.device, p["seed"]
-    specs = SECURITY_MODELS[dataset]
+    specs = evaluated_models(dataset, ctx.profile)
     threat = threat_model(dataset)
     deepsec_eps = get_config("pgd", DEEPSEC_SETTING[dataset])["eps"]
     defended = [s for s in specs if s.role == "defended"]

@@ -31,13 +31,10 @@ from ..attacks import ATTACKS, labels_field
 from ..models import DEEPSEC_CHECKPOINTS, MODEL_DATASET
 from ..train import DEFENCES, RECIPES, TrainConfig
 from .plan import COLUMNS, departures as plan_departures, fingerprint
-from .profiles import PROFILES, Profile, get_profile
+from .profiles import PROFILES, Profile, departures_of, get_profile
 
 # Accuracy-vs-ε curves: PGD with `curve_steps` steps of ε/4 (Madry's 2/255 for ε = 8/255).
 CURVE_EPS = {"mnist": [0.0, 0.1, 0.2, 0.3, 0.4], "cifar10": [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 0.1]}
-# Notebook parameters every kind of notebook has, and those of notebooks that attack or defend a model.
-COMMON_PARAMETERS = ("profile", "column", "seed", "device", "results_dir", "batch_size")
-MODEL_PARAMETERS = ("dataset", "model", "width", "logit_shift", "epochs", "train_subset")
 BF16_DEPARTURE = ("bfloat16 autocast on the GPU in the {what} (the papers ran float32): logits and gradients are "
                   "rounded to 8 significant bits, so results differ from a float32 run within the intervals' noise")
 # The follow-up's name for PGD's step (accepted as an alias of step_size).
@@ -79,24 +76,24 @@ class Context:
 
 
 # --------------------------------------------------------------------------------------------------- validation
-def _require(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
     if not condition:
         raise ParameterError(message)
 
 
 def _number(p: dict, name: str, *, low: float = 0.0, strict: bool = False, high: float | None = None) -> None:
     value = p[name]
-    _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+    require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
              f"{name} must be a finite number, got {value!r}")
-    _require(value > low if strict else value >= low, f"{name} must be {'>' if strict else '>='} {low}, got {value!r}")
-    _require(high is None or value <= high, f"{name} must be <= {high}, got {value!r}")
+    require(value > low if strict else value >= low, f"{name} must be {'>' if strict else '>='} {low}, got {value!r}")
+    require(high is None or value <= high, f"{name} must be <= {high}, got {value!r}")
 
 
-def _count(p: dict, name: str, *, low: int = 1, optional: bool = False) -> None:
+def check_count(p: dict, name: str, *, low: int = 1, optional: bool = False) -> None:
     value = p[name]
     if value is None and optional:
         return
-    _require(isinstance(value, int) and not isinstance(value, bool) and value >= low,
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= low,
              f"{name} must be an integer >= {low}{' or None' if optional else ''}, got {value!r}")
 
 
@@ -117,9 +114,9 @@ def _check_rule(p: dict, name: str) -> None:
     if rule.get("kind") == "number":
         _number(p, name, strict=rule.get("strict", False), high=rule.get("high"))
     elif rule.get("kind") == "count":
-        _count(p, name)
+        check_count(p, name)
     elif rule.get("kind") == "choice":
-        _require(p[name] in rule["allowed"], f"{name} must be one of {', '.join(map(repr, rule['allowed']))}, "
+        require(p[name] in rule["allowed"], f"{name} must be one of {', '.join(map(repr, rule['allowed']))}, "
                                               f"got {p[name]!r}")
 
 
@@ -128,7 +125,7 @@ def _check_output_folder(results_dir: str, profile: str) -> None:
     there, by moving what a run saved in its staging folder) or one where the result could not be written."""
     folder = results_mod.resolve_path(results_dir) / profile
     committed = results_mod.resolve_path(results_mod.COMMITTED_RESULTS)
-    _require(folder != committed and committed not in folder.parents,
+    require(folder != committed and committed not in folder.parents,
              f"results_dir {results_dir!r} is inside the committed results/ tree, which only the pipeline writes "
              "(python -m repro.pipeline); use another folder, e.g. the default 'runs'")
     try:
@@ -141,15 +138,15 @@ def _check_output_folder(results_dir: str, profile: str) -> None:
 
 
 def _resolve_device(device) -> str:
-    _require(isinstance(device, str), f"device must be a string ('auto', 'cpu', 'cuda', 'cuda:N'), got {device!r}")
+    require(isinstance(device, str), f"device must be a string ('auto', 'cpu', 'cuda', 'cuda:N'), got {device!r}")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError as err:
         raise ParameterError(f"device {device!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:N')") from err
-    _require(dev.type in ("cpu", "cuda"), f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
-    _require(dev.type != "cuda" or torch.cuda.is_available(),
+    require(dev.type in ("cpu", "cuda"), f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    require(dev.type != "cuda" or torch.cuda.is_available(),
              f"device {device!r} asked for, but CUDA is not available on this machine; use 'cpu' or 'auto'")
     return str(dev)
 
@@ -187,7 +184,7 @@ def injected_parameters() -> set[str] | None:
 
 
 def resolve(*, attack: str | None = None, defence: str | None = None, findings: bool = False, security: bool = False,
-            training: bool = False, **params) -> dict:
+            training: bool = False, injected: set | None = None, **params) -> dict:
     """Validate a notebook's parameters and fill the budgets the profile decides.
 
     Args:
@@ -198,7 +195,9 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
         **params: the parameters cell's values. ``None`` for a budget (``n_samples``, ``batch_size``, ``width``,
             the attack's iteration budget, ``epochs``, ``train_subset``, ``defence_*``, ``eval_subset``,
             ``curve_samples``) means "the profile's value". PGD's ``eps_iter`` (the follow-up's name) is accepted
-            as ``step_size``.
+            as ``step_size``; given alone under papermill, it replaces the notebook's default ``step_size``.
+        injected: the parameters papermill injected (:func:`injected_parameters`; ``None``: unknown, every given
+            parameter counts as set by the caller).
 
     Returns:
         The effective parameters, JSON-ready (device as a string).
@@ -207,32 +206,35 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
         ParameterError: an unknown profile, dataset, model, attack or defence, a dataset/model mismatch, a negative
             ε, a step count below 1, ... — the message names the parameter and what is allowed.
     """
-    _require((attack is not None) + (defence is not None) + bool(findings) + bool(security) + bool(training) == 1,
+    require((attack is not None) + (defence is not None) + bool(findings) + bool(security) + bool(training) == 1,
              "give exactly one of attack=..., defence=..., findings=True, security=True or training=True")
-    _require(attack is None or attack in ATTACKS,
+    require(attack is None or attack in ATTACKS,
              f"unknown attack {attack!r}; allowed: {', '.join(map(repr, ATTACKS))}")
-    _require(defence is None or defence in DEFENCES,
+    require(defence is None or defence in DEFENCES,
              f"unknown defence {defence!r}; allowed: {', '.join(map(repr, DEFENCES))}")
     p = dict(params)
     for alias, name in ALIASES.items():
         if p.get(alias) is not None:
-            _require(p.get(name) in (None, p[alias]), f"{alias} (the follow-up's name) and {name} are the same "
-                                                      f"parameter; got both, {p[alias]!r} and {p[name]!r}")
+            # Under papermill, a parameter left at the notebook's default (not injected) gives way to its alias.
+            given = name not in p or injected is None or name in injected
+            require(not given or p.get(name) in (None, p[alias]),
+                     f"{alias} (the follow-up's name) and {name} are the same parameter; got both, "
+                     f"{p[alias]!r} and {p[name]!r}")
             p[name] = p[alias]
         p.pop(alias, None)
-    _require(p.get("profile") in PROFILES,
+    require(p.get("profile") in PROFILES,
              f"unknown profile {p.get('profile')!r}; allowed: {', '.join(map(repr, PROFILES))}")
     prof = get_profile(p["profile"])
-    _require(isinstance(p.get("column"), str) and p["column"].replace("_", "").replace("-", "").isalnum(),
+    require(isinstance(p.get("column"), str) and p["column"].replace("_", "").replace("-", "").isalnum(),
              f"column must be a plain name (letters, digits, _ and -), got {p.get('column')!r}")
-    _require(isinstance(p.get("results_dir"), str) and p["results_dir"] != "",
+    require(isinstance(p.get("results_dir"), str) and p["results_dir"] != "",
              f"results_dir must be a folder name, got {p.get('results_dir')!r}")
     _check_output_folder(p["results_dir"], p["profile"])
-    _count(p, "seed", low=0)
+    check_count(p, "seed", low=0)
     p["device"] = _resolve_device(p.get("device", "auto"))
     if p.get("batch_size") is None:
         p["batch_size"] = prof.batch_size
-    _count(p, "batch_size")
+    check_count(p, "batch_size")
     if security:
         from .security import resolve_security  # its budgets live with the security evaluation
 
@@ -244,33 +246,33 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
     if findings:
         if p.get("n_samples") is None:
             p["n_samples"] = prof.findings_samples
-        _count(p, "n_samples")
+        check_count(p, "n_samples")
         return p
 
-    _require(p.get("dataset") in data_mod.DATASETS,
+    require(p.get("dataset") in data_mod.DATASETS,
              f"unknown dataset {p.get('dataset')!r}; allowed: {', '.join(map(repr, data_mod.DATASETS))}")
-    _require(p.get("model") in MODEL_DATASET,
+    require(p.get("model") in MODEL_DATASET,
              f"unknown model {p.get('model')!r}; allowed: {', '.join(map(repr, MODEL_DATASET))}")
-    _require(MODEL_DATASET[p["model"]] == p["dataset"],
+    require(MODEL_DATASET[p["model"]] == p["dataset"],
              f"model {p['model']!r} is a {MODEL_DATASET[p['model']]} model but dataset is {p['dataset']!r}; "
              f"use dataset={MODEL_DATASET[p['model']]!r} or a {p['dataset']} model "
              f"({', '.join(repr(m) for m, d in MODEL_DATASET.items() if d == p['dataset'])})")
-    _require(isinstance(p.get("logit_shift"), bool), f"logit_shift must be True or False, got {p.get('logit_shift')!r}")
+    require(isinstance(p.get("logit_shift"), bool), f"logit_shift must be True or False, got {p.get('logit_shift')!r}")
     if p["model"] == "resnet20_wide":
         p["width"] = prof.wide_width if p.get("width") is None else p["width"]
-        _count(p, "width")
+        check_count(p, "width")
     else:
-        _require(p.get("width") in (None, 1),
+        require(p.get("width") in (None, 1),
                  f"width applies to model 'resnet20_wide' only, got width={p.get('width')!r} with model {p['model']!r}")
         p["width"] = None
     for name, default in (("epochs", prof.raw.epochs), ("train_subset", prof.raw.subset)):
         p[name] = default if p.get(name) is None else p[name]
-        _count(p, name, optional=True)
+        check_count(p, name, optional=True)
 
     if attack is not None:
         budget = prof.attack_budget(attack)
         p["n_samples"] = budget.n_candidates if p.get("n_samples") is None else p["n_samples"]
-        _count(p, "n_samples")
+        check_count(p, "n_samples")
         for name in attack_parameters(attack):
             if name in p and p[name] is None and name in budget.iterations:
                 p[name] = budget.iterations[name]
@@ -284,10 +286,10 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
     for name in defence_parameters(defence):
         if name in p:
             _check_rule(p, name)
-    _require(p.get("defence_init") in (None, "raw", "scratch"),
+    require(p.get("defence_init") in (None, "raw", "scratch"),
              f"defence_init must be 'raw', 'scratch' or None (the profile's), got {p.get('defence_init')!r}")
     budget = prof.defence.for_dataset(p["dataset"])
-    _require(p.get("defence_recipe") in (None, *RECIPES),
+    require(p.get("defence_recipe") in (None, *RECIPES),
              f"defence_recipe must be one of {', '.join(map(repr, RECIPES))} or None (the profile's), got "
              f"{p.get('defence_recipe')!r}")
     for name, default in (("defence_init", budget.init), ("defence_recipe", budget.recipe),
@@ -295,9 +297,9 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
                           ("eval_subset", prof.defence.eval_subset), ("curve_samples", prof.curve_samples)):
         p[name] = default if p.get(name) is None else p[name]
     for name in ("defence_epochs", "defence_subset", "eval_subset"):
-        _count(p, name, optional=True)
-    _count(p, "curve_samples")
-    _count(p, "curve_steps")
+        check_count(p, name, optional=True)
+    check_count(p, "curve_samples")
+    check_count(p, "curve_steps")
     return p
 
 
@@ -313,9 +315,10 @@ def setup(*, attack: str | None = None, defence: str | None = None, findings: bo
     injected = injected_parameters()
     if injected is not None:
         unknown = sorted(injected - set(params))
-        _require(not unknown, f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; allowed: "
+        require(not unknown, f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; allowed: "
                               f"{', '.join(map(repr, sorted(params)))}")
-    p = resolve(attack=attack, defence=defence, findings=findings, security=security, training=training, **params)
+    p = resolve(attack=attack, defence=defence, findings=findings, security=security, training=training,
+                injected=injected, **params)
     random.seed(p["seed"])
     np.random.seed(p["seed"] % 2**32)
     torch.manual_seed(p["seed"])
@@ -409,7 +412,7 @@ def model_available(config: TrainConfig, profile: Profile) -> bool:
     return is_cached(config, published=published_models(profile))
 
 
-def _trained(ctx: Context, config: TrainConfig, role: str):
+def provide_model(ctx: Context, config: TrainConfig, role: str):
     """Train ``config`` (or load it from the cache or the profile's published models); record it in the result
     under ``role``: its key, the sha256 of its ``model.pt``, the commit and code hash that trained it."""
     from ..train import train_cached
@@ -429,12 +432,12 @@ def _trained(ctx: Context, config: TrainConfig, role: str):
     trained_by = trained.provenance or {}
     published = Path(trained.checkpoint).parent == Path(published_models(ctx.profile))
     ctx.models[role] = {"source": ModelSource.TRAINED.value, "logit_shift": ctx.params.get("logit_shift", True),
-                        "config": results_mod._clean(_effective(trained.config)), "key": trained.key,
+                        "config": results_mod.json_ready(_effective(trained.config)), "key": trained.key,
                         "sha256": _io.sha256_file(Path(trained.checkpoint)),
                         "trained_commit": trained_by.get("git", {}).get("commit"),
                         "trained_dirty": trained_by.get("git", {}).get("dirty"), "code": trained_by.get("code"),
                         "loaded_from": "published" if published else "cache" if trained.from_cache else "trained",
-                        "history": results_mod._clean(trained.history), "best_epoch": trained.best_epoch,
+                        "history": results_mod.json_ready(trained.history), "best_epoch": trained.best_epoch,
                         "best_val_acc": trained.best_val_acc, "from_cache": trained.from_cache,
                         "train_time_s": trained.train_time_s}
     if published:
@@ -463,7 +466,7 @@ def raw_model(ctx: Context) -> torch.nn.Module:
                              "sha256": DEEPSEC_CHECKPOINTS[p["dataset"]]["sha256"],
                              "deepsec_commit": models.DEEPSEC_COMMIT, "logit_shift": p["logit_shift"]}
         return model
-    return _trained(ctx, _config_of(ctx), "raw")
+    return provide_model(ctx, _config_of(ctx), "raw")
 
 
 def defend(ctx: Context, raw: torch.nn.Module) -> torch.nn.Module:
@@ -478,7 +481,7 @@ def defend(ctx: Context, raw: torch.nn.Module) -> torch.nn.Module:
     if config.init == "deepsec" and not ctx.data["datasets"][p["dataset"]].get("official", True):
         ctx.notes.append("validated on the images of the partial copy that DeepSec's own split (seed 100) held out, "
                          "which its released raw model never trained on")
-    return _trained(ctx, config, "defended")
+    return provide_model(ctx, config, "defended")
 
 
 def _seconds_per_image_pass(config: TrainConfig, device: torch.device) -> float:
@@ -695,7 +698,7 @@ def result_name(ctx: Context) -> str:
     p = ctx.params
     if p["column"] in COLUMNS and is_pipeline_run(p):
         return p["column"]
-    digest = _io.sha256_text(_io.canonical_json(results_mod._clean(
+    digest = _io.sha256_text(_io.canonical_json(results_mod.json_ready(
         {k: v for k, v in p.items() if k not in ("results_dir", "column")})))
     return f"{p['column']}-{digest[:8]}"
 
@@ -710,6 +713,24 @@ def _plan_fingerprint(ctx: Context) -> str:
     return fingerprint(col, ctx.params["profile"]) if given == planned else ""
 
 
+def adhoc_uses(ctx: Context) -> frozenset:
+    """The parts of the profile's budget an ad-hoc run (no plan column) uses, read from its parameters as
+    :attr:`repro.study.plan.Column.uses` states them for plan columns."""
+    p = ctx.params
+    parts = {"attack"} if ctx.kind == "attack" else {"defence"} if ctx.kind == "defence" else set()
+    if p.get("model") == "resnet20_wide":
+        parts |= {"wide", "train_wide"}
+    elif parts:
+        parts.add("raw")
+    return frozenset(parts)
+
+
+def adhoc_departures(ctx: Context) -> list[str]:
+    """The profile's departures from the paper's budgets that an ad-hoc run inherits (e.g. RIC on a sample)."""
+    return departures_of(ctx.profile, uses=adhoc_uses(ctx), attack=ctx.name if ctx.kind == "attack" else None,
+                         dataset=ctx.params.get("dataset"))
+
+
 def finish(ctx: Context, metrics: dict, *, extra: dict | None = None) -> results_mod.Result:
     """Build the column's :class:`repro.results.Result` and write it, once, to
     ``<results_dir>/<profile>/<column>.json``.
@@ -719,7 +740,7 @@ def finish(ctx: Context, metrics: dict, *, extra: dict | None = None) -> results
     """
     p = ctx.params
     col = COLUMNS.get(p["column"])
-    deps = plan_departures(col, ctx.profile) if col is not None else []
+    deps = plan_departures(col, ctx.profile) if col is not None else adhoc_departures(ctx)
     deps += data_departures(ctx.data.get("datasets", {})) + ctx.departures
     result = results_mod.Result(
         column=p["column"], kind=ctx.kind, notebook=col.notebook if col else "", profile=p["profile"],

@@ -38,7 +38,7 @@ def trained_models(dataset: str, profile: str | Profile) -> list[TrainedModel]:
     models, each defended model's seed replicates run under the profile, then the ablation arms (variants of the
     first defended model's training)."""
     prof = get_profile(profile) if isinstance(profile, str) else profile
-    specs = security.SECURITY_MODELS[dataset]
+    specs = security.evaluated_models(dataset, prof)
     out = [TrainedModel(spec) for spec in specs]
     running = {c.id: c for c in columns_for(prof.name)}
     for spec in specs:
@@ -75,15 +75,14 @@ def resolve_training(p: dict, prof: Profile) -> dict:
     Raises:
         repro.study.steps.ParameterError: unknown dataset, a count below 1, a width on a model without one.
     """
-    require = steps._require
-    require(p.get("dataset") in security.SECURITY_MODELS,
-            f"unknown dataset {p.get('dataset')!r}; allowed: {', '.join(map(repr, security.SECURITY_MODELS))}")
+    steps.require(p.get("dataset") in security.SECURITY_MODELS,
+                  f"unknown dataset {p.get('dataset')!r}; allowed: {', '.join(map(repr, security.SECURITY_MODELS))}")
     if p.get("n_samples") is None:
         p["n_samples"] = prof.training_images.get(p["dataset"]) or data_mod.FULL_SIZES[p["dataset"]]["test"]
     if p.get("pgd_steps") is None:
         p["pgd_steps"] = prof.training_pgd_steps or security.threat_model(p["dataset"])["steps"]
-    steps._count(p, "n_samples")
-    steps._count(p, "pgd_steps")
+    steps.check_count(p, "n_samples")
+    steps.check_count(p, "pgd_steps")
     security.resolve_model_budgets(p, prof)
     return p
 
@@ -120,7 +119,7 @@ def evaluate(ctx: steps.Context, x: Tensor, y: Tensor) -> dict:
             record = None
             out["deepsec_split"] = _split_accuracy(net, p["dataset"], model.spec, ctx)
         else:
-            net = steps._trained(ctx, config, mid)
+            net = steps.provide_model(ctx, config, mid)
             trained = ctx.models[mid]
             recipe = trained["config"]["recipe"]
             record = {"init": trained["config"]["init"], "recipe": recipe["name"], "optimiser": recipe["optimiser"],

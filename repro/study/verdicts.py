@@ -110,7 +110,8 @@ class Effect:
     (both ``None``: unmeasured). ``kind`` says where the numbers come from: "unmeasured"; "published pair" (the
     follow-up's run of the same setting on the released checkpoint against DeepSec's paper, ``detail`` holding both
     printed values and, under "raw_accuracy", :func:`raw_accuracy_evidence`); "paired" (a run of both settings on
-    the same images)."""
+    the same images); "measurement column" (the same attack on a model that varies this departure: a plan column
+    whose :attr:`Column.measures` is this column, ``detail`` naming it and both values)."""
 
     departure: str
     metric: str
@@ -143,12 +144,20 @@ def budget_departures(col: Column, profile: Profile, *, datasets: dict | None = 
     """Metric → the worded budget departures of ``col`` under ``profile`` that can move it (both references), on the
     data ``datasets`` records (a result's ``provenance["data"]["datasets"]``: a partial training set moves every
     model trained here)."""
-    out: dict[str, list[str]] = {}
+    return {metric: [label for _, label in parts]
+            for metric, parts in _budget_departure_parts(col, profile, datasets=datasets).items()}
 
-    def add(scope: str, why: str) -> None:
+
+def _budget_departure_parts(col: Column, profile: Profile, *,
+                            datasets: dict | None = None) -> dict[str, list[tuple[str, str]]]:
+    """Metric → ``(part, label)`` of each budget departure that can move it; ``part`` is the :attr:`Column.uses`
+    part of the profile's budget the departure belongs to (a partial training set: the model's training part)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+
+    def add(scope: str, why: str, part: str) -> None:
         for key in _scope_keys(col, scope):
-            if key in col.metric_keys and why not in out.get(key, []):
-                out.setdefault(key, []).append(why)
+            if key in col.metric_keys and why not in [label for _, label in out.get(key, [])]:
+                out.setdefault(key, []).append((part, why))
 
     changed = budget_differences(profile, uses=col.uses, attack=col.attack, dataset=col.parameters.get("dataset"))
     for part, name, ours, paper in changed:
@@ -157,12 +166,31 @@ def budget_departures(col: Column, profile: Profile, *, datasets: dict | None = 
             shown = lambda v: "all" if v is None and name == "subset" else "DeepSec's" if v is None and \
                 name == "recipe" else "the recipe's" if v is None \
                 else f"{v:,}" if isinstance(v, int) else str(v)  # noqa: E731
-            add(scope, f"{label} {shown(ours)} instead of {shown(paper)}")
+            add(scope, f"{label} {shown(ours)} instead of {shown(paper)}", part)
     partial = [d for d in (datasets or {}).values() if not d.get("official", True)]
     if partial and ("train_wide" in col.uses or "defence" in col.uses):
         add("all" if "train_wide" in col.uses else "defended",
-            f"trained on {partial[0].get('train', 0):,} of {partial[0].get('full_train', 0):,} training images")
+            f"trained on {partial[0].get('train', 0):,} of {partial[0].get('full_train', 0):,} training images",
+            "train_wide" if "train_wide" in col.uses else "defence")
     return out
+
+
+def measured_departure(col: Column, part: str, metric: str, profile: Profile, found: dict) -> tuple | None:
+    """``(low, high, detail)`` of how far the departures of ``col``'s budget ``part`` move ``metric``, measured by a
+    plan measurement column (:attr:`Column.measures` ``== col.id``, :attr:`Column.varies` ``== part``): the interval
+    of ``ours − theirs`` from the two results' 95 % intervals (their half-widths add: conservative); ``None``
+    without such a column's result or where either interval is missing."""
+    ours = found.get(col.id)
+    for other in columns_for(profile.name):
+        if other.measures != col.id or other.varies != part or other.id not in found or ours is None:
+            continue
+        a, b = ours.intervals.get(metric) or {}, found[other.id].intervals.get(metric) or {}
+        if None in (a.get("low"), a.get("high"), b.get("low"), b.get("high")):
+            return None
+        return (a["low"] - b["high"], a["high"] - b["low"],
+                {"column": other.id, "model": other.model_label, "ours": finite(ours.metrics.get(metric)),
+                 "theirs": finite(found[other.id].metrics.get(metric))})
+    return None
 
 
 def noncomparable(col: Column, profile: Profile, *, datasets: dict | None = None) -> dict[str, str]:
@@ -222,8 +250,16 @@ def effects(col: Column, profile: Profile, *, reference: str, found: dict | None
     ``reference`` ("followup" or "deepsec") that can move that metric, measured from the results in ``found``
     (column id → result) where a measurement exists."""
     out: dict[str, list[Effect]] = {}
-    for metric, labels in budget_departures(col, profile, datasets=datasets).items():
-        out[metric] = [Effect(label, metric) for label in labels]
+    for metric, parts in _budget_departure_parts(col, profile, datasets=datasets).items():
+        out[metric] = []
+        for part in dict.fromkeys(part for part, _ in parts):  # a measurement column varies a part as a whole
+            labels = [label for p, label in parts if p == part]
+            measured = measured_departure(col, part, metric, profile, found or {})
+            if measured is None:
+                out[metric] += [Effect(label, metric) for label in labels]
+            else:
+                out[metric].append(Effect("; ".join(labels), metric, measured[0], measured[1],
+                                          "measurement column", measured[2]))
     if reference == "deepsec" and _uses_released_checkpoint(col, profile):
         pub = _published(col)
         evidence = raw_accuracy_evidence(col.parameters.get("dataset"), profile, found or {})

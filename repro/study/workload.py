@@ -33,8 +33,9 @@ class Work:
 
 def model_keys(profile: Profile) -> dict[str, tuple[str, dict]]:
     """The architectures a profile uses, as benchmark keys → (model name, factory keywords)."""
+    widths = sorted({profile.wide_width, *profile.width_ladder})
     return {"mnist_convnet": ("mnist_convnet", {}), "resnet20": ("resnet20", {}),
-            f"resnet20_wide_x{profile.wide_width}": ("resnet20_wide", {"width": profile.wide_width})}
+            **{f"resnet20_wide_x{w}": ("resnet20_wide", {"width": w}) for w in widths}}
 
 
 def _train_images(dataset: str, subset: int | None, recipe: Recipe) -> int:
@@ -55,7 +56,8 @@ def workload(profile: str | Profile = "paper") -> list[Work]:
             continue
         p = col.parameters_for(prof.name)
         dataset = p.get("dataset")
-        model = wide if p.get("model") == "resnet20_wide" else p.get("model")
+        model = (f"resnet20_wide_x{p['width']}" if p.get("width") else wide) if p.get("model") == "resnet20_wide" \
+            else p.get("model")
         if col.attack:
             budget = prof.attack_budget(col.attack)
             if col.attack == "cw2":
@@ -67,8 +69,8 @@ def workload(profile: str | Profile = "paper") -> list[Work]:
                 out.append(Work(col.id, f"{budget.n_candidates:,} images × {p['steps']} steps", "pgd_step", model,
                                 budget.n_candidates * p["steps"]))
             out.append(Work(col.id, "metric suite", "metrics", dataset, budget.n_candidates))
-        if ("raw" in col.uses and prof.raw.source == "train" or model == wide) and model not in trained_raw \
-                and col.table in ("1", "2", "corrected"):
+        if ("raw" in col.uses and prof.raw.source == "train" or p.get("model") == "resnet20_wide") \
+                and model not in trained_raw and col.table in ("1", "2", "corrected", "measure"):
             trained_raw.add(model)
             recipe = RECIPES[DEEPSEC_RECIPE[dataset]]
             epochs, n = prof.raw.epochs or recipe.epochs, _train_images(dataset, prof.raw.subset, recipe)
@@ -90,9 +92,9 @@ def workload(profile: str | Profile = "paper") -> list[Work]:
             aa_iterations = sec.autoattack_iterations or security.AUTOATTACK_ITERATIONS
             per_image = sec.pgd_restarts * steps + (1 + targets) * aa_iterations
             models: dict[str, int] = {}
-            for spec in security.SECURITY_MODELS[dataset]:
+            for spec in security.evaluated_models(dataset, prof):
                 arch = COLUMNS[spec.column].parameters_for(prof.name).get("model")
-                name = wide if arch == "resnet20_wide" else arch
+                name = (f"resnet20_wide_x{spec.width}" if spec.width else wide) if arch == "resnet20_wide" else arch
                 models[name] = models.get(name, 0) + 1
             for name, count in models.items():
                 out.append(Work(col.id, f"{count} models × {n:,} images × {per_image} steps (PGD restarts, APGD)",

@@ -40,8 +40,7 @@ def test_the_committed_quick_results_decide_these_claims(found):
     assert set(got) == set(claims.CLAIMS)
     assert got["eps8_is_madry"] == Status.REFUTED and got["eps8_slightly_worse"] == Status.REFUTED
     assert got["nat_crr_csr_text"] == Status.REFUTED
-    assert got["wider_is_more_robust"] == Status.UNTESTED  # width ×1 under quick
-    assert got["nat_increases_accuracy"] == Status.UNTESTED  # NAT trained 2 of 20 epochs: not comparable
+    assert got["wider_is_more_robust"] != Status.UNTESTED  # the width ladder (×1, ×2) decides it under quick
 
 
 def test_each_decision_follows_the_data_it_reads(found):
@@ -54,10 +53,30 @@ def test_each_decision_follows_the_data_it_reads(found):
     # The same NAT result judged without the profile's departures (as if run under paper): its negative CAV now
     # decides, and refutes "NAT increases accuracy".
     assert _decide("nat_increases_accuracy", found, profile="paper").status == Status.REFUTED
-    # A wide model of width 2 is no longer "width ×1"; without a ladder at equal recipe the claim stays untested.
-    wide = _with(found, "pgd_eps8_wide", parameters={"width": 2})
-    d = _decide("wider_is_more_robust", wide)
-    assert d.status == Status.UNTESTED and d.reason == "no_ladder" and d.numbers["widths"] == [1, 2]
+    # The width ladder decides by paired tests on the same images: the ×2 model's bits swapped for the ×1 model's
+    # make the claim inconclusive (no discordant pair), a ×2 model that loses every robust image refutes it.
+    sec = found["security_cifar10"]
+    models = sec.extra["security"]["models"]
+
+    def ladder(**x2):
+        changed = {**models, "pat_8_255_wide_x2": {**models["pat_8_255_wide_x2"], **x2}}
+        extra = {**sec.extra, "security": {**sec.extra["security"], "models": changed}}
+        return dict(found, security_cifar10=dataclasses.replace(sec, extra=extra))
+
+    same = ladder(clean=models["pat_8_255_wide"]["clean"], robust=models["pat_8_255_wide"]["robust"])
+    d = _decide("wider_is_more_robust", same)
+    assert d.status == Status.INCONCLUSIVE and d.numbers["robust"]["p"] == 1.0
+    n = models["pat_8_255_wide"]["robust"]["n"]
+    lost = ladder(robust={"rate": 0.0, "k": 0, "n": n, "correct": "0" * n})
+    assert _decide("wider_is_more_robust", lost).status == Status.REFUTED
+    gained = ladder(clean={"rate": 1.0, "k": n, "n": n, "correct": "1" * n},
+                    robust={"rate": 1.0, "k": n, "n": n, "correct": "1" * n})
+    assert _decide("wider_is_more_robust", gained).status == Status.CONFIRMED
+    # without the ladder's models in the result, the claim is not tested
+    none = {k: m for k, m in models.items() if not k.endswith("_x2")}
+    bare = dict(found, security_cifar10=dataclasses.replace(
+        sec, extra={**sec.extra, "security": {**sec.extra["security"], "models": none}}))
+    assert _decide("wider_is_more_robust", bare).status == Status.UNTESTED
 
 
 @pytest.mark.parametrize("profile", ["quick", "paper"])

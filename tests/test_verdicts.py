@@ -144,3 +144,37 @@ def test_a_consistent_verdict_at_a_bound_is_marked_uninformative():
     assert "ε" in verdicts.power(col, "ALD_Linf", 0.1, low=0.1, high=0.1, params={"eps": 0.1})
     assert verdicts.power(col, "ALD_L0", 0.978, low=0.977, high=0.978) is None
     assert verdicts.power(col, "MR", 0.80, low=0.78, high=0.82) is None
+
+
+def _attack_result(cid, values: dict, profile="quick"):
+    """A result with ``metric → (value, low, high)``."""
+    return results.Result(column=cid, kind="attack", notebook="pgd.ipynb", profile=profile, parameters={"seed": 100},
+                          metrics={m: v for m, (v, _, _) in values.items()},
+                          intervals={m: {"low": lo, "high": hi, "method": "bootstrap", "n": 900}
+                                     for m, (_, lo, hi) in values.items()})
+
+
+def test_a_measurement_column_turns_its_departure_into_a_measured_effect():
+    quick = get_profile("quick")
+    col = plan.column("pgd_eps8_wide")
+    ours = {"ALD_Linf": (0.971, 0.970, 0.972), "ALD_L2": (28.98, 28.90, 29.06)}
+    # converged ResNet-20 and ×2 wide ResNet: the L∞ distance does not move (a property of the [0, 1] box); L2 moves
+    same = {"ALD_Linf": (0.973, 0.972, 0.974), "ALD_L2": (26.00, 25.90, 26.10)}
+    found = {"pgd_eps8_wide": _attack_result("pgd_eps8_wide", ours),
+             "pgd_eps8_resnet20": _attack_result("pgd_eps8_resnet20", same),
+             "pgd_eps8_wide_x2": _attack_result("pgd_eps8_wide_x2", same)}
+    got = verdicts.effects(col, quick, reference="followup", found=found)
+    linf = [e for e in got["ALD_Linf"] if e.kind == "measurement column"]
+    # one effect per varied part (the epochs, subset and partial-data departures are one training part)
+    assert sorted(e.detail["column"] for e in linf) == ["pgd_eps8_resnet20", "pgd_eps8_wide_x2"]
+    assert all(e.low == pytest.approx(0.970 - 0.974) and e.high == pytest.approx(0.972 - 0.972) for e in linf)
+    cell = judge(low=0.970, high=0.972, published=0.975, metric="ALD_Linf", effects=got["ALD_Linf"])
+    assert cell.verdict == Verdict.CONSISTENT and not cell.blocking  # measured small: no longer "not comparable"
+    l2 = judge(low=28.90, high=29.06, published=29.23, metric="ALD_L2", effects=got["ALD_L2"])
+    assert l2.verdict == Verdict.NOT_COMPARABLE and l2.blocking  # measured large: still counts
+    # without the measurement columns, the same departures are unmeasured and block every cell
+    bare = verdicts.effects(col, quick, reference="followup", found={"pgd_eps8_wide": found["pgd_eps8_wide"]})
+    assert all(not e.measured for e in bare["ALD_Linf"])
+    rows = verdicts.measurement_rows("quick", found)
+    assert [b["column"] for b in rows] == ["pgd_eps8_resnet20", "pgd_eps8_wide_x2"]
+    assert {r["metric"]: r["within"] for r in rows[0]["rows"]} == {"ALD_Linf": True, "ALD_L2": False}

@@ -374,6 +374,7 @@ def _corrected_page(profile, found, fresh, figures_dir) -> str:
             if not fresh.get(corrected, False):
                 parts.append("```{warning}\nThe ε = 8/255 result is stale (computed with other code or "
                              "parameters).\n```\n")
+    parts.append(_measured_section(profile, found))
     curves = {COLUMNS[cid].title: r.extra["accuracy_vs_eps"] for cid, r in found.items()
               if cid in COLUMNS and COLUMNS[cid].defence and "accuracy_vs_eps" in r.extra}
     if curves:
@@ -389,6 +390,28 @@ def _corrected_page(profile, found, fresh, figures_dir) -> str:
             parts.append(f"```{{figure}} figures/{name}\n:width: 70%\n\n{label}: raw and defended accuracy versus "
                          f"ε ({curve['n']} test images).\n```\n")
     return "\n".join(parts)
+
+
+# What each kind of measurement column varies, in the reader's words (Column.varies → text).
+VARIES_TEXT = {"train_wide": "the same architecture (ResNet-20 is the ×1 wide ResNet) trained by DeepSec to "
+                             "convergence on all training images, i.e. our training-length and training-data "
+                             "departures",
+               "wide": "the same recipe, budget and data at twice the width, i.e. our width departure on its first "
+                       "rung (the follow-up's ×10 is not run under this profile)"}
+
+
+def _measured_section(profile: str, found: dict) -> str:
+    """The measurement columns' section: :func:`repro.study.verdicts.measurement_rows`, formatted and rendered."""
+    blocks = []
+    for b in verdicts.measurement_rows(profile, found):
+        rows = [{"metric": _label(r["metric"]), "ours": _fmt(r["metric"], r["ours"]),
+                 "theirs": _fmt(r["metric"], r["theirs"]),
+                 "diff": _fmt(r["metric"], None if None in (r["ours"], r["theirs"]) else r["ours"] - r["theirs"]),
+                 "low": _fmt(r["metric"], r["low"]), "high": _fmt(r["metric"], r["high"]),
+                 "allowance": _fmt(r["metric"], r["allowance"]), "within": r["within"]} for r in b["rows"]]
+        blocks.append({**b, "rows": rows, "what": VARIES_TEXT.get(b["varies"], b["varies"]),
+                       "measures_title": COLUMNS[b["measures"]].title})
+    return render("measured.md.j2", blocks=blocks)
 
 
 # Published numbers the hand-written chapters quote: substitution name → (the column, found by what it runs, source,
@@ -426,8 +449,14 @@ def _methods_subs(profile: str, found: dict) -> dict[str, str]:
     for _, factor in recipe.lr_decays:
         final *= factor
     arms = [a.label for a in prof.defence.ablation if a.dataset == "cifar10"]
+    nat_cols = columns_running(profile, defence="nat", replicates=True)
+    epochs, full = prof.defence.for_dataset("mnist").epochs, RECIPES[DEEPSEC_RECIPE["mnist"]].epochs
+    seeds = sorted(c.parameters["seed"] for c in nat_cols)
+    budget = (f"all {full} of its epochs" if epochs in (None, full) else f"{epochs} of its {full} epochs")
     return {"m_nat_epoch_time": nat, "m_deepsec_cifar_final_lr": f"{final:.1g}",
-            "m_ablation_arms": "; ".join(arms) if arms else "none under this profile"}
+            "m_ablation_arms": "; ".join(arms) if arms else "none under this profile",
+            "m_nat_budget": budget,
+            "m_nat_seeds": ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))}
 
 
 def _verdict_subs(profile: str, found: dict) -> dict[str, str]:

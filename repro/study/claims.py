@@ -28,7 +28,11 @@ SLIGHT = 2.0  # a ratio beyond which a change in a distance is not "slight"
 class Status(str, enum.Enum):
     CONFIRMED = "confirmed"
     REFUTED = "refuted"
+    INCONCLUSIVE = "inconclusive"  # tested, and the measured difference is within its noise
     UNTESTED = "not tested here"
+
+
+SIGNIFICANCE = 0.05  # two-sided level of the paired tests that decide a claim comparing two models
 
 
 @dataclass(frozen=True)
@@ -224,19 +228,54 @@ def _pat_drop(v: View) -> Decision:
                     "within_madry" if inside else "outside_madry", numbers, (col.id,))
 
 
+def paired_test(a: str, b: str) -> dict:
+    """McNemar's exact test of two models on the same images, from their per-image outcome bits (``"1"``: correct):
+    ``only_a``/``only_b`` (images only that model gets right) and the two-sided ``p`` of the binomial test on those
+    discordant pairs (scipy's ``binomtest``); ``p`` is 1.0 without any discordant pair."""
+    from scipy.stats import binomtest
+
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes need the same images: {len(a)} and {len(b)} outcomes")
+    only_a = sum(x == "1" and y == "0" for x, y in zip(a, b))
+    only_b = sum(x == "0" and y == "1" for x, y in zip(a, b))
+    p = 1.0 if only_a + only_b == 0 else float(binomtest(only_b, only_a + only_b, 0.5).pvalue)
+    return {"only_a": only_a, "only_b": only_b, "p": p}
+
+
 @claim("wider_is_more_robust")
 def _wider(v: View) -> Decision:
-    """"A wider ResNet gives more accuracy and a more robust model": not tested while every "wide" model of the
-    profile has the width of ResNet-20 itself (×1)."""
-    wide = [c for c in v.columns if c.parameters.get("model") == "resnet20_wide" and c.id in v.found]
-    widths = sorted({v.found[c.id].parameters.get("width") for c in wide} - {None})
-    if not wide:
-        return _missing("wider_is_more_robust", "a wide ResNet column")
-    if max(widths, default=1) <= 1:
-        return Decision("wider_is_more_robust", Status.UNTESTED, "width_one", {"widths": widths},
-                        tuple(c.id for c in wide))
-    return Decision("wider_is_more_robust", Status.UNTESTED, "no_ladder", {"widths": widths},
-                    tuple(c.id for c in wide))
+    """"A wider ResNet gives more accuracy and a more robust model": decided on the width ladder of the security
+    evaluation (the wide ResNet's PAT ε = 8/255 model at the profile's width and at each ladder width, same recipe,
+    budget and test images): confirmed when the wider model's clean and worst-case robust accuracy are both higher
+    by McNemar's exact test at :data:`SIGNIFICANCE`, refuted when either is lower, inconclusive otherwise; not tested
+    while the profile has no ladder."""
+    sec = next((c for c in v.columns if c.table == "security" and c.parameters.get("dataset") == "cifar10"
+                and c.id in v.found), None)
+    if sec is None:
+        return _missing("wider_is_more_robust", "the CIFAR-10 security evaluation")
+    from .security import evaluated_models
+
+    models = v.found[sec.id].extra.get("security", {}).get("models", {})
+    specs = evaluated_models("cifar10", v.profile)
+    rung = max((s for s in specs if s.width and s.role == "defended" and s.id in models), default=None,
+               key=lambda s: s.width)
+    base = rung and next((s for s in specs if s.column == rung.column and s.role == rung.role and s.width is None
+                          and s.id in models), None)
+    if rung is None or base is None:
+        widths = sorted({v.found[sec.id].parameters.get("width"), *(s.width for s in specs if s.width)} - {None})
+        return Decision("wider_is_more_robust", Status.UNTESTED, "width_one", {"widths": widths}, (sec.id,))
+    narrow, wide = models[base.id], models[rung.id]
+    rungs = {}
+    for measure in ("clean", "robust"):
+        test = paired_test(narrow[measure]["correct"], wide[measure]["correct"])
+        rungs[measure] = {"narrow": narrow[measure], "wide": wide[measure], **test}
+    better = all(r["wide"]["rate"] > r["narrow"]["rate"] and r["p"] < SIGNIFICANCE for r in rungs.values())
+    worse = any(r["wide"]["rate"] < r["narrow"]["rate"] and r["p"] < SIGNIFICANCE for r in rungs.values())
+    status, reason = ((Status.CONFIRMED, "wider_better") if better else (Status.REFUTED, "wider_worse") if worse
+                      else (Status.INCONCLUSIVE, "wider_within_noise"))
+    numbers = {"narrow_label": narrow["label"], "wide_label": wide["label"], "n": narrow["clean"]["n"],
+               "alpha": SIGNIFICANCE, **rungs}
+    return Decision("wider_is_more_robust", status, reason, numbers, (sec.id,))
 
 
 def scorecard(profile: str, found: dict) -> list[Decision]:

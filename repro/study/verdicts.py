@@ -387,6 +387,37 @@ def comparison_rows(col: Column, result, profile: str | None = None, found: dict
     return rows
 
 
+def measurement_rows(profile: str, found: dict) -> list[dict]:
+    """The measurement columns of ``profile`` with results, each with per-metric rows of how far the departure it
+    varies moves the measured column's metric: ``{"column", "measures", "varies", "model", "rows"}``; a row holds
+    ``metric``, ``ours``/``theirs`` (point values), ``low``/``high`` (the difference's interval, ours − theirs),
+    ``allowance`` (the width the verdicts allow around the follow-up's value, or around ours where nothing is
+    published) and ``within`` (the whole difference interval inside ± that allowance: the departure does not count
+    against the verdict)."""
+    prof = get_profile(profile)
+    out = []
+    for m in columns_for(prof.name):
+        if m.measures is None or m.id not in found or m.measures not in found:
+            continue
+        target = next(c for c in columns_for(prof.name) if c.id == m.measures)
+        pub = _published(target)
+        rows = []
+        for metric in target.metric_keys:
+            measured = measured_departure(target, m.varies, metric, prof, found)
+            if measured is None:
+                continue
+            low, high, detail = measured
+            entry = pub.get(("follow-up", metric))
+            centre = entry.value if entry is not None else detail["ours"]
+            width = None if centre is None else allowance(target, metric, prof, found).width(centre)
+            rows.append({"metric": metric, "ours": detail["ours"], "theirs": detail["theirs"], "low": low,
+                         "high": high, "allowance": width,
+                         "within": width is not None and max(abs(low), abs(high)) <= width + 1e-12})
+        out.append({"column": m.id, "measures": target.id, "varies": m.varies, "model": m.model_label,
+                    "measured_model": target.model_label, "rows": rows})
+    return out
+
+
 def verdict_counts(rows: list[dict], key: str) -> dict[Verdict, int]:
     """How many cells of ``rows`` got each verdict against the reference ``key`` ("followup" or "deepsec")."""
     return {v: sum(1 for r in rows if r[f"verdict_{key}"] == v) for v in Verdict}

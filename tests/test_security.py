@@ -282,6 +282,14 @@ def test_evaluate_and_the_chapter_on_tiny_models(tmp_path):
         assert text in page, text
     assert (tmp_path / "figures" / "security_transfer.png").exists()
     assert security_page({}, "smoke", tmp_path).count("Not computed") == 1
+    # the transfer table pairs the two settings on the same images: the counts of the test are the bits' own
+    from repro.study.claims import paired_test
+
+    rec = found["transfer"]["nat_mnist"]["attacks"]["fgsm"]
+    t = paired_test(rec["transfer"]["correct"], rec["white_box"]["correct"])
+    assert f"{t['only_a']} / {t['only_b']}, p = {t['p']:.3f}" in page
+    assert paired_test("1100", "1010") == {"only_a": 1, "only_b": 1, "p": 1.0}
+    assert paired_test("1" * 10, "0" * 10)["p"] == pytest.approx(2 / 2**10)  # 10 discordant, all one way
 
 
 def test_the_chapter_claims_autoattacks_square_check_only_where_it_can_fire():

@@ -202,6 +202,10 @@ def test_methods_numbers_come_from_the_recipes_and_the_results():
     assert subs["m_deepsec_cifar_final_lr"] == "5e-07"  # 1e-3 · 0.1 · 0.1 · 0.1 · 0.5
     assert subs["m_nat_epoch_time"] == "no NAT model was trained under this profile"
     assert subs["m_ablation_arms"] == "; ".join(a.label for a in book.get_profile("quick").defence.ablation)
+    # Before: "2 of its 20 epochs; three seeds are trained", typed by hand, stayed after quick moved to 20 epochs
+    assert (subs["m_nat_budget"], subs["m_nat_seeds"]) == ("all 20 of its epochs", "seed 100")
+    assert book._methods_subs("smoke", {})["m_nat_budget"] == "1 of its 20 epochs"
+    assert book._methods_subs("paper", {})["m_nat_seeds"] == "seeds 100, 101, 102"
 
 
 def test_a_column_on_deepsecs_checkpoint_does_not_list_a_raw_training_budget():

@@ -175,6 +175,8 @@ def test_a_measurement_column_turns_its_departure_into_a_measured_effect():
     # without the measurement columns, the same departures are unmeasured and block every cell
     bare = verdicts.effects(col, quick, reference="followup", found={"pgd_eps8_wide": found["pgd_eps8_wide"]})
     assert all(not e.measured for e in bare["ALD_Linf"])
+    text = pages.effect_text(linf[0])
+    assert "measured by the same attack on CIFAR-10 ResNet-20 (DeepSec's) (0.973 against our 0.971)" in text
     rows = verdicts.measurement_rows("quick", found)
     assert [b["column"] for b in rows] == ["pgd_eps8_resnet20", "pgd_eps8_wide_x2"]
     assert {r["metric"]: r["within"] for r in rows[0]["rows"]} == {"ALD_Linf": True, "ALD_L2": False}

@@ -57,6 +57,10 @@ def effect_text(effect: verdicts.Effect, allowance: float | None = None) -> str:
                 f"{_signed(m, effect.low)}")
         return text + (f", beyond the allowance ±{_fmt(m, allowance)})" if allowance is not None
                        and abs(effect.low) > allowance else ")")
+    if effect.kind == "measurement column":
+        d = effect.detail
+        return (f"{effect.departure}: measured by the same attack on {d['model']} ({_fmt(m, d['theirs'])} against "
+                f"our {_fmt(m, d['ours'])}), an effect in [{_signed(m, effect.low)}, {_signed(m, effect.high)}]")
     if effect.measured:
         return f"{effect.departure}: measured effect [{_signed(m, effect.low)}, {_signed(m, effect.high)}]"
     if effect.departure == verdicts.RELEASED_CHECKPOINT:

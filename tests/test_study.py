@@ -197,15 +197,26 @@ def test_plan_rows_name_registered_attacks_and_defences_and_their_notebooks_run_
             assert col.contrasts_with in plan.COLUMNS
 
 
-def test_every_attack_hyper_parameter_a_notebook_passes_is_checked_and_exists():
+def _unchecked_or_unknown(rules: dict) -> list:
+    """Plan columns' hyper-parameters that the attack or defence takes but no rule checks, and checked ones it does
+    not take."""
+    bad = []
     for col in plan.PLAN:
-        if col.attack:
-            names = experiments.attack_parameters(col.attack)
-            passed = {k for k in col.parameters if k in experiments.RULES}
-            assert passed <= set(names), (col.id, passed - set(names))
-        if col.defence:
-            assert {k for k in col.parameters if k in experiments.RULES} <= set(
-                experiments.defence_parameters(col.defence)), col.id
+        kind = col.attack or col.defence
+        if kind is None:
+            continue
+        names = set(experiments.attack_parameters(kind) if col.attack else experiments.defence_parameters(kind))
+        hyper = {k for k in col.parameters if k in names}
+        bad += [(col.id, k, "no rule") for k in sorted(hyper - set(rules))]
+        bad += [(col.id, k, "not a parameter") for k in sorted({k for k in col.parameters if k in rules} - names)]
+    return bad
+
+
+def test_every_attack_hyper_parameter_a_notebook_passes_is_checked_and_exists():
+    # Before: only parameters that already had a rule were looked at, so a new one without a rule passed.
+    assert not _unchecked_or_unknown(experiments.RULES)
+    planted = {k: v for k, v in experiments.RULES.items() if k != "step_size"}  # a rule left out
+    assert ("pgd_resnet20", "step_size", "no rule") in _unchecked_or_unknown(planted)
 
 
 def test_profile_attack_budgets_name_real_attack_parameters():

@@ -12,7 +12,7 @@ import pytest
 from repro import results
 from repro.pipeline import build_book, run_plan
 from repro.report import pages as book
-from repro.study import plan
+from repro.study import claims, plan, verdicts
 from repro.study.verdicts import Verdict, verdict
 
 from .conftest import needs_deepsec
@@ -245,3 +245,18 @@ def test_accuracy_curves_without_a_threat_model_draw_no_line():
 
     fig = figures.accuracy_curves({"": {"eps": [0.0, 0.3], "n": 10, "raw": [1.0, 0.5]}})
     assert not [ln for ln in fig.axes[0].lines if ln.get_label() == "threat model ε"]
+
+
+def test_the_landing_page_summary_counts_what_the_tables_show():
+    """The first lines of the landing page: claims by status and verdicts over every published cell, from the same
+    decisions and rows the tables render (a status or a verdict added without its count would fail here)."""
+    found = book.load_found("smoke")
+    text = book.glance("smoke", found)
+    decisions = claims.scorecard("smoke", found)
+    assert f"of the follow-up's {len(decisions)} claims" in text
+    n = sum(1 for d in decisions if d.status == claims.Status.INCONCLUSIVE)
+    assert f"{n} inconclusive" in text
+    cells = [r for c in plan.columns_for("smoke") if c.table in plan.TABLE_METRICS and not c.replicate_of
+             and c.id in found for r in verdicts.comparison_rows(c, found[c.id], "smoke", found)
+             for k in ("followup", "deepsec") if r[f"verdict_{k}"] is not None]
+    assert f"Of the {len(cells)} published cells" in " ".join(text.split())

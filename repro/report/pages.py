@@ -807,10 +807,14 @@ def glance(profile: str, found: dict) -> str:
     each reference, its key number with the interval, and why any cell is inconsistent or not comparable; then the
     data it ran on."""
     rows = []
+    cells = {v: 0 for v in Verdict}
     for col in columns_for(profile):
         if col.table not in TABLE_METRICS or col.replicate_of or col.id not in found:
             continue
         comp = comparison_rows(col, found[col.id], profile, found)
+        for k in ("followup", "deepsec"):
+            for v, n in verdict_counts(comp, k).items():
+                cells[v] += n
         key = KEY_METRIC["attack" if col.attack else "defence"]
         r = next(r for r in comp if r["metric"] == key)
         why = []
@@ -859,8 +863,16 @@ def glance(profile: str, found: dict) -> str:
     if stale:
         text += (f"\n**Pending**: {len(stale)} of these results were computed with other code or parameters than "
                  f"the current plan and are shown as they are until recomputed: {', '.join(stale)}.\n")
-    claims = render("claims.md.j2", decisions=scorecard(profile, found))
-    return (f"**The follow-up's claims**, each decided from these results and the published tables (profile "
+    decisions = scorecard(profile, found)
+    claims = render("claims.md.j2", decisions=decisions)
+    statuses = [d.status.name.lower() for d in decisions]
+    summary = render("glance_summary.md.j2", profile=profile,
+                     claims={"total": len(decisions), **{s: statuses.count(s) for s in
+                                                         ("confirmed", "refuted", "inconclusive", "untested")}},
+                     cells={"total": sum(cells.values()), "consistent": cells[Verdict.CONSISTENT],
+                            "inconsistent": cells[Verdict.INCONSISTENT],
+                            "not_comparable": cells[Verdict.NOT_COMPARABLE]})
+    return summary + (f"**The follow-up's claims**, each decided from these results and the published tables (profile "
             f"**{profile}**):\n\n{claims}\n**Every column** against the published values: ✓ consistent, ✗ "
             "inconsistent, n/c not comparable (see the verdict rule in the book's Methods chapter).\n\n" + text)
 

@@ -175,6 +175,12 @@ def test_a_measurement_column_turns_its_departure_into_a_measured_effect():
     # without the measurement columns, the same departures are unmeasured and block every cell
     bare = verdicts.effects(col, quick, reference="followup", found={"pgd_eps8_wide": found["pgd_eps8_wide"]})
     assert all(not e.measured for e in bare["ALD_Linf"])
+    # consistent, but the converged and the ×2 models are consistent with the published value too: uninformative
+    # about the model (the attack fills the [0, 1] box whatever the model)
+    why = verdicts.model_insensitive(col, "ALD_Linf", 0.975, quick, found)
+    assert why == ("the same attack on CIFAR-10 ResNet-20 (DeepSec's) and on CIFAR-10 wide ResNet-20 ×2 is "
+                   "consistent with it too")
+    assert verdicts.model_insensitive(col, "ALD_L2", 29.23, quick, found) is None  # 26.0 is not consistent
     text = pages.effect_text(linf[0])
     assert "measured by the same attack on CIFAR-10 ResNet-20 (DeepSec's) (0.973 against our 0.971)" in text
     rows = verdicts.measurement_rows("quick", found)

@@ -341,6 +341,22 @@ def power(col: Column, metric: str, published: float, *, low: float | None, high
     return None
 
 
+def model_insensitive(col: Column, metric: str, published: float, profile: Profile, found: dict) -> str | None:
+    """Why a consistent verdict on ``metric`` says nothing about ``col``'s model: every measurement column of
+    ``col`` (the same attack on clearly different models) is consistent with ``published`` too, by the same rule
+    without effects; ``None`` when there is no such column or one of them is not consistent."""
+    others = [m for m in columns_for(profile.name) if m.measures == col.id and m.id in found]
+    if not others:
+        return None
+    for m in others:
+        interval = found[m.id].intervals.get(metric) or {}
+        cell = judge(low=interval.get("low"), high=interval.get("high"), published=published, metric=metric,
+                     margin=allowance(col, metric, profile, found).width(published))
+        if cell.verdict != Verdict.CONSISTENT:
+            return None
+    return "the same attack on " + " and on ".join(m.model_label for m in others) + " is consistent with it too"
+
+
 def comparison_rows(col: Column, result, profile: str | None = None, found: dict | None = None) -> list[dict]:
     """One dict per metric of ``col``: ``ours`` with ``low``/``high``/``n`` (its 95 % interval), and per reference
     key ``k`` ("followup", "deepsec"): the published value ``k`` (a fraction or None), ``second_hand_k``, ``d_k``
@@ -379,7 +395,8 @@ def comparison_rows(col: Column, result, profile: str | None = None, found: dict
             row[f"cell_{key}"] = cell
             row[f"verdict_{key}"] = cell.verdict
             row[f"allowance_{key}"] = allow
-            row[f"power_{key}"] = power(col, metric, value, low=row["low"], high=row["high"], params=params) \
+            row[f"power_{key}"] = (power(col, metric, value, low=row["low"], high=row["high"], params=params)
+                                   or model_insensitive(col, metric, value, prof, found)) \
                 if cell.verdict == Verdict.CONSISTENT else None
             row[f"null_verdict_{key}"] = None if row["null"] is None else verdict(
                 low=null_interval.get("low"), high=null_interval.get("high"), published=value, metric=metric)

@@ -260,3 +260,12 @@ def test_the_landing_page_summary_counts_what_the_tables_show():
              and c.id in found for r in verdicts.comparison_rows(c, found[c.id], "smoke", found)
              for k in ("followup", "deepsec") if r[f"verdict_{k}"] is not None]
     assert f"Of the {len(cells)} published cells" in " ".join(text.split())
+
+
+def test_the_corrected_columns_print_every_rate_with_its_interval(tmp_path):
+    """Before: the corrected page printed bare points although Methods promises an interval for every number."""
+    found = book.load_found("smoke")
+    page = book._corrected_page("smoke", found, {k: True for k in found}, tmp_path)
+    row = next(line for line in page.splitlines() if line.startswith("| MR (%)"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert all(re.fullmatch(r"-?[\d.]+ \[-?[\d.]+, -?[\d.]+\]", c) for c in cells[1:]), cells

@@ -354,6 +354,15 @@ def _table_page(table: str, cols, found, fresh, profile, figures_dir) -> str:
     return "\n".join(parts)
 
 
+def _point(result: results_mod.Result | None, metric: str) -> dict:
+    """``{"ours", "low", "high"}`` of ``metric`` in ``result`` (all ``None`` without a result or a value)."""
+    if result is None:
+        return {"ours": None, "low": None, "high": None}
+    interval = result.intervals.get(metric) or {}
+    return {"ours": verdicts.finite(result.metrics.get(metric)), "low": interval.get("low"),
+            "high": interval.get("high")}
+
+
 def _corrected_page(profile, found, fresh, figures_dir) -> str:
     from . import figures
 
@@ -367,10 +376,9 @@ def _corrected_page(profile, found, fresh, figures_dir) -> str:
         a, b = found.get(literal), found.get(corrected)
         title = (corrected_col.attack or corrected_col.defence).upper()
         parts.append(f"## {title}: \"ε = 8\" versus ε = 8/255\n")
-        rows = [[_label(m), _fmt(m, None if a is None else a.metrics.get(m)),
-                 _fmt(m, None if b is None else b.metrics.get(m))] for m in metrics]
-        parts.append(markdown.table(["metric", f"literal \"ε = 8\" ([{literal}](columns/{literal}.ipynb))",
-                                f"ε = 8/255 ([{corrected}](columns/{corrected}.ipynb))"], rows))
+        rows = [[_label(m), _fmt_interval(m, _point(a, m)), _fmt_interval(m, _point(b, m))] for m in metrics]
+        parts.append(markdown.table(["metric", f"literal \"ε = 8\" [95 % CI] ([its notebook](columns/{literal}.ipynb))",
+                                     f"ε = 8/255 [95 % CI] ([its notebook](columns/{corrected}.ipynb))"], rows))
         if b is not None:
             parts.append(f"**Departures from the paper** ({profile} profile), ε = 8/255 column:\n")
             parts.extend(f"- {d}" for d in (b.departures or ["none"]))

@@ -353,8 +353,8 @@ def test_bad_configurations_name_the_value_and_the_alternatives(make, message):
 
 def test_profiles_map_to_configs():
     quick_nat = config_for("mnist", defence="nat", profile="quick")
-    # NAT as DeepSec: from scratch with DeepSec's recipe on all training images (epochs cut); PAT fine-tuned.
-    assert quick_nat.init == "scratch" and quick_nat.epochs == 2 and quick_nat.defence_params.sigma == 50.0
+    # NAT as DeepSec: from scratch with DeepSec's recipe, all 20 epochs on all training images; PAT fine-tuned.
+    assert quick_nat.init == "scratch" and quick_nat.effective_epochs == 20 and quick_nat.defence_params.sigma == 50.0
     assert quick_nat.recipe == "deepsec_mnist" and quick_nat.subset is None
     quick_pat = config_for("cifar10", defence="pat", profile="quick")
     assert quick_pat.init == "deepsec" and quick_pat.recipe == "pat_finetune_cifar10" and quick_pat.subset is None

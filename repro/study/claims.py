@@ -184,7 +184,7 @@ def _nat_accuracy(v: View) -> Decision:
     comparable = any(r[f"verdict_{k}"] in (Verdict.CONSISTENT, Verdict.INCONSISTENT) for k in ("followup", "deepsec"))
     if not comparable or r["low"] is None:
         return Decision("nat_increases_accuracy", Status.UNTESTED, "not_comparable", numbers, (col.id,))
-    status = Status.CONFIRMED if r["low"] > 0 else Status.REFUTED if r["high"] < 0 else Status.UNTESTED
+    status = Status.CONFIRMED if r["low"] > 0 else Status.REFUTED if r["high"] < 0 else Status.INCONCLUSIVE
     reason = {Status.CONFIRMED: "cav_positive", Status.REFUTED: "cav_negative"}.get(status, "cav_spans_zero")
     return Decision("nat_increases_accuracy", status, reason, numbers, (col.id,))
 
@@ -262,8 +262,10 @@ def _wider(v: View) -> Decision:
     base = rung and next((s for s in specs if s.column == rung.column and s.role == rung.role and s.width is None
                           and s.id in models), None)
     if rung is None or base is None:
-        widths = sorted({v.found[sec.id].parameters.get("width"), *(s.width for s in specs if s.width)} - {None})
-        return Decision("wider_is_more_robust", Status.UNTESTED, "width_one", {"widths": widths}, (sec.id,))
+        if any(s.width for s in specs):  # the profile has a ladder, the result does not: computed before it
+            return _missing("wider_is_more_robust", "the width ladder's models in the CIFAR-10 security evaluation")
+        return Decision("wider_is_more_robust", Status.UNTESTED, "width_one",
+                        {"widths": [v.found[sec.id].parameters.get("width")]}, (sec.id,))
     narrow, wide = models[base.id], models[rung.id]
     rungs = {}
     for measure in ("clean", "robust"):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from repro.metrics import attack as M
+from repro.metrics.checks import predict_logits
 
 # DeepSec's CIFAR-10 FGSM ε (SPEC §4).
 CIFAR10_FGSM_EPS = 0.1
@@ -195,7 +196,7 @@ def main() -> None:
 
     # ---- vectorised suite without RIC, every step timed
     times: dict[str, float] = {}
-    logits, times["predict"] = timed(lambda: M._predict(model, x_adv, batch_size=256, device=device, who="model"),
+    logits, times["predict"] = timed(lambda: predict_logits(model, x_adv, batch_size=256, device=device, who="model"),
                                      device=device, repeat=REPEAT)
     success, times["success"] = timed(M.success_mask, logits, y, device=device, repeat=REPEAT)
     fast: dict[str, float] = {}
@@ -347,7 +348,7 @@ def column_share(device: torch.device, column: str = "pgd_resnet20") -> None:
 
     all_metrics, _, _, t_all = run_column(dataclasses.replace(quick, ric_samples=None))
     sub_metrics, sub_intervals, (raw, cands, run), t_sub = run_column(quick)
-    success = M.success_mask(M._predict(raw, run.x_adv, batch_size=256, device=device, who="model"),
+    success = M.success_mask(predict_logits(raw, run.x_adv, batch_size=256, device=device, who="model"),
                              cands.y.to(device))
     n_succ = int(success.sum())
     k = min(quick.ric_samples or n_succ, n_succ)

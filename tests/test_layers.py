@@ -182,3 +182,32 @@ def test_the_private_name_check_can_fail(monkeypatch, planted, expected):
         assert expected in uses
         with pytest.raises(AssertionError, match=expected.replace(".", r"\.")):
             test_no_module_uses_another_modules_private_names()
+
+
+def _benchmark_private_uses(source: str) -> set[str]:
+    """Private repro names a benchmark script uses (``from repro.x import _y`` or ``m._y`` on an imported repro
+    module): benchmarks call the public API, so a refactor of a private helper cannot silently break them."""
+    import ast
+
+    tree, modules, found = ast.parse(source), {}, set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("repro"):
+            for alias in node.names:
+                if _is_private(alias.name):
+                    found.add(f"{node.module}.{alias.name}")
+                modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            modules.update({a.asname or a.name: a.name for a in node.names if a.name.startswith("repro")})
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules \
+                and _is_private(node.attr):
+            found.add(f"{modules[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_benchmarks_use_only_public_names():
+    # Before: benchmarks/metrics.py called repro.metrics.attack._predict, which moved to repro.metrics.checks.
+    used = {f.name: _benchmark_private_uses(f.read_text(encoding="utf-8")) for f in (ROOT / "benchmarks").glob("*.py")}
+    assert not {k: v for k, v in used.items() if v}, used
+    assert _benchmark_private_uses("from repro.metrics import attack as M\nM._predict(1)\n") == \
+        {"repro.metrics.attack._predict"}

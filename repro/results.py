@@ -37,13 +37,18 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return p if p.is_absolute() else repo_root() / p
 
 
+# The kinds of run a result can record (repro.study.steps.Context.kind).
+KINDS = ("attack", "defence", "findings", "security", "training")
+
+
 @dataclass
 class Result:
     """A run of one notebook (one table column).
 
     Attributes:
         column: the plan's column id (or any name for an ad-hoc run).
-        kind: ``"attack"``, ``"defence"``, ``"raw"`` or ``"findings"``.
+        kind: which notebook kind produced it, one of :data:`KINDS` (an attack or defence column, the findings, the
+            security evaluation or the training chapter).
         notebook: the notebook file that produced it.
         profile: the compute profile's name.
         parameters: the *effective* parameters, after profile budgets were filled in.
@@ -162,6 +167,8 @@ def validate(result: Result, *, path: str | os.PathLike = "<result>") -> Result:
                        ("provenance", dict), ("fingerprint", str), ("created", str), ("run_id", str)):
         if not isinstance(getattr(result, name), kind):
             raise bad(name, getattr(result, name), f"a {kind.__name__}")
+    if result.kind not in KINDS:
+        raise bad("kind", result.kind, ", ".join(KINDS))
     for name, value in result.metrics.items():
         if value is None:
             continue

@@ -116,6 +116,7 @@ def _set(field, key, value):
     (lambda d: d.pop("metrics"), r"missing fields \['metrics'\]"),
     (lambda d: d.update(bogus=1), r"unknown fields \['bogus'\]"),
     (lambda d: d.update(parameters=[]), r"parameters = \[\]; allowed: a dict"),
+    (lambda d: d.update(kind="raw"), r"kind = 'raw'; allowed: attack, defence, findings, security, training"),
 ])
 def test_a_result_that_contradicts_itself_is_refused_by_file_and_field(tmp_path, edit, match):
     path = _committed(tmp_path, edit)

@@ -150,8 +150,15 @@ def test_transfer_scores_examples_crafted_on_the_source_model():
     # one step already as strong as 100 (a nearly linear loss): not a sign of masking
     (dict(white_box=0.24, square=0.32, steps_accuracy={1: 0.24, 5: 0.24, 100: 0.24}, large_eps_accuracy=0.0), []),
     (dict(white_box=0.40, square=0.45, steps_accuracy={1: 0.4, 100: 0.42}, large_eps_accuracy=0.0), []),
+    # one step leaving 30 points more than 100 steps: single-step masking
     (dict(white_box=0.40, square=0.45, steps_accuracy={1: 0.7, 20: 0.45, 100: 0.4}, large_eps_accuracy=0.01),
-     []),
+     ["single_step_gap"]),
+    # NAT on MNIST under quick (1 step 90 %, 100 steps 22 %) and Madry et al.'s CIFAR-10 model (FGSM 56.1 %, PGD
+    # 45.8 %): the first is flagged, the second is not
+    (dict(white_box=0.12, square=0.84, steps_accuracy={1: 0.90, 5: 0.6, 20: 0.3, 100: 0.22}, large_eps_accuracy=0.0),
+     ["single_step_gap"]),
+    (dict(white_box=0.458, square=0.47, steps_accuracy={1: 0.561, 100: 0.458}, large_eps_accuracy=0.0), []),
+    (dict(white_box=0.40, square=0.45, steps_accuracy={1: 0.64, 100: 0.40}, large_eps_accuracy=0.0), []),
     (dict(white_box=0.0, square=0.0, steps_accuracy={1: 0.0, 100: 0.0}, large_eps_accuracy=0.0), []),
 ])
 def test_masking_verdict_rule(case, expected):
@@ -283,13 +290,16 @@ def test_evaluate_and_the_chapter_on_tiny_models(tmp_path):
     assert (tmp_path / "figures" / "security_transfer.png").exists()
     assert security_page({}, "smoke", tmp_path).count("Not computed") == 1
     # the transfer table pairs the two settings on the same images: the counts of the test are the bits' own
-    from repro.study.claims import paired_test
+    from repro.metrics.uncertainty import mcnemar_exact as paired_test
 
     rec = found["transfer"]["nat_mnist"]["attacks"]["fgsm"]
     t = paired_test(rec["transfer"]["correct"], rec["white_box"]["correct"])
     assert f"{t['only_a']} / {t['only_b']}, p = {t['p']:.3f}" in page
     assert paired_test("1100", "1010") == {"only_a": 1, "only_b": 1, "p": 1.0}
     assert paired_test("1" * 10, "0" * 10)["p"] == pytest.approx(2 / 2**10)  # 10 discordant, all one way
+    for bad in (("10", "1"), ("1x", "10")):
+        with pytest.raises(ValueError, match="paired outcomes|0 or 1"):
+            paired_test(*bad)
 
 
 def test_the_chapter_claims_autoattacks_square_check_only_where_it_can_fire():

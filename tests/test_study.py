@@ -166,12 +166,17 @@ def test_pat_eps8_arithmetic_is_inconsistent_as_published():
     assert get("CRR") - get("CSR") == pytest.approx(get("CAV"))
     assert get("ACC_raw") + get("CAV") == pytest.approx(44.40)
     assert get("ACC_defended") != pytest.approx(44.40)
+    # Before: the CAV note said CAV was inconsistent "with CRR − CSR" as well, which it equals.
+    note = plan.published_value("2", "pat_eps8_wide", "follow-up", "CAV").note
+    assert "equal to the printed CRR − CSR" in note and "and with CRR" not in note
 
 
 def test_departures_follow_the_profile():
     cw2 = plan.column("cw2_mnist")
-    quick = plan.departures(cw2, "quick")
-    assert any("10,000" in d for d in quick) and any("released checkpoint" in d for d in quick)
+    quick, smoke = plan.departures(cw2, "quick"), plan.departures(cw2, "smoke")
+    # quick runs DeepSec's 10 × 10,000 budget on fewer candidates; smoke cuts the budget too
+    assert any("100 clean candidates" in d for d in quick) and any("released checkpoint" in d for d in quick)
+    assert not any("Adam iterations" in d for d in quick) and any("instead of DeepSec's 10,000" in d for d in smoke)
     assert plan.departures(cw2, "paper") == list(cw2.departures)  # only the column's own, e.g. the target order
     pat = plan.departures(plan.column("pat_eps8_wide"), "quick")
     assert any("fine-tuned" in d for d in pat) and any(f"×{get_profile('quick').wide_width} " in d for d in pat)
@@ -261,3 +266,34 @@ def test_command_line_and_notebook_configure_the_same_training(col_id, profile):
 
 
 # Fingerprints: tests/test_hermetic.py.
+
+
+def test_a_fine_tuned_defences_starting_point_is_worded_from_its_own_raw_model():
+    """Before: every fine-tuned column said its weights came from DeepSec's checkpoint, "ended at a learning rate of
+    1e-4", also the wide columns, which start from a model trained here (and DeepSec's schedule ends at 5e-7)."""
+    def init_text(column: str, profile: str) -> str:
+        (text,) = [d for d in plan.departures(plan.COLUMNS[column], profile) if "fine-tuned" in d]
+        return text
+
+    on_checkpoint, on_ours = init_text("pat_resnet20", "quick"), init_text("pat_eps8_wide", "quick")
+    assert "DeepSec's released checkpoint" in on_checkpoint and "5e-07" in on_checkpoint
+    raw_epochs = get_profile("quick").raw.epochs
+    assert "trained here" in on_ours and f"for {raw_epochs} of the 200 epochs" in on_ours
+    assert "checkpoint" not in on_ours and "1e-4" not in on_ours + on_checkpoint
+    # DeepSec's MNIST recipe has no schedule: a constant rate, not an end of one
+    assert "constant learning rate of 0.05" in init_text("nat_mnist", "smoke")
+    assert not [d for d in plan.departures(plan.COLUMNS["pat_resnet20"], "paper") if "fine-tuned" in d]
+
+
+def test_findings_tables_print_every_success_rate_with_its_interval():
+    """Before: the ε = 8 and logit-shift tables printed MR as a bare percentage, although Methods promises an
+    interval for every rate."""
+    import re
+
+    from repro.study import findings
+
+    evidence = json.loads((repo_root() / "results" / "smoke" / "findings.json").read_text())["extra"]
+    tables = findings.evidence_tables(evidence)
+    with_interval = re.compile(r"^\d+\.\d % \[\d+\.\d, \d+\.\d\]$")
+    assert all(with_interval.match(cell) for cell in tables["eps8"][1][1:3]), tables["eps8"][1]
+    assert all(with_interval.match(cell) for row in tables["shift"][1:] for cell in row[1:]), tables["shift"]

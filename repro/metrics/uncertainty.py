@@ -70,6 +70,34 @@ def clopper_pearson(k: int, n: int, *, level: float = DEFAULT_LEVEL) -> tuple[fl
     return low, high
 
 
+def mcnemar_exact(a: str, b: str) -> dict:
+    """McNemar's exact test of two classifiers (or two settings) on the same images, from their per-image outcome
+    bits (``"1"``: correct).
+
+    Reference: McNemar (1947), "Note on the sampling error of the difference between correlated proportions or
+    percentages", Psychometrika 12; the exact form is the two-sided binomial test of the discordant pairs at 1/2
+    (scipy's ``binomtest``).
+
+    Returns:
+        ``{"only_a", "only_b", "p"}``: the images only ``a`` (only ``b``) gets right and the two-sided p-value;
+        ``p`` is 1.0 without any discordant pair.
+
+    Raises:
+        ValueError: outcome strings of different lengths or with characters other than ``0`` and ``1``.
+    """
+    from scipy.stats import binomtest
+
+    if not isinstance(a, str) or not isinstance(b, str) or len(a) != len(b):
+        raise ValueError(f"paired outcomes need bit strings over the same images, got lengths "
+                         f"{len(a) if isinstance(a, str) else a!r} and {len(b) if isinstance(b, str) else b!r}")
+    if set(a + b) - {"0", "1"}:
+        raise ValueError(f"outcome bits must be 0 or 1, got {sorted(set(a + b) - {'0', '1'})}")
+    only_a = sum(x == "1" and y == "0" for x, y in zip(a, b))
+    only_b = sum(x == "0" and y == "1" for x, y in zip(a, b))
+    p = 1.0 if only_a + only_b == 0 else float(binomtest(only_b, only_a + only_b, 0.5).pvalue)
+    return {"only_a": only_a, "only_b": only_b, "p": p}
+
+
 def _as_values(values) -> np.ndarray:
     """``values`` as a 1-D float64 numpy array with at least one entry, all finite."""
     if isinstance(values, torch.Tensor):

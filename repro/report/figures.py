@@ -236,3 +236,25 @@ def optimality_curves(settings: dict[str, dict]):
         ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
+
+
+def budget_ladder_table(ladder: dict):
+    """CW2's budget ladder (:func:`repro.study.steps.budget_ladder`) as a table: per budget, the success rate with
+    its 95 % interval, the mean L2 of the successful examples, and the per-image L2 ratio against the column's own
+    budget over the images both fool."""
+    import pandas as pd
+
+    rows = []
+    for arm in ladder.get("arms", []):
+        ok, ratio = arm["success"], arm.get("l2_ratio")
+        rows.append({
+            "budget": f"{arm['binary_search_steps']} × {arm['max_iterations']:,}",
+            "MR (%)": f"{100 * ok['rate']:.1f} [{100 * ok['low']:.1f}, {100 * ok['high']:.1f}]",
+            "mean L2": "–" if arm["mean_l2"] is None else f"{arm['mean_l2']:.3f}",
+            "images both fool": arm["n_paired"],
+            "L2 ratio, median": "–" if ratio is None else f"{ratio['median']:.3f}",
+            "L2 ratio, mean [95 %]": "–" if ratio is None else f"{ratio['mean']:.3f} [{ratio['low']:.3f}, "
+                                                                f"{ratio['high']:.3f}]",
+            "s per image": f"{arm['seconds_per_example']:.2f}",
+        })
+    return pd.DataFrame(rows).set_index("budget") if rows else pd.DataFrame()

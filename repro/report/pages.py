@@ -16,7 +16,7 @@ import yaml
 from .. import results as results_mod
 from ..study.plan import (COLUMNS, METRIC_LABELS, PRINTED_UNIT, TABLE_METRICS, Column, columns_for, fingerprint,
                           published, published_value, replicates, to_printed_unit)
-from ..study.profiles import get_profile
+from ..study.profiles import get_profile, learning_rate_after
 from ..study.steps import ModelSource
 from ..study import verdicts
 from ..study.claims import scorecard
@@ -456,10 +456,7 @@ def _methods_subs(profile: str, found: dict) -> dict[str, str]:
         times += [h["epoch_time_s"] for h in model.get("history") or [] if h.get("epoch_time_s")]
     nat = ("no NAT model was trained under this profile" if not times else
            f"{min(times):.0f}–{max(times):.0f} s an epoch here, over {len(times)} epochs measured")
-    recipe = RECIPES[DEEPSEC_RECIPE["cifar10"]]
-    final = recipe.lr
-    for _, factor in recipe.lr_decays:
-        final *= factor
+    final = learning_rate_after(RECIPES[DEEPSEC_RECIPE["cifar10"]])
     arms = [a.label for a in prof.defence.ablation if a.dataset == "cifar10"]
     nat_cols = columns_running(profile, defence="nat", replicates=True)
     epochs, full = prof.defence.for_dataset("mnist").epochs, RECIPES[DEEPSEC_RECIPE["mnist"]].epochs

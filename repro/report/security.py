@@ -81,13 +81,13 @@ def robust_table(evaluation: dict):
 
 
 def _paired(rec: dict) -> str:
-    """McNemar's exact test of the transfer and white-box outcomes on the same images (study's paired test)."""
-    from ..study.claims import paired_test
+    """McNemar's exact test of the transfer and white-box outcomes on the same images."""
+    from ..metrics.uncertainty import mcnemar_exact
 
     a, b = rec["transfer"].get("correct"), rec["white_box"].get("correct")
     if not isinstance(a, str) or not isinstance(b, str):
         return "–"
-    t = paired_test(a, b)
+    t = mcnemar_exact(a, b)
     return f"{t['only_a']} / {t['only_b']}, p = {t['p']:.3f}"
 
 

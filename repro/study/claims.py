@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..metrics.uncertainty import mcnemar_exact
 from .lookup import columns_running
 from .plan import Column, columns_for
 from .profiles import get_profile
@@ -228,20 +229,6 @@ def _pat_drop(v: View) -> Decision:
                     "within_madry" if inside else "outside_madry", numbers, (col.id,))
 
 
-def paired_test(a: str, b: str) -> dict:
-    """McNemar's exact test of two models on the same images, from their per-image outcome bits (``"1"``: correct):
-    ``only_a``/``only_b`` (images only that model gets right) and the two-sided ``p`` of the binomial test on those
-    discordant pairs (scipy's ``binomtest``); ``p`` is 1.0 without any discordant pair."""
-    from scipy.stats import binomtest
-
-    if len(a) != len(b):
-        raise ValueError(f"paired outcomes need the same images: {len(a)} and {len(b)} outcomes")
-    only_a = sum(x == "1" and y == "0" for x, y in zip(a, b))
-    only_b = sum(x == "0" and y == "1" for x, y in zip(a, b))
-    p = 1.0 if only_a + only_b == 0 else float(binomtest(only_b, only_a + only_b, 0.5).pvalue)
-    return {"only_a": only_a, "only_b": only_b, "p": p}
-
-
 @claim("wider_is_more_robust")
 def _wider(v: View) -> Decision:
     """"A wider ResNet gives more accuracy and a more robust model": decided on the width ladder of the security
@@ -269,7 +256,7 @@ def _wider(v: View) -> Decision:
     narrow, wide = models[base.id], models[rung.id]
     rungs = {}
     for measure in ("clean", "robust"):
-        test = paired_test(narrow[measure]["correct"], wide[measure]["correct"])
+        test = mcnemar_exact(narrow[measure]["correct"], wide[measure]["correct"])
         rungs[measure] = {"narrow": narrow[measure], "wide": wide[measure], **test}
     better = all(r["wide"]["rate"] > r["narrow"]["rate"] and r["p"] < SIGNIFICANCE for r in rungs.values())
     worse = any(r["wide"]["rate"] < r["narrow"]["rate"] and r["p"] < SIGNIFICANCE for r in rungs.values())

@@ -207,6 +207,16 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
+def _rate(value, n) -> str:
+    """A success rate over ``n`` images with its exact 95 % interval (k = rate · n, rounded)."""
+    from ..metrics.uncertainty import clopper_pearson
+
+    if value is None or not n:
+        return _pct(value)
+    low, high = clopper_pearson(round(value * n), n)
+    return f"{100 * value:.1f} % [{100 * low:.1f}, {100 * high:.1f}]"
+
+
 def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
     """The findings as small tables (header row first, strings), for the notebook and the book alike."""
     eps8 = evidence["eps8"]
@@ -223,7 +233,11 @@ def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
         pub = published.get(pub_key)
         pub_text = "–" if pub is None or key in ("ASS_255", "centred_cosine") else (f"{pub.printed:g} %" if pub.unit == "%" else
                                                                 f"{pub.printed:.3f}")
-        tables["eps8"].append([label, fmt(eps8["eps8"][key]), fmt(eps8["eps8_255"][key]), pub_text])
+        if key == "MR":  # a rate over the candidates: with its interval
+            cells = [_rate(eps8[arm]["MR"], sum(eps8[arm].get("n_per_true_class", []))) for arm in ("eps8", "eps8_255")]
+        else:
+            cells = [fmt(eps8["eps8"][key]), fmt(eps8["eps8_255"][key])]
+        tables["eps8"].append([label, *cells, pub_text])
     clean = eps8["eps8"]["saturated_clean"]
     tables["eps8"].append(["(clean images: values at 0 or 1)", _pct(clean), _pct(eps8["eps8_255"]["saturated_clean"]),
                            "–"])
@@ -259,9 +273,10 @@ def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
     shift = evidence["logit_shift"]
     tables["shift"] = [["attack (DeepSec's MNIST parameters)", "MR with the shift (DeepSec's code)",
                         "MR without the shift"],
-                       ["FGSM ε = 0.3", _pct(shift["fgsm"]["shift"]), _pct(shift["fgsm"]["no_shift"])],
-                       ["PGD ε = 0.3, step 0.05, 15 steps", _pct(shift["pgd"]["shift"]),
-                        _pct(shift["pgd"]["no_shift"])]]
+                       ["FGSM ε = 0.3", _rate(shift["fgsm"]["shift"], shift.get("n")),
+                        _rate(shift["fgsm"]["no_shift"], shift.get("n"))],
+                       ["PGD ε = 0.3, step 0.05, 15 steps", _rate(shift["pgd"]["shift"], shift.get("n")),
+                        _rate(shift["pgd"]["no_shift"], shift.get("n"))]]
 
     pat = evidence["pat_arithmetic"]
     tables["pat"] = [["quantity", "value (%)"],

@@ -167,6 +167,10 @@ class Profile:
     # PAT ε = 8/255, with the wide columns' recipe and budget) and attack: the capacity ladder that tests the
     # follow-up's "wider is more robust" (the paper profile compares ResNet-20 with its ×10 model).
     width_ladder: tuple[int, ...] = ()
+    # CW2's budget ladder: smaller (binary-search steps, Adam iterations per step) budgets, each run on the CW2
+    # column's candidates with its targets and compared image by image with the column's own budget
+    # (repro.study.steps.budget_ladder): how far the budget moves L2 and the success rate.
+    cw2_ladder: tuple[tuple[int, int], ...] = ()
 
     def attack_budget(self, attack: str) -> AttackBudget:
         """The budget of ``attack`` (its own, or the default)."""
@@ -194,6 +198,7 @@ PROFILES: dict[str, Profile] = {
                                 transfer_cw2={"mnist": (1, 5), "cifar10": (1, 5)}, masking_n=None,
                                 masking_steps=(1, 2, 4), masking_eps_steps=2, square_queries=20),
         training_images={"mnist": 16, "cifar10": 16}, training_pgd_steps=2, width_ladder=(2,),
+        cw2_ladder=((1, 5),),
     ),
     "quick": Profile(
         name="quick",
@@ -201,7 +206,9 @@ PROFILES: dict[str, Profile] = {
                     "budgets, and the follow-up's \"wide\" ResNet at width ×1 trained on the available CIFAR-10 "
                     "images",
         attacks={"default": AttackBudget(1000),
-                 "cw2": AttackBudget(200, {"binary_search_steps": 5, "max_iterations": 500})},
+                 # CW2 at DeepSec's full budget (about 70 min on 2 cores for 100 candidates); the budget ladder
+                 # and the cw2_mnist_5x500 column measure what the smaller budgets change.
+                 "cw2": AttackBudget(100, {"binary_search_steps": 10, "max_iterations": 10_000})},
         raw=RawBudget(source="deepsec", epochs=8, subset=None),
         # NAT: DeepSec's full recipe, 20 epochs from scratch on all 54,000 training images (about 3 min an epoch on
         # one core; seed 100 only, see plan.PAPER_ONLY_REPLICATES). PAT: fine-tuned from the raw model with SGD and
@@ -219,7 +226,7 @@ PROFILES: dict[str, Profile] = {
         # Guetzli encodes a 32×32 image in ~0.1 s on 2 cores: on all successful AEs RIC is ~3/4 of the quick PGD
         # column's time (benchmarks/metrics.py --column-only). 150 makes it about a third, at an exact 95 % interval
         # of ±8 points at a rate of 1/2 (±6 at 250).
-        ric_samples=150,
+        ric_samples=150, cw2_ladder=((5, 500), (10, 1000)),
     ),
     "paper": Profile(
         name="paper",
@@ -232,7 +239,7 @@ PROFILES: dict[str, Profile] = {
                                         for d in ("mnist", "cifar10")},
                               eval_subset=None),
         wide_width=10, history_subset=1000, curve_samples=200, findings_samples=500, batch_size=500,
-        cuda_bf16=True,
+        cuda_bf16=True, cw2_ladder=((5, 500), (10, 1000)),
     ),
 }
 PAPER = PROFILES["paper"]
@@ -261,9 +268,9 @@ DEPARTURE_TEXT: dict[tuple[str, str], str] = {
     ("train_wide", "epochs"): "wide ResNet trained for {value} epochs instead of the recipe's 200",
     ("train_wide", "subset"): "wide ResNet trained on {value} training images",
     ("wide", "wide_width"): "wide ResNet with stage widths ×{value} instead of ×{paper}",
+    # The init's wording depends on where the raw model comes from: see init_departure.
     ("defence", "init"): "defence fine-tuned from the raw model instead of trained from scratch: the optimiser "
-                         "starts afresh on weights that DeepSec's schedule had ended at a learning rate of 1e-4 "
-                         "(CIFAR-10 checkpoint)",
+                         "starts afresh on {origin}",
     ("defence", "recipe"): "defence trained with the recipe {value} instead of DeepSec's (the training ablation in "
                            "the book compares them)",
     ("defence", "epochs"): "defence trained for {value} epochs instead of the recipe's (20 MNIST, 200 CIFAR-10)",
@@ -313,9 +320,58 @@ def budget_differences(profile: Profile, *, uses: frozenset, attack: str | None 
     return diffs
 
 
+def loads_deepsec_checkpoint(model: str | None, profile: Profile) -> bool:
+    """Whether ``profile``'s raw ``model`` is DeepSec's released checkpoint (else it is trained here)."""
+    from ..models import DEEPSEC_CHECKPOINTS
+
+    return profile.raw.source == "deepsec" and any(c["model"] == model for c in DEEPSEC_CHECKPOINTS.values())
+
+
+def learning_rate_after(recipe, epochs: int | None = None) -> float:
+    """The learning rate a step-schedule recipe (:class:`repro.train.Recipe`) has reached after ``epochs`` epochs
+    (``None``: all of its own): its rate times the factor of every decay whose 0-based epoch has finished, never
+    below its floor."""
+    epochs = recipe.epochs if epochs is None else epochs
+    lr = recipe.lr
+    for at, factor in recipe.lr_decays:
+        if at < epochs:
+            lr = max(lr * factor, recipe.min_lr)
+    return lr
+
+
+DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
+
+
+def init_departure(profile: Profile, *, model: str | None, dataset: str | None) -> str:
+    """The "fine-tuned instead of from scratch" departure, worded for where the column's raw model comes from:
+    DeepSec's checkpoint (and the learning rate DeepSec's recipe ends at) or a model trained here (its epochs and the
+    learning rate the recipe had reached then)."""
+    from ..train import RECIPES
+    from ..train.config import DEEPSEC_RECIPE
+
+    recipe = RECIPES[DEEPSEC_RECIPE[dataset]] if dataset in DEEPSEC_RECIPE else None
+    name = f"DeepSec's {DATASET_NAMES.get(dataset, dataset)} recipe"
+    if recipe is None:
+        origin = "the raw model"
+    elif loads_deepsec_checkpoint(model, profile):
+        origin = (f"DeepSec's released checkpoint, trained with {name}, which " +
+                  (f"ends at a learning rate of {learning_rate_after(recipe):g}" if recipe.lr_decays else
+                   f"keeps a constant learning rate of {recipe.lr:g}"))
+    else:
+        epochs = recipe.epochs if profile.raw.epochs is None else profile.raw.epochs
+        origin = (f"the raw model trained here for {epochs:,} of the {recipe.epochs:,} epochs of {name}, at a learning "
+                  f"rate of {learning_rate_after(recipe, epochs):g} when it stopped")
+    return DEPARTURE_TEXT[("defence", "init")].format(origin=origin)
+
+
 def departures_of(profile: Profile, *, uses: frozenset, attack: str | None = None,
-                  dataset: str | None = None) -> list[str]:
-    """Every departure of ``profile`` from the paper's budgets (:func:`budget_differences`), worded."""
-    return [DEPARTURE_TEXT[(part, name)].format(value=_fmt(value), paper=_fmt(paper))
-            for part, name, value, paper in budget_differences(profile, uses=uses, attack=attack, dataset=dataset)
-            if (part, name) in DEPARTURE_TEXT]
+                  dataset: str | None = None, model: str | None = None) -> list[str]:
+    """Every departure of ``profile`` from the paper's budgets (:func:`budget_differences`), worded; ``model``
+    (the column's raw model) decides the wording of a fine-tuned defence's starting point."""
+    out = []
+    for part, name, value, paper in budget_differences(profile, uses=uses, attack=attack, dataset=dataset):
+        if (part, name) == ("defence", "init"):
+            out.append(init_departure(profile, model=model, dataset=dataset))
+        elif (part, name) in DEPARTURE_TEXT:
+            out.append(DEPARTURE_TEXT[(part, name)].format(value=_fmt(value), paper=_fmt(paper)))
+    return out

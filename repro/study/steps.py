@@ -31,7 +31,7 @@ from ..attacks import ATTACKS, labels_field
 from ..models import DEEPSEC_CHECKPOINTS, MODEL_DATASET
 from ..train import DEFENCES, RECIPES, TrainConfig
 from .plan import COLUMNS, departures as plan_departures, fingerprint
-from .profiles import PROFILES, Profile, departures_of, get_profile
+from .profiles import PROFILES, Profile, departures_of, get_profile, loads_deepsec_checkpoint
 
 # Accuracy-vs-ε curves: PGD with `curve_steps` steps of ε/4 (Madry's 2/255 for ε = 8/255).
 CURVE_EPS = {"mnist": [0.0, 0.1, 0.2, 0.3, 0.4], "cifar10": [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 0.1]}
@@ -386,7 +386,7 @@ def train_config(*, dataset: str, model: str, profile: str | Profile, width: int
 
 def uses_deepsec_checkpoint(model: str, profile: Profile) -> bool:
     """Whether the profile's raw ``model`` is DeepSec's released checkpoint (else it is trained here)."""
-    return profile.raw.source == "deepsec" and any(c["model"] == model for c in DEEPSEC_CHECKPOINTS.values())
+    return loads_deepsec_checkpoint(model, profile)
 
 
 def _config_of(ctx: Context, *, defence_params=None) -> TrainConfig:
@@ -558,7 +558,7 @@ def candidates(ctx: Context, model: torch.nn.Module) -> data_mod.Candidates:
 def attack(ctx: Context, model: torch.nn.Module, cands: data_mod.Candidates):
     """Run the column's attack (the :data:`repro.attacks.ATTACKS` entry ``setup`` named) on the candidates, with
     the labels it takes (:func:`repro.attacks.labels_field`); returns :class:`repro.attacks.AttackRun`."""
-    from ..attacks import run_attack
+    from .attack_cache import run_cached
 
     p = ctx.params
     params = {name: p[name] for name in attack_parameters(ctx.name) if name in p}
@@ -567,15 +567,78 @@ def attack(ctx: Context, model: torch.nn.Module, cands: data_mod.Candidates):
             # Expected for the follow-up's literal "ε = 8"; the result records it in its notes instead.
             warnings.simplefilter("ignore", UserWarning)
         bf16 = ctx.profile.cuda_bf16 and ctx.device.type == "cuda"
-        run = run_attack(ctx.name, model, cands.x, getattr(cands, labels_field(ctx.name)), params=params,
-                         batch_size=p["batch_size"], device=ctx.device, progress=progress_enabled(), seed=p["seed"],
-                         autocast_bf16=bf16, compile_model=bf16)
+        run, reuse = run_cached(ctx.name, model, cands.x, getattr(cands, labels_field(ctx.name)), params=params,
+                                batch_size=p["batch_size"], device=ctx.device, progress=progress_enabled(),
+                                seed=p["seed"], autocast_bf16=bf16, compile_model=bf16)
+    if reuse.reused:
+        ctx.notes.append(reuse.note)
     if bf16:
         ctx.departures.append(BF16_DEPARTURE.format(what="attack"))
     prepared = [what for what, on in (("BatchNorm folded into the convolutions", run.options["fold_batchnorm"]),
                                       ("channels-last tensors", run.options["channels_last"])) if on]
     ctx.notes.append(f"attack ran on {run.device}" + (f", with {' and '.join(prepared)}" if prepared else ""))
     return run
+
+
+def _cw2_outcomes(model: torch.nn.Module, cands: data_mod.Candidates, x_adv: torch.Tensor, *, batch_size: int,
+                  device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per candidate: whether ``x_adv`` is classified as its target, and the absolute L2 distance to the clean image."""
+    pred = data_mod.predict_logits(model, x_adv, batch_size=batch_size, device=device).argmax(1)
+    return pred == cands.target, (x_adv - cands.x).flatten(1).norm(dim=1)
+
+
+def budget_ladder(ctx: Context, model: torch.nn.Module, cands: data_mod.Candidates, run) -> dict:
+    """CW2 at each smaller budget of the profile's ``cw2_ladder`` on the column's candidates and targets, compared
+    image by image with the column's own run ``run`` (empty dict when the profile has no ladder or the column is not
+    CW2). Saved in the result's ``extra.budget_ladder``.
+
+    Per budget: the success rate (a ``{rate, k, n}`` record with its exact 95 % interval), the mean absolute L2 of
+    the successful examples, and over the images both budgets fool the ratio of their L2 distances, smaller budget
+    over the column's (its median, and its mean with a bootstrap 95 % interval): a ratio above 1 is the distance the
+    smaller budget leaves on the table. Each run goes through the attack cache (:mod:`repro.study.attack_cache`).
+    """
+    from ..metrics.uncertainty import bootstrap_mean, clopper_pearson
+    from .attack_cache import run_cached
+
+    p = ctx.params
+    if ctx.name != "cw2" or not ctx.profile.cw2_ladder:
+        return {}
+    own = (p["binary_search_steps"], p["max_iterations"])
+    params = {name: p[name] for name in attack_parameters(ctx.name) if name in p}
+    ref_ok, ref_l2 = _cw2_outcomes(model, cands, run.x_adv, batch_size=p["batch_size"], device=ctx.device)
+
+    def row(steps: int, iterations: int, ok: torch.Tensor, l2: torch.Tensor, seconds: float) -> dict:
+        n, k = len(ok), int(ok.sum())
+        low, high = clopper_pearson(k, n)
+        both = ok & ref_ok
+        ratio = (l2[both] / ref_l2[both]).double().numpy()
+        out = {"binary_search_steps": steps, "max_iterations": iterations,
+               "iterations": steps * iterations, "success": {"rate": k / n, "k": k, "n": n, "low": low, "high": high},
+               "mean_l2": float(l2[ok].mean()) if k else None, "n_paired": int(both.sum()),
+               "seconds_per_example": seconds,
+               "l2": [round(float(v), 5) if good else None for v, good in zip(l2, ok)]}
+        if len(ratio):
+            lo, hi = bootstrap_mean(ratio, seed=p["seed"])
+            out["l2_ratio"] = {"median": float(np.median(ratio)), "mean": float(ratio.mean()), "low": lo, "high": hi,
+                               "max": float(ratio.max())}
+        return out
+
+    arms = []
+    for steps, iterations in ctx.profile.cw2_ladder:
+        if (steps, iterations) == own:
+            continue
+        arm, reuse = run_cached("cw2", model, cands.x, cands.target,
+                                params={**params, "binary_search_steps": steps, "max_iterations": iterations},
+                                batch_size=p["batch_size"], device=ctx.device, progress=progress_enabled(),
+                                seed=p["seed"])
+        if reuse.reused:
+            ctx.notes.append(f"budget ladder {steps} × {iterations}: {reuse.note}")
+        ok, l2 = _cw2_outcomes(model, cands, arm.x_adv, batch_size=p["batch_size"], device=ctx.device)
+        arms.append(row(steps, iterations, ok, l2, arm.seconds_per_example))
+    arms.append(row(*own, ref_ok, ref_l2, run.seconds_per_example))
+    ctx.extra["budget_ladder"] = {"reference": {"binary_search_steps": own[0], "max_iterations": own[1]},
+                                  "arms": sorted(arms, key=lambda a: a["iterations"])}
+    return ctx.extra["budget_ladder"]
 
 
 def attack_metrics(ctx: Context, model: torch.nn.Module, cands: data_mod.Candidates, run) -> dict:
@@ -728,7 +791,7 @@ def adhoc_uses(ctx: Context) -> frozenset:
 def adhoc_departures(ctx: Context) -> list[str]:
     """The profile's departures from the paper's budgets that an ad-hoc run inherits (e.g. RIC on a sample)."""
     return departures_of(ctx.profile, uses=adhoc_uses(ctx), attack=ctx.name if ctx.kind == "attack" else None,
-                         dataset=ctx.params.get("dataset"))
+                         dataset=ctx.params.get("dataset"), model=ctx.params.get("model"))
 
 
 def finish(ctx: Context, metrics: dict, *, extra: dict | None = None) -> results_mod.Result:

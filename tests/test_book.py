@@ -269,3 +269,34 @@ def test_the_corrected_columns_print_every_rate_with_its_interval(tmp_path):
     row = next(line for line in page.splitlines() if line.startswith("| MR (%)"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert all(re.fullmatch(r"-?[\d.]+ \[-?[\d.]+, -?[\d.]+\]", c) for c in cells[1:]), cells
+
+
+def _ladder_arm(steps, iterations, k, n, ratio=None):
+    arm = {"binary_search_steps": steps, "max_iterations": iterations, "iterations": steps * iterations,
+           "success": {"rate": k / n, "k": k, "n": n, "low": 0.9, "high": 1.0}, "mean_l2": 1.5, "n_paired": k,
+           "seconds_per_example": 2.0, "l2": []}
+    if ratio is not None:
+        arm["l2_ratio"] = dict(zip(("median", "mean", "low", "high", "max"), ratio))
+    return arm
+
+
+def test_the_table_1_page_shows_cw2s_budget_ladder_with_the_paired_ratios():
+    cw2 = _result("cw2_mnist", {"MR": 1.0}, {"MR": {"low": 0.96, "high": 1.0, "n": 100}}, profile="quick")
+    cw2.parameters = {"n_samples": 100, "binary_search_steps": 10, "max_iterations": 10_000}
+    cw2.extra["budget_ladder"] = {"reference": {"binary_search_steps": 10, "max_iterations": 10_000}, "arms": [
+        _ladder_arm(5, 500, 98, 100, (1.08, 1.10, 1.07, 1.13, 1.6)),
+        _ladder_arm(10, 1000, 100, 100, (1.01, 1.00, 0.99, 1.02, 1.1)),
+        _ladder_arm(10, 10_000, 100, 100, (1.0, 1.0, 1.0, 1.0, 1.0))]}
+    arm = _result("cw2_mnist_5x500", {"MR": 0.99}, {"MR": {"low": 0.96, "high": 1.0, "n": 200}}, profile="quick")
+    arm.parameters = {"n_samples": 200, "binary_search_steps": 5, "max_iterations": 500}
+    page = book._budget_ladder_section("quick", {"cw2_mnist": cw2, "cw2_mnist_5x500": arm})
+    assert "## CW2's iteration budget" in page
+    assert "DeepSec runs CW2 for 10 × 10,000 on 1,000 candidates" in page and "runs\n10 × 10,000 on 100" in page
+    rows = {line.split(" | ")[0].strip("| "): line for line in page.splitlines() if line.startswith("| ")}
+    assert "1.100 [1.070, 1.130]" in rows["5 × 500"] and "above 1" in rows["5 × 500"]
+    assert "contains 1" in rows["10 × 1,000"]
+    assert "(the column's)" in page and "| – | 2.00 |" in rows["10 × 10,000 (the column's)"]
+    assert "5 × 500 on 200 candidates (budget arm)" in page and "99.00 [96.00, 100.00]" in page
+    # no ladder in the result (e.g. computed before it existed): no section
+    cw2.extra = {}
+    assert book._budget_ladder_section("quick", {"cw2_mnist": cw2}) == ""

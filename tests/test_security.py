@@ -317,3 +317,18 @@ def test_the_chapter_claims_autoattacks_square_check_only_where_it_can_fire():
     assert "Square beating" not in without and "cannot fire for a model" in without
     with_square = "\n".join(page._autoattack_section(evaluation(["apgd-ce", "square"]), found))
     assert "Square beating the gradient attacks) raised no warning" in with_square and "cannot fire" not in with_square
+
+
+def test_the_landing_pages_masking_summary_names_the_rule_and_its_numbers():
+    from repro.report.security import MASKING_SHORT, masking_summary
+
+    steps = [{"steps": s, "rate": r} for s, r in ((1, 0.9), (5, 0.6), (100, 0.22))]
+    verdict = security.masking_verdict(white_box=0.12, square=0.84, steps_accuracy={1: 0.9, 5: 0.6, 100: 0.22},
+                                       large_eps_accuracy=0.0)
+    text = masking_summary({"verdict": verdict, "steps": steps})
+    assert text == "masking suspected: one PGD step leaves far more than many (1 step: 90.0 %, 100: 22.0 %)"
+    clean = security.masking_verdict(white_box=0.2, square=0.3, steps_accuracy={1: 0.26, 100: 0.22},
+                                     large_eps_accuracy=0.0)
+    assert masking_summary({"verdict": clean, "steps": steps}) == "no sign of masking"
+    assert masking_summary(None) == "–"
+    assert set(MASKING_SHORT) == set(security.MASKING_RULES)  # every rule has its few words

@@ -238,23 +238,36 @@ def optimality_curves(settings: dict[str, dict]):
     return fig
 
 
-def budget_ladder_table(ladder: dict):
-    """CW2's budget ladder (:func:`repro.study.steps.budget_ladder`) as a table: per budget, the success rate with
-    its 95 % interval, the mean L2 of the successful examples, and the per-image L2 ratio against the column's own
-    budget over the images both fool."""
-    import pandas as pd
-
+def budget_ladder_rows(ladder: dict) -> list[dict]:
+    """CW2's budget ladder (:func:`repro.study.steps.budget_ladder`) formatted, one dict of strings per budget
+    (smallest first): the success rate with its 95 % interval, the mean L2 of the successful examples, and the
+    per-image L2 ratio against the column's own budget over the images both fool (median; mean with its bootstrap
+    95 % interval). ``compare``: where that interval lies ("above 1", "below 1", "contains 1", or "–")."""
     rows = []
     for arm in ladder.get("arms", []):
         ok, ratio = arm["success"], arm.get("l2_ratio")
+        own = (arm["binary_search_steps"], arm["max_iterations"]) == tuple(ladder["reference"].values())
+        compare = ("–" if ratio is None or own else "above 1" if ratio["low"] > 1 else "below 1" if ratio["high"] < 1
+                   else "contains 1")
         rows.append({
-            "budget": f"{arm['binary_search_steps']} × {arm['max_iterations']:,}",
-            "MR (%)": f"{100 * ok['rate']:.1f} [{100 * ok['low']:.1f}, {100 * ok['high']:.1f}]",
-            "mean L2": "–" if arm["mean_l2"] is None else f"{arm['mean_l2']:.3f}",
-            "images both fool": arm["n_paired"],
-            "L2 ratio, median": "–" if ratio is None else f"{ratio['median']:.3f}",
-            "L2 ratio, mean [95 %]": "–" if ratio is None else f"{ratio['mean']:.3f} [{ratio['low']:.3f}, "
-                                                                f"{ratio['high']:.3f}]",
-            "s per image": f"{arm['seconds_per_example']:.2f}",
+            "budget": f"{arm['binary_search_steps']} × {arm['max_iterations']:,}", "own": own,
+            "mr": f"{100 * ok['rate']:.1f} [{100 * ok['low']:.1f}, {100 * ok['high']:.1f}]", "n": ok["n"],
+            "mean_l2": "–" if arm["mean_l2"] is None else f"{arm['mean_l2']:.3f}",
+            "paired": arm["n_paired"],
+            "median": "–" if ratio is None else f"{ratio['median']:.3f}",
+            "mean": "–" if ratio is None else f"{ratio['mean']:.3f} [{ratio['low']:.3f}, {ratio['high']:.3f}]",
+            "max": "–" if ratio is None else f"{ratio['max']:.2f}",
+            "seconds": f"{arm['seconds_per_example']:.2f}", "compare": compare,
         })
+    return rows
+
+
+def budget_ladder_table(ladder: dict):
+    """:func:`budget_ladder_rows` as a DataFrame (for the cw2 notebook)."""
+    import pandas as pd
+
+    names = {"mr": "MR (%) [95 %]", "mean_l2": "mean L2", "paired": "images both fool", "median": "L2 ratio, median",
+             "mean": "L2 ratio, mean [95 %]", "seconds": "s per image"}
+    rows = [{"budget": r["budget"], **{label: r[key] for key, label in names.items()}}
+            for r in budget_ladder_rows(ladder)]
     return pd.DataFrame(rows).set_index("budget") if rows else pd.DataFrame()

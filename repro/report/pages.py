@@ -21,6 +21,7 @@ from ..study.steps import ModelSource
 from ..study import verdicts
 from ..study.claims import scorecard
 from ..study.security import threat_model
+from .security import masking_summary
 from ..train.config import DEEPSEC_RECIPE, RECIPES
 from ..study.lookup import column_running, columns_running
 from . import markdown
@@ -348,10 +349,37 @@ def _table_page(table: str, cols, found, fresh, profile, figures_dir) -> str:
                      ":width: 100%\n\n(ours − published) / allowance, per metric and column, with our 95 % "
                      "interval as whiskers: inside the shaded band [−1, 1] at the whisker means consistent. Hollow "
                      "markers: not comparable. Metrics the paper did not print are left out, not drawn as 0.\n```\n")
+    if table == "1":
+        parts.append(_budget_ladder_section(profile, found))
     for col in cols:
         parts.append(_column_section(col, found.get(col.id), profile, fresh.get(col.id, False), figures_dir,
                                      found=found))
     return "\n".join(parts)
+
+
+def _budget_ladder_section(profile: str, found: dict) -> str:
+    """CW2's budget ladder (the Table 1 CW2 column's ``extra.budget_ladder``) and its budget-arm column beside it;
+    empty without a ladder in the result."""
+    from .figures import budget_ladder_rows
+
+    col = next((c for c in columns_running(profile, attack="cw2", table="1") if c.id in found), None)
+    ladder = {} if col is None else found[col.id].extra.get("budget_ladder", {})
+    if not ladder:
+        return ""
+    ref, paper = ladder["reference"], get_profile("paper")
+    budget = lambda p: f"{p['binary_search_steps']} × {p['max_iterations']:,}"  # noqa: E731
+    arm = next((c for c in columns_running(profile, attack="cw2", table="measure") if c.id in found), None)
+    metrics, arm_budget = [], ""
+    if arm is not None:
+        a, b = found[col.id], found[arm.id]
+        arm_budget = f"{budget(b.parameters)} on {b.parameters['n_samples']:,} candidates"
+        metrics = [(_label(m), _fmt_interval(m, _point(a, m)), _fmt_interval(m, _point(b, m))) for m in col.metric_keys]
+    return render("budget_ladder.md.j2", ladder=budget_ladder_rows(ladder), column=col.id,
+                  arm=None if arm is None else arm.id, metrics=metrics, arm_budget=arm_budget,
+                  reference=f"{budget(ref)} on {found[col.id].parameters['n_samples']:,} candidates",
+                  paper_budget=f"{budget(paper.attack_budget('cw2').iterations)} on "
+                               f"{paper.attack_budget('cw2').n_candidates:,} "
+                               "candidates")
 
 
 def _point(result: results_mod.Result | None, metric: str) -> dict:
@@ -846,15 +874,16 @@ def glance(profile: str, found: dict) -> str:
         return f"{100 * rec['rate']:.1f} [{100 * rec['low']:.1f}, {100 * rec['high']:.1f}]"
 
     attacked = [[rec["label"], rate(rec["clean"]), rate(rec["robust"]), f"{rec['robust']['n']:,}",
-                 f"ε = {eps_text(sec['threat_model']['eps'])}"]
+                 f"ε = {eps_text(sec['threat_model']['eps'])}", masking_summary(sec.get("masking", {}).get(mid))]
                 for col in columns_for(profile) if col.table == "security" and col.id in found
                 for sec in [found[col.id].extra["security"]]
-                for rec in sec["models"].values() if rec["role"] == "defended"]
+                for mid, rec in sec["models"].items() if rec["role"] == "defended"]
     if attacked:
         text += ("\nThe defended models attacked themselves, white-box (the security chapter): clean accuracy and "
                  "worst-case robust accuracy per image over PGD with restarts and AutoAttack, in % [95 % CI], on the "
-                 "first n test images:\n\n"
-                 + markdown.table(["defended model", "clean", "robust (worst case)", "n", "threat model"], attacked))
+                 "first n test images, and the gradient-masking checks' verdict:\n\n"
+                 + markdown.table(["defended model", "clean", "robust (worst case)", "n", "threat model",
+                                   "gradient-masking checks"], attacked))
     data = {}
     for r in found.values():
         data.update(r.provenance.get("data", {}).get("datasets", {}))

@@ -114,6 +114,30 @@ def _masking_rows(evaluation: dict) -> list[list[str]]:
     return rows
 
 
+# Each masking rule (repro.study.security.MASKING_RULES) in a few words, for the landing page's table.
+MASKING_SHORT = {"square_beats_pgd": "the gradient-free Square attack beats PGD",
+                 "large_eps_not_zero": "accuracy does not fall to 0 at a large ε",
+                 "steps_hurt": "more PGD steps leave a higher accuracy",
+                 "single_step_gap": "one PGD step leaves far more than many"}
+
+
+def masking_summary(check: dict | None) -> str:
+    """A model's masking verdict in words, with the step accuracies behind a single-step gap ("–" unchecked)."""
+    if not check:
+        return "–"
+    verdict = check["verdict"]
+    if not verdict["suspected"]:
+        return verdict["verdict"]
+    reasons = []
+    for key in verdict["reasons"]:
+        text = MASKING_SHORT.get(key, key)
+        if key in ("single_step_gap", "steps_hurt"):
+            steps = sorted(check["steps"], key=lambda r: r["steps"])
+            text += f" ({steps[0]['steps']} step: {pct(steps[0]['rate'])}, {steps[-1]['steps']}: {pct(steps[-1]['rate'])})"
+        reasons.append(text)
+    return f"{verdict['verdict']}: " + "; ".join(reasons)
+
+
 MASKING_HEADER = ["model", "white-box PGD", "Square (gradient-free)", "accuracy by PGD steps",
                   "accuracy at the largest ε", "verdict", "reasons", "n"]
 

@@ -202,9 +202,9 @@ PROFILES: dict[str, Profile] = {
     ),
     "quick": Profile(
         name="quick",
-        description="real data on 2 CPU cores: DeepSec's released raw models, reduced CW2, training and evaluation "
-                    "budgets, and the follow-up's \"wide\" ResNet at width ×1 trained on the available CIFAR-10 "
-                    "images",
+        description="real data on 2 CPU cores: DeepSec's released raw models, CW2 at DeepSec's full budget on 100 "
+                    "candidates, reduced training and evaluation budgets, and the follow-up's \"wide\" ResNet at "
+                    "width ×1 (×2 as well for the width ladder) trained on the available CIFAR-10 images",
         attacks={"default": AttackBudget(1000),
                  # CW2 at DeepSec's full budget (about 70 min on 2 cores for 100 candidates); the budget ladder
                  # and the cw2_mnist_5x500 column measure what the smaller budgets change.

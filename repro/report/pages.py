@@ -511,7 +511,28 @@ def _verdict_subs(profile: str, found: dict) -> dict[str, str]:
         f"{_fmt('ACC_raw', ev['deepsec'])} %")}
 
 
-def _allowances_page() -> str:
+def _allowance_evidence(profile: str, found: dict) -> str:
+    """:func:`repro.study.verdicts.allowance_evidence`, formatted and rendered."""
+    def mark(e: dict) -> str:
+        return "✓" if e["within"] else "✗"
+
+    rows, uncovered = [], []
+    for r in verdicts.allowance_evidence(profile, found):
+        m = r["metric"]
+        seeds = "; ".join(f"{e['column']}: {_fmt(m, e['range'])} (±{_fmt(m, e['allowance'])}) {mark(e)}"
+                          for e in r["seed_spread"]) or "–"
+        def paren(v):  # "−(−5.72)", not "− -5.72"
+            return f"({_fmt(m, v)})" if v < 0 else _fmt(m, v)
+
+        retrain = "; ".join(f"{e['column']}: {_fmt(m, e['followup'])} − {paren(e['deepsec'])} = "
+                            f"{_fmt(m, e['shift'])} (±{_fmt(m, e['allowance'])}) {mark(e)}" for e in r["retrain"]) or "–"
+        rows.append({"metric": _label(m), "seeds": seeds, "retrain": retrain})
+        if not r["covers_seeds"]:
+            uncovered.append(_label(m))
+    return render("allowance_evidence.md.j2", rows=rows, uncovered=uncovered)
+
+
+def _allowances_page(profile: str | None = None, found: dict | None = None) -> str:
     rows = []
     for metric, allowance in ALLOWANCES.items():
         unit = PRINTED_UNIT.get(metric)
@@ -521,7 +542,8 @@ def _allowances_page() -> str:
             parts.append(f"{allowance.rel * 100:g} % of the published value")
         rows.append([_label(metric), " or ".join(parts) + (" (the larger)" if len(parts) > 1 else ""),
                      allowance.why])
-    return markdown.table(["metric", "allowance on each side of our interval", "why"], rows)
+    text = markdown.table(["metric", "allowance on each side of our interval", "why"], rows)
+    return text + ("\n" + _allowance_evidence(profile, found) if profile and found else "")
 
 
 FINDINGS_SUBS = ("f_eps8_n", "f_eps8_saturated", "f_eps8_ass_code", "f_eps8_ass_255", "f_eps8_255_ass_code",
@@ -989,7 +1011,7 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
         (gen / f"table{table}.md").write_text(_table_page(table, tcols, found, fresh, profile, figures_dir),
                                               encoding="utf-8")
     (gen / "corrected.md").write_text(_corrected_page(profile, found, fresh, figures_dir), encoding="utf-8")
-    (gen / "allowances.md").write_text(_allowances_page(), encoding="utf-8")
+    (gen / "allowances.md").write_text(_allowances_page(profile, found), encoding="utf-8")
     (gen / "glance.md").write_text(glance(profile, found), encoding="utf-8")
     (gen / "notebooks.md").write_text(_notebooks_page(profile, cols), encoding="utf-8")
     from .security import security_page  # the security columns' chapter

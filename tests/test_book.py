@@ -300,3 +300,14 @@ def test_the_table_1_page_shows_cw2s_budget_ladder_with_the_paired_ratios():
     # no ladder in the result (e.g. computed before it existed): no section
     cw2.extra = {}
     assert book._budget_ladder_section("quick", {"cw2_mnist": cw2}) == ""
+
+
+def test_the_logit_shift_mechanism_sentence_follows_the_zero_gradient_measurement():
+    """Before: Findings §4 explained the shift's effect by gradients that "round to exactly zero" without it, then
+    printed 0 such candidates in both arms (the same share of zero elements)."""
+    same = {"no_shift": {"images": 0, "element_fraction": 0.0526}, "shift": {"images": 0, "element_fraction": 0.0526}}
+    text = book._shift_mechanism_text(same)
+    assert "do not explain the difference" in text and "open" in text
+    more = {"no_shift": {"images": 12, "element_fraction": 0.2}, "shift": {"images": 0, "element_fraction": 0.05}}
+    assert "consistent with that explanation" in book._shift_mechanism_text(more)
+    assert "f_shift_mechanism" in book.FINDINGS_SUBS

@@ -46,12 +46,17 @@ def test_ablation_arms_name_registered_recipes_and_differ_from_the_profile():
 
 def test_paper_workload_counts_come_from_the_profile_and_recipes():
     """Hand-computed: PAT ResNet-20 under paper = 200 epochs × 45,000 images × 7 PGD steps, + 2 updates per image;
-    CW2 = 1,000 × 10 × 10,000 iterations."""
-    work = {(w.column, w.unit): w.count for w in workload.workload("paper")}
+    CW2 = 1,000 × 10 × 10,000 iterations, and its budget ladder's 1,000 × (5 × 500 + 10 × 1,000)."""
+    work = {}
+    for w in workload.workload("paper"):
+        work[(w.column, w.unit)] = work.get((w.column, w.unit), 0) + w.count
     assert work[("pat_resnet20", "pgd_step")] == 200 * 45_000 * 7
     assert work[("pat_resnet20", "train_step")] == 200 * 45_000 * 2
     assert work[("pat_8_255_wide", "pgd_step")] == 200 * 45_000 * 10
-    assert work[("cw2_mnist", "cw2_iteration")] == 1000 * 10 * 10_000
+    assert work[("cw2_mnist", "cw2_iteration")] == 1000 * (10 * 10_000 + 5 * 500 + 10 * 1_000)
+    # a column's own budget wins over the profile's (before: the quick budget arm was counted at 10 × 10,000)
+    quick = {w.column: w.count for w in workload.workload("quick") if w.unit == "cw2_iteration"}
+    assert quick["cw2_mnist_5x500"] == 200 * 5 * 500
     assert work[("nat_mnist", "train_step")] == 20 * 54_000 * 2
     rows = workload.estimate(workload.workload("paper"), {"resnet20": {"pgd_step": 1000.0}})
     pat = next(r for r in rows if r["column"] == "pat_resnet20" and r["unit"] == "pgd_step")

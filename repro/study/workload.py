@@ -60,15 +60,19 @@ def workload(profile: str | Profile = "paper") -> list[Work]:
             else p.get("model")
         if col.attack:
             budget = prof.attack_budget(col.attack)
+            n = p.get("n_samples") or budget.n_candidates  # a column's own budget (overrides) wins
             if col.attack == "cw2":
-                it = budget.iterations
-                out.append(Work(col.id, f"{budget.n_candidates:,} images × {it['binary_search_steps']} × "
+                it = {**budget.iterations, **{k: p[k] for k in budget.iterations if p.get(k) is not None}}
+                out.append(Work(col.id, f"{n:,} images × {it['binary_search_steps']} × "
                                         f"{it['max_iterations']:,} iterations", "cw2_iteration", model,
-                                budget.n_candidates * it["binary_search_steps"] * it["max_iterations"]))
+                                n * it["binary_search_steps"] * it["max_iterations"]))
+                if col.table == "1":  # the budget ladder's smaller budgets on the same candidates
+                    for steps, iterations in prof.cw2_ladder:
+                        out.append(Work(col.id, f"budget ladder: {n:,} images × {steps} × {iterations:,} "
+                                                "iterations", "cw2_iteration", model, n * steps * iterations))
             else:
-                out.append(Work(col.id, f"{budget.n_candidates:,} images × {p['steps']} steps", "pgd_step", model,
-                                budget.n_candidates * p["steps"]))
-            out.append(Work(col.id, "metric suite", "metrics", dataset, budget.n_candidates))
+                out.append(Work(col.id, f"{n:,} images × {p['steps']} steps", "pgd_step", model, n * p["steps"]))
+            out.append(Work(col.id, "metric suite", "metrics", dataset, n))
         if ("raw" in col.uses and prof.raw.source == "train" or p.get("model") == "resnet20_wide") \
                 and model not in trained_raw and col.table in ("1", "2", "corrected", "measure"):
             trained_raw.add(model)

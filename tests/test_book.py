@@ -311,3 +311,16 @@ def test_the_logit_shift_mechanism_sentence_follows_the_zero_gradient_measuremen
     more = {"no_shift": {"images": 12, "element_fraction": 0.2}, "shift": {"images": 0, "element_fraction": 0.05}}
     assert "consistent with that explanation" in book._shift_mechanism_text(more)
     assert "f_shift_mechanism" in book.FINDINGS_SUBS
+
+
+def test_the_landing_page_shows_the_literal_eps8_picture_from_its_own_notebook(tmp_path):
+    found = book.load_found("smoke")
+    col = next(c for c in plan.columns_for("smoke") if c.attack == "pgd" and c.table == "1"
+               and c.parameters.get("eps", 0) >= 1)
+    text = book.eps8_picture("smoke", found, results.repo_root() / "results" / "smoke", tmp_path)
+    png = (tmp_path / "eps8_picture.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and png == book.notebook_figure(
+        results.repo_root() / "results" / "smoke" / f"{col.id}.ipynb", "figures.adversarial_grid(")
+    linf = found[col.id].metrics["ALD_Linf"]
+    assert f"{linf:.3f}" in text and f"columns/{col.id}.ipynb" in text and text.rstrip().endswith("```")
+    assert book.eps8_picture("smoke", {}, tmp_path, tmp_path) == ""  # no result: no picture

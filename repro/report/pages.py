@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import data as data_mod
 from .. import results as results_mod
 from ..study.plan import (COLUMNS, METRIC_LABELS, PRINTED_UNIT, TABLE_METRICS, Column, columns_for, fingerprint,
                           published, published_value, replicates, to_printed_unit)
@@ -946,6 +947,42 @@ def glance(profile: str, found: dict) -> str:
             "inconsistent, n/c not comparable (see the verdict rule in the book's Methods chapter).\n\n" + text)
 
 
+def notebook_figure(notebook: Path, call: str) -> bytes | None:
+    """The PNG a code cell of an executed notebook displayed, the first cell whose source contains ``call``
+    (``None`` when there is none): the report shows the pipeline's own figure, never a redrawn one."""
+    import base64
+
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    for cell in cells:
+        if cell["cell_type"] == "code" and call in "".join(cell["source"]):
+            for out in cell.get("outputs", []):
+                png = out.get("data", {}).get("image/png")
+                if png:
+                    return base64.b64decode("".join(png) if isinstance(png, list) else png)
+    return None
+
+
+def eps8_picture(profile: str, found: dict, notebooks: Path, figures_dir: Path) -> str:
+    """The landing page's picture of the literal "ε = 8": the adversarial-image grid of the literal ε = 8 PGD
+    column's executed notebook, with its mean L∞ distance; empty without that column's result or figure."""
+    col = next((c for c in columns_running(profile, attack="pgd", literal_eps=True, table="1") if c.id in found),
+               None)
+    png = None if col is None else notebook_figure(notebooks / f"{col.id}.ipynb", "figures.adversarial_grid(")
+    if png is None:
+        return ""
+    (figures_dir / "eps8_picture.png").write_bytes(png)
+    result = found[col.id]
+    counts = (result.extra.get("by_class") or {}).get("adversarial_class_counts") or []
+    top = None
+    if counts and sum(counts):
+        k = max(range(len(counts)), key=counts.__getitem__)
+        top = {"name": data_mod.CLASS_NAMES[result.parameters.get("dataset", "cifar10")][k],
+               "share": f"{100 * counts[k] / sum(counts):.0f}", "n": f"{sum(counts):,}"}
+    return render("eps8_picture.md.j2", column=col.id, title=col.title, eps=result.parameters.get("eps"),
+                  linf=_fmt_interval("ALD_Linf", _point(result, "ALD_Linf")),
+                  mr=_fmt_interval("MR", _point(result, "MR")), top=top)
+
+
 def _counts_short(counts: dict) -> str:
     if not any(counts.values()):
         return "–"
@@ -1026,6 +1063,7 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
     (gen / "corrected.md").write_text(_corrected_page(profile, found, fresh, figures_dir), encoding="utf-8")
     (gen / "allowances.md").write_text(_allowances_page(profile, found), encoding="utf-8")
     (gen / "glance.md").write_text(glance(profile, found), encoding="utf-8")
+    (gen / "eps8_picture.md").write_text(eps8_picture(profile, found, gen / "columns", figures_dir), encoding="utf-8")
     (gen / "notebooks.md").write_text(_notebooks_page(profile, cols), encoding="utf-8")
     from .security import security_page  # the security columns' chapter
 

@@ -118,3 +118,20 @@ def test_no_column_id_in_the_report_or_in_the_code_that_judges():
         if hits:
             found[str(path.relative_to(ROOT))] = hits
     assert not found, f"column ids in code above the plan: {found}"
+
+
+def test_pat_in_line_with_madry_is_judged_clean_against_clean(found, monkeypatch):
+    """Before: not tested (our model not comparable), although the follow-up's own numbers decide it: it set its
+    PAT model's clean accuracy (40.25 %) beside Madry et al.'s accuracies under PGD (47.1 % / 50 %); Madry's
+    adversarially trained model keeps 87.3 % clean."""
+    d = _decide("pat_drop_like_madry", found)
+    assert d.status == Status.REFUTED and d.reason == "clean_vs_robust"
+    assert d.numbers["followup"] == pytest.approx(0.4025) and d.numbers["madry_clean"] == pytest.approx(0.873)
+    text = templates.render("claims.md.j2", decisions=[d])
+    assert "40.25 %" in text and "87.3 %" in text and "under PGD attack" in text
+    if d.numbers["ours"] is not None:  # our own literal ε = 8 PAT model, attacked itself
+        assert f"{100 * d.numbers['ours']['robust']['rate']:.1f} %" in text
+    # a printed clean accuracy close to Madry's clean one would not refute it
+    view = claims.View("quick", found)
+    monkeypatch.setattr(view, "rows", lambda col: {"ACC_defended": {"followup": 0.87}})
+    assert claims.CLAIMS["pat_drop_like_madry"](view).status == Status.UNTESTED

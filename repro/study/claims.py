@@ -19,8 +19,6 @@ from .profiles import get_profile
 from .verdicts import ALLOWANCES, Verdict, comparison_rows, verdict
 
 MADRY_EPS = 8 / 255  # Madry et al.'s CIFAR-10 budget, 8 on the 0…255 scale, on [0, 1] images
-# Madry et al.'s accuracies under PGD that the follow-up cites for its PAT drop (its §4.2): "standard" and "wide".
-MADRY_CITED = (0.471, 0.50)
 # The follow-up's text on NAT (§4.2): CRR 44 %, CSR 20 %.
 NAT_TEXT = {"CRR": 0.44, "CSR": 0.20}
 SLIGHT = 2.0  # a ratio beyond which a change in a distance is not "slight"
@@ -213,20 +211,32 @@ def _nat_crr_csr(v: View) -> Decision:
 
 @claim("pat_drop_like_madry")
 def _pat_drop(v: View) -> Decision:
-    """"PAT's accuracy drop is in line with Madry's 47.1 % / 50 %": decided by the literal ε = 8 PAT column's
-    defended accuracy, only where it is comparable with the follow-up's."""
+    """"PAT's accuracy drop is in line with Madry's 47.1 % / 50 %": the follow-up sets its PAT "ε = 8" model's
+    accuracy on clean images (its Table 2) beside Madry et al.'s accuracies under PGD attack. Compared like with
+    like, refuted when the printed clean accuracy lies below the clean accuracy of Madry et al.'s adversarially
+    trained model by more than the allowance; our literal ε = 8 PAT model's clean and worst-case robust accuracy
+    (the security evaluation) are quoted beside it."""
+    from .security import ANCHORS, FOLLOWUP_MADRY_ROBUST
+
     col = v.column(defence="pat", literal_eps=True, table="2")
     if col is None:
         return _missing("pat_drop_like_madry", "the literal ε = 8 PAT column")
     r = v.rows(col)["ACC_defended"]
-    numbers = {"ours": r["ours"], "low": r["low"], "high": r["high"], "followup": r["followup"],
-               "madry": MADRY_CITED, "why": [e.departure for e in r["cell_followup"].blocking]}
-    if r["verdict_followup"] not in (Verdict.CONSISTENT, Verdict.INCONSISTENT) or r["low"] is None:
-        return Decision("pat_drop_like_madry", Status.UNTESTED, "not_comparable", numbers, (col.id,))
-    margin = ALLOWANCES["ACC_defended"].width(MADRY_CITED[0])
-    inside = r["high"] >= MADRY_CITED[0] - margin and r["low"] <= MADRY_CITED[1] + margin
-    return Decision("pat_drop_like_madry", Status.CONFIRMED if inside else Status.REFUTED,
-                    "within_madry" if inside else "outside_madry", numbers, (col.id,))
+    madry = ANCHORS[0]
+    numbers = {"followup": r["followup"], "cited": FOLLOWUP_MADRY_ROBUST, "madry_clean": madry.clean,
+               "madry_pgd": madry.pgd, "ours": None}
+    sec = next((c for c in v.columns if c.table == "security" and c.parameters.get("dataset") == "cifar10"
+                and c.id in v.found), None)
+    models = {} if sec is None else v.found[sec.id].extra.get("security", {}).get("models", {})
+    ours = next((m for m in models.values() if m.get("column") == col.id and m.get("role") == "defended"), None)
+    if ours is not None:
+        numbers["ours"] = {"clean": ours["clean"], "robust": ours["robust"]}
+    if r["followup"] is None:
+        return Decision("pat_drop_like_madry", Status.UNTESTED, "no_result", {"what": "the follow-up's PAT value"})
+    below = r["followup"] < madry.clean - ALLOWANCES["ACC_defended"].width(madry.clean)
+    return Decision("pat_drop_like_madry", Status.REFUTED if below else Status.UNTESTED,
+                    "clean_vs_robust" if below else "clean_like_madry", numbers,
+                    (col.id,) + (() if sec is None or ours is None else (sec.id,)))
 
 
 @claim("wider_is_more_robust")

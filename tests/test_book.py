@@ -324,3 +324,25 @@ def test_the_landing_page_shows_the_literal_eps8_picture_from_its_own_notebook(t
     linf = found[col.id].metrics["ALD_Linf"]
     assert f"{linf:.3f}" in text and f"columns/{col.id}.ipynb" in text and text.rstrip().endswith("```")
     assert book.eps8_picture("smoke", {}, tmp_path, tmp_path) == ""  # no result: no picture
+
+
+def test_the_distance_figure_draws_only_published_metrics_names_columns_and_labels_clipped_points():
+    """Before: RIC rows drawn empty, column ids in the ticks and no legend, off-scale points without a value, and
+    7-point labels on an 11-inch figure (about 6 px at page width)."""
+    from repro.report import figures
+
+    def row(metric, ours, pub):
+        return {"metric": metric, "ours": ours, "low": ours, "high": ours, "followup": pub, "deepsec": None,
+                "verdict_followup": Verdict.CONSISTENT, "verdict_deepsec": None}
+
+    rows = {"cw2_mnist": [row("MR", 0.99, 0.998), row("RIC", 0.5, None)], "pgd_resnet20": [row("MR", 0.5, 1.0)]}
+    fig = figures.distance_dots(rows, {"MR": lambda v: 0.005, "RIC": lambda v: 0.01}, labels={"MR": "MR"},
+                                column_labels={"cw2_mnist": "CW2 column", "pgd_resnet20": "PGD column"})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["MR"]  # RIC has nothing published: no row
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[:2] == ["CW2 column", "PGD column"]
+    assert "-100" in [t.get_text() for t in ax.texts]  # (0.5 − 1.0) / 0.005, clipped at −8 and labelled
+    assert min(t.get_fontsize() for t in ax.get_yticklabels()) >= 9 and fig.get_figwidth() <= 9
+    import matplotlib.pyplot as plt
+    plt.close(fig)

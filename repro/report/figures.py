@@ -94,23 +94,32 @@ def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, *, n: int = 6, labels
     return fig
 
 
-def distance_dots(rows_by_column: dict[str, list[dict]], allowance: dict, *, labels: dict, title: str = ""):
-    """A dot plot of (ours − published) / allowance, per metric (rows) and column (colours), one panel per
-    reference (the follow-up, DeepSec), with our 95 % interval as whiskers and the band [−1, 1] shaded.
+def distance_dots(rows_by_column: dict[str, list[dict]], allowance: dict, *, labels: dict, title: str = "",
+                  column_labels: dict | None = None):
+    """A dot plot of (ours − published) / allowance, per metric (row groups) and column (colours, named in the
+    legend), one panel per reference (the follow-up, DeepSec), with our 95 % interval as whiskers and the band
+    [−1, 1] shaded.
 
     Args:
         rows_by_column: column id → :func:`repro.report.pages.comparison_rows` rows.
         allowance: metric → function of the published value giving the allowance (fractions).
         labels: metric → label.
+        column_labels: column id → the legend's name for it (default: the id).
 
-    A metric without a published value is left out (never drawn as 0); a not-comparable cell is a hollow marker.
-    Distances beyond ±8 allowances are clipped to the edge and marked with an arrow-like marker.
+    Only metrics with a published value in some column are drawn (never a value as 0, never an empty row); a
+    not-comparable cell is a hollow marker. Distances beyond ±8 allowances are clipped to the edge, marked with an
+    arrow-like marker and labelled with their value. Sized to stay legible at the book's page width (about 9
+    inches shown at 100 %: 9-point tick labels).
     """
     from ..study.verdicts import Verdict
 
     refs = (("followup", "against the follow-up"), ("deepsec", "against DeepSec"))
-    metrics = [m for m in dict.fromkeys(r["metric"] for rows in rows_by_column.values() for r in rows)]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.32 * len(metrics) * max(1, len(rows_by_column)) + 1.4),
+    metrics = [m for m in dict.fromkeys(r["metric"] for rows in rows_by_column.values() for r in rows)
+               if any(r["metric"] == m and (r["followup"] is not None or r["deepsec"] is not None)
+                      for rows in rows_by_column.values() for r in rows)]
+    column_labels = column_labels or {}
+    n_cols = max(1, len(rows_by_column))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 0.2 * len(metrics) * n_cols + 0.12 * len(metrics) + 1.9),
                              sharey=True, squeeze=False)
     colours = plt.get_cmap("tab10")
     limit = 8.0
@@ -118,34 +127,45 @@ def distance_dots(rows_by_column: dict[str, list[dict]], allowance: dict, *, lab
     for panel, (key, heading) in zip(axes[0], refs):
         panel.axvspan(-1, 1, color="#dddddd", zorder=0)
         panel.axvline(0, color="#888888", lw=0.8)
-        y = 0
-        for i, metric in enumerate(metrics):
+        y = 0.0
+        for metric in metrics:
+            if key == "followup":
+                ticks.append(y + (n_cols - 1) / 2)
+                ticklabels.append(labels.get(metric, metric))
             for j, (col_id, rows) in enumerate(rows_by_column.items()):
                 row = next((r for r in rows if r["metric"] == metric), None)
-                if key == "followup":
-                    ticks.append(y)
-                    ticklabels.append(f"{labels.get(metric, metric)} · {col_id}")
                 if row is not None and row[key] is not None and row["ours"] is not None:
                     scale = allowance[metric](row[key]) or 1e-12
                     dist = lambda v: max(-limit, min(limit, (v - row[key]) / scale))  # noqa: E731
                     hollow = row[f"verdict_{key}"] == Verdict.NOT_COMPARABLE
                     if row["low"] is not None:
                         panel.plot([dist(row["low"]), dist(row["high"])], [y, y], color=colours(j), lw=1.5)
+                    raw = (row["ours"] - row[key]) / scale
                     centre = dist(row["ours"])
                     marker = ">" if centre >= limit else "<" if centre <= -limit else "o"
                     panel.plot([centre], [y], marker=marker, color=colours(j),
-                               markerfacecolor="white" if hollow else colours(j), markersize=5)
+                               markerfacecolor="white" if hollow else colours(j), markersize=6)
+                    if abs(raw) > limit:
+                        panel.annotate(f"{raw:+.0f}", (centre, y), xytext=(-4 if raw > 0 else 4, 0),
+                                       textcoords="offset points", ha="right" if raw > 0 else "left",
+                                       va="center", fontsize=8, color=colours(j))
                 y += 1
-            y += 0.5
+            y += 0.8
         panel.set_xlim(-limit - 0.5, limit + 0.5)
-        panel.set_title(heading, fontsize=9)
-        panel.set_xlabel("(ours − published) / allowance", fontsize=8)
-        panel.tick_params(axis="x", labelsize=7)
-    axes[0][0].set_yticks(ticks, ticklabels, fontsize=7)
+        panel.set_title(heading, fontsize=10)
+        panel.set_xlabel("(ours − published) / allowance", fontsize=9)
+        panel.tick_params(axis="x", labelsize=9)
+    axes[0][0].set_yticks(ticks, ticklabels, fontsize=9)
     axes[0][0].invert_yaxis()
+    handles = [plt.Line2D([], [], marker="o", ls="", color=colours(j)) for j in range(len(rows_by_column))]
+    handles += [plt.Line2D([], [], marker="o", ls="", color="black", markerfacecolor="white")]
+    names = [column_labels.get(c, c) for c in rows_by_column] + ["hollow: not comparable"]
+    ncol = 2 if max(map(len, names)) <= 60 else 1
+    fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize=9, frameon=False)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=11)
+    rows = -(-len(names) // ncol)
+    fig.tight_layout(rect=(0, min(0.3, 0.05 + 0.35 * rows / fig.get_figheight()), 1, 1))
     return fig
 
 

@@ -344,7 +344,8 @@ def _table_page(table: str, cols, found, fresh, profile, figures_dir) -> str:
     rows = {col.id: comparison_rows(col, found.get(col.id), profile, found) for col in cols if col.id in found}
     if any(r["followup"] is not None or r["deepsec"] is not None for rs in rows.values() for r in rs):
         fig = figures.distance_dots(rows, {m: ALLOWANCES[m].width for m in metrics}, labels=METRIC_LABELS,
-                                    title=f"Table {table}: ours against the published values")
+                                    title=f"Table {table}: ours against the published values",
+                                    column_labels={c.id: c.title for c in cols})
         figures.save(fig, figures_dir / f"table{table}_distance.png")
         parts.append(f"```{{figure}} figures/table{table}_distance.png\n:name: fig-table{table}-distance\n"
                      ":width: 100%\n\n(ours − published) / allowance, per metric and column, with our 95 % "

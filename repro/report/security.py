@@ -15,6 +15,7 @@ import numpy as np
 
 from ..study import security as sec
 from . import markdown
+from .templates import render
 from ..study.lookup import column_running
 from ..study.plan import COLUMNS, published_value
 from ..study.profiles import get_profile
@@ -222,7 +223,6 @@ def masking_figure(evaluation: dict, *, title: str = ""):
 
 # -------------------------------------------------------------------------------------------------------- page
 def _autoattack_section(evaluations: dict[str, dict], found: dict) -> list[str]:
-    out = ["## What AutoAttack ran, and what it cost\n"]
     rows, checks, without_square = [], [], []
     for cid, ev in evaluations.items():
         device = found[cid].provenance.get("device", {})
@@ -236,89 +236,48 @@ def _autoattack_section(evaluations: dict[str, dict], found: dict) -> list[str]:
             checks += [f"{rec['label']}: {message}" for message in aa.get("checks", [])]
             if "square" not in aa["attacks"]:
                 without_square.append(rec["label"])
-    out.append("AutoAttack (Croce and Hein, ICML 2020) with the authors' code (`pyautoattack`), at each model's "
-               "threat model. The standard version runs APGD-CE, APGD-T (9 target classes), FAB-T and Square "
-               "(5,000 queries); a cheaper profile runs the subset named below. Time is the attack's own wall time "
-               "divided by all evaluated images (an image the model already misclassifies costs nothing):\n")
-    out.append(markdown.table(["model", "version", "attacks", "APGD-T target classes", "APGD iterations",
-                          "seconds per image", "seconds", "device"], rows))
-    if checks:
-        out.append("AutoAttack's own sanity checks said:\n")
-        out.extend(f"- {c}" for c in checks)
-        out.append("")
-    else:
-        out.append("AutoAttack's own sanity checks (randomised or dynamic defence, zero gradients"
-                   + (", Square beating the gradient attacks" if not without_square else "")
-                   + ") raised no warning.\n")
-    if without_square:
-        out.append("Its check that the gradient-free Square attack does better than the gradient attacks cannot fire "
-                   f"for {', '.join(without_square)}: Square was not among the attacks run there (the masking checks "
-                   "below run Square separately).\n")
-    return out
+    table = markdown.table(["model", "version", "attacks", "APGD-T target classes", "APGD iterations",
+                            "seconds per image", "seconds", "device"], rows)
+    text = render("security_autoattack.md.j2", table=table, checks=checks, without_square=without_square)
+    return [text.rstrip("\n") + "\n"]
 
 
 def _transfer_section(evaluations: dict[str, dict], figures_dir: Path) -> list[str]:
     from . import figures
 
-    out = ["## DeepSec's transfer setting versus white-box attacks\n"]
     rows = []
     for ev in evaluations.values():
         rows += _transfer_rows(ev)
     budgets = sorted({(e["attacks"]["cw2"]["params"]["binary_search_steps"],
                        e["attacks"]["cw2"]["params"]["max_iterations"])
                       for ev in evaluations.values() for e in ev["transfer"].values() if "cw2" in e["attacks"]})
-    out.append("DeepSec's security evaluation crafts adversarial examples on the undefended (raw) model and scores "
-               "the defended model on them. Here each attack runs both ways on the same images, with DeepSec's "
-               "parameters (FGSM and PGD at ε = 0.3 on MNIST, 0.1 on CIFAR-10; CW2 targeted at a random wrong class "
-               "with DeepSec's hyper-parameters at "
-               + (", ".join(f"{s} × {i:,}" for s, i in budgets) or NOT_COMPUTED)
-               + " search steps × iterations, a cheap budget beside DeepSec's 10 × 10,000). Both columns give the "
-               "defended model's accuracy; the white-box one is what an attacker who knows the defence obtains. "
-               "The paired column counts the images only the transfer examples leave correct and those only the "
-               "white-box ones leave correct, with McNemar's exact two-sided p on the same images. CW2 bounds no "
-               "distance: run to convergence it changes the class of every image, so the accuracy it leaves here "
-               "measures its small iteration budget, not the defence. The worst-case robust accuracy (PGD with "
-               "restarts and AutoAttack within the threat model) is the number to quote.\n")
-    out.append(markdown.table(["defended model", "attack", "crafted on the raw model (DeepSec)",
-                               "crafted on the defended model (white-box)", "paired: only transfer / only "
-                               "white-box correct", "n"], rows))
+    table = markdown.table(["defended model", "attack", "crafted on the raw model (DeepSec)",
+                            "crafted on the defended model (white-box)", "paired: only transfer / only "
+                            "white-box correct", "n"], rows)
     fig = transfer_figure(evaluations)
     figures.save(fig, figures_dir / "security_transfer.png")
-    out.append("```{figure} figures/security_transfer.png\n:name: fig-security-transfer\n:width: 100%\n\n"
-               "Accuracy of each defended model on adversarial examples crafted on the raw model (DeepSec's "
-               "transfer setting) and on the defended model itself (white-box), with 95 % Clopper–Pearson "
-               "intervals.\n```\n")
-    return out
+    return [render("security_transfer.md.j2", table=table, figure="security_transfer.png",
+                   budgets=", ".join(f"{s} × {i:,}" for s, i in budgets) or NOT_COMPUTED)]
 
 
 def _masking_section(evaluations: dict[str, dict], figures_dir: Path) -> list[str]:
     from . import figures
 
-    out = ["## Gradient-masking checks\n",
-           "A defence can look robust because its gradients are useless to the attacker rather than because it "
-           "is robust (Athalye, Carlini and Wagner, ICML 2018). Every defended model is checked, whatever its "
-           "white-box number: a gradient-free attack (AutoAttack's Square), accuracy versus the number of PGD steps "
-           f"(step {sec.MASKING_STEP_FACTOR:g}·ε/steps, one random start) and versus ε up to a large ε (the last of "
-           "each dataset's list, where every image can be turned into another class's image). The verdict is "
-           "computed, not typed: masking is suspected when any of these holds:\n"]
-    out.extend(f"- `{key}`: {text}" for key, text in sec.MASKING_RULES.items())
-    out.append("")
-    rows = []
+    rows, shown = [], []
     for ev in evaluations.values():
         rows += _masking_rows(ev)
-    out.append(markdown.table(MASKING_HEADER, rows))
     for i, (cid, ev) in enumerate(evaluations.items()):
         if not ev["masking"]:
             continue
         fig = masking_figure(ev, title=f"{COLUMNS[cid].title}: gradient-masking checks")
         name = f"security_masking_{cid}.png"
         figures.save(fig, figures_dir / name)
-        square = next(iter(ev["masking"].values()))["square"]["square_queries"]
-        out.append(f"```{{figure}} figures/{name}\n:name: fig-security-masking-{i}\n:width: 100%\n\n"
-                   f"{COLUMNS[cid].title}: accuracy versus PGD steps at the threat model's ε and versus ε "
-                   f"({next(iter(ev['masking'].values()))['eps_steps']} steps per point); Square ran {square:,} "
-                   "queries.\n```\n")
-    return out
+        first = next(iter(ev["masking"].values()))
+        shown.append({"name": name, "index": i, "title": COLUMNS[cid].title, "eps_steps": first["eps_steps"],
+                      "square": f"{first['square']['square_queries']:,}"})
+    text = render("security_masking.md.j2", step_factor=f"{sec.MASKING_STEP_FACTOR:g}",
+                  rules=list(sec.MASKING_RULES.items()), table=markdown.table(MASKING_HEADER, rows), figures=shown)
+    return [text.rstrip("\n") + "\n"]
 
 
 def _anchor_section() -> list[str]:
@@ -336,25 +295,15 @@ def _followup_section(evaluations: dict[str, dict]) -> list[str]:
     literal = column_running("paper", defence="pat", literal_eps=True, table="2")
     published = None if literal is None else published_value("2", literal.compare_with, "follow-up", "ACC_defended")
     madry = sec.ANCHORS[0]
-    text = ("## Clean accuracy is not robust accuracy\n\n"
-            "The follow-up reads its PAT \"ε = 8\" wide ResNet's accuracy, "
-            f"{pct(None if published is None else published.value, 2)} in its Table 2, as in line with Madry et "
-            f"al.'s \"{pct(sec.FOLLOWUP_MADRY_ROBUST['standard'])} accuracy on the standard model and "
-            f"{pct(sec.FOLLOWUP_MADRY_ROBUST['wide'], 0)} on the wide one\". The first is an accuracy on clean "
-            "test images (DeepSec's defence metrics never attack the defended model); the second are accuracies "
-            "under PGD attack. Like is compared with like only clean with clean (Madry et al.: "
-            f"{pct(madry.clean)}) and robust with robust (Madry et al.: {pct(madry.pgd)} under PGD-20, "
-            f"{pct(sec.ANCHORS[1].autoattack, 2)} under AutoAttack).")
-    if cifar is not None:
-        parts = []
-        for rec in cifar["models"].values():
-            if rec["role"] == "defended" and COLUMNS[rec["column"]].defence == "pat":
-                parts.append(f"{rec['label']}: clean {with_interval(rec['clean'])}, robust "
-                             f"{with_interval(rec['robust'])} (n = {rec['robust']['n']})")
-        if parts:
-            text += (" Our models, attacked themselves at ε = 8/255 (robust = worst case over PGD and AutoAttack): "
-                     + "; ".join(parts) + ".")
-    return [text + "\n"]
+    ours = [] if cifar is None else [
+        f"{rec['label']}: clean {with_interval(rec['clean'])}, robust {with_interval(rec['robust'])} "
+        f"(n = {rec['robust']['n']})"
+        for rec in cifar["models"].values() if rec["role"] == "defended" and COLUMNS[rec["column"]].defence == "pat"]
+    return [render("security_followup.md.j2", published=pct(None if published is None else published.value, 2),
+                   cited={"standard": pct(sec.FOLLOWUP_MADRY_ROBUST["standard"]),
+                          "wide": pct(sec.FOLLOWUP_MADRY_ROBUST["wide"], 0)},
+                   madry_clean=pct(madry.clean), madry_pgd=pct(madry.pgd),
+                   madry_autoattack=pct(sec.ANCHORS[1].autoattack, 2), ours=ours)]
 
 
 def security_page(found: dict, profile: str, figures_dir) -> str:

@@ -138,22 +138,12 @@ def _label(metric: str) -> str:
 # ------------------------------------------------------------------------------------------------------- pages
 def _column_section(col: Column, result: results_mod.Result | None, profile: str, fresh: bool,
                     figures_dir: Path, found: dict | None = None) -> str:
-    out = [f"({col.id})=\n## {col.title}\n"]
     if result is None:
-        out.append(f"*Not computed under the {profile} profile.*\n")
-        return "\n".join(out)
+        return f"({col.id})=\n## {col.title}\n\n*Not computed under the {profile} profile.*\n"
     prov = result.provenance
     device = prov.get("device", {})
     git = prov.get("git", {})
     commit = (git.get("commit") or "no commit")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
-    out.append(f"**Model:** {col.model_label}. **Executed notebook:** [{col.id}](columns/{col.id}.ipynb). "
-               f"**Computed** {result.created} on {device.get('name', '?')} ({device.get('device', '?')}) in "
-               f"{prov.get('wall_time_s', float('nan')):.0f} s{_training_note(result)}, code {commit}.\n")
-    if prov.get("notes"):
-        out.append("**How it ran:** " + "; ".join(prov["notes"]) + ".\n")
-    if not fresh:
-        out.append("```{warning}\nThis result was computed with different code or parameters than the current "
-                   "plan (its fingerprint differs); rerun the column to refresh it.\n```\n")
     rows = comparison_rows(col, result, profile, found)
     spread = seed_spread(col, found, profile) if found is not None else {}
     header = ["metric", "ours [95 % CI]", "n", "follow-up", "verdict", "DeepSec", "verdict"]
@@ -175,58 +165,33 @@ def _column_section(col: Column, result: results_mod.Result | None, profile: str
         table.append(line)
     if "CC" in result.metrics and result.metrics["CC"] is not None:
         table.append(["CC (ms per AE)", f"{1e3 * result.metrics['CC']:.2f}"] + [""] * (len(header) - 2))
-    out.append(markdown.table(header, table))
-    against = {key: _counts_text(verdict_counts(rows, key)) for key in ("followup", "deepsec")}
-    out.append(f"Verdicts ({{ref}}`the rule <verdicts>`): against the follow-up {against['followup']}; against "
-               f"DeepSec {against['deepsec']}. n is the "
-               "interval's denominator (all attacked images for MR, the successful adversarial examples for the "
-               "other attack metrics, the test images for accuracies).\n")
-    for key, label in (("followup", "the follow-up"), ("deepsec", "DeepSec")):
-        why = _why(rows, key)
-        if why:
-            out.append(f"**Not comparable with {label}** (a departure that can move the metric, unmeasured or "
-                       "measured beyond the metric's allowance):\n")
-            out.extend(f"- {w}" for w in why)
-            out.append("")
+    why = [(label, _why(rows, key)) for key, label in (("followup", "the follow-up"), ("deepsec", "DeepSec"))]
     taken = sorted({f"{_label(e.metric)}: {effect_text(e)}" for r in rows for key in ("followup", "deepsec")
                     if r[f"verdict_{key}"] in (Verdict.CONSISTENT, Verdict.INCONSISTENT)
                     for e in r[f"cell_{key}"].effects if e.measured})
-    if taken:
-        out.append("**Departure effects taken into account** (measured within the allowance; the verdict judges "
-                   "our interval shifted back by them):\n")
-        out.extend(f"- {t}" for t in taken)
-        out.append("")
     measured = [f"{_label(r['metric'])} ±{_fmt(r['metric'], r['allowance_followup'].abs)} "
                 f"({r['allowance_followup'].why})"
                 for r in rows if r["allowance_followup"].basis == "measured"]
-    if measured:
-        out.append("**Allowances measured** from this column's seed replicates: " + "; ".join(measured) + ".\n")
-    weak = [f"{_label(r['metric'])} ({r[f'power_{key}']})" for r in rows for key in ("followup",)
-            if r[f"power_{key}"]]
-    if weak:
-        out.append("**Consistent but uninformative:** " + "; ".join(weak) + ": any run of this kind gives that "
-                   "value, so agreement says nothing about the model.\n")
-    if has_null:
-        out.append(null_defence_text(rows) + "\n")
-    if any(r["second_hand_followup"] or r["second_hand_deepsec"] for r in rows):
-        out.append("\\* second-hand: copied from the follow-up's table, not checked against DeepSec's own "
-                   "paper.\n")
+    weak = [f"{_label(r['metric'])} ({r['power_followup']})" for r in rows if r["power_followup"]]
     # A published cell can carry several corrections (" | "-separated); each is listed once per column.
     corrections = sorted({part.strip() for p in published(col.table) if p.column == col.compare_with
                           for part in p.correction.split(" | ") if part.strip()})
     notes = sorted({f"{METRIC_LABELS[p.metric]}: {p.note}" for p in published(col.table)
                     if p.column == col.compare_with and p.note})
-    if corrections or notes:
-        out.append("**The published numbers, corrected:**\n")
-        out.extend(f"- {c}" for c in corrections + notes)
-        out.append("")
-    out.append(f"**Departures from the paper** ({profile} profile):\n")
-    deps = result.departures or ["none"]
-    out.extend(f"- {d}" for d in deps)
-    out.append("")
     params = {k: v for k, v in result.parameters.items() if k not in _unused_parameters(result)}
-    out.append("**Effective parameters:** " + ", ".join(f"`{k}={v!r}`" for k, v in params.items()) + "\n")
-    return "\n".join(out)
+    text = render(
+        "column_section.md.j2", col=col, profile=profile, fresh=fresh, notes=prov.get("notes") or [],
+        computed={"created": result.created, "device": f"{device.get('name', '?')} ({device.get('device', '?')})",
+                  "seconds": f"{prov.get('wall_time_s', float('nan')):.0f}", "training": _training_note(result),
+                  "commit": commit},
+        table=markdown.table(header, table),
+        against={key: _counts_text(verdict_counts(rows, key)) for key in ("followup", "deepsec")},
+        why=[(label, reasons) for label, reasons in why if reasons], taken=taken, measured=measured, weak=weak,
+        null_text=null_defence_text(rows) if has_null else "",
+        second_hand=any(r["second_hand_followup"] or r["second_hand_deepsec"] for r in rows),
+        corrected=corrections + notes, departures=result.departures or ["none"],
+        parameters=", ".join(f"`{k}={v!r}`" for k, v in params.items()))
+    return text
 
 
 # Raw-model training budgets: they apply only to a raw model trained here, not to DeepSec's released checkpoint.

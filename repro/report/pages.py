@@ -865,12 +865,8 @@ def glance(profile: str, found: dict) -> str:
                      _counts_short(verdict_counts(comp, "deepsec")),
                      f"{_label(key)} {_fmt_interval(key, r)}", _fmt(key, r["followup"]), _fmt(key, r["deepsec"]),
                      "; ".join(why) or "–"])
-    text = markdown.table(["column", "vs follow-up (✓ / ✗ / n/c)", "vs DeepSec (✓ / ✗ / n/c)", "our key number [95 % CI]",
-                      "follow-up", "DeepSec", "why"], rows)
-    text += ("\n✓ / ✗ / n/c count the published cells of a column: consistent, inconsistent, or not comparable (a "
-             "departure of our run from the published setting can move the metric, and its effect is unmeasured or "
-             "larger than the allowance, the metric's tolerance for another training run); – where nothing was "
-             "published.\n")
+    columns = markdown.table(["column", "vs follow-up (✓ / ✗ / n/c)", "vs DeepSec (✓ / ✗ / n/c)",
+                              "our key number [95 % CI]", "follow-up", "DeepSec", "why"], rows)
 
     def rate(rec: dict) -> str:
         return f"{100 * rec['rate']:.1f} [{100 * rec['low']:.1f}, {100 * rec['high']:.1f}]"
@@ -880,27 +876,13 @@ def glance(profile: str, found: dict) -> str:
                 for col in columns_for(profile) if col.table == "security" and col.id in found
                 for sec in [found[col.id].extra["security"]]
                 for mid, rec in sec["models"].items() if rec["role"] == "defended"]
-    if attacked:
-        text += ("\nThe defended models attacked themselves, white-box (the security chapter): clean accuracy and "
-                 "worst-case robust accuracy per image over PGD with restarts and AutoAttack, in % [95 % CI], on the "
-                 "first n test images, and the gradient-masking checks' verdict:\n\n"
-                 + markdown.table(["defended model", "clean", "robust (worst case)", "n", "threat model",
-                                   "gradient-masking checks"], attacked))
     data = {}
     for r in found.values():
         data.update(r.provenance.get("data", {}).get("datasets", {}))
-    for name, prov in sorted(data.items()):
-        if not prov.get("official", True):
-            text += (f"\nThe {name} copy these results ran on is **partial**: {prov.get('train', 0):,} of "
-                     f"{prov.get('full_train', 0):,} training and {prov.get('test', 0):,} of "
-                     f"{prov.get('full_test', 0):,} test images, with files whose checksums are not the official "
-                     "ones; every column lists it among its departures.\n")
-    stale = stale_columns(profile, found)
-    if stale:
-        text += (f"\n**Pending**: {len(stale)} of these results were computed with other code or parameters than "
-                 f"the current plan and are shown as they are until recomputed: {', '.join(stale)}.\n")
+    partial = [{"name": name, "train": f"{prov.get('train', 0):,}", "full_train": f"{prov.get('full_train', 0):,}",
+                "test": f"{prov.get('test', 0):,}", "full_test": f"{prov.get('full_test', 0):,}"}
+               for name, prov in sorted(data.items()) if not prov.get("official", True)]
     decisions = scorecard(profile, found)
-    claims = render("claims.md.j2", decisions=decisions)
     statuses = [d.status.name.lower() for d in decisions]
     summary = render("glance_summary.md.j2", profile=profile,
                      claims={"total": len(decisions), **{s: statuses.count(s) for s in
@@ -908,9 +890,10 @@ def glance(profile: str, found: dict) -> str:
                      cells={"total": sum(cells.values()), "consistent": cells[Verdict.CONSISTENT],
                             "inconsistent": cells[Verdict.INCONSISTENT],
                             "not_comparable": cells[Verdict.NOT_COMPARABLE]})
-    return summary + (f"**The follow-up's claims**, each decided from these results and the published tables (profile "
-            f"**{profile}**):\n\n{claims}\n**Every column** against the published values: ✓ consistent, ✗ "
-            "inconsistent, n/c not comparable (see the verdict rule in the book's Methods chapter).\n\n" + text)
+    return render("glance.md.j2", summary=summary, profile=profile, claims=render("claims.md.j2", decisions=decisions),
+                  columns=columns, partial=partial, stale=stale_columns(profile, found),
+                  attacked=markdown.table(["defended model", "clean", "robust (worst case)", "n", "threat model",
+                                           "gradient-masking checks"], attacked) if attacked else "")
 
 
 def notebook_figure(notebook: Path, call: str) -> bytes | None:

@@ -346,3 +346,15 @@ def test_the_distance_figure_draws_only_published_metrics_names_columns_and_labe
     assert min(t.get_fontsize() for t in ax.get_yticklabels()) >= 9 and fig.get_figwidth() <= 9
     import matplotlib.pyplot as plt
     plt.close(fig)
+
+
+def test_the_corrected_page_states_the_curves_own_steps_and_madrys_anchor(tmp_path):
+    """Before: the page said "10 steps of ε/4" for every profile (smoke's curves run 2) and typed Madry's 87.3 % /
+    45.8 % by hand."""
+    from repro.study.security import ANCHORS
+
+    found = book.load_found("smoke")
+    steps = {r.extra["accuracy_vs_eps"]["steps"] for r in found.values() if "accuracy_vs_eps" in r.extra}
+    page = book._corrected_page("smoke", found, {c: True for c in found}, tmp_path)
+    assert f"({' or '.join(map(str, sorted(steps)))} steps of ε/4" in page
+    assert f"{100 * ANCHORS[0].clean:.1f} % clean and {100 * ANCHORS[0].pgd:.1f} %" in page

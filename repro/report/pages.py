@@ -359,44 +359,35 @@ def _point(result: results_mod.Result | None, metric: str) -> dict:
 
 
 def _corrected_page(profile, found, fresh, figures_dir) -> str:
+    from ..study.security import ANCHORS
     from . import figures
 
-    parts = ["# Corrected columns: ε = 8/255 on the wide ResNet\n",
-             "The follow-up meant Madry et al.'s budget, 8/255 on a 0…255 scale, when it wrote \"ε = 8\". These "
-             "columns run the wide ResNet with that budget, next to our literal \"ε = 8\" runs, so that the effect of "
-             "the unit mistake is visible. Nothing was published for them; Madry et al. report 87.3 % clean and "
-             "45.8 % accuracy under 20-step PGD for their (much larger) adversarially trained WRN-34-10.\n"]
+    blocks = []
     for corrected_col in [c for c in COLUMNS.values() if c.contrasts_with and c.id in found]:
         literal, corrected, metrics = corrected_col.contrasts_with, corrected_col.id, corrected_col.metric_keys
         a, b = found.get(literal), found.get(corrected)
-        title = (corrected_col.attack or corrected_col.defence).upper()
-        parts.append(f"## {title}: \"ε = 8\" versus ε = 8/255\n")
         rows = [[_label(m), _fmt_interval(m, _point(a, m)), _fmt_interval(m, _point(b, m))] for m in metrics]
-        parts.append(markdown.table(["metric", f"literal \"ε = 8\" [95 % CI] ([its notebook](columns/{literal}.ipynb))",
-                                     f"ε = 8/255 [95 % CI] ([its notebook](columns/{corrected}.ipynb))"], rows))
-        if b is not None:
-            parts.append(f"**Departures from the paper** ({profile} profile), ε = 8/255 column:\n")
-            parts.extend(f"- {d}" for d in (b.departures or ["none"]))
-            parts.append("")
-            if not fresh.get(corrected, False):
-                parts.append("```{warning}\nThe ε = 8/255 result is stale (computed with other code or "
-                             "parameters).\n```\n")
-    parts.append(_measured_section(profile, found))
+        blocks.append({
+            "title": (corrected_col.attack or corrected_col.defence).upper(),
+            "table": markdown.table(["metric", f"literal \"ε = 8\" [95 % CI] ([its notebook](columns/{literal}.ipynb))",
+                                     f"ε = 8/255 [95 % CI] ([its notebook](columns/{corrected}.ipynb))"], rows),
+            "departures": None if b is None else (b.departures or ["none"]),
+            "stale": not fresh.get(corrected, False)})
     curves = {COLUMNS[cid].title: r.extra["accuracy_vs_eps"] for cid, r in found.items()
               if cid in COLUMNS and COLUMNS[cid].defence and "accuracy_vs_eps" in r.extra}
-    if curves:
-        parts.append("## Accuracy under attack\n")
-        parts.append("Each model is attacked by PGD run *against itself* (10 steps of ε/4, random start) on the first "
-                     "test images; ε = 0 is clean accuracy. DeepSec's defence metrics only look at clean images, so "
-                     "these curves are what they leave out.\n")
-        for i, (label, curve) in enumerate(curves.items()):
-            dataset = next(c for c in COLUMNS.values() if c.title == label).parameters["dataset"]
-            fig = figures.accuracy_curves({"": curve}, title=label, threat_eps=threat_model(dataset)["eps"])
-            name = f"curve_{i}.png"
-            figures.save(fig, figures_dir / name)
-            parts.append(f"```{{figure}} figures/{name}\n:width: 70%\n\n{label}: raw and defended accuracy versus "
-                         f"ε ({curve['n']} test images).\n```\n")
-    return "\n".join(parts)
+    shown = []
+    for i, (label, curve) in enumerate(curves.items()):
+        dataset = next(c for c in COLUMNS.values() if c.title == label).parameters["dataset"]
+        fig = figures.accuracy_curves({"": curve}, title=label, threat_eps=threat_model(dataset)["eps"])
+        name = f"curve_{i}.png"
+        figures.save(fig, figures_dir / name)
+        shown.append({"label": label, "name": name, "n": curve["n"]})
+    steps = sorted({c.get("steps") for c in curves.values() if c.get("steps") is not None})
+    madry = ANCHORS[0]
+    text = render("corrected.md.j2", profile=profile, blocks=blocks, measured=_measured_section(profile, found),
+                  curves=shown, steps=" or ".join(map(str, steps)) or NOT_COMPUTED,
+                  madry={"clean": f"{100 * madry.clean:.1f} %", "pgd": f"{100 * madry.pgd:.1f} %"})
+    return text.rstrip("\n") + "\n"
 
 
 # What each kind of measurement column varies, in the reader's words (Column.varies → text).

@@ -12,11 +12,14 @@ from ..study.plan import COLUMNS
 from ..study.profiles import get_profile
 from ..train.config import DEEPSEC_RECIPE, RECIPES
 from . import markdown
+from .templates import render
 from .security import DATASET_LABELS, eps_text, with_interval
 
-# The issue's target for an adversarially trained ResNet-20 on the available test images (RobustBench's ResNet-20
-# entry, trained on the full data: 78.91 % clean, 37.40 % PGD).
-TARGET = {"clean": 0.75, "pgd": 0.30}
+# The study's target for the adversarially trained CIFAR-10 ResNet-20 (PAT ε = 8/255), on the exact test images:
+# "exact" trained on the exact training images alone, "with_jpeg" with the JPEG-decoded rest added (for scale,
+# RobustBench's ResNet-20 entry, trained on all 50,000 images: study.security.ANCHORS).
+TARGET = {"clean": 0.65, "pgd": 0.25}
+TARGET_WITH_JPEG = {"clean": 0.75, "pgd": 0.35}
 
 
 def _training(found: dict) -> dict[str, dict]:
@@ -119,8 +122,8 @@ def curves_figure(evaluation: dict, *, title: str = "", pgd: str = "PGD"):
     return fig
 
 
-def _target_line(evaluation: dict) -> str:
-    """Whether each adversarially trained CIFAR-10 model meets the target, judged on its interval."""
+def _target_lines(evaluation: dict) -> list[str]:
+    """Whether each adversarially trained CIFAR-10 model meets :data:`TARGET`, judged on its interval."""
     lines = []
     for rec in evaluation["models"].values():
         if rec["role"] != "defended" or rec["training"] is None:
@@ -129,8 +132,8 @@ def _target_line(evaluation: dict) -> str:
         verdict = ("meets it" if clean["low"] >= TARGET["clean"] and pgd["low"] >= TARGET["pgd"] else
                    "misses it" if clean["high"] < TARGET["clean"] or pgd["high"] < TARGET["pgd"] else
                    "is within its intervals' reach of it")
-        lines.append(f"- {rec['label']}: clean {with_interval(clean)}, PGD {with_interval(pgd)}: {verdict}.")
-    return "\n".join(lines) + "\n"
+        lines.append(f"{rec['label']}: clean {with_interval(clean)}, PGD {with_interval(pgd)}: {verdict}.")
+    return lines
 
 
 def _scratch_cost(evaluation: dict) -> str:
@@ -145,64 +148,53 @@ def _scratch_cost(evaluation: dict) -> str:
         if rec["role"] == "defended" and t and t["history"] and not rec["arm"] and col.defence == "pat" \
                 and col.parameters.get("model") == DEEPSEC_CHECKPOINTS[dataset]["model"]:
             per_epoch = t["train_time_s"] / len(t["history"])
-            return (f"\nTraining from scratch, as DeepSec does, is not an arm of the ablation: at the {per_epoch:.0f} s "
+            return (f"Training from scratch, as DeepSec does, is not an arm of the ablation: at the {per_epoch:.0f} s "
                     f"per epoch measured for {rec['label']} on {t['train_images']:,} images, DeepSec's "
                     f"{recipe.epochs} epochs would take {recipe.epochs * per_epoch / 3600:.1f} hours on this machine "
                     f"(on {full:,} images, {recipe.epochs * per_epoch * full / t['train_images'] / 3600:.0f} "
-                    "hours).\n")
+                    "hours).")
     return ""
 
 
 def training_page(found: dict, profile: str, figures_dir) -> str:
     """The training chapter in Markdown (MyST) from the training columns' results; a short "not computed" page when
     there is none."""
+    from ..study.security import ANCHORS
+
     figures_dir = Path(figures_dir)
     evaluations = _training(found)
-    parts = ["# Training: how each model was trained, and what it withstands\n"]
     if not evaluations:
-        return parts[0] + f"\n*Not computed under the {profile} profile.*\n"
-    parts.append(
-        "Table 2 scores defences by DeepSec's clean-data metrics; this chapter first asks whether each defended "
-        "model *is* defended. For every model the study trains: where its weights start, the recipe, how many "
-        "epochs on how many images, which epoch was kept and by which rule, the wall time, and its accuracy on the "
-        "test images clean and under PGD run against the model itself at the dataset's threat model (Madry et al.'s "
-        "evaluation, one random start; the security chapter adds restarts and AutoAttack). Validation during "
-        "training uses the images DeepSec's own split held out (seed 100), which DeepSec's released raw models "
-        "never trained on. Every accuracy carries its exact 95 % interval.\n")
-    parts.append(f"```{{note}}\nProfile **{profile}**: {get_profile(profile).description}.\n```\n")
+        return ("# Training: how each model was trained, and what it withstands\n\n"
+                f"*Not computed under the {profile} profile.*\n")
+    resnet20 = next(a for a in ANCHORS if "ResNet-20 entry" in a.model)
+    sections = []
     for cid, ev in evaluations.items():
-        threat = ev["threat_model"]
-        n = next(iter(ev["models"].values()))["clean"]["n"]
-        parts.append(f"## {COLUMNS[cid].title}\n")
-        parts.append(f"[Executed notebook](columns/{cid}.ipynb); {n:,} test images; PGD ε = {eps_text(threat['eps'])}, "
-                     f"step {eps_text(threat['step_size'])}, {threat['steps']} steps, one random start.\n")
-        parts.append(markdown.table(_header(ev), _rows(ev)))
-        if any(rec["arm"] for rec in ev["models"].values()):
-            parts.append("\nRows named after an ablation arm differ from the profile's recipe only in what the label "
-                         "says; the profile's own PAT recipe is the row without one.\n")
-        dataset = ev["dataset"]
-        if dataset == "cifar10":
-            parts.append(f"\nTarget for an adversarially trained ResNet-20 on these images: clean ≥ "
-                         f"{100 * TARGET['clean']:.0f} % and PGD-20 ≥ {100 * TARGET['pgd']:.0f} % (RobustBench's "
-                         "ResNet-20 entry, trained on all 50,000 images for far longer: 78.91 % / 37.40 %).\n\n"
-                         + _target_line(ev))
+        threat, dataset = ev["threat_model"], ev["dataset"]
         split = ev.get("deepsec_split")
-        if split:
-            parts.append(f"\n{split['model']} (DeepSec's released checkpoint) on the training images available here, "
-                         f"split as the training loop splits them: {with_interval(split['held_out'])} on the "
-                         f"{split['held_out']['n']:,} images DeepSec's split held out, "
-                         f"{with_interval(split['trained_on'])} on the {split['trained_on']['n']:,} it trained on. "
-                         "Validation during fine-tuning therefore measures generalisation, not memory.\n")
-        scratch = _scratch_cost(ev)
-        if scratch:
-            parts.append(scratch)
         name = f"training_curves_{cid}.png"
         fig = curves_figure(ev, title=f"{DATASET_LABELS.get(dataset, dataset)}: validation accuracy per epoch",
                             pgd=validation_attack(found[cid]))
         fig.savefig(figures_dir / name, dpi=110)
         plt.close(fig)
-        parts.append(f"\n![training curves](figures/{name})\n")
-    return "\n".join(parts)
+        sections.append({
+            "id": cid, "title": COLUMNS[cid].title, "figure": name, "table": markdown.table(_header(ev), _rows(ev)),
+            "n": f"{next(iter(ev['models'].values()))['clean']['n']:,}",
+            "threat": {"eps": eps_text(threat["eps"]), "step": eps_text(threat["step_size"]), "steps": threat["steps"]},
+            "ablation": any(rec["arm"] for rec in ev["models"].values()),
+            "target": None if dataset != "cifar10" else {
+                "clean": f"{100 * TARGET['clean']:.0f} %", "pgd": f"{100 * TARGET['pgd']:.0f} %",
+                "jpeg_clean": f"{100 * TARGET_WITH_JPEG['clean']:.0f} %",
+                "jpeg_pgd": f"{100 * TARGET_WITH_JPEG['pgd']:.0f} %",
+                "anchor_clean": f"{100 * resnet20.clean:.2f} %", "anchor_pgd": f"{100 * resnet20.pgd:.2f} %",
+                "lines": _target_lines(ev)},
+            "split": None if not split else {
+                "model": split["model"], "held_out": with_interval(split["held_out"]),
+                "held_out_n": f"{split['held_out']['n']:,}", "trained_on": with_interval(split["trained_on"]),
+                "trained_on_n": f"{split['trained_on']['n']:,}"},
+            "scratch": _scratch_cost(ev)})
+    text = render("training.md.j2", profile=profile, description=get_profile(profile).description,
+                  sections=sections)
+    return text.rstrip("\n") + "\n"
 
 
-__all__ = ["TARGET", "curves_figure", "training_page", "training_table", "wall_times"]
+__all__ = ["TARGET", "TARGET_WITH_JPEG", "curves_figure", "training_page", "training_table", "wall_times"]

@@ -278,34 +278,12 @@ def _overview(cols: list[Column], found: dict, metrics, profile: str) -> str:
     return markdown.table(header, rows)
 
 
-_VERDICT_LEGEND = ("Verdicts, computed by {ref}`the rule <verdicts>` and shown against the follow-up / DeepSec: ✓ "
-                   "consistent (the published value lies within our 95 % interval widened by the metric's "
-                   "allowance), ✗ inconsistent, n/c not comparable (a departure of this profile changes the metric), "
-                   "– nothing published or no value of ours.")
-TABLE_INTRO = {
-    "1": ("Table 1: attack utility metrics",
-          "The follow-up's Table 1 with DeepSec's values beside it, and our numbers for every metric with their 95 % "
-          "intervals. Published numbers are converted from the printed units (MR in percent); the follow-up's rows "
-          "\"L1\"/\"L2\" are printed here under their real names, L2 and L∞, its \"ACTA\" as ACTC, and its "
-          "\"PGD (ε = 0.3137)\" column as DeepSec's ε = 0.1 (see {ref}`the findings <mislabelled>`). RIC and CC are "
-          "not in the published table; we report ours. " + _VERDICT_LEGEND),
-    "2": ("Table 2: defence utility metrics",
-          "The follow-up's Table 2 with DeepSec's values beside it, and our numbers for every metric with their 95 % "
-          "intervals, on the clean test images (the whole test split in the paper setting). Accuracies, CAV, CRR, "
-          "CSR and CCV in percent. The follow-up's \"PAT (ε = 0.1)\" column is DeepSec's PAT with ε = 8/255. Each "
-          "column also shows the *null defence*, the raw model scored as its own defence, so that the metrics that "
-          "cannot tell a defence from none are visible. " + _VERDICT_LEGEND),
-}
-
-
 def _table_page(table: str, cols, found, fresh, profile, figures_dir) -> str:
     from . import figures
 
-    title, intro = TABLE_INTRO[table]
     metrics = TABLE_METRICS[table]
-    parts = [f"# {title}\n", intro + "\n", f"```{{note}}\nProfile **{profile}**: "
-             f"{get_profile(profile).description}. Each column below lists its departures from the paper.\n```\n",
-             "## Overview\n", _overview(cols, found, metrics, profile)]
+    head = render("table_intro.md.j2", table=table, profile=profile, description=get_profile(profile).description)
+    parts = [head, _overview(cols, found, metrics, profile)]
     rows = {col.id: comparison_rows(col, found.get(col.id), profile, found) for col in cols if col.id in found}
     if any(r["followup"] is not None or r["deepsec"] is not None for rs in rows.values() for r in rs):
         fig = figures.distance_dots(rows, {m: ALLOWANCES[m].width for m in metrics}, labels=METRIC_LABELS,

@@ -171,13 +171,7 @@ def test_published_models_match_their_index_and_the_results_that_use_them(profil
 # Planned columns whose committed result is knowingly stale for the current code (or missing), each with the reason
 # it could not be recomputed; `make book` recomputes them. An entry must go as soon as its result is fresh (the test
 # below fails otherwise), and the book marks these columns as pending.
-_ARM_PENDING = ("CW2's 5 × 500 budget arm and its seeds: the session ended while they ran behind the "
-                "10 × 10,000 column (about 6 min each on one core); `make book` recomputes them")
-PENDING: dict[tuple[str, str], str] = {
-    ("quick", "cw2_mnist_5x500"): _ARM_PENDING,
-    ("quick", "cw2_mnist_5x500_seed101"): _ARM_PENDING,
-    ("quick", "cw2_mnist_5x500_seed102"): _ARM_PENDING,
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 @pytest.mark.parametrize("profile", PROFILES)

@@ -188,8 +188,9 @@ def execute(col: Column, profile: str, *, results_dir: str, device: str = "auto"
     import papermill
 
     root = results_mod.repo_root()
-    params = {**col.parameters_for(profile), "column": col.id, "results_dir": STAGING, "device": device,
-              **(overrides or {})}
+    # The defence notebook serves every defence: the column's registry entry is one of its parameters.
+    params = {**col.parameters_for(profile), **({"defence": col.defence} if col.defence else {}), "column": col.id,
+              "results_dir": STAGING, "device": device, **(overrides or {})}
     staging = results_mod.resolve_path(STAGING) / profile
     partial = staging / f"{col.id}.partial.ipynb"
     staged = results_mod.result_path(STAGING, profile, col.id)

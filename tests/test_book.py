@@ -351,10 +351,11 @@ def test_the_distance_figure_draws_only_published_metrics_names_columns_and_labe
 def test_the_corrected_page_states_the_curves_own_steps_and_madrys_anchor(tmp_path):
     """Before: the page said "10 steps of ε/4" for every profile (smoke's curves run 2) and typed Madry's 87.3 % /
     45.8 % by hand."""
-    from repro.study.security import ANCHORS
+    from repro.study.plan import anchor
 
     found = book.load_found("smoke")
     steps = {r.extra["accuracy_vs_eps"]["steps"] for r in found.values() if "accuracy_vs_eps" in r.extra}
     page = book._corrected_page("smoke", found, {c: True for c in found}, tmp_path)
     assert f"({' or '.join(map(str, sorted(steps)))} steps of ε/4" in page
-    assert f"{100 * ANCHORS[0].clean:.1f} % clean and {100 * ANCHORS[0].pgd:.1f} %" in page
+    madry = anchor("madry_wrn")
+    assert f"{100 * madry.clean:.1f} % clean and {100 * madry.pgd:.1f} %" in page

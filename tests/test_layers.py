@@ -230,9 +230,9 @@ def _column_ids_in(source: str) -> set[str]:
     return found
 
 
-# Study modules that still name columns, waiting for the registry rework (the security evaluation's model roster
+# Study modules that still name columns, waiting for the registry rework (the chapters' model roster
 # and the findings' published ε = 8 row); a stale entry fails the test.
-PENDING_IDS = {"repro/study/security.py": {"nat_mnist", "pat_resnet20", "pat_eps8_wide", "pat_8_255_wide"},
+PENDING_IDS = {"repro/study/roster.py": {"nat_mnist", "pat_resnet20", "pat_eps8_wide", "pat_8_255_wide"},
                "repro/study/findings.py": {"pat_eps8_wide", "pgd_eps8_wide", "pgd_resnet20"}}
 
 
@@ -255,3 +255,87 @@ def test_the_column_id_check_can_fail():
     assert _column_ids_in('x = found["cw2_mnist"]\n') == {"cw2_mnist"}
     assert _column_ids_in('p = f"columns/{x}.ipynb"\nq = "results/quick/pgd_resnet20.json"\n') == {"pgd_resnet20"}
     assert _column_ids_in('x = "cw2"  # an attack name, not a column\n') == set()
+
+
+# ------------------------------------------------------------------------------------------------ no import circle
+def _module_imports(source: str, module: str) -> set[str]:
+    """The repro modules ``source`` (the module ``module``) imports, at top level or inside a function:
+    ``from . import x`` of a submodule depends on that submodule, not on its package."""
+    import ast
+
+    from repro._source import module_file
+
+    package = module.split(".") if module_file(module) and module_file(module).name == "__init__.py" \
+        else module.split(".")[:-1]
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            if not target.startswith("repro"):
+                continue
+            subs = {f"{target}.{a.name}" for a in node.names if module_file(f"{target}.{a.name}") is not None}
+            out |= subs
+            if len(subs) < len(node.names):
+                out.add(target)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("repro")}
+    return {m for m in out if m != module and module_file(m) is not None}
+
+
+def _import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def _repro_graph() -> dict[str, set[str]]:
+    return {module_name(f): _module_imports(f.read_text(encoding="utf-8"), module_name(f)) for f in _files("repro")}
+
+
+# Circles in the training code, waiting for the next retrain of the published models (the training code's hash is
+# part of every trained model's key): the attack runner looks its registry up in the package that imports it.
+PENDING_CIRCLES = [["repro.attacks", "repro.attacks.runner"]]
+
+
+def test_no_import_circle_in_repro():
+    """The study's chapters (security, training) and the column steps import only from below: no module reaches
+    itself through the modules it imports, lazily inside a function or not."""
+    assert _import_circles(_repro_graph()) == PENDING_CIRCLES
+
+
+def test_the_import_circle_check_can_fail():
+    # Before: steps.resolve imported security.resolve_security, and security imported steps.
+    graph = _repro_graph()
+    graph["repro.study.steps"] = graph["repro.study.steps"] | {"repro.study.security"}
+    assert any({"repro.study.security", "repro.study.steps"} <= set(c) for c in _import_circles(graph))
+    with pytest.raises(AssertionError):
+        assert _import_circles(graph) == PENDING_CIRCLES
+    assert _module_imports("def f():\n    from .security import x\n", "repro.study.steps") == {"repro.study.security"}
+    assert _module_imports("from . import runtime as rt\n", "repro.train.loop") == {"repro.train.runtime"}

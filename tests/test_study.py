@@ -8,22 +8,22 @@ import json
 import pytest
 
 from repro.attacks import ATTACKS
+from repro import results as results_mod
 from repro.results import repo_root
-from repro.study import plan
+from repro.study import plan, security, training
 from repro.study import steps as experiments
 from repro.study.profiles import PROFILES, get_profile
 from repro.train import DEFENCES, config_key
 
 
-def _what(col: plan.Column) -> dict:
-    """The registry entry a plan column runs, as :func:`repro.study.steps.resolve` takes it."""
-    if col.attack:
-        return {"attack": col.attack}
-    if col.defence:
-        return {"defence": col.defence}
+def _resolve(col: plan.Column, **params) -> dict:
+    """``params`` resolved as the column's notebook resolves them: the chapters (security, training) by their own
+    ``resolve``, the other columns by :func:`repro.study.steps.resolve` with the registry entry they run."""
     if col.table in ("security", "training"):
-        return {col.table: True}
-    return {"findings": True}
+        return {"security": security, "training": training}[col.table].resolve(**params)
+    what = {"attack": col.attack} if col.attack else {"defence": col.defence} if col.defence else {"findings": True}
+    params.pop("defence", None)  # the defence notebook's own parameter: setup takes it as ``defence=``
+    return experiments.resolve(**what, **params)
 
 
 def _parameters_cell(notebook: str) -> dict:
@@ -48,7 +48,8 @@ def test_column_ids_are_unique_and_notebooks_exist():
 def test_notebook_declares_every_parameter_the_pipeline_passes(col):
     declared = _parameters_cell(col.notebook)
     for profile in col.profiles:
-        passed = set(col.parameters_for(profile)) | {"column", "results_dir", "device"}
+        passed = set(col.parameters_for(profile)) | {"column", "results_dir", "device"} \
+            | ({"defence"} if col.defence else set())
         assert passed <= set(declared), f"{col.notebook} lacks {sorted(passed - set(declared))}"
 
 
@@ -56,7 +57,7 @@ def test_notebook_declares_every_parameter_the_pipeline_passes(col):
 @pytest.mark.parametrize("profile", list(PROFILES))
 def test_every_column_resolves_under_every_profile(col, profile):
     params = {**_parameters_cell(col.notebook), **col.parameters_for(profile), "column": col.id, "device": "cpu"}
-    effective = experiments.resolve(**_what(col), **params)
+    effective = _resolve(col, **params)
     assert effective["profile"] == profile
     assert all(v is not None for k, v in effective.items() if k in ("n_samples", "batch_size", "steps",
                                                                       "binary_search_steps", "max_iterations"))
@@ -195,9 +196,12 @@ def test_plan_rows_name_registered_attacks_and_defences_and_their_notebooks_run_
         assert (col.attack is None) or col.attack in ATTACKS, col.id
         assert (col.defence is None) or col.defence in DEFENCES, col.id
         nb = (repo_root() / "notebooks" / col.notebook).read_text()
-        what = f'attack=\\"{col.attack}\\"' if col.attack else f'defence=\\"{col.defence}\\"' if col.defence \
-            else f"{col.table}=True" if col.table in ("security", "training") else "findings=True"
+        # A defence column runs the one defence notebook with its registry entry as the ``defence`` parameter
+        # (passed by the pipeline); the chapters run their own setup.
+        what = f'attack=\\"{col.attack}\\"' if col.attack else "defence=defence" if col.defence \
+            else f"{col.table}.setup(" if col.table in ("security", "training") else "findings=True"
         assert what in nb, f"{col.notebook} does not run {what} for column {col.id}"
+        assert not col.defence or col.notebook == "defence.ipynb", col.id
         if col.contrasts_with:
             assert col.contrasts_with in plan.COLUMNS
 
@@ -249,7 +253,7 @@ def test_command_line_and_notebook_configure_the_same_training(col_id, profile):
 
     col = plan.column(col_id)
     params = {**_parameters_cell(col.notebook), **col.parameters_for(profile), "column": col.id, "device": "cpu"}
-    ctx = experiments.Context(kind="defence", name=col.defence, params=experiments.resolve(**_what(col), **params),
+    ctx = experiments.Context(kind="defence", name=col.defence, params=_resolve(col, **params),
                               profile=get_profile(profile), device="cpu", started=0.0)
     p = ctx.params
     defence_params = DEFENCES[col.defence].params_type(
@@ -297,3 +301,44 @@ def test_findings_tables_print_every_success_rate_with_its_interval():
     with_interval = re.compile(r"^\d+\.\d % \[\d+\.\d, \d+\.\d\]$")
     assert all(with_interval.match(cell) for cell in tables["eps8"][1][1:3]), tables["eps8"][1]
     assert all(with_interval.match(cell) for row in tables["shift"][1:] for cell in row[1:]), tables["shift"]
+
+
+def test_one_defence_notebook_serves_every_defence():
+    """defence.ipynb's hyper-parameters default to None: DeepSec's setting for the dataset (the registry's
+    ``deepsec_<dataset>``); a parameter of the other defence must stay None."""
+    cell = {**_parameters_cell("defence.ipynb"), "device": "cpu"}
+    cell.pop("defence")
+    nat = experiments.resolve(defence="nat", **{**cell, "dataset": "mnist", "model": "mnist_convnet"})
+    assert (nat["sigma"], nat["eps_max"], nat["adv_weight"]) == (50.0, 0.3, 0.3)
+    assert not {"eps", "step_size", "steps"} & set(nat)  # PAT's, dropped
+    pat = experiments.resolve(defence="pat", **cell)
+    assert (pat["eps"], pat["step_size"], pat["steps"]) == (8 / 255, 2 / 255, 7)
+    assert "sigma" not in pat
+    assert experiments.resolve(defence="pat", **{**cell, "eps": 8.0})["eps"] == 8.0
+    with pytest.raises(experiments.ParameterError, match="eps is a parameter of defence 'pat', not of 'nat'"):
+        experiments.resolve(defence="nat", **{**cell, "dataset": "mnist", "model": "mnist_convnet", "eps": 0.3})
+    with pytest.raises(experiments.ParameterError, match="sigma"):
+        experiments.resolve(defence="pat", **{**cell, "sigma": 0.0})
+
+
+def test_figures_are_titled_by_the_column_or_by_what_ran():
+    # Before: the adversarial grid was titled with the result's file name ("pgd_adhoc", "pgd_resnet20").
+    base = {**_parameters_cell("pgd.ipynb"), "device": "cpu"}
+    p = experiments.resolve(attack="pgd", **{**base, "eps": 8.0})
+    ctx = experiments.Context(kind="attack", name="pgd", params=p, profile=get_profile(p["profile"]), device="cpu",
+                              started=0.0)
+    title = experiments.run_title(ctx)
+    assert title.startswith("pgd on resnet20: ") and "eps 8" in title and "steps " in title
+    staged = {**p, "column": "pgd_resnet20", "results_dir": str(results_mod.PIPELINE_STAGING)}
+    assert experiments.run_title(experiments.Context(kind="attack", name="pgd", params=staged,
+                                                     profile=ctx.profile, device="cpu", started=0.0)) \
+        == plan.column("pgd_resnet20").title
+
+
+def test_anchors_are_read_from_the_published_folder_and_looked_up_by_id():
+    madry = plan.anchor("madry_wrn")
+    assert (madry.clean, madry.pgd) == pytest.approx((0.873, 0.458)) and madry.autoattack is None
+    assert plan.anchor("followup_cites_madry_standard").pgd == pytest.approx(0.471)
+    assert all(a.clean is None or 0 < a.clean <= 1 for a in plan.anchors())
+    with pytest.raises(ValueError, match="unknown anchor 'madry'"):
+        plan.anchor("madry")

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from repro.results import repo_root
-from repro.study import security, training, workload
+from repro.study import roster, training, workload
 from repro.study.profiles import get_profile
 from repro.train import RECIPES
 
@@ -20,9 +20,9 @@ def test_quick_cifar10_models_are_the_security_models_then_the_ablation_arms():
                        "raw_wide_x2", "pat_8_255_wide_x2"]  # then the width ladder's ×2 rung
     ladder = {m.spec.id: m.spec for m in models if m.spec.width}
     assert {s.width for s in ladder.values()} == {2} and ladder["pat_8_255_wide_x2"].transfer_from == "raw_wide_x2"
-    config = security.model_config(ladder["pat_8_255_wide_x2"], "quick")
+    config = roster.model_config(ladder["pat_8_255_wide_x2"], "quick")
     assert config.model_kwargs == {"width": 2} and config.init.model_kwargs == {"width": 2}  # PAT from the ×2 raw
-    same = security.model_config(next(m.spec for m in models if m.spec.id == "pat_8_255_wide"), "quick")
+    same = roster.model_config(next(m.spec for m in models if m.spec.id == "pat_8_255_wide"), "quick")
     assert (config.recipe, config.effective_epochs) == (same.recipe, same.effective_epochs)  # the ×1 rung's recipe
     arms = [m for m in models if m.arm]
     assert [m.arm for m in arms] == [a.label for a in get_profile("quick").defence.ablation]
@@ -103,11 +103,11 @@ def test_the_chapter_states_the_studys_pat_targets_and_judges_each_model_against
     65 % / 25 % (75 / 35 with the JPEG-decoded images), and typed RobustBench's anchor by hand."""
     from repro.report import pages
     from repro.report.training import TARGET, TARGET_WITH_JPEG, training_page
-    from repro.study.security import ANCHORS
+    from repro.study.plan import anchor
 
     page = training_page(pages.load_found("smoke"), "smoke", tmp_path)
     assert f"clean ≥ {100 * TARGET['clean']:.0f} % and PGD-20 ≥ {100 * TARGET['pgd']:.0f} %" in page
     assert f"≥ {100 * TARGET_WITH_JPEG['clean']:.0f} % and ≥ {100 * TARGET_WITH_JPEG['pgd']:.0f} %" in page
-    anchor = next(a for a in ANCHORS if "ResNet-20 entry" in a.model)
-    assert f"{100 * anchor.clean:.2f} % / {100 * anchor.pgd:.2f} %" in page
+    jang = anchor("robustbench_jang_resnet20")
+    assert f"{100 * jang.clean:.2f} % / {100 * jang.pgd:.2f} %" in page
     assert page.count("misses it") + page.count("meets it") + page.count("within its intervals' reach") >= 1

@@ -129,7 +129,7 @@ def test_a_defence_with_seed_replicates_gets_its_allowance_from_their_range():
     quick = get_profile("paper")  # NAT's seed replicates run under paper (under quick: its full recipe, one seed)
 
     def res(cid, cav, seed):
-        return results.Result(column=cid, kind="defence", notebook="nat.ipynb", profile="paper",
+        return results.Result(column=cid, kind="defence", notebook="defence.ipynb", profile="paper",
                               parameters={"seed": seed}, metrics={"CAV": cav, "ACC_raw": 0.99})
 
     found = {"nat_mnist": res("nat_mnist", -0.0030, 100), "nat_mnist_seed101": res("nat_mnist_seed101", -0.0024, 101),

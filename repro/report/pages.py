@@ -337,7 +337,7 @@ def _point(result: results_mod.Result | None, metric: str) -> dict:
 
 
 def _corrected_page(profile, found, fresh, figures_dir) -> str:
-    from ..study.security import ANCHORS
+    from ..study.plan import anchor
     from . import figures
 
     blocks = []
@@ -361,7 +361,7 @@ def _corrected_page(profile, found, fresh, figures_dir) -> str:
         figures.save(fig, figures_dir / name)
         shown.append({"label": label, "name": name, "n": curve["n"]})
     steps = sorted({c.get("steps") for c in curves.values() if c.get("steps") is not None})
-    madry = ANCHORS[0]
+    madry = anchor("madry_wrn")
     text = render("corrected.md.j2", profile=profile, blocks=blocks, measured=_measured_section(profile, found),
                   curves=shown, steps=" or ".join(map(str, steps)) or NOT_COMPUTED,
                   madry={"clean": f"{100 * madry.clean:.1f} %", "pgd": f"{100 * madry.pgd:.1f} %"})
@@ -531,7 +531,7 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
                                      per_true={f"{title}: MR of true class": (w["successes_per_true_class"],
                                                                               w["n_per_true_class"])
                                                for title, w in wide.items()})
-        (gen / "findings_eps8_wide_classes.md").write_text(findings.as_markdown(table), encoding="utf-8")
+        (gen / "findings_eps8_wide_classes.md").write_text(markdown.table(table[0], table[1:]), encoding="utf-8")
     else:
         (gen / "findings_eps8_wide_classes.md").write_text("*Not computed under this profile.*\n",
                                                            encoding="utf-8")
@@ -569,7 +569,7 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
         return
     tables = findings.evidence_tables(result.extra)
     for name in names:
-        (gen / f"findings_{name}.md").write_text(findings.as_markdown(tables[name]), encoding="utf-8")
+        (gen / f"findings_{name}.md").write_text(markdown.table(tables[name][0], tables[name][1:]), encoding="utf-8")
     ev = result.extra
     subs.update({
         "f_eps8_n": str(ev["eps8"]["n"]),

@@ -13,11 +13,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..metrics import robustness
 from ..study import security as sec
 from . import markdown
 from .templates import render
 from ..study.lookup import column_running
-from ..study.plan import COLUMNS, published_value
+from ..study.plan import COLUMNS, anchor, anchors, published_value
 from ..study.profiles import get_profile
 
 NOT_COMPUTED = "–"
@@ -115,7 +116,7 @@ def _masking_rows(evaluation: dict) -> list[list[str]]:
     return rows
 
 
-# Each masking rule (repro.study.security.MASKING_RULES) in a few words, for the landing page's table.
+# Each masking rule (repro.metrics.robustness.MASKING_RULES) in a few words, for the landing page's table.
 MASKING_SHORT = {"square_beats_pgd": "the gradient-free Square attack beats PGD",
                  "large_eps_not_zero": "accuracy does not fall to 0 at a large ε",
                  "steps_hurt": "more PGD steps leave a higher accuracy",
@@ -275,14 +276,14 @@ def _masking_section(evaluations: dict[str, dict], figures_dir: Path) -> list[st
         first = next(iter(ev["masking"].values()))
         shown.append({"name": name, "index": i, "title": COLUMNS[cid].title, "eps_steps": first["eps_steps"],
                       "square": f"{first['square']['square_queries']:,}"})
-    text = render("security_masking.md.j2", step_factor=f"{sec.MASKING_STEP_FACTOR:g}",
-                  rules=list(sec.MASKING_RULES.items()), table=markdown.table(MASKING_HEADER, rows), figures=shown)
+    text = render("security_masking.md.j2", step_factor=f"{robustness.MASKING_STEP_FACTOR:g}",
+                  rules=list(robustness.MASKING_RULES.items()), table=markdown.table(MASKING_HEADER, rows), figures=shown)
     return [text.rstrip("\n") + "\n"]
 
 
 def _anchor_section() -> list[str]:
     rows = [[a.model, pct(a.clean, 2), pct(a.pgd, 2), pct(a.autoattack, 2), a.attack_setting, a.training_data,
-             a.training_length, a.source] for a in sec.ANCHORS]
+             a.training_length, a.source] for a in anchors()]
     return ["## Anchors\n",
             "Published numbers to read ours against (CIFAR-10, L∞, ε = 8/255), with what each model was trained on "
             "and for how long, where that is known:\n",
@@ -294,16 +295,16 @@ def _followup_section(evaluations: dict[str, dict]) -> list[str]:
     cifar = next((ev for ev in evaluations.values() if ev["dataset"] == "cifar10"), None)
     literal = column_running("paper", defence="pat", literal_eps=True, table="2")
     published = None if literal is None else published_value("2", literal.compare_with, "follow-up", "ACC_defended")
-    madry = sec.ANCHORS[0]
+    madry = anchor("madry_wrn")
     ours = [] if cifar is None else [
         f"{rec['label']}: clean {with_interval(rec['clean'])}, robust {with_interval(rec['robust'])} "
         f"(n = {rec['robust']['n']})"
         for rec in cifar["models"].values() if rec["role"] == "defended" and COLUMNS[rec["column"]].defence == "pat"]
     return [render("security_followup.md.j2", published=pct(None if published is None else published.value, 2),
-                   cited={"standard": pct(sec.FOLLOWUP_MADRY_ROBUST["standard"]),
-                          "wide": pct(sec.FOLLOWUP_MADRY_ROBUST["wide"], 0)},
+                   cited={"standard": pct(anchor("followup_cites_madry_standard").pgd),
+                          "wide": pct(anchor("followup_cites_madry_wide").pgd, 0)},
                    madry_clean=pct(madry.clean), madry_pgd=pct(madry.pgd),
-                   madry_autoattack=pct(sec.ANCHORS[1].autoattack, 2), ours=ours)]
+                   madry_autoattack=pct(anchor("robustbench_madry").autoattack, 2), ours=ours)]
 
 
 def security_page(found: dict, profile: str, figures_dir) -> str:

@@ -17,7 +17,7 @@ from .security import DATASET_LABELS, eps_text, with_interval
 
 # The study's target for the adversarially trained CIFAR-10 ResNet-20 (PAT ε = 8/255), on the exact test images:
 # "exact" trained on the exact training images alone, "with_jpeg" with the JPEG-decoded rest added (for scale,
-# RobustBench's ResNet-20 entry, trained on all 50,000 images: study.security.ANCHORS).
+# RobustBench's ResNet-20 entry, trained on all 50,000 images: repro/study/published/anchors.csv).
 TARGET = {"clean": 0.65, "pgd": 0.25}
 TARGET_WITH_JPEG = {"clean": 0.75, "pgd": 0.35}
 
@@ -159,14 +159,14 @@ def _scratch_cost(evaluation: dict) -> str:
 def training_page(found: dict, profile: str, figures_dir) -> str:
     """The training chapter in Markdown (MyST) from the training columns' results; a short "not computed" page when
     there is none."""
-    from ..study.security import ANCHORS
+    from ..study.plan import anchor
 
     figures_dir = Path(figures_dir)
     evaluations = _training(found)
     if not evaluations:
         return ("# Training: how each model was trained, and what it withstands\n\n"
                 f"*Not computed under the {profile} profile.*\n")
-    resnet20 = next(a for a in ANCHORS if "ResNet-20 entry" in a.model)
+    resnet20 = anchor("robustbench_jang_resnet20")
     sections = []
     for cid, ev in evaluations.items():
         threat, dataset = ev["threat_model"], ev["dataset"]

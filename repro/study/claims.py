@@ -216,14 +216,15 @@ def _pat_drop(v: View) -> Decision:
     like, refuted when the printed clean accuracy lies below the clean accuracy of Madry et al.'s adversarially
     trained model by more than the allowance; our literal ε = 8 PAT model's clean and worst-case robust accuracy
     (the security evaluation) are quoted beside it."""
-    from .security import ANCHORS, FOLLOWUP_MADRY_ROBUST
+    from .plan import anchor
 
     col = v.column(defence="pat", literal_eps=True, table="2")
     if col is None:
         return _missing("pat_drop_like_madry", "the literal ε = 8 PAT column")
     r = v.rows(col)["ACC_defended"]
-    madry = ANCHORS[0]
-    numbers = {"followup": r["followup"], "cited": FOLLOWUP_MADRY_ROBUST, "madry_clean": madry.clean,
+    madry = anchor("madry_wrn")
+    cited = {size: anchor(f"followup_cites_madry_{size}").pgd for size in ("standard", "wide")}
+    numbers = {"followup": r["followup"], "cited": cited, "madry_clean": madry.clean,
                "madry_pgd": madry.pgd, "ours": None}
     sec = next((c for c in v.columns if c.table == "security" and c.parameters.get("dataset") == "cifar10"
                 and c.id in v.found), None)

@@ -305,14 +305,6 @@ def class_table(counts: dict[str, list[int]], *, per_true: dict | None = None,
     return rows
 
 
-def as_markdown(table: list[list[str]]) -> str:
-    """A table from :func:`evidence_tables` as a Markdown pipe table."""
-    def row(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-    return "\n".join([row(table[0]), row(["---"] * len(table[0]))] + [row(r) for r in table[1:]]) + "\n"
-
-
 def as_dataframe(table: list[list[str]]):
     """A table from :func:`evidence_tables` as a pandas DataFrame (for notebooks)."""
     import pandas as pd

@@ -131,21 +131,21 @@ PLAN: tuple[Column, ...] = (
     ),
     # ------------------------------------------------------------------------------------------ Table 2: defences
     Column(
-        id="nat_mnist", table="2", title="NAT on DeepSec's MNIST ConvNet", notebook="nat.ipynb", defence="nat",
+        id="nat_mnist", table="2", title="NAT on DeepSec's MNIST ConvNet", notebook="defence.ipynb", defence="nat",
         model_label="MNIST ConvNet",
         parameters=dict(dataset="mnist", model="mnist_convnet", **NAT_DEEPSEC_MNIST, seed=100),
         compare_with="nat_mnist", overrides=SMOKE_CURVES, uses=frozenset({"defence", "raw"}),
     ),
     Column(
         id="pat_resnet20", table="2", title="PAT, DeepSec's CIFAR-10 parameters (ε = 8/255), ResNet-20",
-        notebook="pat.ipynb", defence="pat", model_label="CIFAR-10 ResNet-20",
+        notebook="defence.ipynb", defence="pat", model_label="CIFAR-10 ResNet-20",
         parameters=dict(dataset="cifar10", model="resnet20", **PAT_DEEPSEC_CIFAR10, seed=100),
         compare_with="pat_resnet20", overrides=SMOKE_PAT, uses=frozenset({"defence", "raw"}),
         departures=("the follow-up labels this column ε = 0.1 (and its text 0.3137); DeepSec's PAT uses "
                     "ε = 0.03137 = 8/255, which is what we run",),
     ),
     Column(
-        id="pat_eps8_wide", table="2", title="PAT \"ε = 8\" taken literally, wide ResNet", notebook="pat.ipynb",
+        id="pat_eps8_wide", table="2", title="PAT \"ε = 8\" taken literally, wide ResNet", notebook="defence.ipynb",
         defence="pat", model_label="CIFAR-10 wide ResNet-20",
         parameters=dict(dataset="cifar10", model="resnet20_wide", **FOLLOWUP_PAT_EPS8, seed=100),
         compare_with="pat_eps8_wide", overrides=SMOKE_PAT, uses=frozenset({"defence", "wide", "train_wide"}),
@@ -162,7 +162,7 @@ PLAN: tuple[Column, ...] = (
     ),
     Column(
         id="pat_8_255_wide", table="corrected", title="PAT at ε = 8/255 (the follow-up's setting, ε in /255), "
-        "wide ResNet", notebook="pat.ipynb", defence="pat", model_label="CIFAR-10 wide ResNet-20",
+        "wide ResNet", notebook="defence.ipynb", defence="pat", model_label="CIFAR-10 wide ResNet-20",
         parameters=dict(dataset="cifar10", model="resnet20_wide", **per_255(FOLLOWUP_PAT_EPS8), seed=100),
         overrides=SMOKE_PAT, uses=frozenset({"defence", "wide", "train_wide"}), contrasts_with="pat_eps8_wide",
         departures=("the follow-up's PAT (ε = 8, step 2, 10 steps) with ε and step divided by 255: only the unit "
@@ -375,6 +375,42 @@ def _read_published(table: str) -> tuple[Published, ...]:
 @lru_cache(maxsize=None)
 def _published_index(table: str) -> dict[tuple[str, str, str], Published]:
     return {(row.column, row.source, row.metric): row for row in published(table)}
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A published robustness number to read ours against (``published/anchors.csv``): accuracies as fractions
+    (``None``: not reported), with the attack setting and what the model was trained on and for how long."""
+
+    id: str
+    model: str
+    clean: float | None
+    pgd: float | None
+    autoattack: float | None
+    attack_setting: str
+    training_data: str
+    training_length: str
+    source: str
+
+
+@lru_cache(maxsize=None)
+def anchors() -> tuple[Anchor, ...]:
+    """Every anchor of ``published/anchors.csv``, in file order (accuracies printed in %, converted to fractions)."""
+    text = (PUBLISHED_DIR / "anchors.csv").read_text(encoding="utf-8")
+    pct = lambda v: None if v == "" else float(v) / 100.0  # noqa: E731
+    return tuple(Anchor(id=r["id"], model=r["model"], clean=pct(r["clean"]), pgd=pct(r["pgd"]),
+                        autoattack=pct(r["autoattack"]), attack_setting=r["attack_setting"],
+                        training_data=r["training_data"], training_length=r["training_length"], source=r["source"])
+                 for r in csv.DictReader(text.splitlines()))
+
+
+def anchor(anchor_id: str) -> Anchor:
+    """The anchor called ``anchor_id``.
+
+    Raises:
+        ValueError: unknown id (the message lists the known ones).
+    """
+    return lookup({a.id: a for a in anchors()}, anchor_id, what="anchor")
 
 
 def published_value(table: str, column_id: str, source: str, metric: str) -> Published | None:

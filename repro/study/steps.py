@@ -183,35 +183,14 @@ def injected_parameters() -> set[str] | None:
     return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
 
 
-def resolve(*, attack: str | None = None, defence: str | None = None, findings: bool = False, security: bool = False,
-            training: bool = False, injected: set | None = None, **params) -> dict:
-    """Validate a notebook's parameters and fill the budgets the profile decides.
-
-    Args:
-        attack / defence / findings / security / training: what the notebook runs: an :data:`repro.attacks.ATTACKS`
-            name, a :data:`repro.train.DEFENCES` name, the findings experiments, the security evaluation or the
-            training chapter (their parameters are resolved by :func:`repro.study.security.resolve_security` and
-            :func:`repro.study.training.resolve_training`).
-        **params: the parameters cell's values. ``None`` for a budget (``n_samples``, ``batch_size``, ``width``,
-            the attack's iteration budget, ``epochs``, ``train_subset``, ``defence_*``, ``eval_subset``,
-            ``curve_samples``) means "the profile's value". PGD's ``eps_iter`` (the follow-up's name) is accepted
-            as ``step_size``; given alone under papermill, it replaces the notebook's default ``step_size``.
-        injected: the parameters papermill injected (:func:`injected_parameters`; ``None``: unknown, every given
-            parameter counts as set by the caller).
-
-    Returns:
-        The effective parameters, JSON-ready (device as a string).
+def resolve_common(*, injected: set | None = None, **params) -> tuple[dict, Profile]:
+    """The checks every notebook's parameters pass (profile, column, results folder, seed, device, batch size) and
+    the aliases (``eps_iter`` → ``step_size``), as :func:`resolve` describes them; the chapters (security, training)
+    call it before their own resolvers. Returns the parameters and the profile.
 
     Raises:
-        ParameterError: an unknown profile, dataset, model, attack or defence, a dataset/model mismatch, a negative
-            ε, a step count below 1, ... — the message names the parameter and what is allowed.
+        ParameterError: a bad common parameter (named, with what is allowed).
     """
-    require((attack is not None) + (defence is not None) + bool(findings) + bool(security) + bool(training) == 1,
-             "give exactly one of attack=..., defence=..., findings=True, security=True or training=True")
-    require(attack is None or attack in ATTACKS,
-             f"unknown attack {attack!r}; allowed: {', '.join(map(repr, ATTACKS))}")
-    require(defence is None or defence in DEFENCES,
-             f"unknown defence {defence!r}; allowed: {', '.join(map(repr, DEFENCES))}")
     p = dict(params)
     for alias, name in ALIASES.items():
         if p.get(alias) is not None:
@@ -235,14 +214,38 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
     if p.get("batch_size") is None:
         p["batch_size"] = prof.batch_size
     check_count(p, "batch_size")
-    if security:
-        from .security import resolve_security  # its budgets live with the security evaluation
+    return p, prof
 
-        return resolve_security(p, prof)
-    if training:
-        from .training import resolve_training  # the training chapter's parameters live with it
 
-        return resolve_training(p, prof)
+def resolve(*, attack: str | None = None, defence: str | None = None, findings: bool = False,
+            injected: set | None = None, **params) -> dict:
+    """Validate a column notebook's parameters and fill the budgets the profile decides.
+
+    Args:
+        attack / defence / findings: what the notebook runs: an :data:`repro.attacks.ATTACKS` name, a
+            :data:`repro.train.DEFENCES` name, or the findings experiments (the security and training chapters
+            resolve their own parameters: :func:`repro.study.security.setup`, :func:`repro.study.training.setup`).
+        **params: the parameters cell's values. ``None`` for a budget (``n_samples``, ``batch_size``, ``width``,
+            the attack's iteration budget, ``epochs``, ``train_subset``, ``defence_*``, ``eval_subset``,
+            ``curve_samples``) means "the profile's value". PGD's ``eps_iter`` (the follow-up's name) is accepted
+            as ``step_size``; given alone under papermill, it replaces the notebook's default ``step_size``.
+        injected: the parameters papermill injected (:func:`injected_parameters`; ``None``: unknown, every given
+            parameter counts as set by the caller).
+
+    Returns:
+        The effective parameters, JSON-ready (device as a string).
+
+    Raises:
+        ParameterError: an unknown profile, dataset, model, attack or defence, a dataset/model mismatch, a negative
+            ε, a step count below 1, ... — the message names the parameter and what is allowed.
+    """
+    require((attack is not None) + (defence is not None) + bool(findings) == 1,
+             "give exactly one of attack=..., defence=... or findings=True")
+    require(attack is None or attack in ATTACKS,
+             f"unknown attack {attack!r}; allowed: {', '.join(map(repr, ATTACKS))}")
+    require(defence is None or defence in DEFENCES,
+             f"unknown defence {defence!r}; allowed: {', '.join(map(repr, DEFENCES))}")
+    p, prof = resolve_common(injected=injected, **params)
     if findings:
         if p.get("n_samples") is None:
             p["n_samples"] = prof.findings_samples
@@ -283,8 +286,20 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
                          "(the follow-up's literal \"ε = 8\")")
         return p
 
-    for name in defence_parameters(defence):
+    # One notebook serves every defence: its parameters cell lists each defence's hyper-parameters, ``None`` meaning
+    # DeepSec's setting for the dataset; those of another defence must stay ``None`` and are dropped.
+    mine = defence_parameters(defence)
+    for other in DEFENCES:
+        for name in defence_parameters(other):
+            if name not in mine and name in p:
+                require(p[name] is None, f"{name} is a parameter of defence {other!r}, not of {defence!r}; leave it "
+                                         f"None (given {p[name]!r})")
+                p.pop(name)
+    setting = DEFENCES[defence].configs[f"deepsec_{p['dataset']}"]
+    for name in mine:
         if name in p:
+            if p[name] is None:
+                p[name] = getattr(setting, name)
             _check_rule(p, name)
     require(p.get("defence_init") in (None, "raw", "scratch"),
              f"defence_init must be 'raw', 'scratch' or None (the profile's), got {p.get('defence_init')!r}")
@@ -303,10 +318,11 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
     return p
 
 
-def setup(*, attack: str | None = None, defence: str | None = None, findings: bool = False, security: bool = False,
-          training: bool = False, **params) -> Context:
-    """Check that papermill injected no parameter the notebook lacks, validate and resolve the parameters
-    (:func:`resolve`), seed every RNG, and start the clock.
+def start(kind: str, name: str, resolver, *, declared: tuple[str, ...] = (), **params) -> Context:
+    """The setup every notebook runs: check that papermill injected no parameter the notebook lacks (``params`` and
+    ``declared``, the ones the caller consumed itself), validate and resolve the parameters
+    (``resolver(injected=..., **params)`` → the effective parameters), seed every RNG, and start the clock. ``kind``
+    is the result's kind (:data:`repro.results.KINDS`), ``name`` what it runs.
 
     Raises:
         ParameterError: a parameter the notebook does not declare (named, with the allowed ones), or a bad value.
@@ -314,21 +330,33 @@ def setup(*, attack: str | None = None, defence: str | None = None, findings: bo
     started = time.time()
     injected = injected_parameters()
     if injected is not None:
-        unknown = sorted(injected - set(params))
+        allowed = set(params) | set(declared)
+        unknown = sorted(injected - allowed)
         require(not unknown, f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; allowed: "
-                              f"{', '.join(map(repr, sorted(params)))}")
-    p = resolve(attack=attack, defence=defence, findings=findings, security=security, training=training,
-                injected=injected, **params)
+                              f"{', '.join(map(repr, sorted(allowed)))}")
+    p = resolver(injected=injected, **params)
     random.seed(p["seed"])
     np.random.seed(p["seed"] % 2**32)
     torch.manual_seed(p["seed"])
-    kind = "attack" if attack else "defence" if defence else "security" if security else \
-        "training" if training else "findings"
-    ctx = Context(kind=kind, name=attack or defence or kind, params=p, profile=get_profile(p["profile"]),
+    ctx = Context(kind=kind, name=name, params=p, profile=get_profile(p["profile"]),
                   device=torch.device(p["device"]), started=started)
     datasets = [p["dataset"]] if "dataset" in p else list(data_mod.DATASETS)
-    ctx.data = {"datasets": {name: _data_record(name) for name in datasets}}
+    ctx.data = {"datasets": {d: _data_record(d) for d in datasets}}
     return ctx
+
+
+def setup(*, attack: str | None = None, defence: str | None = None, findings: bool = False, **params) -> Context:
+    """:func:`start` for a column notebook (an attack, a defence or the findings), its parameters resolved by
+    :func:`resolve`.
+
+    Raises:
+        ParameterError: a parameter the notebook does not declare (named, with the allowed ones), or a bad value.
+    """
+    kind = "attack" if attack else "defence" if defence else "findings"
+    # The defence notebook serves every defence: its ``defence`` parameter names the one it runs.
+    return start(kind, attack or defence or kind,
+                 lambda **p: resolve(attack=attack, defence=defence, findings=findings, **p),
+                 declared=("defence",) if defence else (), **params)
 
 
 def _data_record(dataset: str) -> dict:
@@ -764,6 +792,19 @@ def result_name(ctx: Context) -> str:
     digest = _io.sha256_text(_io.canonical_json(results_mod.json_ready(
         {k: v for k, v in p.items() if k not in ("results_dir", "column")})))
     return f"{p['column']}-{digest[:8]}"
+
+
+def run_title(ctx: Context) -> str:
+    """A title for the run's figures: the plan column's title for a pipeline run of a plan column; otherwise what
+    ran, on which model, with the hyper-parameters the caller can change (e.g. "pgd on resnet20: eps 8, steps 20")."""
+    p = ctx.params
+    if p["column"] in COLUMNS and is_pipeline_run(p):
+        return COLUMNS[p["column"]].title
+    names = attack_parameters(ctx.name) if ctx.kind == "attack" else \
+        defence_parameters(ctx.name) if ctx.kind == "defence" else ()
+    shown = ", ".join(f"{n} {p[n]:g}" if isinstance(p[n], float) else f"{n} {p[n]}" for n in names if n in p)
+    model = f" on {p['model']}" if "model" in p else ""
+    return f"{ctx.name}{model}" + (f": {shown}" if shown else "")
 
 
 def _plan_fingerprint(ctx: Context) -> str:

@@ -1,6 +1,6 @@
 """Training: every model the study trains, judged by how it was trained and by attacking it.
 
-Per dataset (plan tables "training"), each model of the security evaluation (:data:`repro.study.security.SECURITY_MODELS`),
+Per dataset (plan tables "training"), each model of the security evaluation (:data:`repro.study.roster.SECURITY_MODELS`),
 the seed replicates of the defence columns, and the profile's training ablation (:class:`repro.study.profiles.
 AblationArm`): where its weights come from, its recipe, epochs, training images, wall time, kept epoch and keep rule,
 its per-epoch validation curves (clean and PGD accuracy on DeepSec's held-out images), and its accuracy on the test
@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from torch import Tensor, nn
 
 from .. import data as data_mod
+from ..metrics import robustness
 from ..train import TrainConfig, config_key
-from . import security, steps
-from .security import evaluation_images  # the same first test images for every model, as the security chapter
+from . import roster, steps
 from .plan import columns_for
 from .profiles import Profile, get_profile
 
@@ -28,7 +28,7 @@ class TrainedModel:
     """A model of the training chapter: ``spec`` names the plan column and role it comes from; ``arm`` is the label
     of the ablation arm that changes its training (``None``: the column's own configuration)."""
 
-    spec: security.EvaluatedModel
+    spec: roster.EvaluatedModel
     arm: str | None = None
     arm_index: int | None = None
 
@@ -38,18 +38,18 @@ def trained_models(dataset: str, profile: str | Profile) -> list[TrainedModel]:
     models, each defended model's seed replicates run under the profile, then the ablation arms (variants of the
     first defended model's training)."""
     prof = get_profile(profile) if isinstance(profile, str) else profile
-    specs = security.evaluated_models(dataset, prof)
+    specs = roster.evaluated_models(dataset, prof)
     out = [TrainedModel(spec) for spec in specs]
     running = {c.id: c for c in columns_for(prof.name)}
     for spec in specs:
         for col in (c for c in running.values() if c.replicate_of == spec.column and spec.role == "defended"):
             seed = col.parameters["seed"]
-            out.append(TrainedModel(security.EvaluatedModel(f"{spec.id}_seed{seed}", f"{spec.label}, seed {seed}",
+            out.append(TrainedModel(roster.EvaluatedModel(f"{spec.id}_seed{seed}", f"{spec.label}, seed {seed}",
                                                             col.id, "defended")))
     first = next(spec for spec in specs if spec.role == "defended")
     for i, arm in enumerate(prof.defence.ablation):
         if arm.dataset == dataset:
-            out.append(TrainedModel(security.EvaluatedModel(f"{first.id}_arm{i}", f"{first.label}: {arm.label}",
+            out.append(TrainedModel(roster.EvaluatedModel(f"{first.id}_arm{i}", f"{first.label}: {arm.label}",
                                                             first.column, "defended"), arm=arm.label, arm_index=i))
     return out
 
@@ -60,31 +60,42 @@ def model_config(model: TrainedModel, ctx: steps.Context) -> TrainConfig | None:
     p = ctx.params
     kwargs = dict(width=p["width"], epochs=p["epochs"], train_subset=p["train_subset"], device=str(ctx.device))
     if model.arm_index is None:
-        return security.model_config(model.spec, ctx.profile, defence_epochs=p["defence_epochs"],
+        return roster.model_config(model.spec, ctx.profile, defence_epochs=p["defence_epochs"],
                                      defence_subset=p["defence_subset"], **kwargs)
     arm = ctx.profile.defence.ablation[model.arm_index].training
-    return security.model_config(model.spec, ctx.profile, defence_init=arm.init, defence_recipe=arm.recipe,
+    return roster.model_config(model.spec, ctx.profile, defence_init=arm.init, defence_recipe=arm.recipe,
                                  defence_epochs=arm.epochs, defence_subset=arm.subset, **kwargs)
 
 
-def resolve_training(p: dict, prof: Profile) -> dict:
-    """The training notebook's effective parameters: ``n_samples`` (``None``: the profile's, else the whole official
+def resolve(*, injected: set | None = None, **params) -> dict:
+    """The training notebook's effective parameters: the common ones checked by
+    :func:`repro.study.steps.resolve_common`, then ``n_samples`` (``None``: the profile's, else the whole official
     test split; a partial copy then uses all it has), ``pgd_steps`` (``None``: the profile's, else the threat
     model's), the raw and defence budgets (``None``: the profile's, as the defence columns).
 
     Raises:
         repro.study.steps.ParameterError: unknown dataset, a count below 1, a width on a model without one.
     """
-    steps.require(p.get("dataset") in security.SECURITY_MODELS,
-                  f"unknown dataset {p.get('dataset')!r}; allowed: {', '.join(map(repr, security.SECURITY_MODELS))}")
+    p, prof = steps.resolve_common(injected=injected, **params)
+    steps.require(p.get("dataset") in roster.SECURITY_MODELS,
+                  f"unknown dataset {p.get('dataset')!r}; allowed: {', '.join(map(repr, roster.SECURITY_MODELS))}")
     if p.get("n_samples") is None:
         p["n_samples"] = prof.training_images.get(p["dataset"]) or data_mod.FULL_SIZES[p["dataset"]]["test"]
     if p.get("pgd_steps") is None:
-        p["pgd_steps"] = prof.training_pgd_steps or security.threat_model(p["dataset"])["steps"]
+        p["pgd_steps"] = prof.training_pgd_steps or roster.threat_model(p["dataset"])["steps"]
     steps.check_count(p, "n_samples")
     steps.check_count(p, "pgd_steps")
-    security.resolve_model_budgets(p, prof)
+    roster.resolve_model_budgets(p, prof)
     return p
+
+
+def setup(**params) -> steps.Context:
+    """:func:`repro.study.steps.start` for the training notebook, its parameters resolved by :func:`resolve`.
+
+    Raises:
+        repro.study.steps.ParameterError: a parameter the notebook does not declare, or a bad value.
+    """
+    return steps.start("training", "training", resolve, **params)
 
 
 def planned_work(ctx: steps.Context) -> str:
@@ -97,7 +108,7 @@ def planned_work(ctx: steps.Context) -> str:
                  if steps.model_available(config, ctx.profile) else
                  "NOT in the training cache: trained now")
         lines.append(f"{model.spec.label}: {where}")
-    threat = security.threat_model(p["dataset"])
+    threat = roster.threat_model(p["dataset"])
     lines.append(f"per model: the first {p['n_samples']:,} test images, clean and under PGD ε = {threat['eps']:.4g}, "
                  f"step {threat['step_size']:.4g}, {p['pgd_steps']} steps, one random start")
     return "\n".join(lines)
@@ -106,11 +117,11 @@ def planned_work(ctx: steps.Context) -> str:
 def evaluate(ctx: steps.Context, x: Tensor, y: Tensor) -> dict:
     """Load (or train) every model of the column and measure it, JSON-ready: per model id its label, column, role,
     ablation arm, training record (recipe, epochs, images, init, history, kept epoch and rule, wall time; ``None``
-    for DeepSec's checkpoint), and ``clean`` and ``pgd`` rate records (:func:`repro.study.security.rate`)."""
+    for DeepSec's checkpoint), and ``clean`` and ``pgd`` rate records (:func:`repro.study.robustness.rate`)."""
     from .. import models as models_mod
 
     p = ctx.params
-    threat = security.threat_model(p["dataset"])
+    threat = roster.threat_model(p["dataset"])
     out = {"dataset": p["dataset"], "threat_model": {**threat, "steps": p["pgd_steps"], "restarts": 1}, "models": {}}
     for model in trained_models(p["dataset"], ctx.profile):
         config, mid = model_config(model, ctx), model.spec.id
@@ -127,12 +138,12 @@ def evaluate(ctx: steps.Context, x: Tensor, y: Tensor) -> dict:
                       "epochs": trained["config"]["epochs"], "batch_size": trained["config"]["batch_size"],
                       "train_images": _images(trained["history"]), "kept_epoch": trained["best_epoch"],
                       "train_time_s": trained["train_time_s"], "history": trained["history"]}
-        clean = security.predict_correct(net, x, y, batch_size=p["batch_size"], device=ctx.device)
-        pgd = security.pgd_worst_case(net, x, y, eps=threat["eps"], step_size=threat["step_size"],
+        clean = robustness.predict_correct(net, x, y, batch_size=p["batch_size"], device=ctx.device)
+        pgd = robustness.pgd_worst_case(net, x, y, eps=threat["eps"], step_size=threat["step_size"],
                                       steps=p["pgd_steps"], restarts=1, batch_size=p["batch_size"],
                                       device=ctx.device, seed=p["seed"], correct=clean)
         out["models"][mid] = {"label": model.spec.label, "column": model.spec.column, "role": model.spec.role,
-                              "arm": model.arm, "training": record, "clean": security.rate(clean), "pgd": pgd}
+                              "arm": model.arm, "training": record, "clean": robustness.rate(clean), "pgd": pgd}
         ctx.models.setdefault(mid, {}).update(label=model.spec.label, column=model.spec.column, role=model.spec.role)
     return out
 
@@ -140,22 +151,22 @@ def evaluate(ctx: steps.Context, x: Tensor, y: Tensor) -> dict:
 SPLIT_CONTRAST_IMAGES = 10_000
 
 
-def _split_accuracy(net: nn.Module, dataset: str, spec: security.EvaluatedModel, ctx: steps.Context) -> dict:
+def _split_accuracy(net: nn.Module, dataset: str, spec: roster.EvaluatedModel, ctx: steps.Context) -> dict:
     """DeepSec's released model on the training images available here, split as the training loop splits them
     (DeepSec's own seeded hold-out): the held-out part should score like the test split, the rest (which DeepSec
     trained on) near 100 %, evidence that validation here uses images the checkpoint never saw."""
     from ..train.runtime import split_data
 
-    config = security.model_config(replace(spec, role="defended"), ctx.profile, device=str(ctx.device))
+    config = roster.model_config(replace(spec, role="defended"), ctx.profile, device=str(ctx.device))
     data = split_data(config, ctx.device)
     # The trained-on part is only the contrast: its first SPLIT_CONTRAST_IMAGES (in the split's order) suffice to
     # tell ~100 % from the held-out rate, where predicting all 54,000 MNIST images would not add anything.
-    held_out = security.predict_correct(net, data.x_val, data.y_val, batch_size=ctx.params["batch_size"],
+    held_out = robustness.predict_correct(net, data.x_val, data.y_val, batch_size=ctx.params["batch_size"],
                                         device=ctx.device)
-    trained_on = security.predict_correct(net, data.x_train[:SPLIT_CONTRAST_IMAGES],
+    trained_on = robustness.predict_correct(net, data.x_train[:SPLIT_CONTRAST_IMAGES],
                                           data.y_train[:SPLIT_CONTRAST_IMAGES], batch_size=ctx.params["batch_size"],
                                           device=ctx.device)
-    return {"model": spec.label, "held_out": security.rate(held_out), "trained_on": security.rate(trained_on)}
+    return {"model": spec.label, "held_out": robustness.rate(held_out), "trained_on": robustness.rate(trained_on)}
 
 
 def _images(history: list[dict]) -> int | None:
@@ -173,5 +184,5 @@ def headline_metrics(found: dict) -> dict:
     return {key: value["rate"] for key, value in headline_records(found).items()}
 
 
-__all__ = ["TrainedModel", "evaluate", "evaluation_images", "headline_metrics", "headline_records", "model_config",
-           "planned_work", "resolve_training", "trained_models"]
+__all__ = ["TrainedModel", "evaluate", "headline_metrics", "headline_records", "model_config",
+           "planned_work", "resolve", "setup", "trained_models"]

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..data import FULL_SIZES
+from ..metrics import robustness
 from ..train import RECIPES
 from ..train.config import DEEPSEC_RECIPE, Recipe
-from . import security
+from . import roster
 from .plan import COLUMNS, columns_for
 from .profiles import Profile, get_profile
 
@@ -91,12 +92,12 @@ def workload(profile: str | Profile = "paper") -> list[Work]:
         if col.table == "security":
             sec = prof.security
             n = sec.n_images or FULL_SIZES[dataset]["test"]
-            steps = sec.pgd_steps or security.threat_model(dataset)["steps"]
-            targets = sec.autoattack_target_classes or security.AUTOATTACK_TARGET_CLASSES
-            aa_iterations = sec.autoattack_iterations or security.AUTOATTACK_ITERATIONS
+            steps = sec.pgd_steps or roster.threat_model(dataset)["steps"]
+            targets = sec.autoattack_target_classes or robustness.AUTOATTACK_TARGET_CLASSES
+            aa_iterations = sec.autoattack_iterations or robustness.AUTOATTACK_ITERATIONS
             per_image = sec.pgd_restarts * steps + (1 + targets) * aa_iterations
             models: dict[str, int] = {}
-            for spec in security.evaluated_models(dataset, prof):
+            for spec in roster.evaluated_models(dataset, prof):
                 arch = COLUMNS[spec.column].parameters_for(prof.name).get("model")
                 name = (f"resnet20_wide_x{spec.width}" if spec.width else wide) if arch == "resnet20_wide" else arch
                 models[name] = models.get(name, 0) + 1

@@ -1,0 +1,154 @@
+"""The models the security and training chapters evaluate (the roster), each dataset's threat model, and the
+images and budgets those chapters share.
+
+A roster entry (:class:`EvaluatedModel`) is the raw or defended model of a plan column; its training configuration
+comes from that column's plan row through :func:`repro.study.steps.train_config`, so that the chapters use the very
+models the defence columns trained (the training cache and the published models). Both chapters import this module;
+neither imports the other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from .. import data as data_mod
+from .._io import lookup
+from ..attacks import get_config
+from ..train import DEFENCES, TrainConfig
+from . import steps
+from .plan import COLUMNS
+from .profiles import Profile, get_profile
+
+# ------------------------------------------------------------------------------------------------ threat models
+# Each dataset's threat model is Madry et al.'s evaluation setting (ε, step, and the steps used when the profile
+# leaves them to the paper).
+THREAT_MODEL = {"mnist": "madry_mnist_eval", "cifar10": "madry_cifar10_eval"}  # names in repro.attacks.PGD_CONFIGS
+
+
+# ----------------------------------------------------------------------------------------------------- models
+@dataclass(frozen=True)
+class EvaluatedModel:
+    """A model of the study the security evaluation attacks: the ``role`` ("raw" or "defended") model of the plan
+    column ``column``; a defended model names the raw model DeepSec's security evaluation crafts on
+    (``transfer_from``)."""
+
+    id: str
+    label: str
+    column: str
+    role: str
+    transfer_from: str | None = None
+    width: int | None = None  # the wide ResNet's width when it is not the profile's (a rung of the width ladder)
+
+
+SECURITY_MODELS: dict[str, tuple[EvaluatedModel, ...]] = {
+    "mnist": (
+        EvaluatedModel("raw_mnist", "MNIST ConvNet, raw", "nat_mnist", "raw"),
+        EvaluatedModel("nat_mnist", "MNIST ConvNet, NAT", "nat_mnist", "defended", "raw_mnist"),
+    ),
+    "cifar10": (
+        EvaluatedModel("raw_resnet20", "ResNet-20, raw", "pat_resnet20", "raw"),
+        EvaluatedModel("pat_resnet20", "ResNet-20, PAT ε = 8/255 (DeepSec)", "pat_resnet20", "defended",
+                       "raw_resnet20"),
+        EvaluatedModel("raw_wide", "wide ResNet, raw", "pat_8_255_wide", "raw"),
+        EvaluatedModel("pat_eps8_wide", "wide ResNet, PAT \"ε = 8\" (literal)", "pat_eps8_wide", "defended",
+                       "raw_wide"),
+        EvaluatedModel("pat_8_255_wide", "wide ResNet, PAT ε = 8/255", "pat_8_255_wide", "defended", "raw_wide"),
+    ),
+}
+
+
+def evaluated_models(dataset: str, profile: str | Profile) -> tuple[EvaluatedModel, ...]:
+    """The models the security evaluation of ``dataset`` attacks under ``profile``: :data:`SECURITY_MODELS`, then,
+    for each width of the profile's :attr:`~repro.study.profiles.Profile.width_ladder`, the wide ResNet's raw and
+    PAT ε = 8/255 models at that width (the wide columns' recipe and budget otherwise).
+
+    Raises:
+        ValueError: an unknown dataset (the message lists the known ones).
+    """
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    base = lookup(SECURITY_MODELS, dataset, what="dataset")
+    rungs = [spec for spec in base if spec.id in LADDER_MODELS]
+    ladder = tuple(EvaluatedModel(f"{spec.id}_x{w}", f"{spec.label}, width ×{w}", spec.column, spec.role,
+                                  spec.transfer_from and f"{spec.transfer_from}_x{w}", width=w)
+                   for w in prof.width_ladder if w != prof.wide_width for spec in rungs)
+    return base + ladder
+
+
+# The wide ResNet's models that the width ladder repeats at other widths.
+LADDER_MODELS = ("raw_wide", "pat_8_255_wide")
+
+
+def model_config(spec: EvaluatedModel, profile: str | Profile, *, width: int | None = None,
+                 epochs: int | None = None, train_subset: int | None = None, defence_init: str | None = None,
+                 defence_recipe: str | None = None, defence_epochs: int | None = None,
+                 defence_subset: int | None = None, device: str = "auto") -> TrainConfig | None:
+    """The training configuration of ``spec`` under ``profile``, or ``None`` for DeepSec's released checkpoint.
+
+    Built by :func:`repro.study.steps.train_config`, the function the defence columns use, from the plan row of
+    ``spec.column`` (its parameters under ``profile``, e.g. PAT's steps cut under smoke), so that the model comes from
+    the training cache those columns fill. ``width``/``epochs``/... override the profile's budget as the defence
+    notebooks' parameters of the same names do (``None``: the profile's).
+    """
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    col = COLUMNS[spec.column]
+    p = col.parameters_for(prof.name)
+    if spec.role == "raw" and steps.uses_deepsec_checkpoint(p["model"], prof):
+        return None
+    common = dict(dataset=p["dataset"], model=p["model"], profile=prof, width=spec.width or width,
+                  logit_shift=p.get("logit_shift", True), seed=p["seed"], device=device, epochs=epochs,
+                  train_subset=train_subset)
+    if spec.role == "raw":
+        return steps.train_config(**common)
+    names = steps.defence_parameters(col.defence)
+    params = DEFENCES[col.defence].params_type(**{k: p[k] for k in names if k in p})
+    return steps.train_config(**common, defence=col.defence, defence_params=params, defence_init=defence_init,
+                              defence_recipe=defence_recipe, defence_epochs=defence_epochs,
+                              defence_subset=defence_subset)
+
+
+def resolve_model_budgets(p: dict, prof: Profile) -> None:
+    """Fill, in ``p``, the budgets of the models a per-dataset column loads (the wide ResNet's width on CIFAR-10,
+    the raw and defence training budgets), each ``None`` from ``prof`` as the defence columns do.
+
+    Raises:
+        repro.study.steps.ParameterError: a count below 1, or a width on MNIST.
+    """
+    if p["dataset"] == "cifar10":
+        p["width"] = prof.wide_width if p.get("width") is None else p["width"]
+        steps.check_count(p, "width")
+    else:
+        steps.require(p.get("width") in (None, 1), f"width applies to the wide ResNet of the cifar10 column only, "
+                                                    f"got width={p.get('width')!r} with dataset {p['dataset']!r}")
+        p["width"] = None
+    defence = prof.defence.for_dataset(p["dataset"])
+    for name, default in (("epochs", prof.raw.epochs), ("train_subset", prof.raw.subset),
+                          ("defence_epochs", defence.epochs), ("defence_subset", defence.subset)):
+        p[name] = default if p.get(name) is None else p[name]
+        steps.check_count(p, name, optional=True)
+
+
+def evaluation_images(ctx: steps.Context) -> tuple[Tensor, Tensor]:
+    """The first ``n_samples`` test images and their labels: the same for every attack on every model of the
+    column. On a partial copy with fewer images, all are used and the result says so."""
+    p = ctx.params
+    x, y = data_mod.load(p["dataset"], split="test", n=p["n_samples"])
+    if len(y) < p["n_samples"]:
+        ctx.departures.append(f"{len(y):,} test images evaluated instead of {p['n_samples']:,}: the copy of "
+                              f"{p['dataset']} has no more")
+        p["n_samples_requested"], p["n_samples"] = p["n_samples"], len(y)
+        for name in ("transfer_samples", "curve_samples"):
+            if name in p:
+                p[name] = min(p[name], len(y))
+    ctx.data["security_images"] = {"n": len(y), "split": "test", "first": len(y)}
+    return x, y
+
+
+def threat_model(dataset: str) -> dict:
+    """The dataset's threat model: ``eps``, ``step_size`` and Madry et al.'s evaluation ``steps``, with its name."""
+    setting = get_config("pgd", THREAT_MODEL[dataset])
+    return {"name": THREAT_MODEL[dataset], **setting}
+
+
+__all__ = ["EvaluatedModel", "LADDER_MODELS", "SECURITY_MODELS", "THREAT_MODEL", "evaluated_models",
+           "evaluation_images", "model_config", "resolve_model_budgets", "threat_model"]

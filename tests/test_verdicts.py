@@ -210,3 +210,27 @@ def test_allowances_are_checked_against_the_seed_spread_and_the_retrained_model(
     text = pages._allowance_evidence("quick", found)
     assert "Our seed spread exceeds the allowance for MR" in text and "retrained" in text
     assert "another retrained raw model" not in " ".join(a.why for a in verdicts.ALLOWANCES.values())
+
+
+def test_seed_spread_is_the_mean_and_sample_std_of_the_replicates():
+    col = plan.column("pgd_resnet20")
+    found = {cid: dataclasses.replace(_attack_result(cid, {"MR": (mr, mr, mr), "ALD_L2": (l2, l2, l2)}),
+                                      parameters={"seed": seed})
+             for cid, mr, l2, seed in (("pgd_resnet20", 0.90, 1.0, 100), ("pgd_resnet20_seed101", 0.92, 2.0, 101),
+                                       ("pgd_resnet20_seed102", 0.94, None, 102))}
+    spread = verdicts.seed_spread(col, "quick", found)
+    assert spread["seeds"] == [100, 101, 102]
+    assert spread["mean"]["MR"] == pytest.approx(0.92) and spread["std"]["MR"] == pytest.approx(0.02)
+    assert "ALD_L2" not in spread["mean"]  # undefined in one run: no spread
+    assert verdicts.seed_spread(col, "quick", {"pgd_resnet20": found["pgd_resnet20"]}) == {}
+
+
+def test_cell_totals_add_up_the_columns_verdicts_against_both_references():
+    from repro.report.pages import load_found
+
+    found = load_found("smoke")
+    cells = verdicts.table_cells("smoke", found)
+    totals = verdicts.cell_totals("smoke", found)
+    assert sum(totals.values()) == sum(1 for rows in cells.values() for r in rows for _, k in verdicts.REFERENCES
+                                       if r[f"verdict_{k}"] is not None)
+    assert set(cells) <= {c.id for c in plan.columns_for("smoke") if c.table in ("1", "2") and not c.replicate_of}

@@ -232,19 +232,12 @@ def null_defence_text(rows: list[dict]) -> str:
 
 
 def seed_spread(col: Column, found: dict, profile: str) -> dict:
-    """Mean ± std of each metric over ``col`` and its seed replicates that have results (empty without any)."""
-    reps = [found[c.id] for c in replicates(col.id, profile) if c.id in found]
-    if not reps or col.id not in found:
+    """:func:`repro.study.verdicts.seed_spread` formatted: ``{"seeds", "text": {metric: "mean ± std"}}``."""
+    spread = verdicts.seed_spread(col, profile, found)
+    if not spread:
         return {}
-    runs = [found[col.id], *reps]
-    text = {}
-    for metric in col.metric_keys:
-        values = [verdicts.finite(r.metrics.get(metric)) for r in runs]
-        if all(v is not None for v in values):
-            mean = sum(values) / len(values)
-            std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-            text[metric] = f"{_fmt(metric, mean)} ± {_fmt(metric, std).lstrip('-')}"
-    return {"seeds": [r.parameters.get("seed") for r in runs], "text": text}
+    return {"seeds": spread["seeds"], "text": {m: f"{_fmt(m, v)} ± {_fmt(m, spread['std'][m]).lstrip('-')}"
+                                               for m, v in spread["mean"].items()}}
 
 
 def training_seconds(result: results_mod.Result) -> tuple[float, bool]:
@@ -811,14 +804,9 @@ def glance(profile: str, found: dict) -> str:
     each reference, its key number with the interval, and why any cell is inconsistent or not comparable; then the
     data it ran on."""
     rows = []
-    cells = {v: 0 for v in Verdict}
-    for col in columns_for(profile):
-        if col.table not in TABLE_METRICS or col.replicate_of or col.id not in found:
-            continue
-        comp = comparison_rows(col, found[col.id], profile, found)
-        for k in ("followup", "deepsec"):
-            for v, n in verdict_counts(comp, k).items():
-                cells[v] += n
+    cells = verdicts.cell_totals(profile, found)
+    for cid, comp in verdicts.table_cells(profile, found).items():
+        col = COLUMNS[cid]
         key = KEY_METRIC["attack" if col.attack else "defence"]
         r = next(r for r in comp if r["metric"] == key)
         why = []

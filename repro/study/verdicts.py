@@ -480,3 +480,37 @@ def measurement_rows(profile: str, found: dict) -> list[dict]:
 def verdict_counts(rows: list[dict], key: str) -> dict[Verdict, int]:
     """How many cells of ``rows`` got each verdict against the reference ``key`` ("followup" or "deepsec")."""
     return {v: sum(1 for r in rows if r[f"verdict_{key}"] == v) for v in Verdict}
+
+
+def table_cells(profile: str, found: dict) -> dict[str, list[dict]]:
+    """Column id → its :func:`comparison_rows`, for every Table 1 and Table 2 column of ``profile`` (not the seed
+    replicates) that has a result in ``found``."""
+    return {col.id: comparison_rows(col, found[col.id], profile, found) for col in columns_for(profile)
+            if col.table in TABLE_METRICS and not col.replicate_of and col.id in found}
+
+
+def cell_totals(profile: str, found: dict) -> dict[Verdict, int]:
+    """How many published cells of Tables 1 and 2 got each verdict, over both references and every column."""
+    totals = {v: 0 for v in Verdict}
+    for rows in table_cells(profile, found).values():
+        for _, key in REFERENCES:
+            for v, n in verdict_counts(rows, key).items():
+                totals[v] += n
+    return totals
+
+
+def seed_spread(col: Column, profile: str, found: dict) -> dict:
+    """Mean and sample standard deviation of each metric over ``col`` and its seed replicates with results:
+    ``{"seeds": [...], "mean": {metric: value}, "std": {metric: value}}`` (metrics undefined in any run are left
+    out; empty without a replicate)."""
+    reps = [found[c.id] for c in replicates(col.id, profile) if c.id in found]
+    if not reps or col.id not in found:
+        return {}
+    runs = [found[col.id], *reps]
+    mean, std = {}, {}
+    for metric in col.metric_keys:
+        values = [finite(r.metrics.get(metric)) for r in runs]
+        if all(v is not None for v in values):
+            mean[metric] = sum(values) / len(values)
+            std[metric] = (sum((v - mean[metric]) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return {"seeds": [r.parameters.get("seed") for r in runs], "mean": mean, "std": std}

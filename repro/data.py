@@ -169,7 +169,13 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     # A partial rebuild may keep all official labels but fewer image rows; row i is still official image i.
     if len(labels) < len(data):
         raise DataCorruptedError(f"{path}: {len(data)} image rows but only {len(labels)} labels")
-    return data, labels[: len(data)]
+    labels = labels[: len(data)]
+    # A partial copy has no md5 to vouch for it: a label outside the classes would count as a misclassification.
+    bad = np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))
+    if len(bad):
+        raise DataCorruptedError(f"{path}: label {int(labels[bad[0]])} at row {int(bad[0])} ({len(bad)} such rows); "
+                                 f"CIFAR-10 labels are 0..{NUM_CLASSES - 1}. Replace the file with the official one.")
+    return data, labels
 
 
 def _ensure_cifar10(root: Path, download: bool) -> Path:

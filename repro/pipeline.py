@@ -28,7 +28,7 @@ from pathlib import Path
 from . import results as results_mod
 from ._io import write_text_atomic
 from .study.plan import Column, columns_for, fingerprint
-from .train import read_index
+from .train.cache import published_path
 
 NOTEBOOKS = "notebooks"
 STAGING = results_mod.PIPELINE_STAGING  # where notebooks write their results while the pipeline runs them
@@ -65,10 +65,8 @@ def is_fresh(col: Column, profile: str, results_dir: str | os.PathLike) -> bool:
         return False
     if result.fingerprint != fingerprint(col, profile) or notebook_run_id(nb) != result.run_id:
         return False
-    index = read_index(results_mod.models_dir(results_dir, profile))
-    return all(index.get(key, {}).get("sha256") == sha and
-               (results_mod.models_dir(results_dir, profile) / f"{key}.pt").is_file()
-               for key, sha in trained_models(result).items())
+    folder = results_mod.models_dir(results_dir, profile)
+    return all(published_path(folder, key, sha).is_file() for key, sha in trained_models(result).items())
 
 
 def check_pairs(profile: str, results_dir: str | os.PathLike) -> None:
@@ -105,18 +103,17 @@ def publish_models(result: results_mod.Result, profile: str, results_dir: str | 
     from .train import cached_model_file, publish
 
     folder = results_mod.models_dir(results_dir, profile)
-    index = read_index(folder)
     committed = results_mod.models_dir(results_mod.COMMITTED_RESULTS, profile)
     for key, sha in trained_models(result).items():
-        if index.get(key, {}).get("sha256") == sha and (folder / f"{key}.pt").is_file():
+        if published_path(folder, key, sha).is_file():
             continue
-        sources = [p for p in (cached_model_file(key), committed / f"{key}.pt") if p.is_file()]
+        sources = [p for p in (cached_model_file(key), published_path(committed, key, sha)) if p.is_file()]
         source = next((p for p in sources if sha256_file(p) == sha), None)
         if source is None:
             raise PipelineError(f"column {result.column!r} used model {key} (sha256 {sha}), but neither the training "
                                 f"cache nor {committed} holds a file with that sha256; rerun the column")
-        publish(source, folder)
-        log(f"[{profile}] {result.column}: published model {key[:12]} ({(folder / f'{key}.pt').stat().st_size:,} bytes)")
+        dest = publish(source, folder)
+        log(f"[{profile}] {result.column}: published model {key[:12]} ({dest.stat().st_size:,} bytes)")
 
 
 def prune_models(profile: str, results_dir: str | os.PathLike, log=print) -> None:

@@ -117,6 +117,21 @@ def test_cifar10_batch_without_data_is_named(tmp_path, monkeypatch):
         load("cifar10", split="train", download=False)
 
 
+@pytest.mark.parametrize("label", [42, -3, 10])
+def test_cifar10_labels_outside_the_classes_are_refused_at_load(tmp_path, label):
+    """Before: labels 42 and -3 loaded (a partial copy has no md5 to vouch for it) and counted as misclassified."""
+    folder = tmp_path / data.CIFAR10_FOLDER
+    folder.mkdir()
+    for name in data.CIFAR10_MD5:
+        labels = [3, label, 5] if name == "data_batch_2" else [3, 4, 5]
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": np.zeros((3, 3072), dtype=np.uint8), "labels": labels}, f, protocol=2)
+    assert load("cifar10", split="test", root=tmp_path, download=False)[1].tolist() == [3, 4, 5]
+    with pytest.raises(DataCorruptedError, match=rf"data_batch_2: label {label} at row 1 \(1 such rows\); CIFAR-10 "
+                                                 r"labels are 0\.\.9"):
+        load("cifar10", split="train", root=tmp_path, download=False)
+
+
 @needs_cifar10
 def test_real_cifar10_batch_cut_short_is_named_and_partial_copy_still_loads(tmp_path, monkeypatch):
     folder = tmp_path / data.CIFAR10_FOLDER
@@ -310,6 +325,27 @@ def test_the_training_command_line_refuses_flags_it_would_ignore_or_crash_on(arg
     with pytest.raises(SystemExit) as exit_:
         parse_args(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@needs_mnist
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(dataset="mnist", model="mnist_convnet", recipe="deepsec_cifar10"),
+     r"recipe 'deepsec_cifar10' is written for 'cifar10', not 'mnist'; allowed for 'mnist': 'deepsec_mnist'$"),
+    (dict(dataset="cifar10", model="resnet20", defence="pat", recipe="pat_finetune_cifar10", init="scratch"),
+     r"recipe 'pat_finetune_cifar10' fine-tunes trained weights, so init 'scratch' is refused"),
+])
+def test_a_recipe_for_another_dataset_or_a_fine_tune_from_scratch_is_refused(kwargs, message, capsys):
+    """Before: both were accepted, trained, and recorded no departure. The command line says so in one line."""
+    from repro.train import TrainConfig
+    from repro.train.__main__ import main
+
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+    argv = ["--dataset", kwargs["dataset"], "--profile", "quick", "--recipe", kwargs["recipe"],
+            "--defence", kwargs.get("defence", "nat"), *(["--init", "scratch"] if "init" in kwargs else [])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: recipe ") and len(err.strip().splitlines()) == 1
 
 
 def test_the_pipeline_checks_the_device_before_any_notebook_runs(capsys):

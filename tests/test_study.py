@@ -97,6 +97,20 @@ def test_eps_iter_alone_under_papermill_replaces_the_default_step_size():
         experiments.resolve(attack="pgd", injected={"eps_iter", "step_size"}, **base)
 
 
+@pytest.mark.parametrize("folder, message", [
+    ("results", r"results_dir 'results' is inside the committed results/ tree, which only the pipeline writes"),
+    ("results/quick/elsewhere", r"is inside the committed results/ tree"),
+    ("/proc/repro-runs", r"results_dir '/proc/repro-runs': cannot write to /proc/repro-runs/quick \(.*\); give a "
+                         "writable folder"),
+])
+def test_a_notebook_run_refuses_the_committed_results_or_an_unwritable_folder_before_any_work(folder, message):
+    """Before: `-p results_dir results` replaced a committed result; a read-only folder failed only after the whole
+    column ran (and the next run deleted the computed result)."""
+    base = {**_parameters_cell("pgd.ipynb"), "device": "cpu", "profile": "quick", "results_dir": folder}
+    with pytest.raises(experiments.ParameterError, match=message):
+        experiments.resolve(attack="pgd", **base)
+
+
 def test_an_ad_hoc_run_lists_the_profiles_departures():
     # a column name outside the plan: the profile's budgets (RIC on a sample, 8-epoch wide ResNet) still apply
     base = {**_parameters_cell("pgd.ipynb"), "device": "cpu", "column": "mine", "model": "resnet20_wide"}

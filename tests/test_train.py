@@ -229,7 +229,9 @@ class _Killed(Exception):
 @needs_mnist
 def test_resume_after_kill_reaches_identical_weights(tiny, monkeypatch):
     """Augmentation, Adam with its schedule, dropout, PGD random starts: every RNG and state must be restored."""
-    cfg = dataclasses.replace(tiny, model_kwargs={"dropout": 0.3}, recipe="deepsec_cifar10", subset=600, epochs=2,
+    # DeepSec's CIFAR-10 recipe (Adam, step schedule, augmentation), released for any dataset for this MNIST run
+    monkeypatch.setitem(RECIPES, "adam_augment_any", dataclasses.replace(RECIPES["deepsec_cifar10"], dataset=None))
+    cfg = dataclasses.replace(tiny, model_kwargs={"dropout": 0.3}, recipe="adam_augment_any", subset=600, epochs=2,
                               history_subset=50, defence="pat",
                               defence_params=PATParams(eps=0.1, step_size=0.05, steps=2))
     straight = train(cfg, out_dir=_out("straight"), progress=False)

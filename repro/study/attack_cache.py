@@ -9,9 +9,9 @@ code, the model's weights, the images, the labels and the attack's parameters. :
 timing of the run that computed it (CC is that run's cost), and says so in :attr:`Reuse.note`.
 
 The key holds: the sha256 of the source of ``repro.attacks`` and ``repro.models`` and of every ``repro`` module they
-import (and of the model's own module), the model's class, printed structure and every tensor of its state dict,
-the bytes of ``x`` and ``labels``, the parameters, batch size, seed, device type, the run options and the torch
-version. The cache lives outside the repository: on a new machine the first run computes and fills it.
+import (and of the model's own module) but the data loader (:data:`CODE_EXCLUDE`), the model's class, printed
+structure and every tensor of its state dict, the bytes of ``x`` and ``labels``, the parameters, batch size, seed,
+device type, the run options and the torch version. The cache lives outside the repository: on a new machine the first run computes and fills it.
 """
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ from ..attacks import AttackRun, run_attack
 from ..models import cache_dir
 
 CODE_ROOTS = ("repro.attacks", "repro.models")
+# ``repro.models`` imports ``repro.data`` only to find the data folder; the images and labels an attack receives are
+# in the key as bytes, so an edit to the data loader does not rerun an attack.
+CODE_EXCLUDE = ("repro.data",)
 FOLDER = "attacks"
 
 
@@ -65,8 +68,9 @@ def run_key(attack: str, model: torch.nn.Module, x: torch.Tensor, labels: torch.
     """The cache key of a :func:`repro.attacks.run_attack` call (see the module docstring for what it covers)."""
     roots = CODE_ROOTS + ((type(model).__module__,) if _source.module_file(type(model).__module__) else ())
     return _io.sha256_text(_io.canonical_json({
-        "code": _source.code_hash(roots), "attack": attack, "params": params, "batch_size": batch_size,
-        "seed": seed, "device": torch.device(device).type, "options": options, "torch": torch.__version__,
+        "code": _source.code_hash(roots, exclude=CODE_EXCLUDE), "attack": attack, "params": params,
+        "batch_size": batch_size, "seed": seed, "device": torch.device(device).type, "options": options,
+        "torch": torch.__version__,
         "model": model_digest(model), "x": tensor_digest(x), "labels": tensor_digest(labels),
     }))
 

@@ -5,14 +5,13 @@ A trained model is kept under ``repro.models.cache_dir()/"trained"/<config_key>`
 same configuration is trained once and a changed configuration, other code or other data never return a stale model.
 
 A *published* folder (the study's ``results/<profile>/models/``) holds the ``model.pt`` of each model behind committed
-results as ``<key>.pt``, with ``index.json`` giving each file's sha256 and the commit that trained it:
+results as ``<key>.<sha256>.pt`` (the file carries its training provenance inside):
 :func:`train_cached` serves a model from there (checksum verified) before it would train, and :func:`publish` puts
 one there. This module also resolves the initial weights a configuration names, which the training loop receives
 from its caller.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -37,83 +36,75 @@ def is_cached(config: TrainConfig, *, published: str | Path | None = None) -> bo
 
 
 # ----------------------------------------------------------------------------------------------- published models
-INDEX_FILE = "index.json"
-
-
 class PublishedModelError(ValueError):
-    """A published model's file disagrees with its folder's index (missing entry, other key, other sha256)."""
+    """A published model's file disagrees with its name (other key inside, other sha256), or a key has two files."""
 
 
-def read_index(folder: str | Path) -> dict[str, dict]:
-    """``folder/index.json``: key → ``{"sha256", "trained_commit", "code"}`` (empty when there is no index).
+def published_path(folder: str | Path, key: str, sha256: str) -> Path:
+    """Where the published ``folder`` keeps the model of configuration ``key`` whose bytes have ``sha256``:
+    ``<key>.<sha256>.pt``. The name carries the checksum, so the folder needs no index beside the models."""
+    return Path(folder) / f"{key}.{sha256}.pt"
+
+
+def read_index(folder: str | Path) -> dict[str, Path]:
+    """The published ``folder``'s index, read from its file names: key → file of every model (empty when there is
+    none).
 
     Raises:
-        PublishedModelError: the index is not valid JSON (the message names the file).
+        PublishedModelError: a ``.pt`` file whose name is not ``<key>.<sha256>.pt``, or two files for one key.
     """
-    path = Path(folder) / INDEX_FILE
-    if not path.is_file():
-        return {}
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise PublishedModelError(f"{path} is not valid JSON ({err}); restore it from git") from err
-    if not isinstance(index, dict):
-        raise PublishedModelError(f"{path} must map model keys to records, got {type(index).__name__}")
-    return index
+    out: dict[str, Path] = {}
+    for path in sorted(Path(folder).glob("*.pt")):
+        parts = path.name.split(".")
+        if len(parts) != 3 or not all(len(p) == 64 and set(p) <= set("0123456789abcdef") for p in parts[:2]):
+            raise PublishedModelError(f"{path}: a published model is named <key>.<sha256>.pt (hex sha256s); "
+                                      "republish it with the pipeline, or delete the file")
+        if parts[0] in out:
+            raise PublishedModelError(f"{path} and {out[parts[0]]} are two published models of configuration "
+                                      f"{parts[0]}; delete the one no committed result names")
+        out[parts[0]] = path
+    return out
 
 
 def published_file(config: TrainConfig, published: str | Path | None) -> Path | None:
-    """The published ``<key>.pt`` of ``config`` in the folder ``published``, its sha256 checked against the index;
-    ``None`` when the folder has no such model (or ``published`` is ``None``).
+    """The published model of ``config`` in the folder ``published``, its bytes checked against the sha256 in its
+    name; ``None`` when the folder has no such model (or ``published`` is ``None``).
 
     Raises:
-        PublishedModelError: the file is there but the index has no entry for it, or its sha256 differs.
+        ChecksumError: the file's sha256 is not the one its name records.
+        PublishedModelError: the folder holds a misnamed file or two files for the key (:func:`read_index`).
     """
     if published is None:
         return None
-    key = config_key(config)
-    path = Path(published) / f"{key}.pt"
-    if not path.is_file():
+    path = read_index(published).get(config_key(config))
+    if path is None:
         return None
-    entry = read_index(published).get(key)
-    if entry is None:
-        raise PublishedModelError(f"{path} is not listed in {Path(published) / INDEX_FILE}: a published model needs "
-                                  "its recorded sha256; republish it with the pipeline, or delete the file")
-    got = _io.sha256_file(path)
-    if got != entry.get("sha256"):
-        raise ChecksumError(f"published model {path} has sha256 {got}, {INDEX_FILE} records {entry.get('sha256')}: "
-                            "the file was changed or damaged; restore it from git")
+    expected, got = path.name.split(".")[1], _io.sha256_file(path)
+    if got != expected:
+        raise ChecksumError(f"published model {path} has sha256 {got}, its name records {expected}: the file was "
+                            "changed or damaged; restore it from git")
     return path
 
 
-def publish(source: str | Path, folder: str | Path) -> dict:
-    """Put a trained model's ``model.pt`` (``source``) into the published ``folder`` as ``<key>.pt`` and record its
-    sha256 and training provenance in the folder's index; both writes are atomic. Returns the index entry."""
+def publish(source: str | Path, folder: str | Path) -> Path:
+    """Copy a trained model's ``model.pt`` (``source``) into the published ``folder`` as ``<key>.<sha256>.pt``
+    (atomically), replacing an older file of the same key. Returns the published file."""
     source, folder = Path(source), Path(folder)
-    saved = _io.load(source)
-    key, trained_by = saved["key"], saved.get("provenance", {})
-    dest = folder / f"{key}.pt"
+    key = _io.load(source)["key"]
+    dest = published_path(folder, key, _io.sha256_file(source))
+    old = read_index(folder).get(key)
     with _io.atomic_file(dest, "wb") as out, open(source, "rb") as src:
         shutil.copyfileobj(src, out)
-    entry = {"sha256": _io.sha256_file(dest), "trained_commit": trained_by.get("git", {}).get("commit"),
-             "trained_dirty": trained_by.get("git", {}).get("dirty"), "code": trained_by.get("code"),
-             "model": saved["config"]["model"], "defence": saved["config"]["defence"]}
-    index = {**read_index(folder), key: entry}
-    _io.write_text_atomic(json.dumps(dict(sorted(index.items())), indent=1) + "\n", folder / INDEX_FILE)
-    return entry
+    if old is not None and old != dest:
+        old.unlink()
+    return dest
 
 
 def prune(folder: str | Path, *, keep) -> list[Path]:
-    """Delete the published models of ``folder`` whose key is not in ``keep`` (and their index entries); returns
-    the deleted files."""
-    folder, keep = Path(folder), set(keep)
-    index = read_index(folder)
-    gone = [p for p in sorted(folder.glob("*.pt")) if p.stem not in keep]
+    """Delete the published models of ``folder`` whose key is not in ``keep``; returns the deleted files."""
+    gone = [path for key, path in read_index(folder).items() if key not in set(keep)]
     for path in gone:
         path.unlink()
-    if gone or set(index) - keep:
-        _io.write_text_atomic(json.dumps({k: v for k, v in sorted(index.items()) if k in keep}, indent=1) + "\n",
-                              folder / INDEX_FILE)
     return gone
 
 

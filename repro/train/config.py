@@ -28,10 +28,19 @@ from .defences import DEFENCES, PGDParams
 # 3: DeepSec's split on official indices (a partial copy's validation images are ones DeepSec's checkpoint never saw),
 #    learning rate set per batch, adversarial examples crafted on the BatchNorm-folded copy.
 # 4: the key also holds the training code's hash (TRAINING_CODE) and the digest of the training images used.
-FORMAT_VERSION = 4
-# The modules a training run executes (the loop, the defences, the attacks they craft with, the models, the data):
-# their source hash is part of every key, so a model trained by other code is never served for this code's config.
-TRAINING_CODE = ("repro.train",)
+# 5: that hash covers the code that turns an effective configuration and the training tensors into weights, no more
+#    (TRAINING_CODE less TRAINING_CODE_EXCLUDE); the models of format 4 were re-keyed, not retrained (README).
+FORMAT_VERSION = 5
+# The modules a training run executes (the loop, the defences, the attacks they craft with, the models): their source
+# hash is part of every key, so a model trained by other code is never served for this code's configuration.
+TRAINING_CODE = ("repro.train.loop",)
+# Modules the loop imports that cannot change the weights of a given key, each because the key holds what it
+# decides value by value: ``repro.data`` returns the training tensors, whose digest is in the key (``train_data``:
+# images, labels and official indices of the split); ``repro.train.config`` resolves a TrainConfig into the
+# effective configuration, which the key holds field by field; ``repro.train.cache`` stores and finds models, and
+# names the initial weights by their identity (``init``). An edit to them (a new check, a clearer message) keeps
+# every key, so it does not retrain the published models.
+TRAINING_CODE_EXCLUDE = ("repro.data", "repro.train.config", "repro.train.cache", "repro.train.__main__")
 
 
 def _choice(name: str, value, allowed) -> None:
@@ -62,6 +71,10 @@ class Recipe:
     ``keep``: which epoch's weights the run returns: ``"best_val"`` the best clean validation accuracy (DeepSec's rule,
     later ties win), ``"last"`` the last epoch (for adversarial training, whose clean validation accuracy falls as
     robustness grows: DeepSec's rule would keep the least robust epoch).
+
+    ``dataset``: the dataset the recipe is written for (``None``: any); :class:`TrainConfig` refuses it for another.
+    ``fine_tune``: the recipe continues from trained weights (a few epochs, warm-up, decay to zero), so a
+    :class:`TrainConfig` refuses it with ``init="scratch"``.
     """
 
     optimiser: str  # "sgd" or "adam"
@@ -78,6 +91,8 @@ class Recipe:
     schedule: str = "step"
     warmup_epochs: float = 0.0
     keep: str = "best_val"
+    dataset: str | None = None
+    fine_tune: bool = False
 
     def training_images(self, n: int) -> int:
         """Images an epoch trains on when ``n`` are available: all but the held-out validation share (exact on the
@@ -88,6 +103,7 @@ class Recipe:
         _choice("optimiser", self.optimiser, ("sgd", "adam"))
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("keep", self.keep, KEEP_RULES)
+        _choice("dataset", self.dataset, (None, *DATASETS))
         if not (self.lr > 0 and self.warmup_epochs >= 0 and 0 < self.val_fraction < 1):
             raise ValueError(f"recipe needs lr > 0, warmup_epochs >= 0 and 0 < val_fraction < 1, got lr={self.lr!r}, "
                              f"warmup_epochs={self.warmup_epochs!r}, val_fraction={self.val_fraction!r}")
@@ -96,22 +112,23 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     # DeepSec RawModels/MNISTConv.py (MNIST_Training_Parameters) and train_mnist.py: SGD, Nesterov, no schedule.
     "deepsec_mnist": Recipe(optimiser="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-6,
-                            epochs=20, batch_size=100),
+                            epochs=20, batch_size=100, dataset="mnist"),
     # DeepSec RawModels/ResNet.py (CIFAR10_Training_Parameters, adjust_learning_rate, called after 0-based epoch
     # `epoch` ends, with a floor of 0.5e-6) and Utils/dataset.py (RandomAffine translate 0.1, RandomHorizontalFlip).
     "deepsec_cifar10": Recipe(optimiser="adam", lr=1e-3, epochs=200, batch_size=32,
                               lr_decays=((80, 0.1), (120, 0.1), (160, 0.1), (180, 0.5)), min_lr=0.5e-6,
-                              augment=True),
+                              augment=True, dataset="cifar10"),
     # Ours, for adversarial fine-tuning from a trained CIFAR-10 model on a CPU budget (not DeepSec's): SGD with
     # momentum and weight decay, half an epoch of warm-up, cosine decay to zero over the run, DeepSec's augmentation,
     # the last epoch kept. The book's training ablation compares it with DeepSec's optimiser and with training from
     # scratch.
     "pat_finetune_cifar10": Recipe(optimiser="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, epochs=5,
-                                   batch_size=128, schedule="cosine", warmup_epochs=0.5, augment=True, keep="last"),
+                                   batch_size=128, schedule="cosine", warmup_epochs=0.5, augment=True, keep="last",
+                                   dataset="cifar10", fine_tune=True),
     # The same with a 5× lower peak learning rate: an arm of the training ablation.
     "pat_finetune_cifar10_lr0.01": Recipe(optimiser="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=5,
                                           batch_size=128, schedule="cosine", warmup_epochs=0.5, augment=True,
-                                          keep="last"),
+                                          keep="last", dataset="cifar10", fine_tune=True),
 }
 # DeepSec's recipe for each dataset (SPEC §2).
 DEEPSEC_RECIPE = {"mnist": "deepsec_mnist", "cifar10": "deepsec_cifar10"}
@@ -187,6 +204,14 @@ class TrainConfig:
         recipe = DEEPSEC_RECIPE[self.dataset] if self.recipe is None else self.recipe
         _choice("recipe", recipe, tuple(RECIPES))
         object.__setattr__(self, "recipe", recipe)
+        written_for = RECIPES[recipe].dataset
+        if written_for not in (None, self.dataset):
+            fits = [n for n, r in RECIPES.items() if r.dataset in (None, self.dataset)]
+            raise ValueError(f"recipe {recipe!r} is written for {written_for!r}, not {self.dataset!r}; allowed for "
+                             f"{self.dataset!r}: {', '.join(map(repr, fits))}")
+        if RECIPES[recipe].fine_tune and self.init == "scratch":
+            raise ValueError(f"recipe {recipe!r} fine-tunes trained weights, so init 'scratch' is refused; start from "
+                             f"'deepsec' or a TrainConfig, or train from scratch with {DEEPSEC_RECIPE[self.dataset]!r}")
         history = HISTORY_PGD[self.dataset] if self.history_pgd is None else self.history_pgd
         if not isinstance(history, PGDParams):
             raise ValueError(f"history_pgd must be PGDParams or None, got {history!r}")
@@ -268,8 +293,9 @@ def effective_config(config: TrainConfig) -> dict:
 
 
 def training_code_hash() -> str:
-    """sha256 of the source of :data:`TRAINING_CODE` and every module it imports (:func:`repro._source.code_hash`)."""
-    return code_hash(TRAINING_CODE)
+    """sha256 of the source of :data:`TRAINING_CODE` and every module it imports, less :data:`TRAINING_CODE_EXCLUDE`
+    (:func:`repro._source.code_hash`)."""
+    return code_hash(TRAINING_CODE, exclude=TRAINING_CODE_EXCLUDE)
 
 
 @functools.lru_cache(maxsize=8)

@@ -34,8 +34,6 @@ NOTEBOOKS = "notebooks"
 STAGING = results_mod.PIPELINE_STAGING  # where notebooks write their results while the pipeline runs them
 LOCKS = "runs/locks"
 SCREENSHOT_DIR = "screenshots"
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")
 
 
 class PipelineError(RuntimeError):
@@ -317,39 +315,38 @@ def update_readme(profile: str, *, results_dir: str = "results", log=print) -> P
 
 
 # ------------------------------------------------------------------------------------------------- screenshots
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    raise PipelineError("no Chromium found; install it (Debian: apt-get install -y chromium)")
-
-
 def screenshot(*, html: str | os.PathLike | None = None, out_dir: str = SCREENSHOT_DIR, log=print) -> list[Path]:
-    """Render the landing page and the two tables pages with headless Chromium into ``screenshots/*.png``."""
+    """Render every page of the built book at :data:`repro.report.layout.WIDTH` px with headless Chromium into
+    ``screenshots/<page>.png`` (``intro.png``, ``generated-table1.png``, ...), then run the layout check on them
+    (:mod:`repro.report.layout`); raises :class:`PipelineError` naming each table or figure that does not fit."""
     import tempfile
 
-    root = results_mod.repo_root()
-    html = Path(html) if html is not None else root / "_build" / "html"
-    pages = {"landing": "book/intro.html", "table1": "book/generated/table1.html",
-             "table2": "book/generated/table2.html", "findings": "book/findings.html"}
+    from .report import layout
+
+    html = Path(html) if html is not None else results_mod.repo_root() / "_build" / "html"
+    if not (html / "book" / "intro.html").exists():
+        raise PipelineError(f"{html / 'book' / 'intro.html'} does not exist; build the book first (make book)")
+    try:
+        chromium = layout.chromium()
+    except layout.LayoutError as err:
+        raise PipelineError(str(err)) from err
     dest = results_mod.resolve_path(out_dir)
     dest.mkdir(parents=True, exist_ok=True)
-    chromium = _chromium()
     shots = []
-    for name, page in pages.items():
-        target = html / page
-        if not target.exists():
-            raise PipelineError(f"{target} does not exist; build the book first (make book)")
-        png = dest / f"{name}.png"
+    for target in sorted((html / "book").rglob("*.html")):
+        png = dest / (target.relative_to(html / "book").with_suffix("").as_posix().replace("/", "-") + ".png")
         with tempfile.TemporaryDirectory() as profile_dir:
-            cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", "--window-size=1400,2000",
+            cmd = [chromium, *layout.FLAGS, f"--user-data-dir={profile_dir}", f"--window-size={layout.WIDTH},2000",
                    f"--screenshot={png}", target.as_uri()]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0 or not png.exists():
-            raise PipelineError(f"Chromium failed for {page}:\n{proc.stderr[-3000:]}")
-        log(f"screenshot: {png}")
+            raise PipelineError(f"Chromium failed for {target}:\n{proc.stderr[-3000:]}")
         shots.append(png)
+    log(f"screenshots: {len(shots)} pages in {dest}")
+    problems = [p for page in layout.measure(html) for p in page.problems]
+    if problems:
+        raise PipelineError("the book does not fit a {} px window:\n{}".format(layout.WIDTH, "\n".join(problems)))
+    log(f"layout: every table and figure of the {len(shots)} pages fits {layout.WIDTH} px")
     return shots
 
 

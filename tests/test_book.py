@@ -123,18 +123,22 @@ def test_smoke_book_builds_with_both_tables(tmp_path):
         assert f"Table {table}" in page
         parser = _Tables()
         parser.feed(page)
-        overview = parser.tables[0]
-        header = overview[0]
         cols = [c for c in plan.columns_for("smoke") if c.table == table and c.replicate_of is None]
-        assert len(overview) == 1 + len(metrics)
-        for col in cols:
-            j = header.index(f"{col.id}: ours [95 % CI]")
+        # the overview: a table per OVERVIEW_COLUMNS plan columns, each headed by the column's title (no ids)
+        overviews = parser.tables[:-(-len(cols) // book.OVERVIEW_COLUMNS)]
+        places = [(overview, j) for overview in overviews for j, h in enumerate(overview[0])
+                  if h.endswith(": ours [95 % CI]")]
+        assert len(places) == len(cols), [o[0] for o in overviews]
+        for col, (overview, j) in zip(cols, places):
+            assert len(overview) == 1 + len(metrics) and len(overview[0]) <= 1 + 2 * book.OVERVIEW_COLUMNS
+            assert overview[0][j].replace("“", '"').replace("”", '"').replace("’", "'") == \
+                f"{col.title}: ours [95 % CI]" and col.id not in overview[0][j]
             for i, metric in enumerate(metrics, start=1):
                 value = found[col.id].metrics.get(metric)
                 cell = overview[i][j]
                 if value is not None:
                     assert NUMBER.match(cell), f"table {table}, {col.id}, {metric}: {cell!r} is not a number"
-                # the published columns are filled wherever the paper printed a number
+                # the published columns are filled wherever the paper printed a number, with its verdict mark
                 pub = plan.published_value(table, col.compare_with, "follow-up", metric)
                 if pub is not None:
                     followup = overview[i][j + 1].split(" / ")[0]
@@ -311,6 +315,9 @@ def test_the_logit_shift_mechanism_sentence_follows_the_zero_gradient_measuremen
     more = {"no_shift": {"images": 12, "element_fraction": 0.2}, "shift": {"images": 0, "element_fraction": 0.05}}
     assert "consistent with that explanation" in book._shift_mechanism_text(more)
     assert "f_shift_mechanism" in book.FINDINGS_SUBS
+    # "exactly zero in every element for ..." reads "none of the candidates", not "0 candidates"
+    assert book._zero_grad_text(same["no_shift"]) == "none of the candidates (5.3 % of all gradient elements are zero)"
+    assert book._zero_grad_text(more["no_shift"]).startswith("12 candidates (20.0 %")
 
 
 def test_the_landing_page_shows_the_literal_eps8_picture_from_its_own_notebook(tmp_path):

@@ -91,11 +91,19 @@ def test_compile_break_even_is_the_excess_over_the_saving_per_unit():
     assert gpu.break_even(100.0, 100.0, 1.0) is None and gpu.break_even(100.0, 90.0, 0.5) is None
 
 
-def test_a_step_schedule_without_decays_reads_as_constant():
-    from repro.report import training as page
+def test_a_recipe_reads_in_words_and_a_step_schedule_without_decays_as_constant():
+    """Before: tables and departures printed recipe identifiers ("pat_finetune_cifar10 (sgd, lr 0.05, cosine)")."""
+    from repro.study.plan import column
+    from repro.study.profiles import get_profile
+    from repro.study.verdicts import budget_departures, recipe_words
 
-    assert page._schedule({"recipe": "deepsec_mnist", "schedule": "step"}) == "constant"
-    assert page._schedule({"recipe": "deepsec_cifar10", "schedule": "step"}) == "step"
+    assert recipe_words("deepsec_mnist") == "DeepSec's (SGD, lr 0.05, constant)"
+    assert recipe_words("deepsec_cifar10") == "DeepSec's (Adam, lr 0.001, step)"
+    assert recipe_words("pat_finetune_cifar10") == "ours (SGD, lr 0.05, cosine, fine-tuning)"
+    labels = {label for labels in budget_departures(column("pat_resnet20"), get_profile("quick")).values()
+              for label in labels}
+    assert "defence training recipe ours (SGD, lr 0.05, cosine, fine-tuning) instead of DeepSec's" in labels
+    assert not any("pat_finetune" in label for label in labels), labels
 
 
 def test_the_chapter_states_the_studys_pat_targets_and_judges_each_model_against_them(tmp_path):

@@ -11,6 +11,8 @@ import torch
 
 from ..study.plan import METRIC_LABELS, PRINTED_UNIT, to_printed_unit
 
+# How the book names the datasets.
+DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 # Amplification of the perturbation in the image grids (a perturbation of 8/255 is invisible at ×1).
 AMPLIFY_TARGET = 0.5
 
@@ -84,7 +86,7 @@ def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, *, n: int = 6, labels
             axes[0][i].set_title(name(labels[i]), fontsize=8)
         if adv_labels is not None:
             target = f" (target {name(targets[i])})" if targets is not None else ""
-            axes[1][i].set_title(f"→ {name(adv_labels[i])}{target}", fontsize=7)
+            axes[1][i].set_title(f"→ {name(adv_labels[i])}{target}", fontsize=8)
     axes[0][0].set_ylabel("clean")
     axes[1][0].set_ylabel("adversarial")
     axes[2][0].set_ylabel(f"0.5 + {gain:.3g}·δ")
@@ -148,7 +150,7 @@ def distance_dots(rows_by_column: dict[str, list[dict]], allowance: dict, *, lab
                     if abs(raw) > limit:
                         panel.annotate(f"{raw:+.0f}", (centre, y), xytext=(-4 if raw > 0 else 4, 0),
                                        textcoords="offset points", ha="right" if raw > 0 else "left",
-                                       va="center", fontsize=8, color=colours(j))
+                                       va="center", fontsize=9, color=colours(j))
                 y += 1
             y += 0.8
         panel.set_xlim(-limit - 0.5, limit + 0.5)
@@ -190,7 +192,7 @@ def accuracy_curves(curves: dict[str, dict], *, threat_eps: float | None = None,
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
@@ -218,27 +220,46 @@ def training_history(history: list[dict] | None, *, title: str = ""):
             ax2.plot(epochs, [np.nan if v is None else 100 * v for v in values], marker="o", label=label)
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("accuracy (%)")
-    ax2.legend(fontsize=7)
+    ax2.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
+# The resolution of every figure the book draws, and the PNG text chunks that record it with the figure's smallest
+# text, so that the book's layout check (:mod:`repro.report.layout`) can tell how large that text is on the page.
+DPI = 100
+SMALLEST_TEXT_KEY = "repro:smallest-text-pt"
+DPI_KEY = "repro:dpi"
+
+
+def smallest_text_pt(fig) -> float | None:
+    """The font size in points of the smallest visible, non-empty text of ``fig`` (titles, labels, tick labels,
+    legends, annotations); ``None`` when it has no text."""
+    from matplotlib.text import Text
+
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    return min(sizes, default=None)
+
+
 def save(fig, path) -> None:
-    """Save ``fig`` as PNG (100 dpi) and close it."""
+    """Save ``fig`` as PNG (:data:`DPI`) with its smallest text size and resolution in the file, and close it."""
     from pathlib import Path
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    smallest = smallest_text_pt(fig)
+    metadata = {DPI_KEY: str(DPI), **({SMALLEST_TEXT_KEY: f"{smallest:g}"} if smallest is not None else {})}
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata=metadata)
     plt.close(fig)
 
 
 def optimality_curves(settings: dict[str, dict]):
     """Robust accuracy versus perturbation size, one panel per model × norm of ``benchmarks/optimality.py``'s output:
     one line per attack (from its per-image distances) and the per-image best of all attacks, dashed."""
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.4), squeeze=False)
-    for ax, (key, setting) in zip(axes[0], settings.items()):
+    # One panel a row, its legend below it: up to nine attacks per panel would hide the curves inside it.
+    fig, axes = plt.subplots(max(1, len(settings)), 1, figsize=(7.8, 4.6 * max(1, len(settings))), squeeze=False)
+    for ax, (key, setting) in zip(axes.flat, settings.items()):
         d_max = setting["d_max"]
         grid = np.linspace(0.0, d_max, 200)
         rows = {name: np.asarray(a["distances"], dtype=float) for name, a in setting["attacks"].items()}
@@ -249,11 +270,13 @@ def optimality_curves(settings: dict[str, dict]):
                     label=f"{name} ({setting['attacks'][name]['optimality']:.3f})")
         ax.plot(grid * scale, [(best > e).mean() * 100 for e in grid], color="black", ls="--", lw=1.0,
                 label="best of all")
+        norm = "L∞" if setting["norm"] == "linf" else "L2"
         ax.set_xlabel("L∞ × 255" if setting["norm"] == "linf" else "L2")
         ax.set_ylabel("robust accuracy (%)")
-        ax.set_title(f"{setting['dataset']}, {setting['norm']}, n={setting['n']}", fontsize=9)
+        ax.set_title(f"{DATASET_LABELS.get(setting['dataset'], setting['dataset'])}, {norm}, n = {setting['n']}",
+                     fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
 

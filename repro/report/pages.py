@@ -255,20 +255,31 @@ def _training_note(result: results_mod.Result) -> str:
                                                    " (included)")
 
 
+# Plan columns per overview table: 1 + 2 × 3 table columns fit the book's content column at 1,400 px (the layout
+# check, tests/test_layout.py, fails when a table overflows it).
+OVERVIEW_COLUMNS = 3
+
+
 def _overview(cols: list[Column], found: dict, metrics, profile: str) -> str:
-    header = ["metric"]
-    for col in cols:
-        header += [f"{col.id}: ours [95 % CI]", "follow-up / DeepSec", "verdicts"]
-    rows = []
+    """The overview of a table page: per metric, each column's value with its interval, and the published values
+    (follow-up / DeepSec) each with its verdict mark; a table per :data:`OVERVIEW_COLUMNS` plan columns."""
     comps = {col.id: {r["metric"]: r for r in comparison_rows(col, found.get(col.id), profile, found)} for col in cols}
-    for metric in metrics:
-        row = [_label(metric)]
-        for col in cols:
-            r = comps[col.id][metric]
-            row += [_fmt_interval(metric, r), f"{_fmt(metric, r['followup'])} / {_fmt(metric, r['deepsec'])}",
-                    f"{_mark(r['verdict_followup']) or '–'} / {_mark(r['verdict_deepsec']) or '–'}"]
-        rows.append(row)
-    return markdown.table(header, rows)
+
+    def published(metric: str, r: dict) -> str:
+        return " / ".join(f"{_fmt(metric, r[ref])} {_mark(r[f'verdict_{ref}'])}".strip()
+                          for ref in ("followup", "deepsec"))
+
+    tables = []
+    for start in range(0, len(cols), OVERVIEW_COLUMNS):
+        group = cols[start:start + OVERVIEW_COLUMNS]
+        header = ["metric"]
+        for col in group:
+            header += [f"{col.title}: ours [95 % CI]", "follow-up / DeepSec"]
+        rows = [[_label(metric)] + [cell for col in group for cell in (
+            _fmt_interval(metric, comps[col.id][metric]), published(metric, comps[col.id][metric]))]
+                for metric in metrics]
+        tables.append(markdown.table(header, rows))
+    return "\n".join(tables)
 
 
 def _table_page(table: str, cols, found, fresh, profile, figures_dir) -> str:
@@ -603,7 +614,10 @@ def _shift_mechanism_text(zero: dict) -> str:
 
 
 def _zero_grad_text(zero: dict) -> str:
-    return f"{zero['images']} candidates ({100 * zero['element_fraction']:.1f} % of all gradient elements)"
+    """How many candidates have an all-zero input gradient ("none of the candidates" for 0), with the share of
+    gradient elements that are exactly zero over all candidates."""
+    count = "none of the candidates" if zero["images"] == 0 else f"{zero['images']} candidates"
+    return f"{count} ({100 * zero['element_fraction']:.1f} % of all gradient elements are zero)"
 
 
 def _top_two(counts: list[int]) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 from ..metrics import robustness
 from ..study import security as sec
 from . import markdown
+from .figures import DATASET_LABELS
 from .templates import render
 from ..study.lookup import column_running
 from ..study.plan import COLUMNS, anchor, anchors, published_value
@@ -25,7 +26,6 @@ NOT_COMPUTED = "–"
 ACCURACIES = (("clean", "clean"), ("pgd", "PGD"), ("pgd_deepsec_eps", "PGD at DeepSec's ε"),
               ("autoattack", "AutoAttack"), ("robust", "robust (worst case)"))
 TRANSFER_LABELS = {"fgsm": "FGSM", "pgd": "PGD", "cw2": "CW2"}
-DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 
 
 # ------------------------------------------------------------------------------------------------- formatting
@@ -109,7 +109,7 @@ def _masking_rows(evaluation: dict) -> list[list[str]]:
         by_steps = ", ".join(f"{r['steps']}: {pct(r['rate'])}" for r in check["steps"])
         large = check["eps"][-1]
         verdict = check["verdict"]
-        why = "; ".join(verdict["reasons"]) or "–"
+        why = "; ".join(MASKING_SHORT.get(key, key) for key in verdict["reasons"]) or "–"
         rows.append([evaluation["models"][mid]["label"], with_interval(check["white_box"]),
                      with_interval(check["square"]), by_steps, f"{pct(large['rate'])} at ε = {eps_text(large['eps'])}",
                      verdict["verdict"], why, str(check["white_box"]["n"])])
@@ -164,9 +164,9 @@ def transfer_figure(evaluations: dict | list, *, title: str = ""):
     evaluations = list(evaluations.values()) if isinstance(evaluations, dict) else list(evaluations)
     panels = [(ev["models"][mid]["label"], entry["attacks"]) for ev in evaluations
               for mid, entry in ev["transfer"].items()]
-    cols = min(max(len(panels), 1), 4)
+    cols = min(max(len(panels), 1), 3)
     rows = -(-max(len(panels), 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.6, 2.7 * rows + 0.5), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.5 * cols + 0.6, 2.7 * rows + 0.5), squeeze=False, sharey=True)
     series = (("transfer", "crafted on the raw model (DeepSec)", "#ff7f0e", -0.2),
               ("white_box", "crafted on the defended model (white-box)", "#1f77b4", 0.2))
     for ax in axes.flat:
@@ -197,7 +197,7 @@ def transfer_figure(evaluations: dict | list, *, title: str = ""):
 
 def masking_figure(evaluation: dict, *, title: str = ""):
     """Accuracy versus PGD steps and versus ε for every defended model of one column (the masking checks)."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.5, 3.2))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7.8, 3.4))
     for mid, check in evaluation["masking"].items():
         label = evaluation["models"][mid]["label"]
         ax1.plot([r["steps"] for r in check["steps"]], [100 * r["rate"] for r in check["steps"]], marker="o",
@@ -207,7 +207,7 @@ def masking_figure(evaluation: dict, *, title: str = ""):
     for ax, values, labels in ((ax1, steps, [str(v) for v in steps]),
                                (ax2, evaluation["masking_eps"], [eps_text(e) for e in evaluation["masking_eps"]])):
         ax.set_xscale("log")
-        ax.set_xticks(values, labels, fontsize=7)
+        ax.set_xticks(values, labels, fontsize=8)
         ax.minorticks_off()
     ax1.set_xlabel(f"PGD steps (ε = {eps_text(evaluation['threat_model']['eps'])})")
     ax2.set_xlabel(f"ε ({evaluation['masking'][next(iter(evaluation['masking']))]['eps_steps']} PGD steps per point)"
@@ -216,7 +216,7 @@ def masking_figure(evaluation: dict, *, title: str = ""):
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-    ax2.legend(fontsize=7)
+    ax2.legend(fontsize=8)
     fig.suptitle(title or "gradient-masking checks", fontsize=10)
     fig.tight_layout()
     return fig
@@ -277,18 +277,23 @@ def _masking_section(evaluations: dict[str, dict], figures_dir: Path) -> list[st
         shown.append({"name": name, "index": i, "title": COLUMNS[cid].title, "eps_steps": first["eps_steps"],
                       "square": f"{first['square']['square_queries']:,}"})
     text = render("security_masking.md.j2", step_factor=f"{robustness.MASKING_STEP_FACTOR:g}",
-                  rules=list(robustness.MASKING_RULES.items()), table=markdown.table(MASKING_HEADER, rows), figures=shown)
+                  rules=[(MASKING_SHORT.get(k, k), t) for k, t in robustness.MASKING_RULES.items()],
+                  table=markdown.table(MASKING_HEADER, rows), figures=shown)
     return [text.rstrip("\n") + "\n"]
 
 
 def _anchor_section() -> list[str]:
-    rows = [[a.model, pct(a.clean, 2), pct(a.pgd, 2), pct(a.autoattack, 2), a.attack_setting, a.training_data,
-             a.training_length, a.source] for a in anchors()]
+    # The numbers in a table, the prose about each in a list below it: eight columns of prose overflow the page.
+    rows = [[a.model, pct(a.clean, 2), pct(a.pgd, 2), pct(a.autoattack, 2)] for a in anchors()]
+    def length(text: str) -> str:
+        return "for a length not reported" if text in ("", "unknown") else text
+
+    notes = [f"- **{a.model}**: {a.attack_setting}; trained on {a.training_data or 'data not reported'}, "
+             f"{length(a.training_length)}. Source: {a.source}." for a in anchors()]
     return ["## Anchors\n",
             "Published numbers to read ours against (CIFAR-10, L∞, ε = 8/255), with what each model was trained on "
             "and for how long, where that is known:\n",
-            markdown.table(["model", "clean", "PGD", "AutoAttack", "attack setting", "training data",
-                       "training length", "source"], rows)]
+            markdown.table(["model", "clean", "PGD", "AutoAttack"], rows), "\n".join(notes) + "\n"]
 
 
 def _followup_section(evaluations: dict[str, dict]) -> list[str]:

@@ -10,10 +10,12 @@ from ..data import FULL_SIZES
 from ..models import DEEPSEC_CHECKPOINTS
 from ..study.plan import COLUMNS
 from ..study.profiles import get_profile
+from ..study.verdicts import recipe_words
 from ..train.config import DEEPSEC_RECIPE, RECIPES
-from . import markdown
+from . import figures, markdown
 from .templates import render
-from .security import DATASET_LABELS, eps_text, with_interval
+from .figures import DATASET_LABELS
+from .security import eps_text, with_interval
 
 # The study's target for the adversarially trained CIFAR-10 ResNet-20 (PAT ε = 8/255), on the exact test images:
 # "exact" trained on the exact training images alone, "with_jpeg" with the JPEG-decoded rest added (for scale,
@@ -37,13 +39,8 @@ def _init(record: dict) -> str:
     return "raw model trained here" if isinstance(init, dict) and "trained" in init else str(init)
 
 
-def _schedule(record: dict) -> str:
-    """A recipe's learning-rate schedule in words: a "step" schedule without decays is a constant rate (before:
-    "step" was printed for DeepSec's MNIST recipe, which has none)."""
-    recipe = RECIPES.get(record["recipe"])
-    if record["schedule"] == "step" and recipe is not None and not recipe.lr_decays:
-        return "constant"
-    return record["schedule"]
+# How the table names the rule that picked a model's epoch (repro.train.config.KEEP_RULES).
+KEEP_WORDS = {"best_val": "best clean validation", "last": "last"}
 
 
 def _rows(evaluation: dict, *, wall_time: bool = True) -> list[list[str]]:
@@ -51,8 +48,8 @@ def _rows(evaluation: dict, *, wall_time: bool = True) -> list[list[str]]:
     for rec in evaluation["models"].values():
         t = rec["training"]
         how = ["DeepSec's released checkpoint", "–", "–", "–", "–"] if t is None else [
-            _init(t), f"{t['recipe']} ({t['optimiser']}, lr {t['lr']:g}, {_schedule(t)})",
-            f"{t['epochs']} × {t['train_images']:,}", f"{t['kept_epoch']} ({t['keep']})", f"{t['train_time_s'] / 60:.1f}"]
+            _init(t), recipe_words(t["recipe"]), f"{t['epochs']} × {t['train_images']:,}",
+            f"{t['kept_epoch']} ({KEEP_WORDS.get(t['keep'], t['keep'])})", f"{t['train_time_s'] / 60:.1f}"]
         row = [rec["label"], *how, with_interval(rec["clean"]), with_interval(rec["pgd"])]
         rows.append(row if wall_time else row[:5] + row[6:])
     return rows
@@ -102,13 +99,13 @@ def curves_figure(evaluation: dict, *, title: str = "", pgd: str = "PGD"):
     names the validation attack (the same for every model of the figure)."""
     trained = [(rec["label"], rec["training"]["history"]) for rec in evaluation["models"].values()
                if rec["training"] and rec["training"]["history"]]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(7.8, 3.6), sharex=True)
     for label, history in trained:
         epochs = [h["epoch"] for h in history]
         line, = axes[0].plot(epochs, [100 * h["val_acc"] for h in history], marker="o", ms=3, label=label)
-        pgd = [h.get("pgd_acc") for h in history]
-        if any(v is not None for v in pgd):
-            axes[1].plot(epochs, [float("nan") if v is None else 100 * v for v in pgd], marker="o", ms=3,
+        under_pgd = [h.get("pgd_acc") for h in history]
+        if any(v is not None for v in under_pgd):
+            axes[1].plot(epochs, [float("nan") if v is None else 100 * v for v in under_pgd], marker="o", ms=3,
                          color=line.get_color())
     axes[0].set_title("clean validation accuracy", fontsize=9)
     axes[1].set_title(f"validation accuracy under {pgd}", fontsize=9)
@@ -116,7 +113,7 @@ def curves_figure(evaluation: dict, *, title: str = "", pgd: str = "PGD"):
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(title or "Training curves", fontsize=10)
     fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(trained) + 1) // 2), 1, 1))
     return fig
@@ -174,8 +171,7 @@ def training_page(found: dict, profile: str, figures_dir) -> str:
         name = f"training_curves_{cid}.png"
         fig = curves_figure(ev, title=f"{DATASET_LABELS.get(dataset, dataset)}: validation accuracy per epoch",
                             pgd=validation_attack(found[cid]))
-        fig.savefig(figures_dir / name, dpi=110)
-        plt.close(fig)
+        figures.save(fig, figures_dir / name)
         sections.append({
             "id": cid, "title": COLUMNS[cid].title, "figure": name, "table": markdown.table(_header(ev), _rows(ev)),
             "n": f"{next(iter(ev['models'].values()))['clean']['n']:,}",

@@ -109,6 +109,20 @@ AFFECTS = {
 RELEASED_CHECKPOINT = "DeepSec's released checkpoint instead of the paper's model"
 
 
+def recipe_words(name: str) -> str:
+    """A training recipe (:data:`repro.train.config.RECIPES`) in words, without its identifier: DeepSec's or ours,
+    the optimiser, the peak learning rate, the schedule (a step schedule without decays is a constant rate) and
+    whether it fine-tunes trained weights. (A model's key holds its recipe value by value, so a model trained by
+    the recipe of this name is trained by these values.)"""
+    from ..train.config import DEEPSEC_RECIPE, RECIPES
+
+    recipe = RECIPES[name]
+    whose = "DeepSec's" if name in DEEPSEC_RECIPE.values() else "ours"
+    optimiser = {"sgd": "SGD", "adam": "Adam"}.get(recipe.optimiser, recipe.optimiser)
+    schedule = "constant" if recipe.schedule == "step" and not recipe.lr_decays else recipe.schedule
+    return f"{whose} ({optimiser}, lr {recipe.lr:g}, {schedule}{', fine-tuning' if recipe.fine_tune else ''})"
+
+
 @dataclass(frozen=True)
 class Effect:
     """How far one departure moves one metric: ``ours − the reference setting's value`` lies in [``low``, ``high``]
@@ -169,7 +183,7 @@ def _budget_departure_parts(col: Column, profile: Profile, *,
         if (part, name) in AFFECTS:
             scope, label = AFFECTS[(part, name)]
             shown = lambda v: "all" if v is None and name == "subset" else "DeepSec's" if v is None and \
-                name == "recipe" else "the recipe's" if v is None \
+                name == "recipe" else recipe_words(v) if name == "recipe" else "the recipe's" if v is None \
                 else f"{v:,}" if isinstance(v, int) else str(v)  # noqa: E731
             add(scope, f"{label} {shown(ours)} instead of {shown(paper)}", part)
     partial = [d for d in (datasets or {}).values() if not d.get("official", True)]

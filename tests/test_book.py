@@ -366,3 +366,14 @@ def test_the_corrected_page_states_the_curves_own_steps_and_madrys_anchor(tmp_pa
     assert f"({' or '.join(map(str, sorted(steps)))} steps of ε/4" in page
     madry = anchor("madry_wrn")
     assert f"{100 * madry.clean:.1f} % clean and {100 * madry.pgd:.1f} %" in page
+
+
+def test_the_glance_says_a_reason_shared_by_both_references_once():
+    """Before: the PAT ResNet-20 row listed its four training departures twice, once per reference."""
+    text = book.glance("quick", book.load_found("quick"))
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "not comparable with" in line]
+    assert rows
+    for row in rows:
+        phrases = [re.sub(r"^not comparable with [^:]+: ", "", p.strip()) for p in row.split(" | ")[-1].split("; ")]
+        assert len(phrases) == len(set(phrases)), row
+    assert any("not comparable with either reference: " in row for row in rows)

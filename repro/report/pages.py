@@ -828,10 +828,15 @@ def glance(profile: str, found: dict) -> str:
             bad = [METRIC_LABELS[x["metric"]] for x in comp if x[f"verdict_{k}"] == Verdict.INCONSISTENT]
             if bad:
                 why.append(f"inconsistent with {label}: {', '.join(bad)}")
+        # a reason shared by both references is said once
+        reasons = {k: _why_short(comp, k) for k in ("followup", "deepsec")}
+        both = [r for r in reasons["followup"] if r in reasons["deepsec"]]
+        if both:
+            why.append("not comparable with either reference: " + "; ".join(both))
         for k, label in (("followup", "the follow-up"), ("deepsec", "DeepSec")):
-            reasons = _why_short(comp, k)
-            if reasons:
-                why.append(f"not comparable with {label}: " + "; ".join(reasons))
+            only = [r for r in reasons[k] if r not in both]
+            if only:
+                why.append(f"not comparable with {label}{' also' if both else ''}: " + "; ".join(only))
         rows.append([col.title, _counts_short(verdict_counts(comp, "followup")),
                      _counts_short(verdict_counts(comp, "deepsec")),
                      f"{_label(key)} {_fmt_interval(key, r)}", _fmt(key, r["followup"]), _fmt(key, r["deepsec"]),

@@ -3,7 +3,7 @@
     python -m repro.pipeline --profile quick             # run every stale column of the plan (results/quick/)
     python -m repro.pipeline --profile quick --only pgd_resnet20 --force
     python -m repro.pipeline --build-book --profile quick  # generate the pages from results/quick/, build _build/html
-    python -m repro.pipeline --screenshot --profile quick  # landing page and tables as PNG (headless Chromium)
+    python -m repro.pipeline --screenshot --profile quick  # every page as PNG, then the layout check (Chromium)
 
 A column is up to date when its result carries the plan's fingerprint (:func:`repro.study.plan.fingerprint`: the
 plan row, the profile, the notebook, the source files the notebook's ``repro`` imports reach, excluding the report
@@ -338,12 +338,18 @@ def screenshot(*, html: str | os.PathLike | None = None, out_dir: str = SCREENSH
         with tempfile.TemporaryDirectory() as profile_dir:
             cmd = [chromium, *layout.FLAGS, f"--user-data-dir={profile_dir}", f"--window-size={layout.WIDTH},2000",
                    f"--screenshot={png}", target.as_uri()]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            except subprocess.TimeoutExpired as err:
+                raise PipelineError(f"Chromium did not render {target} within {err.timeout:g} s") from err
         if proc.returncode != 0 or not png.exists():
             raise PipelineError(f"Chromium failed for {target}:\n{proc.stderr[-3000:]}")
         shots.append(png)
     log(f"screenshots: {len(shots)} pages in {dest}")
-    problems = [p for page in layout.measure(html) for p in page.problems]
+    try:
+        problems = [p for page in layout.measure(html) for p in page.problems]
+    except (layout.LayoutError, subprocess.TimeoutExpired) as err:
+        raise PipelineError(f"the layout check could not lay the book out: {err}") from err
     if problems:
         raise PipelineError("the book does not fit a {} px window:\n{}".format(layout.WIDTH, "\n".join(problems)))
     log(f"layout: every table and figure of the {len(shots)} pages fits {layout.WIDTH} px")

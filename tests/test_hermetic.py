@@ -285,3 +285,21 @@ def test_no_checked_notebook_cell_prints_a_wall_time():
             if cell["cell_type"] == "code" and "NBVAL_CHECK_OUTPUT" in "".join(cell["source"]):
                 text = json.dumps(cell.get("outputs", []))
                 assert "training (min)" not in text and "wall" not in text and " s per " not in text, path.name
+
+
+@pytest.mark.parametrize("dataset", [pytest.param("mnist", marks=needs_mnist),
+                                     pytest.param("cifar10", marks=needs_cifar10)])
+def test_the_subset_rule_the_training_key_relies_on_is_the_first_n_images_of_the_split(dataset):
+    """The format-5 training key leaves ``repro.data`` out of its code hash and holds the digest of the whole
+    training split with the number of images used: those decide the images a run trains on only while a subset is
+    the first n images :func:`repro.data.load` returns, with their official indices. If this fails, the subset rule
+    changed: bump FORMAT_VERSION or put the digest of the images actually used in the key, so that no model trained
+    on other images is served."""
+    from repro.data import FULL_SIZES, load, official_indices
+
+    x, y = load(dataset, split="train")
+    index = official_indices(dataset, split="train")
+    xs, ys = load(dataset, split="train", n=1000)
+    assert torch.equal(xs, x[:1000]) and torch.equal(ys, y[:1000])
+    assert (official_indices(dataset, split="train", n=1000) == index[:1000]).all()
+    assert FULL_SIZES == {"mnist": {"train": 60_000, "test": 10_000}, "cifar10": {"train": 50_000, "test": 10_000}}

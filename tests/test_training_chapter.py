@@ -100,6 +100,9 @@ def test_a_recipe_reads_in_words_and_a_step_schedule_without_decays_as_constant(
     assert recipe_words("deepsec_mnist") == "DeepSec's (SGD, lr 0.05, constant)"
     assert recipe_words("deepsec_cifar10") == "DeepSec's (Adam, lr 0.001, step)"
     assert recipe_words("pat_finetune_cifar10") == "ours (SGD, lr 0.05, cosine, fine-tuning)"
+    # a trained model's recorded values win over today's recipe of that name; an unknown name stays as it is
+    assert recipe_words("pat_finetune_cifar10", {"lr": 0.1}) == "ours (SGD, lr 0.1, cosine, fine-tuning)"
+    assert recipe_words("retired_recipe") == "retired_recipe"
     labels = {label for labels in budget_departures(column("pat_resnet20"), get_profile("quick")).values()
               for label in labels}
     assert "defence training recipe ours (SGD, lr 0.05, cosine, fine-tuning) instead of DeepSec's" in labels

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from ..study.plan import METRIC_LABELS, PRINTED_UNIT, to_printed_unit
+from ..study.profiles import DATASET_NAMES
 
-# How the book names the datasets.
-DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
+# How the book names the datasets (their one home is the study's profiles).
+DATASET_LABELS = DATASET_NAMES
 # Amplification of the perturbation in the image grids (a perturbation of 8/255 is invisible at ×1).
 AMPLIFY_TARGET = 0.5
 
@@ -239,6 +240,7 @@ def smallest_text_pt(fig) -> float | None:
     legends, annotations); ``None`` when it has no text."""
     from matplotlib.text import Text
 
+    fig.draw_without_rendering()  # tick labels get their text at draw time
     sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
     return min(sizes, default=None)
 

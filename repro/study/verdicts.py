@@ -109,18 +109,24 @@ AFFECTS = {
 RELEASED_CHECKPOINT = "DeepSec's released checkpoint instead of the paper's model"
 
 
-def recipe_words(name: str) -> str:
-    """A training recipe (:data:`repro.train.config.RECIPES`) in words, without its identifier: DeepSec's or ours,
-    the optimiser, the peak learning rate, the schedule (a step schedule without decays is a constant rate) and
-    whether it fine-tunes trained weights. (A model's key holds its recipe value by value, so a model trained by
-    the recipe of this name is trained by these values.)"""
+def recipe_words(name: str, recorded: dict | None = None) -> str:
+    """A training recipe in words, without its identifier: DeepSec's or ours, the optimiser, the peak learning rate,
+    the schedule (a step schedule without decays is a constant rate) and whether it fine-tunes trained weights.
+
+    The values are ``recorded``'s (a trained model's stored recipe fields) where given, else today's
+    :data:`repro.train.config.RECIPES` entry of that name; a name known to neither is returned as it is."""
+    import dataclasses
+
     from ..train.config import DEEPSEC_RECIPE, RECIPES
 
-    recipe = RECIPES[name]
+    values = {**(dataclasses.asdict(RECIPES[name]) if name in RECIPES else {}), **(recorded or {})}
+    if not {"optimiser", "lr", "schedule"} <= set(values):
+        return name
     whose = "DeepSec's" if name in DEEPSEC_RECIPE.values() else "ours"
-    optimiser = {"sgd": "SGD", "adam": "Adam"}.get(recipe.optimiser, recipe.optimiser)
-    schedule = "constant" if recipe.schedule == "step" and not recipe.lr_decays else recipe.schedule
-    return f"{whose} ({optimiser}, lr {recipe.lr:g}, {schedule}{', fine-tuning' if recipe.fine_tune else ''})"
+    optimiser = {"sgd": "SGD", "adam": "Adam"}.get(values["optimiser"], values["optimiser"])
+    constant = values["schedule"] == "step" and not values.get("lr_decays", True)
+    return (f"{whose} ({optimiser}, lr {values['lr']:g}, {'constant' if constant else values['schedule']}"
+            f"{', fine-tuning' if values.get('fine_tune') else ''})")
 
 
 @dataclass(frozen=True)

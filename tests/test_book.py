@@ -142,7 +142,8 @@ def test_smoke_book_builds_with_both_tables(tmp_path):
                 pub = plan.published_value(table, col.compare_with, "follow-up", metric)
                 if pub is not None:
                     followup, mark = (overview[i][j + 1].split(" / ")[0].split(" ") + [""])[:2]
-                    assert NUMBER.match(followup) and mark in ("✓", "✗", "n/c"), (col.id, metric, overview[i][j + 1])
+                    assert NUMBER.match(followup) and mark in ("✓", "✗", "n/c"), \
+                        (col.id, metric, overview[i][j + 1])
     # Each attack column says how its attack ran (device; BN folding and channels-last of the prepared model).
     table1 = (html / "book" / "generated" / "table1.html").read_text(encoding="utf-8")
     assert "How it ran:" in table1 and "BatchNorm folded into the convolutions" in table1

@@ -48,7 +48,8 @@ def _rows(evaluation: dict, *, wall_time: bool = True) -> list[list[str]]:
     for rec in evaluation["models"].values():
         t = rec["training"]
         how = ["DeepSec's released checkpoint", "–", "–", "–", "–"] if t is None else [
-            _init(t), recipe_words(t["recipe"], {k: t[k] for k in ("optimiser", "lr", "schedule")}), f"{t['epochs']} × {t['train_images']:,}",
+            _init(t), recipe_words(t["recipe"], {k: t[k] for k in ("optimiser", "lr", "schedule")}),
+            f"{t['epochs']} × {t['train_images']:,}",
             f"{t['kept_epoch']} ({KEEP_WORDS.get(t['keep'], t['keep'])})", f"{t['train_time_s'] / 60:.1f}"]
         row = [rec["label"], *how, with_interval(rec["clean"]), with_interval(rec["pgd"])]
         rows.append(row if wall_time else row[:5] + row[6:])

@@ -333,7 +333,7 @@ def screenshot(*, html: str | os.PathLike | None = None, out_dir: str = SCREENSH
     dest = results_mod.resolve_path(out_dir)
     dest.mkdir(parents=True, exist_ok=True)
     shots = []
-    for target in sorted((html / "book").rglob("*.html")):
+    for target in layout.book_pages(html):
         png = dest / (target.relative_to(html / "book").with_suffix("").as_posix().replace("/", "-") + ".png")
         with tempfile.TemporaryDirectory() as profile_dir:
             cmd = [chromium, *layout.FLAGS, f"--user-data-dir={profile_dir}", f"--window-size={layout.WIDTH},2000",

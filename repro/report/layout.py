@@ -46,6 +46,12 @@ def chromium() -> str:
     raise LayoutError("no Chromium found; install it (Debian: apt-get install -y chromium)")
 
 
+def book_pages(root: str | Path) -> list[Path]:
+    """The pages of the built book under ``root/book`` (not a measuring copy left by a killed run, whose name starts
+    with a dot)."""
+    return sorted(p for p in (Path(root) / "book").rglob("*.html") if not p.name.startswith("."))
+
+
 @dataclass
 class Page:
     """One page as laid out: its path (relative to the HTML root), the content column's width and right edge, its
@@ -108,7 +114,7 @@ def measure(root: str | Path, pages: list[str] | None = None, *, width: int = WI
         raise LayoutError(f"{root} is not a built book (make book)")
     browser = chromium()
     script = _SCRIPT.read_text(encoding="utf-8")
-    paths = pages or sorted(p.relative_to(root).as_posix() for p in (root / "book").rglob("*.html"))
+    paths = pages or [p.relative_to(root).as_posix() for p in book_pages(root)]
     out = []
     for rel in paths:
         page = root / rel

@@ -307,18 +307,32 @@ def test_the_table_1_page_shows_cw2s_budget_ladder_with_the_paired_ratios():
     assert book._budget_ladder_section("quick", {"cw2_mnist": cw2}) == ""
 
 
-def test_the_logit_shift_mechanism_sentence_follows_the_zero_gradient_measurement():
+def test_the_logit_shift_mechanism_sentences_follow_the_float32_measurement():
     """Before: Findings §4 explained the shift's effect by gradients that "round to exactly zero" without it, then
-    printed 0 such candidates in both arms (the same share of zero elements)."""
-    same = {"no_shift": {"images": 0, "element_fraction": 0.0526}, "shift": {"images": 0, "element_fraction": 0.0526}}
-    text = book._shift_mechanism_text(same)
-    assert "do not explain the difference" in text and "open" in text
-    more = {"no_shift": {"images": 12, "element_fraction": 0.2}, "shift": {"images": 0, "element_fraction": 0.05}}
-    assert "consistent with that explanation" in book._shift_mechanism_text(more)
-    assert "f_shift_mechanism" in book.FINDINGS_SUBS
-    # "exactly zero in every element for ..." reads "none of the candidates", not "0 candidates"
-    assert book._zero_grad_text(same["no_shift"]) == "none of the candidates (5.3 % of all gradient elements are zero)"
-    assert book._zero_grad_text(more["no_shift"]).startswith("12 candidates (20.0 %")
+    printed 0 such candidates in both arms. Now the words come from the float32 measurement and change with it."""
+    def evidence(plain_rounded, far):
+        return {"n": 300, "float32": {
+            "rounded": 147, "other": 153,
+            "cosine_to_float64": {"shift": {"rounded": 1.0, "other": 1.0}, "no_shift": {"rounded": far, "other": 1.0}},
+            "successes": {"fgsm": {"shift": {"rounded": 103, "other": 143},
+                                   "no_shift": {"rounded": plain_rounded, "other": 144}}}}}
+
+    explained = book._shift_subs(evidence(7, -0.54))
+    assert explained["f_shift_lead"] == "The reason is float32 rounding."
+    assert explained["f_shift_rounded"] == "147 of the 300"
+    assert "-0.54 without the shift and 1.00 with it" in explained["f_shift_cosine"]
+    assert explained["f_shift_split"].startswith("FGSM succeeds on 103 of the 147 with the shift and on 7 without")
+    assert "adds 96 FGSM successes" in explained["f_shift_mechanism"] and "-1 on the others" in \
+        explained["f_shift_mechanism"] and "true strength" in explained["f_shift_mechanism"]
+    # the gradients agree on the rounded images: the book must not claim the mechanism
+    open_case = book._shift_subs(evidence(7, 0.98))
+    assert open_case["f_shift_lead"] == "One candidate explanation is float32 rounding."
+    assert "does not explain" in open_case["f_shift_mechanism"] and "open" in open_case["f_shift_mechanism"]
+    assert "true strength" not in open_case["f_shift_mechanism"]
+    assert {"f_shift_lead", "f_shift_rounded", "f_shift_cosine", "f_shift_split", "f_shift_mechanism"} <= \
+        set(book.FINDINGS_SUBS)
+    text = (results.repo_root() / "book" / "findings.md").read_text(encoding="utf-8")
+    assert all("{{ " + key + " }}" in text for key in ("f_shift_lead", "f_shift_cosine", "f_shift_mechanism"))
 
 
 def test_the_landing_page_shows_the_literal_eps8_picture_from_its_own_notebook(tmp_path):
@@ -378,3 +392,18 @@ def test_the_glance_says_a_reason_shared_by_both_references_once():
         phrases = [re.sub(r"^not comparable with [^:]+: ", "", p.strip()) for p in row.split(" | ")[-1].split("; ")]
         assert len(phrases) == len(set(phrases)), row
     assert any("not comparable with either reference: " in row for row in rows)
+
+
+def test_the_parameters_table_marks_the_raw_training_budget_unused_on_deepsecs_checkpoint():
+    """Before: "Effective parameters: epochs=8" for columns that load DeepSec's released checkpoint."""
+    from repro.report import figures
+
+    def epochs_cell(model: str, profile: str) -> str:
+        params = {"profile": profile, "model": model, "epochs": 8, "train_subset": None, "eps": 0.1}
+        table = figures.parameters_table(params)
+        assert table.loc["eps", "value"] == "0.1"
+        return table.loc["epochs", "value"]
+
+    assert epochs_cell("resnet20", "quick") == "8  (unused: the raw model is DeepSec's released checkpoint)"
+    assert epochs_cell("resnet20", "paper") == "8"  # the paper profile trains it
+    assert epochs_cell("wide_resnet", "quick") == "8"  # DeepSec released no wide ResNet

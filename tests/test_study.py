@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 
 import pytest
+import torch
 
 from repro.attacks import ATTACKS
 from repro import results as results_mod
@@ -14,6 +16,8 @@ from repro.study import plan, security, training
 from repro.study import steps as experiments
 from repro.study.profiles import PROFILES, get_profile
 from repro.train import DEFENCES, config_key
+
+from .conftest import needs_deepsec
 
 
 def _resolve(col: plan.Column, **params) -> dict:
@@ -314,7 +318,65 @@ def test_findings_tables_print_every_success_rate_with_its_interval():
     tables = findings.evidence_tables(evidence)
     with_interval = re.compile(r"^\d+\.\d % \[\d+\.\d, \d+\.\d\]$")
     assert all(with_interval.match(cell) for cell in tables["eps8"][1][1:3]), tables["eps8"][1]
-    assert all(with_interval.match(cell) for row in tables["shift"][1:] for cell in row[1:]), tables["shift"]
+    rates = [row for row in tables["shift"][1:] if ": MR" in row[0]]
+    assert len(rates) == 6 and all(with_interval.match(cell) for row in rates for cell in row[1:]), tables["shift"]
+    # shares of pixels too (before: "68.8 %" bare), their interval over images
+    shares = [row for row in tables["eps8"] if "0 or 1" in row[0]]
+    assert len(shares) == 2 and all(with_interval.match(cell) for row in shares for cell in row[1:3]), shares
+
+
+def test_float32_rounds_a_confident_true_class_to_probability_one_and_only_the_shift_restores_its_gradient():
+    """The arithmetic behind Findings §4, by hand: logits (30, 0, 0): in float32 softmax gives the true class
+    exactly 1 while each other class keeps e^-30 ≈ 9.4e-14. PyTorch's cross-entropy gradient for the true logit,
+    p − 1, is then exactly 0 (exact value −2e^-30); through the max-shift the subtracted maximum's gradient path
+    adds it back."""
+    for shifted, expected_true in ((False, 0.0), (True, -2 * math.exp(-30))):
+        z = torch.tensor([[30.0, 0.0, 0.0]], requires_grad=True)
+        logits = z - z.amax(dim=1, keepdim=True) if shifted else z  # DeepSec's shift (repro.models' MNIST model)
+        (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, torch.tensor([0])), z)
+        assert torch.softmax(z, 1)[0, 0].item() == 1.0
+        assert grad[0, 1].item() == pytest.approx(math.exp(-30), rel=1e-5)  # the other classes' pull survives
+        assert grad[0, 0].item() == pytest.approx(expected_true, rel=1e-5, abs=0.0)
+
+
+def test_the_logit_shift_judgement_needs_the_gap_on_the_rounded_images_and_the_gradients_apart():
+    from repro.study import findings
+
+    def evidence(*, shift_rounded, plain_rounded, far, near=1.0, shift_other=140, plain_other=140):
+        return {"float32": {"rounded": 150, "other": 150,
+                            "cosine_to_float64": {"shift": {"rounded": near, "other": 1.0},
+                                                  "no_shift": {"rounded": far, "other": 1.0}},
+                            "successes": {"fgsm": {"shift": {"rounded": shift_rounded, "other": shift_other},
+                                                   "no_shift": {"rounded": plain_rounded, "other": plain_other}}}}}
+
+    assert findings.shift_explained(evidence(shift_rounded=100, plain_rounded=10, far=-0.5)) == \
+        {"gap": 90, "gap_rounded": 90, "explained": True}
+    # the gradients agree on the rounded images: the rounding is not why
+    assert not findings.shift_explained(evidence(shift_rounded=100, plain_rounded=10, far=0.95))["explained"]
+    # most of the gap is on the other images
+    assert not findings.shift_explained(evidence(shift_rounded=20, plain_rounded=10, far=-0.5,
+                                                 shift_other=140, plain_other=60))["explained"]
+    assert not findings.shift_explained(evidence(shift_rounded=10, plain_rounded=10, far=-0.5))["explained"]
+
+
+@needs_deepsec
+def test_on_deepsecs_mnist_model_the_shifted_gradient_is_the_float64_one_and_the_plain_one_is_not():
+    """The measurement behind Findings §4 on real data: on DeepSec's released MNIST model some candidates round
+    their true-class probability to 1 in float32; there the unshifted model's input gradient points away from the
+    float64 gradient, the shifted one's does not, and elsewhere both agree with it."""
+    from repro.study import findings
+
+    ev = findings.logit_shift_evidence("mnist", n=60, batch_size=60, device="cpu", seed=100)
+    f32 = ev["float32"]
+    assert f32["rounded"] + f32["other"] == ev["n"] == 60 and f32["rounded"] >= 10
+    cos = f32["cosine_to_float64"]
+    assert cos["shift"]["rounded"] > 0.99 and cos["shift"]["other"] > 0.99 and cos["no_shift"]["other"] > 0.99
+    assert cos["no_shift"]["rounded"] < 0.5
+    for attack in ("fgsm", "pgd"):
+        for key in ("shift", "no_shift"):
+            hits = f32["successes"][attack][key]
+            assert hits["rounded"] <= f32["rounded"] and hits["other"] <= f32["other"]
+            assert hits["rounded"] + hits["other"] == round(ev[attack][key] * 60)
 
 
 def test_one_defence_notebook_serves_every_defence():

@@ -38,12 +38,25 @@ def metrics_table(metrics: dict, *, keys=None):
                         index=pd.Index([METRIC_LABELS.get(k, k) for k in keys], name="metric"))
 
 
+# The raw model's training budget: a notebook parameter that nothing reads when the raw model is DeepSec's checkpoint.
+RAW_TRAINING_PARAMETERS = ("epochs", "train_subset")
+
+
 def parameters_table(params: dict):
-    """The effective parameters as a two-column DataFrame (paths and the device are left out: they vary)."""
+    """The effective parameters as a two-column DataFrame (paths and the device are left out: they vary). The raw
+    model's training budget is marked unused where the profile loads DeepSec's released checkpoint instead of
+    training that model (before, a column on DeepSec's ResNet-20 listed "epochs 8" as if it had trained it)."""
     import pandas as pd
 
+    from ..study.profiles import get_profile
+    from ..study.steps import uses_deepsec_checkpoint
+
     skip = {"results_dir", "device"}
-    rows = [(k, repr(v)) for k, v in params.items() if k not in skip]
+    released = params.get("model") is not None and params.get("profile") is not None and \
+        uses_deepsec_checkpoint(params["model"], get_profile(params["profile"]))
+    rows = [(k, repr(v) + ("  (unused: the raw model is DeepSec's released checkpoint)"
+                           if released and k in RAW_TRAINING_PARAMETERS else ""))
+            for k, v in params.items() if k not in skip]
     return pd.DataFrame(rows, columns=["parameter", "value"]).set_index("parameter")
 
 

@@ -489,7 +489,7 @@ def _allowances_page(profile: str | None = None, found: dict | None = None) -> s
 FINDINGS_SUBS = ("f_eps8_n", "f_eps8_saturated", "f_eps8_ass_code", "f_eps8_ass_255", "f_eps8_255_ass_code",
                  "f_eps8_255_ass_255", "f_def_n_mnist", "f_def_n_cifar", "f_shift_n", "f_pat_crr_csr", "f_pat_implied",
                  "f_eps8_cosine", "f_eps8_top2", "f_noise_top", "f_def_flat_mnist", "f_def_flat_cifar",
-                 "f_def_flat_clean_mnist", "f_shift_zero_grad", "f_shift_zero_grad_shift", "f_cw2_zero_class",
+                 "f_def_flat_clean_mnist", "f_shift_lead", "f_shift_rounded", "f_shift_cosine", "f_shift_split", "f_cw2_zero_class",
                  "f_cw2_zero_flipped", "f_cw2_mr", "f_cw2_mr_deepsec_zero", "f_cw2_n", "f_cw2_ass",
                  "f_shift_mechanism")
 
@@ -596,28 +596,47 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
                             f"{ev['definitions']['cifar10']['n_successful']}",
         "f_def_flat_clean_mnist": f"{ev['definitions']['mnist']['clean_images_with_flat_neighbourhood']} of "
                                   f"{ev['definitions']['mnist']['n']}",
-        "f_shift_zero_grad": _zero_grad_text(ev["logit_shift"]["zero_gradient_images"]["no_shift"]),
-        "f_shift_zero_grad_shift": _zero_grad_text(ev["logit_shift"]["zero_gradient_images"]["shift"]),
-        "f_shift_mechanism": _shift_mechanism_text(ev["logit_shift"]["zero_gradient_images"]),
+        **_shift_subs(ev["logit_shift"]),
     })
 
 
-def _shift_mechanism_text(zero: dict) -> str:
-    """Whether the zero-gradient measurement can explain the logit shift's effect: only if the unshifted model has
-    more all-zero gradients (or more zero elements) than the shifted one."""
-    a, b = zero["no_shift"], zero["shift"]
-    if a["images"] > b["images"] or a["element_fraction"] > b["element_fraction"]:
-        return ("which is consistent with that explanation: the unshifted model's gradient vanishes more often")
-    return ("so vanishing gradients do not explain the difference here: they are no more frequent without the shift. "
-            "What does is open in this study; a float64 reference gradient would settle which variant gives the "
-            "attack's true strength")
+def _shift_subs(shift: dict) -> dict[str, str]:
+    """The findings chapter's words on the logit shift's float32 mechanism, from the findings column's
+    ``logit_shift`` evidence (:func:`repro.study.findings.logit_shift_evidence`) and the study's judgement of it
+    (:func:`repro.study.findings.shift_explained`)."""
+    from ..study import findings
 
+    f32 = shift["float32"]
+    cos, fgsm = f32["cosine_to_float64"], f32["successes"]["fgsm"]
+    judged = findings.shift_explained(shift)
 
-def _zero_grad_text(zero: dict) -> str:
-    """How many candidates have an all-zero input gradient ("none of the candidates" for 0), with the share of
-    gradient elements that are exactly zero over all candidates."""
-    count = "none of the candidates" if zero["images"] == 0 else f"{zero['images']} candidates"
-    return f"{count} ({100 * zero['element_fraction']:.1f} % of all gradient elements are zero)"
+    def c(key, group):
+        return findings.fixed(cos[key][group], 2)
+
+    if judged["explained"]:
+        verdict = (f"This explains the difference: the shift adds {judged['gap_rounded']} FGSM successes on the "
+                   "candidates whose true-class probability rounds to 1, where only the shifted model's gradient "
+                   f"points where the exact one does, and {judged['gap'] - judged['gap_rounded']:+d} on the others. "
+                   "The shifted variant (DeepSec's code) gives the attack's true strength; the unshifted one "
+                   "understates it")
+    elif judged["gap"] <= 0:
+        verdict = "Here FGSM is not stronger with the shift, so there is no difference to explain"
+    else:
+        verdict = (f"This does not explain the difference here: the shift adds {judged['gap_rounded']} FGSM "
+                   f"successes on those candidates and {judged['gap'] - judged['gap_rounded']:+d} on the others, "
+                   "or the gradients there do not differ as the explanation needs; what does is open in this study")
+    return {
+        "f_shift_lead": ("The reason is float32 rounding." if judged["explained"]
+                         else "One candidate explanation is float32 rounding."),
+        "f_shift_rounded": f"{f32['rounded']} of the {shift['n']}",
+        "f_shift_cosine": (f"on those candidates the median cosine between the float32 input gradient and the float64 "
+                           f"one is {c('no_shift', 'rounded')} without the shift and {c('shift', 'rounded')} with it "
+                           f"(on the other {f32['other']}: {c('no_shift', 'other')} and {c('shift', 'other')})"),
+        "f_shift_split": (f"FGSM succeeds on {fgsm['shift']['rounded']} of the {f32['rounded']} with the shift and on "
+                          f"{fgsm['no_shift']['rounded']} without it; on the other {f32['other']}, on "
+                          f"{fgsm['shift']['other']} and {fgsm['no_shift']['other']}"),
+        "f_shift_mechanism": verdict,
+    }
 
 
 def _top_two(counts: list[int]) -> str:

@@ -96,9 +96,11 @@ def validation_attack(result) -> str:
 
 
 def curves_figure(evaluation: dict, *, title: str = "", pgd: str = "PGD"):
-    """Per trained model, clean and PGD accuracy on the held-out validation images after every epoch; ``pgd``
-    names the validation attack (the same for every model of the figure)."""
-    trained = [(rec["label"], rec["training"]["history"]) for rec in evaluation["models"].values()
+    """Per trained model, clean and PGD accuracy on the held-out validation images after every epoch, from epoch 0
+    (the starting weights, measured alike) for a fine-tuned model; ``pgd`` names the validation attack (the same for
+    every model of the figure)."""
+    trained = [(rec["label"], ([rec["training"]["start"]] if rec["training"].get("start") else [])
+                + rec["training"]["history"]) for rec in evaluation["models"].values()
                if rec["training"] and rec["training"]["history"]]
     fig, axes = plt.subplots(1, 2, figsize=(7.8, 3.6), sharex=True)
     for label, history in trained:

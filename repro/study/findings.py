@@ -13,7 +13,17 @@ from torch import Tensor
 
 from .. import data as data_mod
 from ..attacks import get_config
+from .lookup import column_running
 from .plan import FOLLOWUP_PGD_EPS8, per_255, published_value
+
+def _printed_column(**criteria) -> str:
+    """The published column (its name in ``published/table{1,2}.csv``) of the plan column that runs ``criteria``
+    (:func:`repro.study.lookup.column_running`; the names are the same under every profile)."""
+    col = column_running("paper", **criteria)
+    if col is None or col.compare_with is None:
+        raise LookupError(f"no plan column with published values runs {criteria}")
+    return col.compare_with
+
 
 # The follow-up's literal "ε = 8" PGD (ε_iter 0.875; steps not given, DeepSec's 15) and the same setting with ε and
 # ε_iter read on the 0..255 scale, so that only the unit of ε differs (the plan's corrected column).
@@ -62,7 +72,11 @@ def eps8_evidence(model, cands, *, batch_size: int, device, seed: int) -> dict:
             "PSD": psd(cands.x, x_adv, ok), "ASS_code": ass(cands.x, x_adv, ok, data_range=2.0),
             "ASS_255": ass(cands.x, x_adv, ok, data_range=255.0),
             "saturated": float(((adv == 0) | (adv == 1)).float().mean()) if len(adv) else math.nan,
+            # per image, so that the interval resamples images (pixels of one image are not independent)
+            "saturated_interval": _mean_interval(((adv == 0) | (adv == 1)).flatten(1).float().mean(1), seed=seed),
             "saturated_clean": float(((clean == 0) | (clean == 1)).float().mean()) if len(clean) else math.nan,
+            "saturated_clean_interval": _mean_interval(((clean == 0) | (clean == 1)).flatten(1).float().mean(1),
+                                                       seed=seed),
             "centred_cosine": _centred_cosine(clean, adv),
             "adversarial_class_counts": _predicted_counts(model, adv, batch_size=batch_size, device=device),
             "n_per_true_class": torch.bincount(cands.y, minlength=10).tolist(),
@@ -73,6 +87,13 @@ def eps8_evidence(model, cands, *, batch_size: int, device, seed: int) -> dict:
     noise = (torch.rand((out["n"], *cands.x.shape[1:]), generator=generator) < 0.5).float()
     out["binary_noise_class_counts"] = _predicted_counts(model, noise, batch_size=batch_size, device=device)
     return out
+
+
+def _mean_interval(values: Tensor, *, seed: int) -> list[float] | None:
+    """The 95 % bootstrap interval of the mean of per-image ``values`` (``None`` without an image)."""
+    from ..metrics.uncertainty import bootstrap_mean
+
+    return list(bootstrap_mean(values, seed=seed)) if len(values) else None
 
 
 def _centred_cosine(clean: Tensor, adv: Tensor) -> float:
@@ -133,10 +154,14 @@ def definition_evidence(model, cands, *, dataset: str, batch_size: int, device, 
 
 
 def logit_shift_evidence(dataset: str, *, n: int, batch_size: int, device, seed: int) -> dict:
-    """FGSM and PGD (DeepSec's parameters) against DeepSec's released model with and without the logit max-shift.
+    """FGSM and PGD (DeepSec's parameters) against DeepSec's released model with and without the logit max-shift,
+    and the float32 arithmetic that makes them differ.
 
-    The two variants compute the same function (same predictions, same candidates); only float32 gradients
-    differ. Returns ``{"n", "fgsm": {"shift", "no_shift"}, "pgd": {...}}`` with MR values.
+    The two variants compute the same function (same predictions, same candidates, the same gradient in exact
+    arithmetic); only float32 gradients differ. Returns ``{"n", "fgsm": {"shift", "no_shift"}, "pgd": {...}}``
+    with MR values, and ``"float32"``: :func:`_float32_evidence` (which candidates are so confident that their
+    true-class probability rounds to exactly 1, how close each variant's input gradient is to a float64 reference,
+    and each attack's successes split by that rounding).
     """
     from ..metrics import mr
     from ..models import load_deepsec
@@ -145,37 +170,97 @@ def logit_shift_evidence(dataset: str, *, n: int, batch_size: int, device, seed:
     plain = load_deepsec(dataset, logit_shift=False, map_location=device)
     cands = data_mod.candidates(shifted, dataset, n=n, seed=seed, batch_size=batch_size, device=device)
     out: dict = {"n": len(cands.y), "dataset": dataset}
+    success = {}
     for attack, params in (("fgsm", _deepsec("fgsm", dataset)), ("pgd", _deepsec("pgd", dataset))):
         out[attack] = {"params": params}
         for key, model in (("shift", shifted), ("no_shift", plain)):
             x_adv = _attack(attack, model, cands, params, batch_size=batch_size, device=device, seed=seed)
-            out[attack][key] = mr(_success(model, x_adv, cands.y, batch_size=batch_size, device=device))
-    # Why: without the shift, the float32 cross-entropy of a confident model rounds to exactly 0 and so does its
-    # gradient; FGSM's sign step then does nothing. Count the images whose input gradient is exactly zero.
-    out["zero_gradient_images"] = {key: _zero_gradient_images(model, cands, batch_size=batch_size, device=device)
-                                   for key, model in (("shift", shifted), ("no_shift", plain))}
+            success[attack, key] = _success(model, x_adv, cands.y, batch_size=batch_size, device=device).cpu()
+            out[attack][key] = mr(success[attack, key])
+    out["float32"] = _float32_evidence({"shift": shifted, "no_shift": plain}, cands, success,
+                                       batch_size=batch_size, device=device)
     return out
 
 
-def _zero_gradient_images(model, cands, *, batch_size: int, device) -> dict:
-    """How many candidates have an input gradient of the cross-entropy that is exactly zero in float32 (all
-    elements), and the fraction of all gradient elements that are exactly zero."""
-    images, zeros, total = 0, 0, 0
+# How the float32 explanation of the logit shift is judged (see shift_explained).
+EXPLAINED_SHARE, FAR_COSINE, NEAR_COSINE = 0.8, 0.5, 0.9
+
+
+def shift_explained(shift: dict, *, attack: str = "fgsm") -> dict:
+    """Whether float32 rounding explains ``attack``'s MR gap between the two variants of
+    :func:`logit_shift_evidence`: ``gap`` (successes with the shift minus without, all candidates), ``gap_rounded``
+    (the same on the candidates whose true-class probability rounds to 1), and ``explained``: the gap is positive,
+    at least :data:`EXPLAINED_SHARE` of it lies in the rounded candidates, and there the unshifted gradient's median
+    cosine to the float64 one is below :data:`FAR_COSINE` while the shifted one's is at least :data:`NEAR_COSINE`."""
+    f32 = shift["float32"]
+    by_key = f32["successes"][attack]
+    gap_rounded = by_key["shift"]["rounded"] - by_key["no_shift"]["rounded"]
+    gap = gap_rounded + by_key["shift"]["other"] - by_key["no_shift"]["other"]
+    cos = f32["cosine_to_float64"]
+    near, far = cos["shift"]["rounded"], cos["no_shift"]["rounded"]
+    explained = (gap > 0 and gap_rounded >= EXPLAINED_SHARE * gap and near is not None and far is not None
+                 and far < FAR_COSINE and near >= NEAR_COSINE)
+    return {"gap": gap, "gap_rounded": gap_rounded, "explained": explained}
+
+
+def _input_gradients(model, cands, *, dtype: torch.dtype, batch_size: int, device) -> Tensor:
+    """The input gradient of the cross-entropy of every candidate (summed loss), computed in ``dtype``."""
+    import copy
+
+    model = copy.deepcopy(model).to(dtype)
+    grads = []
     for i in range(0, len(cands.y), batch_size):
-        x = cands.x[i:i + batch_size].to(device).requires_grad_(True)
+        x = cands.x[i:i + batch_size].to(device, dtype).requires_grad_(True)
         y = cands.y[i:i + batch_size].to(device)
-        loss = torch.nn.functional.cross_entropy(model(x), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
-        flat = grad.flatten(1) == 0
-        images += int(flat.all(1).sum())
-        zeros, total = zeros + int(flat.sum()), total + flat.numel()
-    return {"images": images, "element_fraction": zeros / max(total, 1)}
+        (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x), y, reduction="sum"), x)
+        grads.append(grad.detach().cpu())
+    return torch.cat(grads)
+
+
+def _cosine(a: Tensor, b: Tensor) -> Tensor:
+    """Per-image cosine between two gradients, in float64 without an epsilon (float32 gradients of confident
+    images are tiny but not zero); 0 where either gradient is exactly zero."""
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    na, nb = a.norm(dim=1), b.norm(dim=1)
+    ok = (na > 0) & (nb > 0)
+    cos = torch.zeros(len(a), dtype=torch.float64)
+    cos[ok] = (a[ok] / na[ok, None] * (b[ok] / nb[ok, None])).sum(1)
+    return cos
+
+
+def _float32_evidence(models: dict, cands, success: dict, *, batch_size: int, device) -> dict:
+    """Why the logit shift changes float32 attacks. ``rounded``: the candidates whose true-class softmax probability
+    is exactly 1 in float32 (the other classes' probabilities are tiny but not zero): there PyTorch's cross-entropy
+    gradient for the true logit, p_y − 1, is exactly 0, so without the shift the input gradient loses its largest
+    term; with the shift, the max's own gradient path adds back minus the sum of the others, which is that term.
+    Per variant: the median cosine of its float32 input gradient to a float64 reference (the float64 gradients of
+    both variants agree to rounding), over the rounded candidates and the others; per attack and variant: the
+    successes among the rounded candidates and among the others."""
+    plain = models["no_shift"]
+    logits = data_mod.predict_logits(plain, cands.x, batch_size=batch_size, device=device).cpu().float()
+    p_true = torch.softmax(logits, dim=1).gather(1, cands.y.cpu()[:, None]).squeeze(1)
+    rounded = p_true == 1
+    reference = _input_gradients(plain, cands, dtype=torch.float64, batch_size=batch_size, device=device)
+
+    def median(values: Tensor):
+        return float(values.median()) if len(values) else None
+
+    cosine = {}
+    for key, model in models.items():
+        cos = _cosine(_input_gradients(model, cands, dtype=torch.float32, batch_size=batch_size, device=device),
+                      reference)
+        cosine[key] = {"rounded": median(cos[rounded]), "other": median(cos[~rounded])}
+    successes: dict = {}
+    for (attack, key), ok in success.items():
+        successes.setdefault(attack, {})[key] = {"rounded": int(ok[rounded].sum()), "other": int(ok[~rounded].sum())}
+    return {"rounded": int(rounded.sum()), "other": int((~rounded).sum()), "cosine_to_float64": cosine,
+            "successes": successes}
 
 
 def pat_arithmetic() -> dict:
     """The follow-up's PAT "ε = 8" column checked against CAV = ACC defended − ACC raw = CRR − CSR (percent)."""
     def printed(metric):
-        return published_value("2", "pat_eps8_wide", "follow-up", metric).printed
+        return published_value("2", _printed_column(defence="pat", literal_eps=True, table="2"), "follow-up", metric).printed
 
     raw, defended, cav, crr, csr = (printed(m) for m in ("ACC_raw", "ACC_defended", "CAV", "CRR", "CSR"))
     return {"ACC_raw": raw, "ACC_defended": defended, "CAV": cav, "CRR": crr, "CSR": csr,
@@ -207,6 +292,13 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
+def _share(value, interval) -> str:
+    """A mean share over images with its 95 % interval (``interval`` ``None``: the share alone)."""
+    if value is None or interval is None or (isinstance(value, float) and not math.isfinite(value)):
+        return _pct(value)
+    return f"{100 * value:.1f} % [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+
+
 def _rate(value, n) -> str:
     """A success rate over ``n`` images with its exact 95 % interval (k = rate · n, rounded)."""
     from ..metrics.uncertainty import clopper_pearson
@@ -222,7 +314,8 @@ def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
     eps8 = evidence["eps8"]
     tables = {"eps8": [["", "ε = 8, step 0.875 (follow-up)", "ε = 8/255, step 0.875/255 (the same, ε in /255)",
                         "follow-up's \"ε = 8\" column"]]}
-    published = {m: published_value("1", "pgd_eps8_wide", "follow-up", m) for m in
+    eps8_column = _printed_column(attack="pgd", literal_eps=True, table="1")
+    published = {m: published_value("1", eps8_column, "follow-up", m) for m in
                  ("MR", "ALD_Linf", "ALD_L2", "PSD", "ASS")}
     rows = (("MR", "MR", _pct), ("L∞ (ALD)", "ALD_Linf", fixed), ("L2 (ALD)", "ALD_L2", fixed), ("PSD", "PSD", fixed),
             ("ASS, data range 2 (DeepSec's code)", "ASS_code", fixed), ("ASS, data range 255 (correct)", "ASS_255", fixed),
@@ -235,11 +328,14 @@ def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
                                                                 f"{pub.printed:.3f}")
         if key == "MR":  # a rate over the candidates: with its interval
             cells = [_rate(eps8[arm]["MR"], sum(eps8[arm].get("n_per_true_class", []))) for arm in ("eps8", "eps8_255")]
+        elif key == "saturated":  # a share of pixels, its interval over images
+            cells = [_share(eps8[arm]["saturated"], eps8[arm].get("saturated_interval")) for arm in ("eps8", "eps8_255")]
         else:
             cells = [fmt(eps8["eps8"][key]), fmt(eps8["eps8_255"][key])]
         tables["eps8"].append([label, *cells, pub_text])
     clean = eps8["eps8"]["saturated_clean"]
-    tables["eps8"].append(["(clean images: values at 0 or 1)", _pct(clean), _pct(eps8["eps8_255"]["saturated_clean"]),
+    tables["eps8"].append(["(clean images: values at 0 or 1)", _share(clean, eps8["eps8"].get("saturated_clean_interval")),
+                           _share(eps8["eps8_255"]["saturated_clean"], eps8["eps8_255"].get("saturated_clean_interval")),
                            "–"])
 
     tables["eps8_classes"] = class_table(
@@ -250,8 +346,9 @@ def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
                                               eps8["eps8"]["n_per_true_class"])})
 
     cifar = evidence["definitions"]["cifar10"]
-    pub_l1 = published_value("1", "pgd_resnet20", "follow-up", "ALD_L2")
-    pub_l2 = published_value("1", "pgd_resnet20", "follow-up", "ALD_Linf")
+    deepsec_pgd = _printed_column(attack="pgd", literal_eps=False, model="resnet20", table="1")
+    pub_l1 = published_value("1", deepsec_pgd, "follow-up", "ALD_L2")
+    pub_l2 = published_value("1", deepsec_pgd, "follow-up", "ALD_Linf")
     tables["norms"] = [["norm of the perturbation", "ours (mean over successful AEs)", "follow-up's row"],
                        ["L1", fixed(cifar["norms"]["L1"], 1), "–"],
                        ["L2", fixed(cifar["norms"]["L2"]), f"\"L1\": {pub_l1.printed:.3f}"],
@@ -270,13 +367,7 @@ def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
         defs.append([label, fixed(mnist["code"][key]), paper(mnist, key), fixed(cifar["code"][key]), paper(cifar, key)])
     tables["definitions"] = defs
 
-    shift = evidence["logit_shift"]
-    tables["shift"] = [["attack (DeepSec's MNIST parameters)", "MR with the shift (DeepSec's code)",
-                        "MR without the shift"],
-                       ["FGSM ε = 0.3", _rate(shift["fgsm"]["shift"], shift.get("n")),
-                        _rate(shift["fgsm"]["no_shift"], shift.get("n"))],
-                       ["PGD ε = 0.3, step 0.05, 15 steps", _rate(shift["pgd"]["shift"], shift.get("n")),
-                        _rate(shift["pgd"]["no_shift"], shift.get("n"))]]
+    tables["shift"] = shift_table(evidence["logit_shift"])
 
     pat = evidence["pat_arithmetic"]
     tables["pat"] = [["quantity", "value (%)"],
@@ -288,6 +379,27 @@ def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
                      ["ACC raw + CAV (implied ACC defended)", f"{pat['implied_defended']:.2f}"],
                      ["ACC defended in the follow-up's text", f"{pat['text_defended']:.2f}"]]
     return tables
+
+
+def shift_table(shift: dict) -> list[list[str]]:
+    """The logit-shift experiment as a table: each attack's MR with and without the shift on all candidates, then
+    split by whether the true-class probability rounds to 1 in float32, and the gradients' cosine to float64."""
+    f32 = shift["float32"]
+    groups = (("rounded", f"the {f32['rounded']} whose true-class probability is exactly 1 in float32"),
+              ("other", f"the other {f32['other']}"))
+    rows = [["(DeepSec's MNIST parameters)", "with the shift (DeepSec's code)", "without the shift"]]
+    for attack, label in (("fgsm", "FGSM ε = 0.3"), ("pgd", "PGD ε = 0.3, step 0.05, 15 steps")):
+        rows.append([f"{label}: MR", _rate(shift[attack]["shift"], shift.get("n")),
+                     _rate(shift[attack]["no_shift"], shift.get("n"))])
+        for group, words in groups:
+            n = f32[group]
+            rows.append([f"{label}: MR on {words}",
+                         *(_rate(f32["successes"][attack][key][group] / n if n else None, n)
+                           for key in ("shift", "no_shift"))])
+    for group, words in groups:
+        rows.append([f"median cosine of the float32 input gradient to a float64 one, {words}",
+                     *(fixed(f32["cosine_to_float64"][key][group], 2) for key in ("shift", "no_shift"))])
+    return rows
 
 
 def class_table(counts: dict[str, list[int]], *, per_true: dict | None = None,

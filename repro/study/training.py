@@ -137,7 +137,8 @@ def evaluate(ctx: steps.Context, x: Tensor, y: Tensor) -> dict:
                       "lr": recipe["lr"], "schedule": recipe["schedule"], "keep": recipe["keep"],
                       "epochs": trained["config"]["epochs"], "batch_size": trained["config"]["batch_size"],
                       "train_images": _images(trained["history"]), "kept_epoch": trained["best_epoch"],
-                      "train_time_s": trained["train_time_s"], "history": trained["history"]}
+                      "train_time_s": trained["train_time_s"], "history": trained["history"],
+                      "start": starting_point(config, published=steps.published_models(ctx.profile))}
         clean = robustness.predict_correct(net, x, y, batch_size=p["batch_size"], device=ctx.device)
         pgd = robustness.pgd_worst_case(net, x, y, eps=threat["eps"], step_size=threat["step_size"],
                                       steps=p["pgd_steps"], restarts=1, batch_size=p["batch_size"],
@@ -146,6 +147,35 @@ def evaluate(ctx: steps.Context, x: Tensor, y: Tensor) -> dict:
                               "arm": model.arm, "training": record, "clean": robustness.rate(clean), "pgd": pgd}
         ctx.models.setdefault(mid, {}).update(label=model.spec.label, column=model.spec.column, role=model.spec.role)
     return out
+
+
+def starting_point(config: TrainConfig, *, published) -> dict | None:
+    """The epoch-0 point of a fine-tuned model's validation curves: the weights it started from, measured as the
+    training loop measures every epoch (clean accuracy on all held-out validation images, accuracy under the
+    training's validation PGD on the first ``history_subset`` of them with the same random starts), so that what
+    the first epoch does to the starting model shows. ``{"epoch": 0, "val_acc", "pgd_acc"}``; ``None`` for a model
+    trained from scratch (it starts at chance). ``published``: the folder of published models a trained starting
+    model may come from (:func:`repro.train.initial_weights`)."""
+    import torch
+
+    from ..train import initial_weights
+    from ..train import runtime as rt
+
+    weights = initial_weights(config, published=published)
+    if weights is None:
+        return None
+    device = rt.device_for(config)
+    net = rt.build_model(config)
+    net.load_state_dict(weights, strict=True)
+    net = net.to(device).eval()
+    data = rt.split_data(config, device)
+    x_val, y_val = data.x_val[:config.history_subset], data.y_val[:config.history_subset]
+
+    def autocast():  # as the loop's
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
+
+    return {"epoch": 0, "val_acc": rt.clean_accuracy(net, data.x_val, data.y_val, autocast),
+            "pgd_acc": rt.pgd_accuracy(net, x_val, y_val, config.history_pgd, config.seed, autocast)}
 
 
 SPLIT_CONTRAST_IMAGES = 10_000
@@ -185,4 +215,4 @@ def headline_metrics(found: dict) -> dict:
 
 
 __all__ = ["TrainedModel", "evaluate", "headline_metrics", "headline_records", "model_config",
-           "planned_work", "resolve", "setup", "trained_models"]
+           "planned_work", "resolve", "setup", "starting_point", "trained_models"]

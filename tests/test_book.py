@@ -407,3 +407,37 @@ def test_the_parameters_table_marks_the_raw_training_budget_unused_on_deepsecs_c
     assert epochs_cell("resnet20", "quick") == "8  (unused: the raw model is DeepSec's released checkpoint)"
     assert epochs_cell("resnet20", "paper") == "8"  # the paper profile trains it
     assert epochs_cell("wide_resnet", "quick") == "8"  # DeepSec released no wide ResNet
+
+
+def test_what_we_found_is_generated_from_the_data_and_changes_with_it():
+    """The landing page's five sentences come from the verdicts, the claims and the security results; a sentence
+    whose data changes must change (a robust model above the anchor is not called weakly robust; a table without
+    unmeasured-only cells promises no settling run; an ε = 8 within Madry's budget is not called beyond it)."""
+    from repro.report.templates import render
+    from repro.study.claims import Decision, Status
+
+    table = {"total": 10, "consistent": 6, "inconsistent": 1, "not_comparable": 3, "unmeasured_only": 2,
+             "blocking": [{"departure": "defence training epochs 5 instead of the recipe's", "cells": 3,
+                           "measured": False, "why": "it needs the paper's run"}]}
+    model = {"label": "m", "rate": 0.1, "low": 0.05, "high": 0.2, "n": 200}
+    robust = {"lowest": model, "highest": {**model, "label": "w", "rate": 0.4, "low": 0.3, "high": 0.5},
+              "n": "200", "anchor": {"model": "RobustBench's ResNet-20", "autoattack": 0.35}, "below": False}
+    eps8 = Decision("eps8_is_madry", Status.REFUTED, "linf_beyond_madry", {"ours": 0.975, "ratio": 31.1})
+    context = dict(profile="quick", tables={"1": table, "2": {**table, "unmeasured_only": 0}}, eps8=eps8,
+                   claims={"confirmed": ["nat_increases_accuracy"], "refuted": ["eps8_is_madry"], "inconclusive": [],
+                           "not tested here": []},
+                   cells={"total": 20, "consistent": 12, "inconsistent": 2, "not_comparable": 6}, robust=robust)
+    text = render("glance_found.md.j2", **context)
+    lines = [line for line in text.splitlines() if line[:2] in {f"{i}." for i in range(1, 6)}]
+    assert len(lines) == 5
+    assert "12 are ✓ consistent" in text and "1 confirmed, 1 refuted, 0 inconclusive, 0 not tested here." in text
+    assert "×31 Madry's 8/255" in lines[0]
+    assert "6 of its 10" in lines[1] and "in 3 cells: defence training epochs 5" in lines[1]
+    assert "not measured here (it needs the paper's run)" in lines[1] and "would settle 2 of them" in lines[1]
+    assert "would settle" not in lines[2]
+    assert "confirmed: NAT increases accuracy; refuted: \"ε = 8\" is Madry et al.'s budget." in lines[3]
+    assert lines[4].startswith("5. **How robust the PAT models are**") and "below" not in lines[4]
+    assert "weakly robust" in render("glance_found.md.j2", **{**context, "robust": {**robust, "below": True}})
+    within = render("glance_found.md.j2", **{**context, "eps8": Decision("eps8_is_madry", Status.UNTESTED,
+                                                                         "linf_within_madry", {"ours": 0.03})})
+    assert "stays within Madry" in within and "not Madry" not in within

@@ -234,3 +234,34 @@ def test_cell_totals_add_up_the_columns_verdicts_against_both_references():
     assert sum(totals.values()) == sum(1 for rows in cells.values() for r in rows for _, k in verdicts.REFERENCES
                                        if r[f"verdict_{k}"] is not None)
     assert set(cells) <= {c.id for c in plan.columns_for("smoke") if c.table in ("1", "2") and not c.replicate_of}
+
+
+def test_every_unmeasured_departure_says_what_measuring_it_would_take():
+    """Issue: every remaining n/c shows its measured effect or says it is unmeasured *and why*. Each kind of budget
+    departure has its reason (one table keyed as AFFECTS), and the quick profile's unmeasured effects carry it."""
+    from repro.report.pages import load_found
+
+    assert set(verdicts.AFFECTS) | {verdicts.PARTIAL_DATA} == set(verdicts.UNMEASURED_WHY)
+    found = load_found("quick")
+    unmeasured = [e for rows in verdicts.table_cells("quick", found).values() for r in rows
+                  for _, key in verdicts.REFERENCES for e in r[f"cell_{key}"].blocking
+                  if not e.measured and e.departure != verdicts.RELEASED_CHECKPOINT]
+    assert unmeasured and all(e.why for e in unmeasured), [e.departure for e in unmeasured if not e.why]
+    partial = [e for e in unmeasured if e.departure.startswith("trained on ")]
+    assert partial and all(e.why == verdicts.UNMEASURED_WHY[verdicts.PARTIAL_DATA] for e in partial)
+
+
+def test_the_table_summary_adds_up_to_the_cell_totals():
+    from repro.report.pages import load_found
+
+    found = load_found("quick")
+    summary = verdicts.table_summary("quick", found)
+    totals = verdicts.cell_totals("quick", found)
+    assert sum(t["consistent"] for t in summary.values()) == totals[verdicts.Verdict.CONSISTENT]
+    assert sum(t["inconsistent"] for t in summary.values()) == totals[verdicts.Verdict.INCONSISTENT]
+    assert sum(t["not_comparable"] for t in summary.values()) == totals[verdicts.Verdict.NOT_COMPARABLE]
+    for t in summary.values():
+        assert t["total"] == t["consistent"] + t["inconsistent"] + t["not_comparable"]
+        assert 0 <= t["unmeasured_only"] <= t["not_comparable"]
+        cells = [b["cells"] for b in t["blocking"]]
+        assert cells == sorted(cells, reverse=True) and all(0 < c <= t["not_comparable"] for c in cells)

@@ -20,7 +20,7 @@ from ..study.plan import (COLUMNS, METRIC_LABELS, PRINTED_UNIT, TABLE_METRICS, C
 from ..study.profiles import get_profile, learning_rate_after
 from ..study.steps import ModelSource
 from ..study import verdicts
-from ..study.claims import scorecard
+from ..study.claims import Status, scorecard
 from ..study.security import threat_model
 from .security import masking_summary
 from ..train.config import DEEPSEC_RECIPE, RECIPES
@@ -72,20 +72,23 @@ def effect_text(effect: verdicts.Effect, allowance: float | None = None) -> str:
                     f"{_fmt('ACC_raw', d['followup'])} is not consistent with the released checkpoint's, ours "
                     f"{_fmt('ACC_raw', d['ours'])} [{_fmt('ACC_raw', d['low'])}, {_fmt('ACC_raw', d['high'])}])")
         return f"{effect.departure} (effect not measured: the paper's model is not available)"
-    return f"{effect.departure} (effect not measured)"
+    return f"{effect.departure} (effect not measured: {effect.why})" if effect.why else \
+        f"{effect.departure} (effect not measured)"
 
 
 def _why_short(rows: list[dict], key: str) -> list[str]:
     """One phrase per departure that makes cells against ``key`` not comparable: "(effect not measured)", or the
     metrics its measured effect moves beyond their allowances."""
-    unmeasured, beyond = [], {}
+    unmeasured, beyond, why = [], {}, {}
     for r in rows:
         for e in r[f"cell_{key}"].blocking:
             if e.measured:
                 beyond.setdefault(e.departure, []).append(METRIC_LABELS[e.metric])
             elif e.departure not in unmeasured:
                 unmeasured.append(e.departure)
-    return ([f"{d} (effect not measured)" for d in unmeasured] +
+                why[e.departure] = e.why
+    return ([f"{d} (effect not measured: {why[d]})" if why.get(d) else f"{d} (effect not measured)"
+             for d in unmeasured] +
             [f"{d} (moves {', '.join(ms)} beyond the allowance)" for d, ms in beyond.items()])
 
 
@@ -878,17 +881,41 @@ def glance(profile: str, found: dict) -> str:
                 "test": f"{prov.get('test', 0):,}", "full_test": f"{prov.get('full_test', 0):,}"}
                for name, prov in sorted(data.items()) if not prov.get("official", True)]
     decisions = scorecard(profile, found)
-    statuses = [d.status.name.lower() for d in decisions]
-    summary = render("glance_summary.md.j2", profile=profile,
-                     claims={"total": len(decisions), **{s: statuses.count(s) for s in
-                                                         ("confirmed", "refuted", "inconclusive", "untested")}},
-                     cells={"total": sum(cells.values()), "consistent": cells[Verdict.CONSISTENT],
-                            "inconsistent": cells[Verdict.INCONSISTENT],
-                            "not_comparable": cells[Verdict.NOT_COMPARABLE]})
-    return render("glance.md.j2", summary=summary, profile=profile, claims=render("claims.md.j2", decisions=decisions),
+    found_text = render("glance_found.md.j2", profile=profile, tables=verdicts.table_summary(profile, found),
+                        cells={"total": sum(cells.values()), "consistent": cells[Verdict.CONSISTENT],
+                               "inconsistent": cells[Verdict.INCONSISTENT],
+                               "not_comparable": cells[Verdict.NOT_COMPARABLE]},
+                        eps8=next((d for d in decisions if d.claim == "eps8_is_madry"), None),
+                        claims={s.value: [d.claim for d in decisions if d.status == s] for s in Status},
+                        robust=_pat_robustness(profile, found))
+    return render("glance.md.j2", summary=found_text, profile=profile,
+                  claims=render("claims.md.j2", decisions=decisions),
                   columns=columns, partial=partial, stale=stale_columns(profile, found),
                   attacked=markdown.table(["defended model", "clean", "robust (worst case)", "n", "threat model",
                                            "gradient-masking checks"], attacked) if attacked else "")
+
+
+# The reference the landing page sets the CIFAR-10 defended models' worst case beside (repro/study/published/anchors.csv).
+ROBUSTNESS_ANCHOR = "robustbench_jang_resnet20"
+
+
+def _pat_robustness(profile: str, found: dict) -> dict | None:
+    """The lowest and highest white-box worst-case robust accuracy of the CIFAR-10 defended models of the security
+    columns, with their n and whether every upper bound lies below :data:`ROBUSTNESS_ANCHOR`'s AutoAttack accuracy
+    (``None`` without a CIFAR-10 security result)."""
+    from ..study.plan import anchor
+
+    models = [{"label": rec["label"], **rec["robust"]}
+              for col in columns_for(profile) if col.table == "security" and col.id in found
+              for sec in [found[col.id].extra["security"]] if sec.get("dataset") == "cifar10"
+              for rec in sec["models"].values() if rec["role"] == "defended"]
+    if not models:
+        return None
+    ref = anchor(ROBUSTNESS_ANCHOR)
+    ns = sorted({m["n"] for m in models})
+    return {"lowest": min(models, key=lambda m: m["rate"]), "highest": max(models, key=lambda m: m["rate"]),
+            "n": " / ".join(f"{n:,}" for n in ns), "anchor": {"model": ref.model, "autoattack": ref.autoattack},
+            "below": all(m["high"] < ref.autoattack for m in models)}
 
 
 def notebook_figure(notebook: Path, call: str) -> bytes | None:

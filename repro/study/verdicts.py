@@ -35,7 +35,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..metrics import DEFENCE_KEYS, RANGES
-from .plan import TABLE_METRICS, Column, columns_for, published, replicates
+from .plan import COLUMNS, TABLE_METRICS, Column, columns_for, published, replicates
 from .profiles import Profile, budget_differences, get_profile
 
 
@@ -107,6 +107,23 @@ AFFECTS = {
     ("defence", "recipe"): ("defended", "defence training recipe"),
 }
 RELEASED_CHECKPOINT = "DeepSec's released checkpoint instead of the paper's model"
+# Why a budget departure's effect has no measurement here: what measuring it would take. The same key as AFFECTS;
+# PARTIAL_DATA for a partial training set (not a budget of the profile).
+_PAPER_RUN = "the paper profile's run, a GPU job"
+UNMEASURED_WHY = {
+    ("attack", "binary_search_steps"): "it needs the attack at the paper's budget on the same images",
+    ("attack", "max_iterations"): "it needs the attack at the paper's budget on the same images",
+    ("train_wide", "epochs"): "it needs the recipe's full 200-epoch training, " + _PAPER_RUN,
+    ("train_wide", "subset"): "it needs the model trained on all training images, " + _PAPER_RUN,
+    ("wide", "wide_width"): "it needs the ×10 model, " + _PAPER_RUN,
+    ("defence", "init"): "it needs DeepSec's PAT from scratch (200 epochs), " + _PAPER_RUN,
+    ("defence", "epochs"): "it needs DeepSec's PAT from scratch (200 epochs), " + _PAPER_RUN,
+    ("defence", "subset"): "it needs the defence trained on all training images, " + _PAPER_RUN,
+    ("defence", "recipe"): "it needs DeepSec's PAT from scratch (200 epochs), " + _PAPER_RUN,
+}
+PARTIAL_DATA = ("data", "partial")
+UNMEASURED_WHY[PARTIAL_DATA] = ("it needs the complete training set, which the exact CIFAR-10 copy here lacks; the "
+                                "JPEG copy may train, never evaluate")
 
 
 def recipe_words(name: str, recorded: dict | None = None) -> str:
@@ -144,6 +161,7 @@ class Effect:
     high: float | None = None
     kind: str = "unmeasured"
     detail: dict = field(default_factory=dict)
+    why: str = ""  # unmeasured: what measuring it would take (UNMEASURED_WHY)
 
     @property
     def measured(self) -> bool:
@@ -169,20 +187,21 @@ def budget_departures(col: Column, profile: Profile, *, datasets: dict | None = 
     """Metric → the worded budget departures of ``col`` under ``profile`` that can move it (both references), on the
     data ``datasets`` records (a result's ``provenance["data"]["datasets"]``: a partial training set moves every
     model trained here)."""
-    return {metric: [label for _, label in parts]
+    return {metric: [label for _, label, _ in parts]
             for metric, parts in _budget_departure_parts(col, profile, datasets=datasets).items()}
 
 
 def _budget_departure_parts(col: Column, profile: Profile, *,
                             datasets: dict | None = None) -> dict[str, list[tuple[str, str]]]:
-    """Metric → ``(part, label)`` of each budget departure that can move it; ``part`` is the :attr:`Column.uses`
-    part of the profile's budget the departure belongs to (a partial training set: the model's training part)."""
-    out: dict[str, list[tuple[str, str]]] = {}
+    """Metric → ``(part, label, source)`` of each budget departure that can move it; ``part`` is the
+    :attr:`Column.uses` part of the profile's budget the departure belongs to (a partial training set: the model's
+    training part); ``source`` its :data:`AFFECTS` key (:data:`PARTIAL_DATA` for a partial training set)."""
+    out: dict[str, list[tuple[str, str, tuple]]] = {}
 
-    def add(scope: str, why: str, part: str) -> None:
+    def add(scope: str, why: str, part: str, source: tuple) -> None:
         for key in _scope_keys(col, scope):
-            if key in col.metric_keys and why not in [label for _, label in out.get(key, [])]:
-                out.setdefault(key, []).append((part, why))
+            if key in col.metric_keys and why not in [label for _, label, _ in out.get(key, [])]:
+                out.setdefault(key, []).append((part, why, source))
 
     changed = budget_differences(profile, uses=col.uses, attack=col.attack, dataset=col.parameters.get("dataset"))
     for part, name, ours, paper in changed:
@@ -191,12 +210,12 @@ def _budget_departure_parts(col: Column, profile: Profile, *,
             shown = lambda v: "all" if v is None and name == "subset" else "DeepSec's" if v is None and \
                 name == "recipe" else recipe_words(v) if name == "recipe" else "the recipe's" if v is None \
                 else f"{v:,}" if isinstance(v, int) else str(v)  # noqa: E731
-            add(scope, f"{label} {shown(ours)} instead of {shown(paper)}", part)
+            add(scope, f"{label} {shown(ours)} instead of {shown(paper)}", part, (part, name))
     partial = [d for d in (datasets or {}).values() if not d.get("official", True)]
     if partial and ("train_wide" in col.uses or "defence" in col.uses):
         add("all" if "train_wide" in col.uses else "defended",
             f"trained on {partial[0].get('train', 0):,} of {partial[0].get('full_train', 0):,} training images",
-            "train_wide" if "train_wide" in col.uses else "defence")
+            "train_wide" if "train_wide" in col.uses else "defence", PARTIAL_DATA)
     return out
 
 
@@ -277,11 +296,12 @@ def effects(col: Column, profile: Profile, *, reference: str, found: dict | None
     out: dict[str, list[Effect]] = {}
     for metric, parts in _budget_departure_parts(col, profile, datasets=datasets).items():
         out[metric] = []
-        for part in dict.fromkeys(part for part, _ in parts):  # a measurement column varies a part as a whole
-            labels = [label for p, label in parts if p == part]
+        for part in dict.fromkeys(part for part, _, _ in parts):  # a measurement column varies a part as a whole
+            labels = [label for p, label, _ in parts if p == part]
             measured = measured_departure(col, part, metric, profile, found or {})
             if measured is None:
-                out[metric] += [Effect(label, metric) for label in labels]
+                out[metric] += [Effect(label, metric, why=UNMEASURED_WHY.get(source, ""))
+                                for p, label, source in parts if p == part]
             else:
                 out[metric].append(Effect("; ".join(labels), metric, measured[0], measured[1],
                                           "measurement column", measured[2]))
@@ -517,6 +537,39 @@ def cell_totals(profile: str, found: dict) -> dict[Verdict, int]:
             for v, n in verdict_counts(rows, key).items():
                 totals[v] += n
     return totals
+
+
+def table_summary(profile: str, found: dict) -> dict[str, dict]:
+    """Per published table ("1", "2"): how many of its cells got each verdict over both references (``total``,
+    ``consistent``, ``inconsistent``, ``not_comparable``) and ``blocking``: the departures that make cells not
+    comparable, most cells first, each ``{"departure", "cells", "measured", "why"}`` (``why``: what measuring an
+    unmeasured one would take); ``unmeasured_only``: the not-comparable cells that no measured effect blocks, i.e.
+    the cells a run in the paper's setting would settle."""
+    out = {}
+    for table in TABLE_METRICS:
+        counts = {v: 0 for v in Verdict}
+        blocking: dict[str, dict] = {}
+        unmeasured_only = 0
+        for cid, rows in table_cells(profile, found).items():
+            if COLUMNS[cid].table != table:
+                continue
+            for r in rows:
+                for _, key in REFERENCES:
+                    cell = r[f"cell_{key}"]
+                    if cell.verdict is None:
+                        continue
+                    counts[cell.verdict] += 1
+                    if cell.verdict == Verdict.NOT_COMPARABLE and all(not e.measured for e in cell.blocking):
+                        unmeasured_only += 1
+                    for e in {e.departure: e for e in cell.blocking}.values():  # a cell counts once per departure
+                        entry = blocking.setdefault(e.departure, {"departure": e.departure, "cells": 0,
+                                                                  "measured": e.measured, "why": e.why})
+                        entry["cells"] += 1
+        out[table] = {"total": sum(counts.values()), "consistent": counts[Verdict.CONSISTENT],
+                      "inconsistent": counts[Verdict.INCONSISTENT], "not_comparable": counts[Verdict.NOT_COMPARABLE],
+                      "blocking": sorted(blocking.values(), key=lambda b: -b["cells"]),
+                      "unmeasured_only": unmeasured_only}
+    return out
 
 
 def seed_spread(col: Column, profile: str, found: dict) -> dict:

@@ -104,7 +104,7 @@ def measure_model(name: str, kwargs: dict, *, device: torch.device, size: dict, 
 
     def update():
         step(net, trained, optimiser, x, y, defence=None, params=None, mean_ce=mean_ce, autocast=autocast,
-             generator=None, nat_eps=None, clocks=clocks)
+             generator=None, drawn=None, progress=0.0, clocks=clocks)
 
     iters = size["cw2_iterations"]
 

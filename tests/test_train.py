@@ -401,7 +401,7 @@ def test_training_step_never_waits_on_the_device(monkeypatch, defence_name, mode
             patch.setattr(torch.Tensor, name, synchronises(name))
         loss = train_step(net, net, optimiser, x, y, defence=defences.DEFENCES[defence_name], params=params,
                           mean_ce=defences.mean_cross_entropy(y, 6), autocast=contextlib.nullcontext,
-                          generator=torch.Generator().manual_seed(1), nat_eps=nat_eps,
+                          generator=torch.Generator().manual_seed(1), drawn=nat_eps, progress=0.0,
                           clocks=(runtime.Clock(torch.device("cpu")), runtime.Clock(torch.device("cpu"))))
     assert torch.isfinite(loss).item() and any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
     # The guard does catch a synchronisation: the public (validating) attack makes several.
@@ -443,3 +443,28 @@ def test_bf16_and_channels_last_reach_the_training_loop(monkeypatch, tmp_path):
     _train(config, out_dir=tmp_path, progress=False)
     steps = [s[1:] for s in seen if s[0]]  # the update's forward passes (train mode)
     assert len(steps) == 3 * 2 and all(on and dtype == torch.bfloat16 and nhwc for on, dtype, nhwc in steps)
+
+
+def test_pat_eps_ramp_grows_the_budget_linearly_from_zero_and_is_off_by_default():
+    """PATParams.eps_ramp (issue: adversarial fine-tuning collapses when it starts at the full budget): the crafted
+    perturbation is exactly 0 at the start, at most half the budget half way through the ramp, the full budget
+    after it; without a ramp, the full budget from the first batch (DeepSec's PAT)."""
+    torch.manual_seed(0)
+    net = repro.models.build("resnet20").eval()
+    x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    ramped = defences.PATParams(eps=8 / 255, step_size=2 / 255, steps=3, eps_ramp=2.0)
+    assert [ramped.scale_at(p) for p in (0.0, 0.5, 2.0, 3.5)] == [0.0, 0.25, 1.0, 1.0]
+    assert defences.PAT_CONFIGS["deepsec_cifar10"].scale_at(0.0) == 1.0  # off by default
+
+    def linf(params, progress):
+        x_adv = defences.craft_pat(net, x, y, params, drawn=None, progress=progress,
+                                   generator=torch.Generator().manual_seed(1))
+        return (x_adv - x).abs().max().item()
+
+    assert linf(ramped, 0.0) == 0.0
+    assert 0 < linf(ramped, 1.0) <= 4 / 255 + 1e-7
+    assert 4 / 255 < linf(ramped, 2.5) <= 8 / 255 + 1e-7
+    assert linf(defences.PAT_CONFIGS["deepsec_cifar10"], 0.0) > 4 / 255
+    for bad in (-1.0, math.inf, True):
+        with pytest.raises(ValueError, match="PAT eps_ramp must be a finite number >= 0"):
+            dataclasses.replace(ramped, eps_ramp=bad).check()

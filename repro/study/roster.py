@@ -82,13 +82,15 @@ LADDER_MODELS = ("raw_wide", "pat_8_255_wide")
 def model_config(spec: EvaluatedModel, profile: str | Profile, *, width: int | None = None,
                  epochs: int | None = None, train_subset: int | None = None, defence_init: str | None = None,
                  defence_recipe: str | None = None, defence_epochs: int | None = None,
-                 defence_subset: int | None = None, device: str = "auto") -> TrainConfig | None:
+                 defence_subset: int | None = None, defence_params: dict | None = None,
+                 device: str = "auto") -> TrainConfig | None:
     """The training configuration of ``spec`` under ``profile``, or ``None`` for DeepSec's released checkpoint.
 
     Built by :func:`repro.study.steps.train_config`, the function the defence columns use, from the plan row of
     ``spec.column`` (its parameters under ``profile``, e.g. PAT's steps cut under smoke), so that the model comes from
     the training cache those columns fill. ``width``/``epochs``/... override the profile's budget as the defence
-    notebooks' parameters of the same names do (``None``: the profile's).
+    notebooks' parameters of the same names do (``None``: the profile's); ``defence_params`` replaces some of the
+    column's defence parameters (an ablation arm's).
     """
     prof = get_profile(profile) if isinstance(profile, str) else profile
     col = COLUMNS[spec.column]
@@ -101,7 +103,7 @@ def model_config(spec: EvaluatedModel, profile: str | Profile, *, width: int | N
     if spec.role == "raw":
         return steps.train_config(**common)
     names = steps.defence_parameters(col.defence)
-    params = DEFENCES[col.defence].params_type(**{k: p[k] for k in names if k in p})
+    params = DEFENCES[col.defence].params_type(**{**{k: p[k] for k in names if k in p}, **(defence_params or {})})
     return steps.train_config(**common, defence=col.defence, defence_params=params, defence_init=defence_init,
                               defence_recipe=defence_recipe, defence_epochs=defence_epochs,
                               defence_subset=defence_subset)

@@ -105,7 +105,7 @@ RULES = {
     "lr": dict(kind="number", strict=True), "binary_search_steps": dict(kind="count"),
     "max_iterations": dict(kind="count"), "search": dict(kind="choice", allowed=("deepsec", "carlini")),
     "sigma": dict(kind="number", strict=True), "eps_max": dict(kind="number", strict=True, high=1.0),
-    "adv_weight": dict(kind="number"),
+    "adv_weight": dict(kind="number"), "eps_ramp": dict(kind="number"),
 }
 
 
@@ -464,6 +464,8 @@ def provide_model(ctx: Context, config: TrainConfig, role: str):
                         "sha256": _io.sha256_file(Path(trained.checkpoint)),
                         "trained_commit": trained_by.get("git", {}).get("commit"),
                         "trained_dirty": trained_by.get("git", {}).get("dirty"), "code": trained_by.get("code"),
+                        # re-keyed to later training code after probes trained identically (repro.train.carry)
+                        "carried": trained_by.get("carried", []),
                         "loaded_from": "published" if published else "cache" if trained.from_cache else "trained",
                         "history": results_mod.json_ready(trained.history), "best_epoch": trained.best_epoch,
                         "best_val_acc": trained.best_val_acc, "from_cache": trained.from_cache,

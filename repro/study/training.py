@@ -56,15 +56,18 @@ def trained_models(dataset: str, profile: str | Profile) -> list[TrainedModel]:
 
 def model_config(model: TrainedModel, ctx: steps.Context) -> TrainConfig | None:
     """The training configuration of ``model`` (``None``: DeepSec's released checkpoint), with the notebook's budget
-    overrides; an ablation arm replaces the initialisation, recipe, epochs and images of its column's defence."""
+    overrides; an ablation arm replaces the initialisation, recipe, epochs and images of its column's defence, and
+    the defence parameters it names."""
     p = ctx.params
     kwargs = dict(width=p["width"], epochs=p["epochs"], train_subset=p["train_subset"], device=str(ctx.device))
     if model.arm_index is None:
         return roster.model_config(model.spec, ctx.profile, defence_epochs=p["defence_epochs"],
                                      defence_subset=p["defence_subset"], **kwargs)
-    arm = ctx.profile.defence.ablation[model.arm_index].training
-    return roster.model_config(model.spec, ctx.profile, defence_init=arm.init, defence_recipe=arm.recipe,
-                                 defence_epochs=arm.epochs, defence_subset=arm.subset, **kwargs)
+    arm = ctx.profile.defence.ablation[model.arm_index]
+    training = arm.training
+    return roster.model_config(model.spec, ctx.profile, defence_init=training.init, defence_recipe=training.recipe,
+                               defence_epochs=training.epochs, defence_subset=training.subset,
+                               defence_params=arm.defence_params, **kwargs)
 
 
 def resolve(*, injected: set | None = None, **params) -> dict:

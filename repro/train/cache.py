@@ -139,7 +139,8 @@ def _from_file(path: Path, config: TrainConfig, key: str) -> TrainResult:
     model = model.to(device_for(config)).eval()
     return TrainResult(model=model, config=config, key=key, history=saved["history"], best_epoch=saved["best_epoch"],
                        best_val_acc=saved["best_val_acc"], checkpoint=path, from_cache=True,
-                       provenance=saved.get("provenance"))
+                       provenance={**(saved.get("provenance") or {}),
+                                   **({"carried": saved["carried"]} if saved.get("carried") else {})})
 
 
 def load_trained(config: TrainConfig) -> TrainResult:

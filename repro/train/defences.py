@@ -48,19 +48,28 @@ class NATParams:
 @dataclass(frozen=True)
 class PATParams:
     """PAT: PGD with a random start (ε, step in [0, 1] units), crafted in eval() mode. ``loss="mixed"`` is DeepSec's
-    0.5·(CE(x) + CE(x_adv)); ``"adversarial"`` is Madry et al.'s CE(x_adv) alone."""
+    0.5·(CE(x) + CE(x_adv)); ``"adversarial"`` is Madry et al.'s CE(x_adv) alone. ``eps_ramp`` (epochs, 0: off, as
+    DeepSec): ε and the step grow linearly from 0 to their values over the first ``eps_ramp`` epochs, batch by
+    batch, so that adversarial fine-tuning of a trained model does not start at the full budget (the collapse of
+    Ngnawé et al.'s "suboptimal transfer"; their fix)."""
 
     eps: float
     step_size: float
     steps: int
     loss: str = "mixed"
+    eps_ramp: float = 0.0
 
     def check(self) -> None:
         _finite("PAT eps", self.eps)
         _finite("PAT step_size", self.step_size)
         _steps("PAT steps", self.steps)
+        _finite("PAT eps_ramp", self.eps_ramp)
         if self.loss not in PAT_LOSSES:
             raise ValueError(f"unknown PAT loss {self.loss!r}; allowed: {', '.join(map(repr, PAT_LOSSES))}")
+
+    def scale_at(self, progress: float) -> float:
+        """The fraction of ε (and of the step) in use after ``progress`` epochs (fractional): 1 without a ramp."""
+        return 1.0 if self.eps_ramp == 0 else min(1.0, progress / self.eps_ramp)
 
 
 @dataclass(frozen=True)
@@ -81,23 +90,31 @@ PAT_LOSSES = ("mixed", "adversarial")
 
 
 # ----------------------------------------------------------------------------------------- crafting and losses
-# craft(net, x, y, params, *, nat_eps, generator) runs with the network in eval() mode (the loop sets it) and returns
-# the adversarial batch without a host synchronisation (the loop checks the data once per run, so the attacks run
-# with validate=False); loss(logits_of, x, x_adv, y, params) returns the training loss, where logits_of(images) is
-# the network in train() mode and mean_ce(logits) the batch-mean cross-entropy.
-def craft_nat(net: nn.Module, x: Tensor, y: Tensor, params: NATParams, *, nat_eps: Tensor,
+# draw(n, params, generator) (optional) draws what a defence needs per training image for one epoch, from the
+# loop's data generator at the start of the epoch; the loop hands each batch its share as ``drawn``.
+# craft(net, x, y, params, *, drawn, progress, generator) runs with the network in eval() mode (the loop sets it)
+# and returns the adversarial batch without a host synchronisation (the loop checks the data once per run, so the
+# attacks run with validate=False); ``progress`` is the training's progress in epochs (fractional) at this batch.
+# loss(logits_of, mean_ce, x, x_adv, params) returns the training loss, where logits_of(images) is the network in
+# train() mode and mean_ce(logits) the batch-mean cross-entropy.
+def craft_nat(net: nn.Module, x: Tensor, y: Tensor, params: NATParams, *, drawn: Tensor, progress: float,
               generator: torch.Generator | None) -> Tensor:
-    """One LLC step of per-image size ε_i towards the current model's least-likely class (DeepSec's NAT.py)."""
+    """One LLC step of per-image size ε_i (``drawn``, :func:`draw_nat_eps`) towards the current model's
+    least-likely class (DeepSec's NAT.py)."""
     with torch.no_grad():
         least_likely = net(x).argmin(1)
-    return llc(net, x, least_likely, eps=nat_eps, validate=False)
+    return llc(net, x, least_likely, eps=drawn, validate=False)
 
 
-def craft_pat(net: nn.Module, x: Tensor, y: Tensor, params: PATParams, *, nat_eps: Tensor | None,
+def craft_pat(net: nn.Module, x: Tensor, y: Tensor, params: PATParams, *, drawn: None, progress: float,
               generator: torch.Generator | None) -> Tensor:
-    """PGD from a random start against the true labels (DeepSec's PAT.py, Madry et al.)."""
-    return pgd(net, x, y, eps=params.eps, step_size=params.step_size, steps=params.steps, random_start=True,
-               generator=generator, validate=False)
+    """PGD from a random start against the true labels (DeepSec's PAT.py, Madry et al.), at the fraction of ε and
+    step the ramp has reached (:meth:`PATParams.scale_at`); at 0 the clean batch itself."""
+    scale = params.scale_at(progress)
+    if scale == 0:
+        return x.clone()
+    return pgd(net, x, y, eps=params.eps * scale, step_size=params.step_size * scale, steps=params.steps,
+               random_start=True, generator=generator, validate=False)
 
 
 def loss_nat(logits_of: Callable, mean_ce: Callable, x: Tensor, x_adv: Tensor, params: NATParams) -> Tensor:
@@ -119,14 +136,15 @@ def draw_nat_eps(n: int, params: NATParams, generator: torch.Generator) -> Tenso
 
 @dataclass(frozen=True)
 class Defence:
-    """A registered defence: its parameter type, named settings, crafting step and loss."""
+    """A registered defence: its parameter type, named settings, crafting step, loss and, if it needs one, its
+    per-epoch draw for every training image (NAT's ε_i)."""
 
     name: str
     params_type: type
     configs: dict
     craft: Callable
     loss: Callable
-    per_image_eps: bool = False  # draws ε_i per training image each epoch (NAT)
+    draw: Callable | None = None
 
     def resolve(self, params, *, dataset: str):
         """``params`` as a validated instance: ``None`` → DeepSec's setting for ``dataset``, a name → that
@@ -168,7 +186,7 @@ PAT_CONFIGS: dict[str, PATParams] = {
 
 DEFENCES: dict[str, Defence] = {
     "nat": Defence(name="nat", params_type=NATParams, configs=NAT_CONFIGS, craft=craft_nat, loss=loss_nat,
-                   per_image_eps=True),
+                   draw=draw_nat_eps),
     "pat": Defence(name="pat", params_type=PATParams, configs=PAT_CONFIGS, craft=craft_pat, loss=loss_pat),
 }
 

@@ -28,7 +28,7 @@ from ..models.compiled import compile_or_eager
 from ..data import provenance
 from .augment import draw_augmentation, translate_flip
 from .config import FORMAT_VERSION, TrainConfig, config_key, effective_config
-from .defences import DEFENCES, draw_nat_eps, mean_cross_entropy
+from .defences import DEFENCES, mean_cross_entropy
 from . import runtime as rt
 
 CHECKPOINT_FILE, MODEL_FILE, RESULT_FILE = "checkpoint.pt", "model.pt", "result.json"
@@ -134,7 +134,7 @@ def train(config: TrainConfig, *, out_dir: str | Path, initial_weights: dict | N
         order = torch.randperm(n_train, generator=data_gen).to(device)
         shifts = [t.to(device) for t in draw_augmentation(n_train, *data.x_train.shape[2:], data_gen)] \
             if recipe.augment else None
-        nat_eps = draw_nat_eps(n_train, params, data_gen).to(device) if defence and defence.per_image_eps else None
+        drawn = defence.draw(n_train, params, data_gen).to(device) if defence and defence.draw else None
         for batch, start in enumerate(tqdm(range(0, n_train, batch_size), desc=f"epoch {epoch + 1}/{epochs}",
                                            leave=False, disable=not show)):
             set_lr(epoch * steps_per_epoch + batch)
@@ -147,7 +147,8 @@ def train(config: TrainConfig, *, out_dir: str | Path, initial_weights: dict | N
                 x = translate_flip(x, *(t[share] for t in shifts))
             x, mean_ce = x.contiguous(memory_format=fmt), mean_cross_entropy(y, per_rank)
             loss = step(net, model, optimiser, x, y, defence=defence, params=params, mean_ce=mean_ce,
-                        autocast=autocast, generator=attack_gen, nat_eps=None if nat_eps is None else nat_eps[share],
+                        autocast=autocast, generator=attack_gen, drawn=None if drawn is None else drawn[share],
+                        progress=epoch + batch / steps_per_epoch,
                         clocks=(craft_clock, train_clock))
             loss_sum += loss.detach() * per_rank
 
@@ -177,17 +178,19 @@ def train(config: TrainConfig, *, out_dir: str | Path, initial_weights: dict | N
 
 
 def step(net: nn.Module, model: nn.Module, optimiser: torch.optim.Optimizer, x, y, *, defence, params, mean_ce,
-         autocast, generator, nat_eps, clocks) -> torch.Tensor:
+         autocast, generator, drawn, progress: float, clocks) -> torch.Tensor:
     """One training step on the batch ``(x, y)``: a defence crafts ``x_adv`` on the BatchNorm-folded copy of ``net`` in
     ``eval()`` mode, then ``model`` (``net``, or its DDP wrapper) takes one optimiser step on the loss in ``train()``
     mode. Returns the loss (a tensor: no host synchronisation anywhere in the step; the loop checked its data once).
-    ``clocks`` time the two halves."""
+    ``drawn``: the batch's share of the defence's per-epoch draw; ``progress``: epochs done (fractional) at this
+    batch; ``clocks`` time the two halves."""
     craft_clock, train_clock = clocks
     with craft_clock():                                     # 1. craft in eval() mode
         if defence is not None:
             net.eval()
             with autocast():
-                x_adv = defence.craft(rt.attack_view(net), x, y, params, generator=generator, nat_eps=nat_eps)
+                x_adv = defence.craft(rt.attack_view(net), x, y, params, drawn=drawn, progress=progress,
+                                      generator=generator)
     with train_clock():                                     # 2. update in train() mode
         model.train()
         with autocast():

@@ -341,6 +341,14 @@ def provenance(dataset: str, *, root: str | Path | None = None) -> dict:
     }
 
 
+def wrong_classes(labels: torch.Tensor, rng: random.Random, *, num_classes: int = NUM_CLASSES) -> torch.Tensor:
+    """A target class per label, uniform over the ``num_classes − 1`` wrong ones: draw from 0..num_classes − 2 with
+    ``rng`` (one draw per label, in order) and skip over the true label. The study's one rule for random targets
+    (DeepSec's CW2 candidates here, the security chapter's targeted attacks)."""
+    offsets = torch.tensor([rng.randrange(num_classes - 1) for _ in range(len(labels))], dtype=torch.int64)
+    return offsets + (offsets >= labels.cpu()).long()
+
+
 @dataclass(frozen=True)
 class Candidates:
     """DeepSec's clean candidates: test images the raw model classifies correctly.
@@ -406,9 +414,7 @@ def candidates(
     rng = random.Random(seed)
     chosen = torch.tensor(sorted(rng.sample(correct, n)), dtype=torch.int64)
     labels = y[chosen]
-    # Uniform over the 9 wrong classes: draw from 0..8 and skip over the true label.
-    offsets = torch.tensor([rng.randrange(NUM_CLASSES - 1) for _ in range(n)], dtype=torch.int64)
-    target = offsets + (offsets >= labels).long()
+    target = wrong_classes(labels, rng)
     least_likely = logits[chosen].argmin(1)
     return Candidates(
         x=x[chosen], y=labels, target=target, least_likely=least_likely, index=chosen,

@@ -173,3 +173,20 @@ def test_a_model_whose_gradient_is_zero_everywhere_is_flagged():
     assert out["verdict"]["suspected"] and out["verdict"]["verdict"] == "masking suspected"
     assert "large_eps_not_zero" in out["verdict"]["reasons"]
     assert [r["steps"] for r in out["steps"]] == [1, 5, 20] and out["eps"][-1]["eps"] == 1.0
+
+
+def test_random_targets_follow_the_one_rule_of_the_candidates_uniform_over_the_wrong_classes():
+    """Before: the security chapter drew targets as (y + U{1..9}) mod 10 from torch, the candidates by skipping the
+    true label with Python's random: two rules. Now one (repro.data.wrong_classes)."""
+    import random
+
+    from repro import data
+
+    y = torch.arange(10).repeat(500)
+    targets = robustness.random_targets(y, seed=3)
+    assert torch.equal(targets, data.wrong_classes(y, random.Random(3)))
+    assert (targets != y).all() and set(targets.tolist()) == set(range(10))
+    for label in range(10):  # each of the 9 wrong classes about 1/9 of the time (500 draws per label)
+        counts = torch.bincount(targets[y == label], minlength=10)
+        assert counts[label] == 0 and counts.sum() == 500
+        assert counts[torch.arange(10) != label].min() >= 30

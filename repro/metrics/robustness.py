@@ -214,9 +214,11 @@ def autoattack_eval(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, versi
 
 
 def random_targets(y: Tensor, *, seed: int, num_classes: int = data_mod.NUM_CLASSES) -> Tensor:
-    """A target class per image, uniform over the ``num_classes − 1`` wrong ones (seeded), for targeted CW2."""
-    offsets = torch.randint(1, num_classes, y.shape, generator=torch.Generator().manual_seed(seed))
-    return (y.cpu() + offsets) % num_classes
+    """A target class per image, uniform over the ``num_classes − 1`` wrong ones, for targeted CW2: the rule of
+    :func:`repro.data.wrong_classes` (DeepSec's candidates draw theirs by it too) from ``random.Random(seed)``."""
+    import random
+
+    return data_mod.wrong_classes(y, random.Random(seed), num_classes=num_classes)
 
 
 def transfer_vs_white_box(source: nn.Module, target: nn.Module, x: Tensor, y: Tensor, *, attacks: dict[str, dict],

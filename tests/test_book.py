@@ -441,3 +441,13 @@ def test_what_we_found_is_generated_from_the_data_and_changes_with_it():
     within = render("glance_found.md.j2", **{**context, "eps8": Decision("eps8_is_madry", Status.UNTESTED,
                                                                          "linf_within_madry", {"ours": 0.03})})
     assert "stays within Madry" in within and "not Madry" not in within
+
+
+def test_a_carried_model_is_said_in_its_columns_section():
+    record = {"from_code": "a" * 64, "to_code": "b" * 64, "checked_commit": "c",
+              "probe": {"epochs": 5, "images": 64, "identical": True}}
+    notes = book.carried_notes({"models": {"defended": {"carried": [record]}, "raw": {"source": "deepsec"}}})
+    assert notes == ["defended model trained by training code aaaaaaaaaa and carried to bbbbbbbbbb without "
+                     "retraining: a 5-epoch probe of its configuration on 64 images trained bit for bit alike under "
+                     "both"]
+    assert book.carried_notes({"models": {"raw": {"source": "deepsec"}}}) == []

@@ -38,7 +38,8 @@ def metrics_table(metrics: dict, *, keys=None):
                         index=pd.Index([METRIC_LABELS.get(k, k) for k in keys], name="metric"))
 
 
-# The raw model's training budget: a notebook parameter that nothing reads when the raw model is DeepSec's checkpoint.
+# The raw model's training budget: notebook parameters that apply only to a raw model trained here, not to DeepSec's
+# released checkpoint (the executed notebooks' table marks them, the book's column sections leave them out).
 RAW_TRAINING_PARAMETERS = ("epochs", "train_subset")
 
 

@@ -183,7 +183,8 @@ def _column_section(col: Column, result: results_mod.Result | None, profile: str
                     if p.column == col.compare_with and p.note})
     params = {k: v for k, v in result.parameters.items() if k not in _unused_parameters(result)}
     text = render(
-        "column_section.md.j2", col=col, profile=profile, fresh=fresh, notes=prov.get("notes") or [],
+        "column_section.md.j2", col=col, profile=profile, fresh=fresh,
+        notes=(prov.get("notes") or []) + carried_notes(prov),
         computed={"created": result.created, "device": f"{device.get('name', '?')} ({device.get('device', '?')})",
                   "seconds": f"{prov.get('wall_time_s', float('nan')):.0f}", "training": _training_note(result),
                   "commit": commit},
@@ -197,8 +198,16 @@ def _column_section(col: Column, result: results_mod.Result | None, profile: str
     return text
 
 
-# Raw-model training budgets: they apply only to a raw model trained here, not to DeepSec's released checkpoint.
-RAW_TRAINING_PARAMETERS = ("epochs", "train_subset")
+def carried_notes(provenance: dict) -> list[str]:
+    """One note per model of a result that was carried to later training code (:mod:`repro.train.carry`): which
+    code trained it and that a probe of its configuration trained bit for bit alike under both codes."""
+    out = []
+    for role, rec in sorted(provenance.get("models", {}).items()):
+        for step in rec.get("carried") or []:
+            out.append(f"{role} model trained by training code {step['from_code'][:10]} and carried to "
+                       f"{step['to_code'][:10]} without retraining: a {step['probe']['epochs']}-epoch probe of its "
+                       f"configuration on {step['probe']['images']} images trained bit for bit alike under both")
+    return out
 
 
 def _unused_parameters(result: results_mod.Result) -> set[str]:
@@ -207,6 +216,8 @@ def _unused_parameters(result: results_mod.Result) -> set[str]:
     out = {"results_dir", "device", "column", "profile"}
     raw = result.provenance.get("models", {}).get("raw", {})
     if raw.get("source") == ModelSource.DEEPSEC.value:
+        from .figures import RAW_TRAINING_PARAMETERS
+
         out.update(RAW_TRAINING_PARAMETERS)
     return out
 

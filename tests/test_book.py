@@ -451,3 +451,20 @@ def test_a_carried_model_is_said_in_its_columns_section():
                      "retraining: a 5-epoch probe of its configuration on 64 images trained bit for bit alike under "
                      "both"]
     assert book.carried_notes({"models": {"raw": {"source": "deepsec"}}}) == []
+
+
+def test_the_findings_seed_table_prints_each_seeds_rates_with_their_intervals():
+    """Before: the seed table printed rates as bare percentages (Methods promises an interval for every rate)."""
+    from types import SimpleNamespace
+
+    from repro.metrics.uncertainty import clopper_pearson
+
+    result = SimpleNamespace(metrics={"eps8_MR": 1.0, "fgsm_MR_shift": 0.82, "eps8_saturated": 0.688,
+                                      "eps8_ALD_Linf": 0.97},
+                             extra={"eps8": {"n": 300, "eps8": {"saturated_interval": [0.687, 0.690]}},
+                                    "logit_shift": {"n": 300}})
+    low, high = clopper_pearson(246, 300)
+    assert book._findings_interval("fgsm_MR_shift", result) == f" [{100 * low:.1f}, {100 * high:.1f}]"
+    assert book._findings_interval("eps8_MR", result) == " [98.8, 100.0]"
+    assert book._findings_interval("eps8_saturated", result) == " [68.7, 69.0]"
+    assert book._findings_interval("eps8_ALD_Linf", result) == ""  # a distance, not a rate

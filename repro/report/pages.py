@@ -533,6 +533,22 @@ def _findings_label(key: str):
     return label, ((lambda v: f"{100 * v:.1f} %") if is_rate else (lambda v: f"{v:.4f}"))
 
 
+def _findings_interval(key: str, result: results_mod.Result) -> str:
+    """" [low, high]" of a findings headline rate of one seed's result, in percent: an exact interval for a success
+    rate over the candidates, the images' bootstrap interval for the share of saturated pixels; "" otherwise."""
+    from ..metrics.uncertainty import clopper_pearson
+
+    ev, value = result.extra, result.metrics[key]
+    if key == "eps8_saturated":
+        low_high = ev["eps8"]["eps8"].get("saturated_interval")
+    elif key.endswith("_MR") or "_MR_" in key:
+        n = ev["eps8"]["n"] if key.startswith("eps8") else ev["logit_shift"]["n"]
+        low_high = clopper_pearson(round(value * n), n)
+    else:
+        return ""
+    return "" if not low_high else f" [{100 * low_high[0]:.1f}, {100 * low_high[1]:.1f}]"
+
+
 def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, found: dict) -> None:
     from ..study import findings
 
@@ -563,7 +579,8 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
                 label, show = _findings_label(key)
                 mean = sum(values) / len(values)
                 std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-                rows.append([label, *(show(v) for v in values), f"{show(mean)} ± {show(std)}"])
+                rows.append([label, *(show(v) + _findings_interval(key, r) for v, r in zip(values, seeds)),
+                             f"{show(mean)} ± {show(std)}"])
         text = markdown.table(["headline number", *(f"seed {r.parameters.get('seed')}" for r in seeds), "mean ± std"],
                          rows)
     else:

@@ -248,14 +248,7 @@ def test_published_models_match_their_names_and_the_results_that_use_them(profil
 # Planned columns whose committed result is knowingly stale for the current code (or missing), each with the reason
 # it could not be recomputed; `make book` recomputes them. An entry must go as soon as its result is fresh (the test
 # below fails otherwise), and the book marks these columns as pending.
-PENDING: dict[tuple[str, str], str] = {
-    ("quick", "cw2_mnist_5x500_seed101"): "a seed replicate of CW2's 5 x 500 budget arm (about 30 min on one core), "
-                                          "left so that the full-budget column had both cores in the session of the "
-                                          "format-5 training keys; that change (CIFAR-10 label check at load, the "
-                                          "training key's code scope, the attack cache's key) touches no code the "
-                                          "MNIST CW2 attack, its model or its metrics run",
-    ("quick", "cw2_mnist_5x500_seed102"): "as cw2_mnist_5x500_seed101",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 @pytest.mark.parametrize("profile", PROFILES)

@@ -90,3 +90,10 @@ def test_a_carry_allows_only_the_code_hash_the_renamed_start_and_new_fields():
     assert carry_mod.config_changes(old, new, renamed={}) == ["init.trained ('k1' → 'k2')"]
     gone = {**new, "defence_params": {"eps_ramp": 0.0}}
     assert carry_mod.config_changes(old, gone, renamed={"k1": "k2"}) == ["defence_params.eps (removed)"]
+
+
+def test_a_carry_refuses_uncommitted_training_code(monkeypatch, capsys):
+    """The carried keys must belong to a commit: an uncommitted edit to the training code is refused up front."""
+    monkeypatch.setattr(carry_mod, "uncommitted_training_code", lambda root=None: ["repro/train/loop.py"])
+    assert carry_mod.main(["--from", "HEAD", "results/smoke/models"]) == 1
+    assert "uncommitted edits to the training code (repro/train/loop.py)" in capsys.readouterr().err

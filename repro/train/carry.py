@@ -249,12 +249,29 @@ def _worktree(commit: str, where: Path) -> Path:
     return where
 
 
+def uncommitted_training_code(root: Path = PACKAGE_DIR.parent) -> list[str]:
+    """The files of today's training code (:data:`repro.train.config.TRAINING_CODE`'s closure) that differ from
+    ``HEAD`` in the working tree: a carry keys models to committed code only, so that the results computed with
+    them name a commit that holds that code."""
+    from .._source import module_closure
+    from .config import TRAINING_CODE, TRAINING_CODE_EXCLUDE
+
+    paths = [str(p.relative_to(root)) for p in module_closure(TRAINING_CODE, exclude=TRAINING_CODE_EXCLUDE)]
+    out = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=root, capture_output=True, text=True)
+    return [line[3:] for line in out.stdout.splitlines() if line.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repro.train.carry", description=__doc__.split("\n\n")[0])
     parser.add_argument("--from", dest="commit", required=True, help="the commit whose training code trained them")
     parser.add_argument("folders", nargs="+", type=Path, help="published model folders (results/<profile>/models)")
     args = parser.parse_args(argv)
     root = PACKAGE_DIR.parent
+    dirty = uncommitted_training_code(root)
+    if dirty:
+        print(f"error: uncommitted edits to the training code ({', '.join(dirty)}): commit them first, so that the "
+              "carried keys belong to a commit", file=sys.stderr)
+        return 1
     with tempfile.TemporaryDirectory() as tmp:
         try:
             old_tree = _worktree(args.commit, Path(tmp) / "old")

@@ -192,7 +192,7 @@ def budget_departures(col: Column, profile: Profile, *, datasets: dict | None = 
 
 
 def _budget_departure_parts(col: Column, profile: Profile, *,
-                            datasets: dict | None = None) -> dict[str, list[tuple[str, str]]]:
+                            datasets: dict | None = None) -> dict[str, list[tuple[str, str, tuple]]]:
     """Metric → ``(part, label, source)`` of each budget departure that can move it; ``part`` is the
     :attr:`Column.uses` part of the profile's budget the departure belongs to (a partial training set: the model's
     training part); ``source`` its :data:`AFFECTS` key (:data:`PARTIAL_DATA` for a partial training set)."""
@@ -531,12 +531,10 @@ def table_cells(profile: str, found: dict) -> dict[str, list[dict]]:
 
 def cell_totals(profile: str, found: dict) -> dict[Verdict, int]:
     """How many published cells of Tables 1 and 2 got each verdict, over both references and every column."""
-    totals = {v: 0 for v in Verdict}
-    for rows in table_cells(profile, found).values():
-        for _, key in REFERENCES:
-            for v, n in verdict_counts(rows, key).items():
-                totals[v] += n
-    return totals
+    summary = table_summary(profile, found).values()
+    return {Verdict.CONSISTENT: sum(t["consistent"] for t in summary),
+            Verdict.INCONSISTENT: sum(t["inconsistent"] for t in summary),
+            Verdict.NOT_COMPARABLE: sum(t["not_comparable"] for t in summary)}
 
 
 def table_summary(profile: str, found: dict) -> dict[str, dict]:
@@ -545,12 +543,12 @@ def table_summary(profile: str, found: dict) -> dict[str, dict]:
     comparable, most cells first, each ``{"departure", "cells", "measured", "why"}`` (``why``: what measuring an
     unmeasured one would take); ``unmeasured_only``: the not-comparable cells that no measured effect blocks, i.e.
     the cells a run in the paper's setting would settle."""
-    out = {}
+    out, cells = {}, table_cells(profile, found)
     for table in TABLE_METRICS:
         counts = {v: 0 for v in Verdict}
         blocking: dict[str, dict] = {}
         unmeasured_only = 0
-        for cid, rows in table_cells(profile, found).items():
+        for cid, rows in cells.items():
             if COLUMNS[cid].table != table:
                 continue
             for r in rows:

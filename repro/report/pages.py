@@ -868,7 +868,6 @@ def glance(profile: str, found: dict) -> str:
     each reference, its key number with the interval, and why any cell is inconsistent or not comparable; then the
     data it ran on."""
     rows = []
-    cells = verdicts.cell_totals(profile, found)
     for cid, comp in verdicts.table_cells(profile, found).items():
         col = COLUMNS[cid]
         key = KEY_METRIC["attack" if col.attack else "defence"]
@@ -909,10 +908,10 @@ def glance(profile: str, found: dict) -> str:
                 "test": f"{prov.get('test', 0):,}", "full_test": f"{prov.get('full_test', 0):,}"}
                for name, prov in sorted(data.items()) if not prov.get("official", True)]
     decisions = scorecard(profile, found)
-    found_text = render("glance_found.md.j2", profile=profile, tables=verdicts.table_summary(profile, found),
-                        cells={"total": sum(cells.values()), "consistent": cells[Verdict.CONSISTENT],
-                               "inconsistent": cells[Verdict.INCONSISTENT],
-                               "not_comparable": cells[Verdict.NOT_COMPARABLE]},
+    tables = verdicts.table_summary(profile, found)
+    found_text = render("glance_found.md.j2", profile=profile, tables=tables,
+                        cells={key: sum(t[key] for t in tables.values())
+                               for key in ("total", "consistent", "inconsistent", "not_comparable")},
                         eps8=next((d for d in decisions if d.claim == "eps8_is_madry"), None),
                         claims={s.value: [d.claim for d in decisions if d.status == s] for s in Status},
                         robust=_pat_robustness(profile, found))

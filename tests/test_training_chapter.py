@@ -159,3 +159,24 @@ def test_a_fine_tuned_models_curves_start_at_its_starting_weights_measured_as_ea
     assert fig.axes[0].lines[0].get_ydata()[0] == pytest.approx(100 * start["val_acc"])
     evaluation["models"]["m"]["training"]["start"] = None
     assert list(curves_figure(evaluation).axes[0].lines[0].get_xdata()) == [1]
+
+
+def test_each_ablation_arm_is_compared_with_its_base_model_on_the_same_images():
+    """The paired comparison behind the chapter's ablation table: difference and McNemar's exact p from the stored
+    per-image outcomes (hand-computed: the arm alone gets 6 images right and the base alone 0, p = 2 · 0.5⁶)."""
+    from repro.study.ablation import paired_arms
+
+    def rec(bits, arm=None):
+        rate = {"rate": bits.count("1") / len(bits), "n": len(bits), "correct": bits}
+        return {"label": "m", "arm": arm, "clean": rate, "pgd": rate}
+
+    evaluation = {"models": {"pat": rec("1100000000"), "raw": rec("1111111111"),
+                             "pat_arm0": rec("1111111100", arm="a ramp")}}
+    (pair,) = paired_arms(evaluation)
+    assert pair["arm"] == "a ramp" and pair["base"] == "pat"
+    assert pair["clean"]["diff"] == pytest.approx(0.6) and pair["clean"]["only_arm"] == 6
+    assert pair["clean"]["only_base"] == 0 and pair["clean"]["p"] == pytest.approx(2 * 0.5 ** 6)
+    assert pair["clean"]["resolved"]
+    evaluation["models"]["lonely_arm0"] = rec("1", arm="b")
+    with pytest.raises(ValueError, match="its base model 'lonely' is not in the evaluation"):
+        paired_arms(evaluation)

@@ -156,6 +156,23 @@ def _scratch_cost(evaluation: dict) -> str:
     return ""
 
 
+def _paired_rows(evaluation: dict) -> list[dict]:
+    """Each ablation arm against its base model on the same test images (:func:`repro.study.ablation.paired_arms`),
+    formatted: the two accuracies, the difference in points and McNemar's p, clean and under PGD."""
+    from ..study.ablation import SIGNIFICANCE, paired_arms
+
+    rows = []
+    for pair in paired_arms(evaluation):
+        cells = {}
+        for what in ("clean", "pgd"):
+            d = pair[what]
+            cells[what] = {"arm": f"{100 * d['arm']:.1f} %", "base": f"{100 * d['base']:.1f} %",
+                           "diff": f"{100 * d['diff']:+.1f}", "p": f"{d['p']:.2g}", "resolved": d["resolved"],
+                           "only_arm": d["only_arm"], "only_base": d["only_base"]}
+        rows.append({"arm": pair["arm"], "base": pair["base_label"], "n": f"{pair['clean']['n']:,}", **cells})
+    return [{**r, "alpha": SIGNIFICANCE} for r in rows]
+
+
 def training_page(found: dict, profile: str, figures_dir) -> str:
     """The training chapter in Markdown (MyST) from the training columns' results; a short "not computed" page when
     there is none."""
@@ -180,6 +197,7 @@ def training_page(found: dict, profile: str, figures_dir) -> str:
             "n": f"{next(iter(ev['models'].values()))['clean']['n']:,}",
             "threat": {"eps": eps_text(threat["eps"]), "step": eps_text(threat["step_size"]), "steps": threat["steps"]},
             "ablation": any(rec["arm"] for rec in ev["models"].values()),
+            "paired": _paired_rows(ev),
             "target": None if dataset != "cifar10" else {
                 "clean": f"{100 * TARGET['clean']:.0f} %", "pgd": f"{100 * TARGET['pgd']:.0f} %",
                 "jpeg_clean": f"{100 * TARGET_WITH_JPEG['clean']:.0f} %",

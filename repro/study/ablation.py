@@ -1,0 +1,45 @@
+"""The training ablation judged pairwise: each arm against the model whose training it varies, on the same test images.
+
+The training column (:mod:`repro.study.training`) stores, per model, its clean and PGD outcome on every test image.
+An ablation arm differs from the profile's own defended model (the first of the dataset, whose id the arm's extends
+with ``_arm<i>``) in one choice of its training; this module sets the two side by side with the paired difference and
+McNemar's exact test (:func:`repro.metrics.uncertainty.mcnemar_exact`), so that the chapter can say which differences
+the test images resolve. Computed from stored results only; no notebook imports it.
+"""
+from __future__ import annotations
+
+from ..metrics.uncertainty import mcnemar_exact
+
+SIGNIFICANCE = 0.05  # two-sided level at which the chapter calls a paired difference resolved
+ARM_SUFFIX = "_arm"
+
+
+def paired_arms(evaluation: dict) -> list[dict]:
+    """Per ablation arm of a training evaluation (``result.extra["training"]``), in its order:
+    ``{"arm", "label", "base", "base_label", "clean", "pgd"}`` where ``clean``/``pgd`` each hold the arm's and the
+    base model's rate (``arm``, ``base``), their difference (``diff``, arm − base), McNemar's ``only_arm``,
+    ``only_base``, ``p``, and ``resolved`` (``p`` < :data:`SIGNIFICANCE`).
+
+    Raises:
+        ValueError: an arm whose base model is not in the evaluation, or whose outcomes cover other images.
+    """
+    models = evaluation["models"]
+    out = []
+    for mid, rec in models.items():
+        if rec.get("arm") is None:
+            continue
+        base_id = mid.rsplit(ARM_SUFFIX, 1)[0]
+        if base_id == mid or base_id not in models:
+            raise ValueError(f"ablation arm {mid!r}: its base model {base_id!r} is not in the evaluation")
+        base = models[base_id]
+        row = {"arm": rec["arm"], "label": rec["label"], "base": base_id, "base_label": base["label"]}
+        for what in ("clean", "pgd"):
+            a, b = rec[what], base[what]
+            if a["n"] != b["n"]:
+                raise ValueError(f"ablation arm {mid!r}: {what} on {a['n']} images, its base on {b['n']}")
+            test = mcnemar_exact(a["correct"], b["correct"])
+            row[what] = {"arm": a["rate"], "base": b["rate"], "diff": a["rate"] - b["rate"], "n": a["n"],
+                         "only_arm": test["only_a"], "only_base": test["only_b"], "p": test["p"],
+                         "resolved": test["p"] < SIGNIFICANCE}
+        out.append(row)
+    return out

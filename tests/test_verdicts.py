@@ -274,3 +274,9 @@ def test_the_table_summary_adds_up_to_the_cell_totals():
         assert 0 <= t["unmeasured_only"] <= t["not_comparable"]
         cells = [b["cells"] for b in t["blocking"]]
         assert cells == sorted(cells, reverse=True) and all(0 < c <= t["not_comparable"] for c in cells)
+
+
+def test_the_spread_over_seeds_is_the_sample_standard_deviation():
+    assert verdicts.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)  # hand-computed: variance (1 + 0 + 1) / 2
+    with pytest.raises(ValueError, match="at least two values, got 1"):
+        verdicts.mean_std([1.0])

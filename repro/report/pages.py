@@ -577,8 +577,7 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
             values = [verdicts.finite(r.metrics.get(key)) for r in seeds]
             if all(v is not None for v in values):
                 label, show = _findings_label(key)
-                mean = sum(values) / len(values)
-                std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+                mean, std = verdicts.mean_std(values)
                 rows.append([label, *(show(v) + _findings_interval(key, r) for v, r in zip(values, seeds)),
                              f"{show(mean)} ± {show(std)}"])
         text = markdown.table(["headline number", *(f"seed {r.parameters.get('seed')}" for r in seeds), "mean ± std"],

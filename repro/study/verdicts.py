@@ -582,6 +582,13 @@ def seed_spread(col: Column, profile: str, found: dict) -> dict:
     for metric in col.metric_keys:
         values = [finite(r.metrics.get(metric)) for r in runs]
         if all(v is not None for v in values):
-            mean[metric] = sum(values) / len(values)
-            std[metric] = (sum((v - mean[metric]) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+            mean[metric], std[metric] = mean_std(values)
     return {"seeds": [r.parameters.get("seed") for r in runs], "mean": mean, "std": std}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """The mean and the sample standard deviation (n − 1) of at least two values (the spread over seeds)."""
+    if len(values) < 2:
+        raise ValueError(f"a spread needs at least two values, got {len(values)}")
+    mean = sum(values) / len(values)
+    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5

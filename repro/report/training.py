@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 
 from ..data import FULL_SIZES
 from ..models import DEEPSEC_CHECKPOINTS
+from ..study.ablation import SIGNIFICANCE as ABLATION_SIGNIFICANCE
 from ..study.plan import COLUMNS
 from ..study.profiles import get_profile
 from ..study.verdicts import recipe_words
@@ -159,7 +160,7 @@ def _scratch_cost(evaluation: dict) -> str:
 def _paired_rows(evaluation: dict) -> list[dict]:
     """Each ablation arm against its base model on the same test images (:func:`repro.study.ablation.paired_arms`),
     formatted: the two accuracies, the difference in points and McNemar's p, clean and under PGD."""
-    from ..study.ablation import SIGNIFICANCE, paired_arms
+    from ..study.ablation import paired_arms
 
     rows = []
     for pair in paired_arms(evaluation):
@@ -170,7 +171,7 @@ def _paired_rows(evaluation: dict) -> list[dict]:
                            "diff": f"{100 * d['diff']:+.1f}", "p": f"{d['p']:.2g}", "resolved": d["resolved"],
                            "only_arm": d["only_arm"], "only_base": d["only_base"]}
         rows.append({"arm": pair["arm"], "base": pair["base_label"], "n": f"{pair['clean']['n']:,}", **cells})
-    return [{**r, "alpha": SIGNIFICANCE} for r in rows]
+    return rows
 
 
 def training_page(found: dict, profile: str, figures_dir) -> str:
@@ -197,7 +198,7 @@ def training_page(found: dict, profile: str, figures_dir) -> str:
             "n": f"{next(iter(ev['models'].values()))['clean']['n']:,}",
             "threat": {"eps": eps_text(threat["eps"]), "step": eps_text(threat["step_size"]), "steps": threat["steps"]},
             "ablation": any(rec["arm"] for rec in ev["models"].values()),
-            "paired": _paired_rows(ev),
+            "paired": _paired_rows(ev), "alpha": ABLATION_SIGNIFICANCE,
             "target": None if dataset != "cifar10" else {
                 "clean": f"{100 * TARGET['clean']:.0f} %", "pgd": f"{100 * TARGET['pgd']:.0f} %",
                 "jpeg_clean": f"{100 * TARGET_WITH_JPEG['clean']:.0f} %",

@@ -70,24 +70,27 @@ def code_hash_of(tree: Path) -> str:
     return out.stdout.strip()
 
 
-def _probe(tree: Path, spec: dict, work: Path, name: str) -> dict:
-    spec_path, out_path = work / f"{name}.json", work / f"{name}.pt"
+def _probe_script(tree: Path, command: str, spec: dict, work: Path, name: str, *out: str) -> str:
+    """Run :mod:`repro.train.probe` ``command`` on ``spec`` with the code of ``tree``; its standard output."""
+    spec_path = work / f"{name}.json"
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
-    out = _run(tree, str(PROBE_SCRIPT), "train", str(spec_path), str(out_path))
-    if out.returncode != 0:
-        raise CarryError(f"the probe failed under {tree}: {out.stderr.strip()[-800:]}")
+    run = _run(tree, str(PROBE_SCRIPT), command, str(spec_path), *out)
+    if run.returncode != 0:
+        raise CarryError(f"the probe's {command!r} failed under {tree}: {run.stderr.strip()[-800:]}")
+    return run.stdout
+
+
+def _probe(tree: Path, spec: dict, work: Path, name: str) -> dict:
+    """The probe's weights and history trained by the code of ``tree``."""
+    out_path = work / f"{name}.pt"
+    _probe_script(tree, "train", spec, work, name, str(out_path))
     return torch.load(out_path, map_location="cpu")
 
 
 def _today(tree: Path, spec: dict, work: Path, name: str) -> dict:
     """``{"key", "config"}``: what the code of ``tree`` makes of a published configuration (:mod:`repro.train.probe`
     ``key``)."""
-    spec_path = work / f"{name}.json"
-    spec_path.write_text(json.dumps(spec), encoding="utf-8")
-    out = _run(tree, str(PROBE_SCRIPT), "key", str(spec_path))
-    if out.returncode != 0:
-        raise CarryError(f"the new code cannot key the configuration: {out.stderr.strip()[-800:]}")
-    return json.loads(out.stdout)
+    return json.loads(_probe_script(tree, "key", spec, work, name))
 
 
 def config_changes(old: dict, new: dict, *, renamed: dict[str, str]) -> list[str]:

@@ -123,3 +123,47 @@ def test_budget_ladder_compares_each_budget_with_the_columns_own_image_by_image(
 def test_budget_ladder_is_empty_without_a_ladder_or_for_another_attack():
     ctx = study.setup(attack="pgd", **{**_parameters_cell("pgd.ipynb"), "profile": "smoke", "device": "cpu"})
     assert study.budget_ladder(ctx, None, None, None) == {}
+
+
+# ------------------------------------------------------------------------------------------------- carry
+def test_a_carried_code_pair_lets_todays_run_find_the_old_codes_entry(cache, tiny, monkeypatch):
+    """After a carry records (old code → today's code), a miss under today's key finds the run stored under the
+    old code's key, files it under the new key and says so; without the record it is recomputed."""
+    model, x, y = tiny
+    first, _ = _run(model, x, y)
+    today = attack_cache.attack_code_hash(model)
+    monkeypatch.setattr(attack_cache, "attack_code_hash", lambda model=None: "f" * 64)  # the code was edited
+    recomputed = []
+    real_run = attack_cache.run_attack
+    monkeypatch.setattr(attack_cache, "run_attack", lambda *a, **k: recomputed.append(1) or real_run(*a, **k))
+    (cache / attack_cache.CARRIED).write_text(f'[{{"from_code": "{today}", "to_code": "{"f" * 64}"}}]')
+    carried, reuse = _run(model, x, y)
+    assert reuse.reused and reuse.carried_from == today and not recomputed
+    assert torch.equal(carried.x_adv, first.x_adv) and "a probe found to compute the same" in reuse.note
+    again, reuse2 = _run(model, x, y)  # now under its own key
+    assert reuse2.reused and reuse2.carried_from == "" and not recomputed
+    (cache / attack_cache.CARRIED).unlink()
+    _run(model, x, y, seed=2)
+    assert recomputed == [1]
+
+
+def test_a_carry_refuses_attack_code_that_computes_otherwise(tmp_path):
+    """The probe runs every configuration of every attack under both trees; a planted change to PGD's step (0.1 %
+    more step) is caught and named, and nothing is recorded."""
+    import shutil
+
+    root = _source.PACKAGE_DIR.parent
+    old = tmp_path / "old"
+    shutil.copytree(root / "repro", old / "repro", ignore=shutil.ignore_patterns("__pycache__"))
+    pgd_file = old / "repro" / "attacks" / "pgd.py"
+    source = pgd_file.read_text(encoding="utf-8")
+    planted = 'step_size = check_nonnegative(step_size, name="step_size")'
+    assert planted in source
+    pgd_file.write_text(source.replace(planted, planted.replace("step_size = ", "step_size = 1.001 * ")),
+                        encoding="utf-8")
+    with pytest.raises(attack_cache.CarryError, match=r"other adversarial images for .*pgd/deepsec_cifar10"):
+        attack_cache.carry(old_tree=old, folder=tmp_path / "cache")
+    assert not (tmp_path / "cache" / attack_cache.CARRIED).exists()
+    # the same tree on both sides: nothing to carry
+    with pytest.raises(attack_cache.CarryError, match="is the same"):
+        attack_cache.carry(old_tree=root, folder=tmp_path / "cache")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from repro.attacks import (ATTACKS, CONFIGS, TARGETED, bim, cw2, cw_margin, fgsm, get_config, illc, labels_field, llc,
+from repro.attacks import (ATTACKS, Attack, bim, cw2, cw_margin, fgsm, get_config, illc, labels_field, llc,
                            pgd, run_attack)
 
 from repro.data import load
@@ -49,7 +49,7 @@ def batch(n: int = N):
 
 def attack_labels(name: str, y: torch.Tensor) -> torch.Tensor:
     """True labels for untargeted attacks; a different class for targeted ones."""
-    return (y + 1) % CLASSES if name in TARGETED else y
+    return (y + 1) % CLASSES if labels_field(name) != "y" else y
 
 
 def deterministic(name: str) -> dict:
@@ -66,7 +66,7 @@ def test_threat_model_eps_ball_and_box(name):
     x, y = batch()
     x[0] = 0.0  # pixels at the box's edges
     x[1] = 1.0
-    x_adv = ATTACKS[name](model, x, attack_labels(name, y), **SMALL[name])
+    x_adv = ATTACKS[name].fn(model, x, attack_labels(name, y), **SMALL[name])
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
     if name in LINF:
@@ -79,7 +79,7 @@ def test_per_sample_eps(name):
     model = tiny_convnet().eval()
     x, y = batch()
     eps = torch.linspace(0.0, 0.2, N)
-    x_adv = ATTACKS[name](model, x, attack_labels(name, y), **{**SMALL[name], "eps": eps})
+    x_adv = ATTACKS[name].fn(model, x, attack_labels(name, y), **{**SMALL[name], "eps": eps})
     per_sample = (x_adv - x).abs().flatten(1).amax(1)
     assert torch.all(per_sample <= eps + TOL)
     assert per_sample[0] == 0.0
@@ -109,7 +109,7 @@ def test_no_side_effects(name):
     x, y = batch()
     labels = attack_labels(name, y)
     x_copy, labels_copy = x.clone(), labels.clone()
-    x_adv = ATTACKS[name](model, x, labels, **SMALL[name])
+    x_adv = ATTACKS[name].fn(model, x, labels, **SMALL[name])
     assert torch.equal(x, x_copy) and torch.equal(labels, labels_copy)
     assert not any(m.training for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
@@ -126,7 +126,7 @@ def test_a_model_in_training_mode_is_refused_and_left_untouched(name):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = batch()
     with pytest.raises(ValueError, match=r"training mode.*\.eval\(\)"):
-        ATTACKS[name](model, x, attack_labels(name, y), **SMALL[name])
+        ATTACKS[name].fn(model, x, attack_labels(name, y), **SMALL[name])
     assert all(m.training for m in model.modules())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
@@ -138,8 +138,8 @@ def test_batch_consistency(name):
     x, y = batch(8)
     labels = attack_labels(name, y)
     params = deterministic(name)
-    whole = ATTACKS[name](model, x, labels, **params)
-    rows = torch.cat([ATTACKS[name](model, x[i : i + 1], labels[i : i + 1], **params) for i in range(len(x))])
+    whole = ATTACKS[name].fn(model, x, labels, **params)
+    rows = torch.cat([ATTACKS[name].fn(model, x[i : i + 1], labels[i : i + 1], **params) for i in range(len(x))])
     torch.testing.assert_close(whole, rows, rtol=0, atol=1e-5)
 
 
@@ -410,7 +410,7 @@ def test_bad_input_raises_value_error(case):
 def test_probabilities_instead_of_logits_raise(name):
     x, y = batch(4)
     with pytest.raises(ValueError, match="returns probabilities"):
-        ATTACKS[name](probability_model(), x, attack_labels(name, y), **SMALL[name])
+        ATTACKS[name].fn(probability_model(), x, attack_labels(name, y), **SMALL[name])
 
 
 def test_eps_of_one_or_more_warns_and_small_eps_does_not():
@@ -425,7 +425,7 @@ def test_eps_of_one_or_more_warns_and_small_eps_does_not():
 
 
 def test_registry_and_configs():
-    assert set(CONFIGS) == set(ATTACKS) and set(TARGETED) <= set(ATTACKS)
+    assert all(entry.name == name and entry.configs for name, entry in ATTACKS.items())
     assert labels_field("illc") == "least_likely" and labels_field("cw2") == "target" and labels_field("pgd") == "y"
     assert get_config("pgd", "deepsec_cifar10") == dict(eps=0.1, step_size=0.01, steps=15)
     assert get_config("cw2", "carlini_wagner")["binary_search_steps"] == 9
@@ -433,3 +433,38 @@ def test_registry_and_configs():
     assert get_config("cw2", "carlini_wagner_no_abort") == {**get_config("cw2", "carlini_wagner"), "abort_early": False}
     with pytest.raises(ValueError, match="unknown pgd configuration"):
         get_config("pgd", "madry")
+
+
+def _toy(model, x, y, *, eps: float, decay: float = 1.0, generator=None):
+    """A throwaway attack with one hyper-parameter more than its rules below (``generator`` is plumbing)."""
+    return x
+
+
+def test_an_attack_without_a_rule_for_a_parameter_cannot_register():
+    from repro.checks import number
+
+    # MI-FGSM's decay left without a rule: before the registry, decay="banana" ran with every test green.
+    with pytest.raises(ValueError, match=r"attack 'toy'.*without a rule: \['decay'\]"):
+        Attack("toy", _toy, {}, {"eps": number()}, cost=lambda p: 1)
+    with pytest.raises(ValueError, match=r"rule without a parameter: \['steps'\]"):
+        Attack("toy", _toy, {}, {"eps": number(), "decay": number(), "steps": number()}, cost=lambda p: 1)
+    with pytest.raises(ValueError, match=r"toy configuration 'bad'.*decay must be a finite number >= 0, got 'banana'"):
+        Attack("toy", _toy, {"bad": {"eps": 0.1, "decay": "banana"}}, {"eps": number(), "decay": number()},
+               cost=lambda p: 1)
+    with pytest.raises(ValueError, match="labels 'true'; allowed: 'y', 'target', 'least_likely'"):
+        Attack("toy", _toy, {}, {"eps": number(), "decay": number()}, cost=lambda p: 1, labels="true")
+    entry = Attack("toy", _toy, {"a": {"eps": 0.1}}, {"eps": number(), "decay": number()}, cost=lambda p: 1)
+    assert entry.parameters == ("eps", "decay")
+    with pytest.raises(ValueError, match="attack 'toy' has no parameter 'steps'"):
+        entry.check({"steps": 3})
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_every_registered_parameter_is_checked_by_its_rule(name):
+    """Each hyper-parameter of each attack refuses a value of the wrong kind, by its registry rule."""
+    entry = ATTACKS[name]
+    for param, rule in entry.rules.items():
+        with pytest.raises(ValueError, match=param):
+            rule.check(param, "banana" if rule.kind != "choice" else 3)
+        with pytest.raises(ValueError, match=param):
+            rule.check(param, -1 if rule.kind in ("number", "count") else "banana")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from repro import data
-from repro.attacks import ATTACKS, TARGETED, run_attack
+from repro.attacks import ATTACKS, labels_field, run_attack
 from repro.data import DataCorruptedError, load
 from repro.metrics import (
     acac, actc, ald, ass, attack_utility, cav, ccv, cos, crr, csr, defence_utility, js_divergence, mr, nte, psd, rgb,
@@ -259,14 +259,14 @@ def test_metrics_on_missing_cuda_say_so():
 # --------------------------------------------------------------------------------------------------------- attacks
 def _labels(name: str, n: int) -> torch.Tensor:
     y = torch.arange(n) % CLASSES
-    return (y + 1) % CLASSES if name in TARGETED else y
+    return (y + 1) % CLASSES if labels_field(name) != "y" else y
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
 def test_attacks_refuse_float64_images(name):
     x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"x has dtype torch\.float64; images must be float32 .* use x\.float\(\)"):
-        ATTACKS[name](linear_model(), x, _labels(name, 4), **SMALL[name])
+        ATTACKS[name].fn(linear_model(), x, _labels(name, 4), **SMALL[name])
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
@@ -274,7 +274,7 @@ def test_attacks_refuse_channels_last_images(name):
     x = torch.rand(4, 8, 8, 3)  # a CIFAR-like batch in NHWC
     with pytest.raises(ValueError, match=r"x has shape \(4, 8, 8, 3\), which looks channels-last \(N, H, W, C\); "
                                          r"images must be channels-first \(N, C, H, W\): use x\.permute\(0, 3, 1, 2\)"):
-        ATTACKS[name](linear_model(channels=3), x, _labels(name, 4), **SMALL[name])
+        ATTACKS[name].fn(linear_model(channels=3), x, _labels(name, 4), **SMALL[name])
 
 
 def test_run_attack_refuses_an_empty_batch_and_bad_images_before_any_work():

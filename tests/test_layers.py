@@ -94,15 +94,6 @@ def test_papermill_with_an_unknown_parameter_fails_naming_it(tmp_path):
 
 
 # ------------------------------------------------------------------------------- private names stay in their module
-# Cross-package uses of a private module waiting for the next retrain: the module is in the training code (its hash
-# is part of every trained model's key), so moving the checks changes every published model. Each entry is a use the
-# checker must find (else the entry is stale and the test fails).
-PENDING_PRIVATE = {("repro.metrics.checks", "repro.attacks._common"):
-                   "the attacks' input checks, shared with the metrics; to become a public module with the next "
-                   "retrain of the published models",
-                   ("repro.train.runtime", "repro.attacks._common"): "likewise (both modules are training code)"}
-
-
 def _is_private(part: str) -> bool:
     return part.startswith("_") and not part.startswith("__")
 
@@ -158,15 +149,12 @@ def _all_private_uses() -> set[tuple[str, str]]:
 
 def test_no_module_uses_another_modules_private_names():
     uses = _all_private_uses()
-    waiting = {(a, b) for a, b in uses if any(a == k[0] and b.startswith(k[1]) for k in PENDING_PRIVATE)}
-    assert not uses - waiting, sorted(uses - waiting)
-    stale = {k for k in PENDING_PRIVATE if not any(a == k[0] and b.startswith(k[1]) for a, b in uses)}
-    assert not stale, f"no longer used, remove from PENDING_PRIVATE: {stale}"
+    assert not uses, sorted(uses)
 
 
 @pytest.mark.parametrize("planted, expected", [
-    ("from .steps import _check_rule\n", "repro.study.steps._check_rule"),
-    ("from . import steps as s\nx = s._check_rule\n", "repro.study.steps._check_rule"),
+    ("from .steps import _data_record\n", "repro.study.steps._data_record"),
+    ("from . import steps as s\nx = s._data_record\n", "repro.study.steps._data_record"),
     ("from ..attacks._common import check_device\n", "repro.attacks._common"),
     ("from .. import _io\n", None),  # a private module of a package the importer is in: allowed
 ])
@@ -230,15 +218,10 @@ def _column_ids_in(source: str) -> set[str]:
     return found
 
 
-# Study modules that still name columns, waiting for the registry rework (the chapters' model roster, whose model
-# ids are the result keys the report reads); a stale entry fails the test.
-PENDING_IDS = {"repro/study/roster.py": {"nat_mnist", "pat_resnet20", "pat_eps8_wide", "pat_8_255_wide"}}
-
-
 def test_no_column_id_outside_the_plan():
     """Code finds columns by what they run (repro.study.lookup), never by id: a renamed column cannot leave a page
-    or a claim silently empty. The report and the pipeline name none; the study only in plan.py (and the pending
-    modules above)."""
+    or a claim silently empty. The report and the pipeline name none; the study only in plan.py (whose roster of
+    evaluated models names the columns they come from)."""
     named = {}
     for f in _files("repro/report", "repro/pipeline.py", "repro/study"):
         rel = str(f.relative_to(ROOT))
@@ -247,7 +230,7 @@ def test_no_column_id_outside_the_plan():
         ids = _column_ids_in(f.read_text(encoding="utf-8"))
         if ids:
             named[rel] = ids
-    assert named == PENDING_IDS, {k: sorted(v) for k, v in named.items()}
+    assert not named, {k: sorted(v) for k, v in named.items()}
 
 
 def test_the_column_id_check_can_fail():
@@ -318,15 +301,10 @@ def _repro_graph() -> dict[str, set[str]]:
     return {module_name(f): _module_imports(f.read_text(encoding="utf-8"), module_name(f)) for f in _files("repro")}
 
 
-# Circles in the training code, waiting for the next retrain of the published models (the training code's hash is
-# part of every trained model's key): the attack runner looks its registry up in the package that imports it.
-PENDING_CIRCLES = [["repro.attacks", "repro.attacks.runner"]]
-
-
 def test_no_import_circle_in_repro():
     """The study's chapters (security, training) and the column steps import only from below: no module reaches
     itself through the modules it imports, lazily inside a function or not."""
-    assert _import_circles(_repro_graph()) == PENDING_CIRCLES
+    assert _import_circles(_repro_graph()) == []
 
 
 def test_the_import_circle_check_can_fail():
@@ -335,6 +313,6 @@ def test_the_import_circle_check_can_fail():
     graph["repro.study.steps"] = graph["repro.study.steps"] | {"repro.study.security"}
     assert any({"repro.study.security", "repro.study.steps"} <= set(c) for c in _import_circles(graph))
     with pytest.raises(AssertionError):
-        assert _import_circles(graph) == PENDING_CIRCLES
+        assert _import_circles(graph) == []
     assert _module_imports("def f():\n    from .security import x\n", "repro.study.steps") == {"repro.study.security"}
     assert _module_imports("from . import runtime as rt\n", "repro.train.loop") == {"repro.train.runtime"}

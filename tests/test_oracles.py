@@ -212,7 +212,7 @@ def test_linf_attacks_flip_exactly_at_the_closed_form_eps(case):
     labels = oracle.labels(attack)
     for factor, should_succeed in ((1.02, True), (0.98, False)):
         eps = (factor * oracle.linf).float()
-        x_adv = ATTACKS[attack](oracle.model, oracle.x, labels, **{**params, "eps": eps})
+        x_adv = ATTACKS[attack].fn(oracle.model, oracle.x, labels, **{**params, "eps": eps})
         assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
         assert torch.all((x_adv - oracle.x).abs().flatten(1).amax(1) <= eps + 1e-6)
         torch.testing.assert_close(x_adv, oracle.corner(eps), rtol=0, atol=1e-6)

@@ -3,6 +3,7 @@ the command line and the notebooks configure the same training; fingerprints cov
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 
@@ -13,7 +14,7 @@ from repro.attacks import ATTACKS
 from repro import results as results_mod
 from repro.results import repo_root
 from repro.study import plan, security, training
-from repro.study import steps as experiments
+from repro.study import steps
 from repro.study.profiles import PROFILES, get_profile
 from repro.train import DEFENCES, config_key
 
@@ -27,7 +28,7 @@ def _resolve(col: plan.Column, **params) -> dict:
         return {"security": security, "training": training}[col.table].resolve(**params)
     what = {"attack": col.attack} if col.attack else {"defence": col.defence} if col.defence else {"findings": True}
     params.pop("defence", None)  # the defence notebook's own parameter: setup takes it as ``defence=``
-    return experiments.resolve(**what, **params)
+    return steps.resolve(**what, **params)
 
 
 def _parameters_cell(notebook: str) -> dict:
@@ -69,23 +70,23 @@ def test_every_column_resolves_under_every_profile(col, profile):
 
 def test_validation_fails_with_clear_messages():
     base = {**_parameters_cell("pgd.ipynb"), "device": "cpu"}
-    with pytest.raises(experiments.ParameterError, match="mnist model but dataset is 'cifar10'"):
-        experiments.resolve(attack="pgd", **{**base, "model": "mnist_convnet"})
-    with pytest.raises(experiments.ParameterError, match="eps must be >= 0"):
-        experiments.resolve(attack="pgd", **{**base, "eps": -0.1})
-    with pytest.raises(experiments.ParameterError, match="unknown profile 'fast'"):
-        experiments.resolve(attack="pgd", **{**base, "profile": "fast"})
-    with pytest.raises(experiments.ParameterError, match="steps must be an integer >= 1"):
-        experiments.resolve(attack="pgd", **{**base, "steps": 0})
-    with pytest.raises(experiments.ParameterError, match="same parameter"):
-        experiments.resolve(attack="pgd", **{**base, "eps_iter": 0.5, "step_size": 0.01})
-    with pytest.raises(experiments.ParameterError, match="unknown model"):
-        experiments.resolve(attack="pgd", **{**base, "model": "vgg16"})
+    with pytest.raises(steps.ParameterError, match="mnist model but dataset is 'cifar10'"):
+        steps.resolve(attack="pgd", **{**base, "model": "mnist_convnet"})
+    with pytest.raises(steps.ParameterError, match="eps must be a finite number >= 0, got -0.1"):
+        steps.resolve(attack="pgd", **{**base, "eps": -0.1})
+    with pytest.raises(steps.ParameterError, match="unknown profile 'fast'"):
+        steps.resolve(attack="pgd", **{**base, "profile": "fast"})
+    with pytest.raises(steps.ParameterError, match="steps must be an integer >= 1"):
+        steps.resolve(attack="pgd", **{**base, "steps": 0})
+    with pytest.raises(steps.ParameterError, match="same parameter"):
+        steps.resolve(attack="pgd", **{**base, "eps_iter": 0.5, "step_size": 0.01})
+    with pytest.raises(steps.ParameterError, match="unknown model"):
+        steps.resolve(attack="pgd", **{**base, "model": "vgg16"})
 
 
 def test_eps_iter_is_step_size_and_eps_8_is_allowed_with_a_note():
     base = {**_parameters_cell("pgd.ipynb"), "device": "cpu"}
-    p = experiments.resolve(attack="pgd", **{**base, "eps": 8, "eps_iter": 0.875, "step_size": None})
+    p = steps.resolve(attack="pgd", **{**base, "eps": 8, "eps_iter": 0.875, "step_size": None})
     assert p["step_size"] == 0.875 and "eps_iter" not in p
     assert "box" in p["note"]
 
@@ -94,11 +95,11 @@ def test_eps_iter_alone_under_papermill_replaces_the_default_step_size():
     # `papermill notebooks/pgd.ipynb out.ipynb -p eps_iter 0.02`: step_size keeps the notebook's default 0.01
     base = {**_parameters_cell("pgd.ipynb"), "device": "cpu", "eps_iter": 0.02}
     assert base["step_size"] == 0.01
-    p = experiments.resolve(attack="pgd", injected={"eps_iter"}, **base)
+    p = steps.resolve(attack="pgd", injected={"eps_iter"}, **base)
     assert p["step_size"] == 0.02 and "eps_iter" not in p
     # both injected and different: refused, naming both values
-    with pytest.raises(experiments.ParameterError, match=r"got both, 0\.02 and 0\.01"):
-        experiments.resolve(attack="pgd", injected={"eps_iter", "step_size"}, **base)
+    with pytest.raises(steps.ParameterError, match=r"got both, 0\.02 and 0\.01"):
+        steps.resolve(attack="pgd", injected={"eps_iter", "step_size"}, **base)
 
 
 @pytest.mark.parametrize("folder, message", [
@@ -111,18 +112,18 @@ def test_a_notebook_run_refuses_the_committed_results_or_an_unwritable_folder_be
     """Before: `-p results_dir results` replaced a committed result; a read-only folder failed only after the whole
     column ran (and the next run deleted the computed result)."""
     base = {**_parameters_cell("pgd.ipynb"), "device": "cpu", "profile": "quick", "results_dir": folder}
-    with pytest.raises(experiments.ParameterError, match=message):
-        experiments.resolve(attack="pgd", **base)
+    with pytest.raises(steps.ParameterError, match=message):
+        steps.resolve(attack="pgd", **base)
 
 
 def test_an_ad_hoc_run_lists_the_profiles_departures():
     # a column name outside the plan: the profile's budgets (RIC on a sample, 8-epoch wide ResNet) still apply
     base = {**_parameters_cell("pgd.ipynb"), "device": "cpu", "column": "mine", "model": "resnet20_wide"}
-    p = experiments.resolve(attack="pgd", **base)
-    ctx = experiments.Context(kind="attack", name="pgd", params=p, profile=experiments.get_profile("quick"),
+    p = steps.resolve(attack="pgd", **base)
+    ctx = steps.Context(kind="attack", name="pgd", params=p, profile=steps.get_profile("quick"),
                               device="cpu", started=0.0)
-    deps = experiments.adhoc_departures(ctx)
-    assert experiments.adhoc_uses(ctx) == frozenset({"attack", "wide", "train_wide"})
+    deps = steps.adhoc_departures(ctx)
+    assert steps.adhoc_uses(ctx) == frozenset({"attack", "wide", "train_wide"})
     assert any("RIC" in d for d in deps) and any("width" in d or "×" in d for d in deps), deps
     # the same as the plan column with those parts of the budget
     from repro.study import plan
@@ -132,14 +133,14 @@ def test_an_ad_hoc_run_lists_the_profiles_departures():
 
 def test_budgets_come_from_the_profile_unless_given():
     base = {**_parameters_cell("cw2.ipynb"), "device": "cpu"}
-    p = experiments.resolve(attack="cw2", **{**base, "profile": "quick"})
+    p = steps.resolve(attack="cw2", **{**base, "profile": "quick"})
     quick = get_profile("quick")
     budget = quick.attack_budget("cw2")
     assert (p["n_samples"], p["binary_search_steps"], p["max_iterations"]) == (
         budget.n_candidates, budget.iterations["binary_search_steps"], budget.iterations["max_iterations"])
-    assert experiments.resolve(attack="pgd", **{**_parameters_cell("pgd.ipynb"), "device": "cpu"})["n_samples"] == \
+    assert steps.resolve(attack="pgd", **{**_parameters_cell("pgd.ipynb"), "device": "cpu"})["n_samples"] == \
         get_profile("quick").attack_budget("pgd").n_candidates
-    p = experiments.resolve(attack="cw2", **{**base, "profile": "quick", "n_samples": 3, "max_iterations": 7})
+    p = steps.resolve(attack="cw2", **{**base, "profile": "quick", "n_samples": 3, "max_iterations": 7})
     assert (p["n_samples"], p["max_iterations"]) == (3, 7)
 
 
@@ -224,33 +225,56 @@ def test_plan_rows_name_registered_attacks_and_defences_and_their_notebooks_run_
             assert col.contrasts_with in plan.COLUMNS
 
 
-def _unchecked_or_unknown(rules: dict) -> list:
-    """Plan columns' hyper-parameters that the attack or defence takes but no rule checks, and checked ones it does
-    not take."""
+def _outside_the_rules(columns) -> list:
+    """Plan columns' hyper-parameters that their attack or defence does not take, or that its registry rule refuses."""
+    from repro.train import DEFENCES
+
     bad = []
-    for col in plan.PLAN:
-        kind = col.attack or col.defence
-        if kind is None:
+    for col in columns:
+        if not (col.attack or col.defence):
             continue
-        names = set(experiments.attack_parameters(kind) if col.attack else experiments.defence_parameters(kind))
-        hyper = {k for k in col.parameters if k in names}
-        bad += [(col.id, k, "no rule") for k in sorted(hyper - set(rules))]
-        bad += [(col.id, k, "not a parameter") for k in sorted({k for k in col.parameters if k in rules} - names)]
+        rules = ATTACKS[col.attack].rules if col.attack else DEFENCES[col.defence].params_type.RULES
+        names = set(steps.attack_parameters(col.attack) if col.attack else steps.defence_parameters(col.defence))
+        for k, v in col.parameters.items():
+            if k in names:
+                try:
+                    rules[k].check(k, v)
+                except ValueError as err:
+                    bad.append((col.id, k, str(err)))
     return bad
 
 
-def test_every_attack_hyper_parameter_a_notebook_passes_is_checked_and_exists():
-    # Before: only parameters that already had a rule were looked at, so a new one without a rule passed.
-    assert not _unchecked_or_unknown(experiments.RULES)
-    planted = {k: v for k, v in experiments.RULES.items() if k != "step_size"}  # a rule left out
-    assert ("pgd_resnet20", "step_size", "no rule") in _unchecked_or_unknown(planted)
+def test_every_hyper_parameter_a_plan_column_passes_is_within_its_registry_rule():
+    # The rules live in the registry entries (a parameter without one cannot register: test_attacks, test_train);
+    # here every plan value passes them, and a planted bad value is caught.
+    assert not _outside_the_rules(plan.PLAN)
+    col = plan.COLUMNS["pgd_resnet20"]
+    planted = dataclasses.replace(col, parameters={**col.parameters, "step_size": 0})
+    assert _outside_the_rules([planted]) == [("pgd_resnet20", "step_size",
+                                              "step_size must be a finite number > 0, got 0")]
+
+
+def test_the_command_line_and_the_notebooks_check_defence_parameters_by_the_same_rules():
+    """Before: ``python -m repro.train`` accepted sigma = 0, eps_max = 2 and step_size = 0, which the notebooks
+    refused (two homes that disagreed). Both now read the parameters type's rules."""
+    from repro.train import NATParams, PATParams
+
+    base = {k: v for k, v in _parameters_cell("defence.ipynb").items() if k != "defence"} | {"device": "cpu"}
+    for defence, params_type, bad in (("nat", NATParams, {"sigma": 0.0}), ("nat", NATParams, {"eps_max": 2.0}),
+                                      ("pat", PATParams, {"step_size": 0.0})):
+        name, value = next(iter(bad.items()))
+        setting = {**dataclasses.asdict(DEFENCES[defence].configs["deepsec_mnist"]), **bad}
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            params_type(**setting).check()
+        with pytest.raises(steps.ParameterError, match=f"{name} must be"):
+            steps.resolve(defence=defence, **{**base, "dataset": "mnist", "model": "mnist_convnet", name: value})
 
 
 def test_profile_attack_budgets_name_real_attack_parameters():
     for prof in PROFILES.values():
         for attack, budget in prof.attacks.items():
             if attack != "default":
-                assert set(budget.iterations) <= set(experiments.attack_parameters(attack)), (prof.name, attack)
+                assert set(budget.iterations) <= set(steps.attack_parameters(attack)), (prof.name, attack)
 
 
 def test_corrected_columns_change_only_the_unit_of_eps():
@@ -271,12 +295,12 @@ def test_command_line_and_notebook_configure_the_same_training(col_id, profile):
 
     col = plan.column(col_id)
     params = {**_parameters_cell(col.notebook), **col.parameters_for(profile), "column": col.id, "device": "cpu"}
-    ctx = experiments.Context(kind="defence", name=col.defence, params=_resolve(col, **params),
+    ctx = steps.Context(kind="defence", name=col.defence, params=_resolve(col, **params),
                               profile=get_profile(profile), device="cpu", started=0.0)
     p = ctx.params
     defence_params = DEFENCES[col.defence].params_type(
-        **{k: p[k] for k in experiments.defence_parameters(col.defence) if k in p})
-    notebook = experiments._config_of(ctx, defence_params=defence_params)
+        **{k: p[k] for k in steps.defence_parameters(col.defence) if k in p})
+    notebook = steps._config_of(ctx, defence_params=defence_params)
     variant = {("pat", 8.0): "followup_eps8", ("pat", 8 / 255): "deepsec_cifar10"}.get(
         (col.defence, p.get("eps")), "deepsec_mnist")
     argv = ["--dataset", p["dataset"], "--model", p["model"], "--defence", col.defence, "--variant", variant,
@@ -384,29 +408,29 @@ def test_one_defence_notebook_serves_every_defence():
     ``deepsec_<dataset>``); a parameter of the other defence must stay None."""
     cell = {**_parameters_cell("defence.ipynb"), "device": "cpu"}
     cell.pop("defence")
-    nat = experiments.resolve(defence="nat", **{**cell, "dataset": "mnist", "model": "mnist_convnet"})
+    nat = steps.resolve(defence="nat", **{**cell, "dataset": "mnist", "model": "mnist_convnet"})
     assert (nat["sigma"], nat["eps_max"], nat["adv_weight"]) == (50.0, 0.3, 0.3)
     assert not {"eps", "step_size", "steps"} & set(nat)  # PAT's, dropped
-    pat = experiments.resolve(defence="pat", **cell)
+    pat = steps.resolve(defence="pat", **cell)
     assert (pat["eps"], pat["step_size"], pat["steps"]) == (8 / 255, 2 / 255, 7)
     assert "sigma" not in pat
-    assert experiments.resolve(defence="pat", **{**cell, "eps": 8.0})["eps"] == 8.0
-    with pytest.raises(experiments.ParameterError, match="eps is a parameter of defence 'pat', not of 'nat'"):
-        experiments.resolve(defence="nat", **{**cell, "dataset": "mnist", "model": "mnist_convnet", "eps": 0.3})
-    with pytest.raises(experiments.ParameterError, match="sigma"):
-        experiments.resolve(defence="pat", **{**cell, "sigma": 0.0})
+    assert steps.resolve(defence="pat", **{**cell, "eps": 8.0})["eps"] == 8.0
+    with pytest.raises(steps.ParameterError, match="eps is a parameter of defence 'pat', not of 'nat'"):
+        steps.resolve(defence="nat", **{**cell, "dataset": "mnist", "model": "mnist_convnet", "eps": 0.3})
+    with pytest.raises(steps.ParameterError, match="sigma"):
+        steps.resolve(defence="pat", **{**cell, "sigma": 0.0})
 
 
 def test_figures_are_titled_by_the_column_or_by_what_ran():
     # Before: the adversarial grid was titled with the result's file name ("pgd_adhoc", "pgd_resnet20").
     base = {**_parameters_cell("pgd.ipynb"), "device": "cpu"}
-    p = experiments.resolve(attack="pgd", **{**base, "eps": 8.0})
-    ctx = experiments.Context(kind="attack", name="pgd", params=p, profile=get_profile(p["profile"]), device="cpu",
+    p = steps.resolve(attack="pgd", **{**base, "eps": 8.0})
+    ctx = steps.Context(kind="attack", name="pgd", params=p, profile=get_profile(p["profile"]), device="cpu",
                               started=0.0)
-    title = experiments.run_title(ctx)
+    title = steps.run_title(ctx)
     assert title.startswith("pgd on resnet20: ") and "eps 8" in title and "steps " in title
     staged = {**p, "column": "pgd_resnet20", "results_dir": str(results_mod.PIPELINE_STAGING)}
-    assert experiments.run_title(experiments.Context(kind="attack", name="pgd", params=staged,
+    assert steps.run_title(steps.Context(kind="attack", name="pgd", params=staged,
                                                      profile=ctx.profile, device="cpu", started=0.0)) \
         == plan.column("pgd_resnet20").title
 

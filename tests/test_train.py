@@ -330,11 +330,11 @@ def test_two_process_ddp_matches_one_process(tmp_path):
 @pytest.mark.parametrize("make, message", [
     (lambda: TrainConfig(dataset="mnist", model="mnist_convnet", defence="adv"), r"unknown defence 'adv'.*'nat'"),
     (lambda: TrainConfig(dataset="mnist", model="mnist_convnet", defence="pat",
-                         defence_params=PATParams(eps=-0.1, step_size=0.01, steps=5)), r"PAT eps must be .*>= 0"),
+                         defence_params=PATParams(eps=-0.1, step_size=0.01, steps=5)), r"PAT: eps must be .*>= 0"),
     (lambda: TrainConfig(dataset="mnist", model="mnist_convnet", defence="pat",
-                         defence_params=PATParams(eps=0.3, step_size=0.01, steps=0)), r"PAT steps must be .*>= 1"),
+                         defence_params=PATParams(eps=0.3, step_size=0.01, steps=0)), r"PAT: steps must be .*>= 1"),
     (lambda: TrainConfig(dataset="mnist", model="mnist_convnet", defence="nat",
-                         defence_params=NATParams(sigma=-1.0, eps_max=0.3)), r"NAT sigma must be"),
+                         defence_params=NATParams(sigma=-1.0, eps_max=0.3)), r"NAT: sigma must be"),
     (lambda: TrainConfig(dataset="mnist", model="mnist_convnet", defence="pat", defence_params="fast"),
      r"unknown PAT configuration 'fast'.*'madry_cifar10'"),
     (lambda: TrainConfig(dataset="mnist", model="mnist_convnet", defence="pat", defence_params=NATParams(1.0, 0.1)),
@@ -466,5 +466,37 @@ def test_pat_eps_ramp_grows_the_budget_linearly_from_zero_and_is_off_by_default(
     assert 4 / 255 < linf(ramped, 2.5) <= 8 / 255 + 1e-7
     assert linf(defences.PAT_CONFIGS["deepsec_cifar10"], 0.0) > 4 / 255
     for bad in (-1.0, math.inf, True):
-        with pytest.raises(ValueError, match="PAT eps_ramp must be a finite number >= 0"):
+        with pytest.raises(ValueError, match="PAT: eps_ramp must be a finite number >= 0"):
             dataclasses.replace(ramped, eps_ramp=bad).check()
+
+
+def test_a_defence_without_a_rule_for_a_parameter_cannot_register():
+    """A defence entry checks at registration that its parameters type has exactly one rule per field, a known
+    crafting mode and named settings within the rules (the minimum a throwaway defence needs)."""
+    import dataclasses as dc
+
+    from repro.checks import number
+    from repro.train.defences import Checked, Defence, craft_pat, loss_pat
+
+    @dc.dataclass(frozen=True)
+    class ToyParams(Checked):
+        eps: float
+        alpha: float = 1.0
+        RULES = {"eps": number()}  # alpha left out (no annotation: a class attribute)
+
+    with pytest.raises(ValueError, match=r"defence 'toy'.*without a rule: \['alpha'\]"):
+        Defence(name="toy", params_type=ToyParams, configs={}, craft=craft_pat, loss=loss_pat, passes=lambda p: 3)
+
+    @dc.dataclass(frozen=True)
+    class FullParams(Checked):
+        eps: float
+        RULES = {"eps": number()}
+
+    with pytest.raises(ValueError, match="craft_mode 'test'; allowed: 'eval', 'train'"):
+        Defence(name="toy", params_type=FullParams, configs={}, craft=craft_pat, loss=loss_pat, passes=lambda p: 3,
+                craft_mode="test")
+    with pytest.raises(ValueError, match="FullParams: eps must be a finite number >= 0, got -1"):
+        Defence(name="toy", params_type=FullParams, configs={"bad": FullParams(eps=-1)}, craft=craft_pat,
+                loss=loss_pat, passes=lambda p: 3)
+    assert Defence(name="toy", params_type=FullParams, configs={}, craft=craft_pat, loss=loss_pat,
+                   passes=lambda p: 3).parameters == ("eps",)

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._common import check_eval_mode, check_images, check_labels, check_logits, check_nonnegative, check_steps
+from ..checks import check_eval_mode, check_images, check_labels, check_logits, check_nonnegative, check_steps
 
 # Named settings (SPEC §4).
 CW2_CONFIGS: dict[str, dict] = {

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import as_eps, check_images, check_labels, input_gradient
+from ..checks import check_images, check_labels
+from ._common import as_eps, input_gradient
 
 # DeepSec's evaluation parameters (SPEC §4; DeepSec's Attacks/FGSM_Test.py defaults).
 FGSM_CONFIGS: dict[str, dict] = {

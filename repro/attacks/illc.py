@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import as_eps, box_bounds, check_images, check_labels, check_nonnegative, check_steps, input_gradient
+from ..checks import check_images, check_labels, check_nonnegative, check_steps
+from ._common import as_eps, box_bounds, input_gradient
 
 # DeepSec's evaluation parameters (SPEC §4; DeepSec's Attacks/ILLC_Test.py).
 ILLC_CONFIGS: dict[str, dict] = {

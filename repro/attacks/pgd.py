@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import as_eps, box_bounds, check_image_batch, check_images, check_labels, check_nonnegative, check_steps, input_gradient
+from ..checks import check_image_batch, check_images, check_labels, check_nonnegative, check_steps
+from ._common import as_eps, box_bounds, input_gradient
 
 # Named settings; ε and step sizes in [0, 1] pixel units.
 PGD_CONFIGS: dict[str, dict] = {

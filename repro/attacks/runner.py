@@ -15,7 +15,8 @@ from tqdm import tqdm  # text bars: papermill --log-output streams them; no ipyw
 
 from ..models.compiled import compile_or_eager
 from ..models.fold import fold_batchnorm as fold_batchnorm_copy, has_batchnorm
-from ._common import check_device, check_eval_mode, check_image_batch
+from ..checks import check_device, check_eval_mode, check_image_batch
+from .registry import ATTACKS, lookup
 
 
 @dataclass(frozen=True)
@@ -142,12 +143,8 @@ def run_attack(
             ``x``/``labels``, a device this machine lacks (e.g. ``"cuda"`` without a GPU) or one other than the
             model's, or bf16 autocast on a device other than CUDA; the attack's own ValueErrors propagate.
     """
-    from . import ATTACKS
-
     if isinstance(attack, str):
-        if attack not in ATTACKS:
-            raise ValueError(f"unknown attack {attack!r}; allowed: {', '.join(map(repr, ATTACKS))}")
-        name, fn = attack, ATTACKS[attack]
+        name, fn = attack, lookup(attack).fn
     elif callable(attack):
         name, fn = getattr(attack, "__name__", repr(attack)), attack
     else:

@@ -1,8 +1,8 @@
 """The metrics' input checks and reductions, in one home for the attack and the defence metrics: images, labels,
 success masks and logits are checked here (every refusal a ValueError naming the value and what is allowed), and
 batched prediction and the two reductions (a mean over the successful examples, a rate) live here. The image,
-device, class-range and evaluation-mode checks are the attacks' own (:mod:`repro.attacks._common`), so an input an
-attack refuses, a metric refuses too."""
+device, class-range and evaluation-mode checks are the library's (:mod:`repro.checks`), so an input an attack
+refuses, a metric refuses too."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..attacks._common import (check_class_range, check_device, check_eval_mode, check_images,
+from ..checks import (check_class_range, check_device, check_eval_mode, check_images,
                                looks_like_probabilities)
 
 __all__ = ["check_class_range", "check_device", "check_eval_mode", "check_image_batch", "check_labels",

@@ -252,6 +252,41 @@ PLAN = PLAN + tuple(_replicate(c, seed) for c in PLAN if c.id in REPLICATED for 
 COLUMNS: dict[str, Column] = {c.id: c for c in PLAN}
 
 
+# ---------------------------------------------------------------------------------- the chapters' model roster
+@dataclass(frozen=True)
+class EvaluatedModel:
+    """A model of the study the security and training chapters evaluate: the ``role`` ("raw" or "defended") model of
+    the plan column ``column``; a defended model names the raw model DeepSec's security evaluation crafts on
+    (``transfer_from``). ``id`` keys the model in those chapters' results; ``ladder``: the width ladder repeats it at
+    the profile's other widths (:func:`repro.study.roster.evaluated_models`)."""
+
+    id: str
+    label: str
+    column: str
+    role: str
+    transfer_from: str | None = None
+    width: int | None = None  # the wide ResNet's width when it is not the profile's (a rung of the width ladder)
+    ladder: bool = False
+
+
+SECURITY_MODELS: dict[str, tuple[EvaluatedModel, ...]] = {
+    "mnist": (
+        EvaluatedModel("raw_mnist", "MNIST ConvNet, raw", "nat_mnist", "raw"),
+        EvaluatedModel("nat_mnist", "MNIST ConvNet, NAT", "nat_mnist", "defended", "raw_mnist"),
+    ),
+    "cifar10": (
+        EvaluatedModel("raw_resnet20", "ResNet-20, raw", "pat_resnet20", "raw"),
+        EvaluatedModel("pat_resnet20", "ResNet-20, PAT ε = 8/255 (DeepSec)", "pat_resnet20", "defended",
+                       "raw_resnet20"),
+        EvaluatedModel("raw_wide", "wide ResNet, raw", "pat_8_255_wide", "raw", ladder=True),
+        EvaluatedModel("pat_eps8_wide", "wide ResNet, PAT \"ε = 8\" (literal)", "pat_eps8_wide", "defended",
+                       "raw_wide"),
+        EvaluatedModel("pat_8_255_wide", "wide ResNet, PAT ε = 8/255", "pat_8_255_wide", "defended", "raw_wide",
+                       ladder=True),
+    ),
+}
+
+
 def replicates(column_id: str, profile: str) -> list[Column]:
     """The seed replicates of ``column_id`` run under ``profile`` (empty when it has none)."""
     return [c for c in columns_for(profile) if c.replicate_of == column_id]

@@ -1,14 +1,13 @@
 """The models the security and training chapters evaluate (the roster), each dataset's threat model, and the
 images and budgets those chapters share.
 
-A roster entry (:class:`EvaluatedModel`) is the raw or defended model of a plan column; its training configuration
+A roster entry (:class:`repro.study.plan.EvaluatedModel`, listed in the plan's :data:`~repro.study.plan.SECURITY_MODELS`
+beside the columns it names) is the raw or defended model of a plan column; its training configuration
 comes from that column's plan row through :func:`repro.study.steps.train_config`, so that the chapters use the very
 models the defence columns trained (the training cache and the published models). Both chapters import this module;
 neither imports the other.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from torch import Tensor
 
@@ -17,7 +16,7 @@ from .._io import lookup
 from ..attacks import get_config
 from ..train import DEFENCES, TrainConfig
 from . import steps
-from .plan import COLUMNS
+from .plan import COLUMNS, SECURITY_MODELS, EvaluatedModel
 from .profiles import Profile, get_profile
 
 # ------------------------------------------------------------------------------------------------ threat models
@@ -27,37 +26,6 @@ THREAT_MODEL = {"mnist": "madry_mnist_eval", "cifar10": "madry_cifar10_eval"}  #
 
 
 # ----------------------------------------------------------------------------------------------------- models
-@dataclass(frozen=True)
-class EvaluatedModel:
-    """A model of the study the security evaluation attacks: the ``role`` ("raw" or "defended") model of the plan
-    column ``column``; a defended model names the raw model DeepSec's security evaluation crafts on
-    (``transfer_from``)."""
-
-    id: str
-    label: str
-    column: str
-    role: str
-    transfer_from: str | None = None
-    width: int | None = None  # the wide ResNet's width when it is not the profile's (a rung of the width ladder)
-
-
-SECURITY_MODELS: dict[str, tuple[EvaluatedModel, ...]] = {
-    "mnist": (
-        EvaluatedModel("raw_mnist", "MNIST ConvNet, raw", "nat_mnist", "raw"),
-        EvaluatedModel("nat_mnist", "MNIST ConvNet, NAT", "nat_mnist", "defended", "raw_mnist"),
-    ),
-    "cifar10": (
-        EvaluatedModel("raw_resnet20", "ResNet-20, raw", "pat_resnet20", "raw"),
-        EvaluatedModel("pat_resnet20", "ResNet-20, PAT ε = 8/255 (DeepSec)", "pat_resnet20", "defended",
-                       "raw_resnet20"),
-        EvaluatedModel("raw_wide", "wide ResNet, raw", "pat_8_255_wide", "raw"),
-        EvaluatedModel("pat_eps8_wide", "wide ResNet, PAT \"ε = 8\" (literal)", "pat_eps8_wide", "defended",
-                       "raw_wide"),
-        EvaluatedModel("pat_8_255_wide", "wide ResNet, PAT ε = 8/255", "pat_8_255_wide", "defended", "raw_wide"),
-    ),
-}
-
-
 def evaluated_models(dataset: str, profile: str | Profile) -> tuple[EvaluatedModel, ...]:
     """The models the security evaluation of ``dataset`` attacks under ``profile``: :data:`SECURITY_MODELS`, then,
     for each width of the profile's :attr:`~repro.study.profiles.Profile.width_ladder`, the wide ResNet's raw and
@@ -68,15 +36,11 @@ def evaluated_models(dataset: str, profile: str | Profile) -> tuple[EvaluatedMod
     """
     prof = get_profile(profile) if isinstance(profile, str) else profile
     base = lookup(SECURITY_MODELS, dataset, what="dataset")
-    rungs = [spec for spec in base if spec.id in LADDER_MODELS]
+    rungs = [spec for spec in base if spec.ladder]
     ladder = tuple(EvaluatedModel(f"{spec.id}_x{w}", f"{spec.label}, width ×{w}", spec.column, spec.role,
                                   spec.transfer_from and f"{spec.transfer_from}_x{w}", width=w)
                    for w in prof.width_ladder if w != prof.wide_width for spec in rungs)
     return base + ladder
-
-
-# The wide ResNet's models that the width ladder repeats at other widths.
-LADDER_MODELS = ("raw_wide", "pat_8_255_wide")
 
 
 def model_config(spec: EvaluatedModel, profile: str | Profile, *, width: int | None = None,
@@ -152,5 +116,5 @@ def threat_model(dataset: str) -> dict:
     return {"name": THREAT_MODEL[dataset], **setting}
 
 
-__all__ = ["EvaluatedModel", "LADDER_MODELS", "SECURITY_MODELS", "THREAT_MODEL", "evaluated_models",
+__all__ = ["EvaluatedModel", "SECURITY_MODELS", "THREAT_MODEL", "evaluated_models",
            "evaluation_images", "model_config", "resolve_model_budgets", "threat_model"]

@@ -10,7 +10,6 @@ returns values and prints nothing.
 from __future__ import annotations
 
 import enum
-import inspect
 import math
 import os
 import random
@@ -97,27 +96,13 @@ def check_count(p: dict, name: str, *, low: int = 1, optional: bool = False) -> 
              f"{name} must be an integer >= {low}{' or None' if optional else ''}, got {value!r}")
 
 
-# How each hyper-parameter a notebook may pass is checked before any work starts (the attack or defence checks
-# again when called).
-RULES = {
-    "eps": dict(kind="number"), "step_size": dict(kind="number", strict=True), "steps": dict(kind="count"),
-    "confidence": dict(kind="number"), "initial_const": dict(kind="number", strict=True),
-    "lr": dict(kind="number", strict=True), "binary_search_steps": dict(kind="count"),
-    "max_iterations": dict(kind="count"), "search": dict(kind="choice", allowed=("deepsec", "carlini")),
-    "sigma": dict(kind="number", strict=True), "eps_max": dict(kind="number", strict=True, high=1.0),
-    "adv_weight": dict(kind="number"), "eps_ramp": dict(kind="number"),
-}
-
-
-def _check_rule(p: dict, name: str) -> None:
-    rule = RULES.get(name, {})
-    if rule.get("kind") == "number":
-        _number(p, name, strict=rule.get("strict", False), high=rule.get("high"))
-    elif rule.get("kind") == "count":
-        check_count(p, name)
-    elif rule.get("kind") == "choice":
-        require(p[name] in rule["allowed"], f"{name} must be one of {', '.join(map(repr, rule['allowed']))}, "
-                                              f"got {p[name]!r}")
+def check_rule(rule, name: str, value) -> None:
+    """``rule.check(name, value)`` (a :class:`repro.checks.Rule` from an attack's or a defence's registry entry, the
+    one home of its checks) as a :class:`ParameterError`."""
+    try:
+        rule.check(name, value)
+    except ValueError as err:
+        raise ParameterError(str(err)) from None
 
 
 def _check_output_folder(results_dir: str, profile: str) -> None:
@@ -152,14 +137,13 @@ def _resolve_device(device) -> str:
 
 
 def attack_parameters(attack: str) -> tuple[str, ...]:
-    """The hyper-parameters of ``attack`` (keyword-only parameters of its function, from the registry)."""
-    sig = inspect.signature(ATTACKS[attack])
-    return tuple(n for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY and n != "generator")
+    """The hyper-parameters of ``attack`` (from its registry entry)."""
+    return ATTACKS[attack].parameters
 
 
 def defence_parameters(defence: str) -> tuple[str, ...]:
-    """The hyper-parameters of ``defence`` (fields of its parameters dataclass, from the registry)."""
-    return tuple(f.name for f in fields(DEFENCES[defence].params_type))
+    """The hyper-parameters of ``defence`` (the fields of its parameters type, from its registry entry)."""
+    return DEFENCES[defence].parameters
 
 
 def injected_parameters() -> set[str] | None:
@@ -280,7 +264,7 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
             if name in p and p[name] is None and name in budget.iterations:
                 p[name] = budget.iterations[name]
             if name in p:
-                _check_rule(p, name)
+                check_rule(ATTACKS[attack].rules[name], name, p[name])
         if p.get("eps", 0) >= 1:
             p["note"] = (f"eps = {p['eps']:g} ≥ 1 on [0, 1] images: only the [0, 1] box constrains the attack "
                          "(the follow-up's literal \"ε = 8\")")
@@ -300,7 +284,7 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
         if name in p:
             if p[name] is None:
                 p[name] = getattr(setting, name)
-            _check_rule(p, name)
+            check_rule(DEFENCES[defence].params_type.RULES[name], name, p[name])
     require(p.get("defence_init") in (None, "raw", "scratch"),
              f"defence_init must be 'raw', 'scratch' or None (the profile's), got {p.get('defence_init')!r}")
     budget = prof.defence.for_dataset(p["dataset"])
@@ -532,25 +516,19 @@ def planned_work(ctx: Context) -> str:
     """What the column is about to do that costs time, in words: each model it trains that is not in the training
     cache, with an estimate from one timed batch on this machine; and the attack budget. Returned (the notebook
     shows it) before the work starts, so that a long cell is never a surprise."""
-    from ..train import DEFENCES as _defences
-
     p, lines = ctx.params, []
     configs = []
     if not uses_deepsec_checkpoint(p.get("model", ""), ctx.profile) and ctx.kind != "findings":
         configs.append(("raw model", _config_of(ctx)))
     if ctx.kind == "defence":
-        params = _defences[ctx.name].params_type(**{k: p[k] for k in defence_parameters(ctx.name) if k in p})
+        params = DEFENCES[ctx.name].params_type(**{k: p[k] for k in defence_parameters(ctx.name) if k in p})
         configs.append((f"{ctx.name.upper()} defence", _config_of(ctx, defence_params=params)))
     for role, config in configs:
         if model_available(config, ctx.profile):
             lines.append(f"{role}: {config.model} {config.model_kwargs or ''} from the training cache or the "
                          "published models")
             continue
-        passes = 1
-        if config.defence == "pat":
-            passes = config.defence_params.steps + 2
-        elif config.defence == "nat":
-            passes = 3
+        passes = DEFENCES[config.defence].passes(config.defence_params) if config.defence else 1
         images = config.effective_recipe.training_images(config.subset or ctx.data["datasets"][config.dataset]["train"])
         estimate = config.effective_epochs * images * passes * _seconds_per_image_pass(config, ctx.device)
         lines.append(f"{role}: training {config.model} {config.model_kwargs or ''} for {config.effective_epochs} "
@@ -558,9 +536,10 @@ def planned_work(ctx: Context) -> str:
                      f"training cache: about {estimate / 60:.0f} min on {ctx.device} (estimated from one timed "
                      "batch; checkpoints every epoch, an interrupted run resumes)")
     if ctx.kind == "attack":
-        iters = {k: p[k] for k in ("steps", "binary_search_steps", "max_iterations") if k in p}
-        lines.append(f"attack: {ctx.name} on up to {p['n_samples']:,} candidates, "
-                     + ", ".join(f"{k} {v:,}" for k, v in iters.items()))
+        entry = ATTACKS[ctx.name]
+        cost = entry.cost({k: p[k] for k in entry.parameters if k in p})
+        lines.append(f"attack: {ctx.name} on up to {p['n_samples']:,} candidates, {cost:,} "
+                     f"{entry.unit.replace('_', ' ')}s per image")
     return "\n".join(lines) or "nothing expensive"
 
 

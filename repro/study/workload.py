@@ -8,11 +8,12 @@ N × (1 + 2). The counts come from the profile, the plan and the training recipe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from ..attacks import ATTACKS
 from ..data import FULL_SIZES
 from ..metrics import robustness
-from ..train import RECIPES
+from ..train import DEFENCES, RECIPES
 from ..train.config import DEEPSEC_RECIPE, Recipe
 from . import roster
 from .plan import COLUMNS, columns_for
@@ -60,19 +61,18 @@ def workload(profile: str | Profile = "paper") -> list[Work]:
         model = (f"resnet20_wide_x{p['width']}" if p.get("width") else wide) if p.get("model") == "resnet20_wide" \
             else p.get("model")
         if col.attack:
-            budget = prof.attack_budget(col.attack)
+            budget, entry = prof.attack_budget(col.attack), ATTACKS[col.attack]
             n = p.get("n_samples") or budget.n_candidates  # a column's own budget (overrides) wins
-            if col.attack == "cw2":
-                it = {**budget.iterations, **{k: p[k] for k in budget.iterations if p.get(k) is not None}}
-                out.append(Work(col.id, f"{n:,} images × {it['binary_search_steps']} × "
-                                        f"{it['max_iterations']:,} iterations", "cw2_iteration", model,
-                                n * it["binary_search_steps"] * it["max_iterations"]))
-                if col.table == "1":  # the budget ladder's smaller budgets on the same candidates
-                    for steps, iterations in prof.cw2_ladder:
-                        out.append(Work(col.id, f"budget ladder: {n:,} images × {steps} × {iterations:,} "
-                                                "iterations", "cw2_iteration", model, n * steps * iterations))
-            else:
-                out.append(Work(col.id, f"{n:,} images × {p['steps']} steps", "pgd_step", model, n * p["steps"]))
+            setting = {**{k: p[k] for k in entry.parameters if p.get(k) is not None},
+                       **{k: v for k, v in budget.iterations.items() if p.get(k) is None}}
+            per_image = entry.cost(setting)
+            out.append(Work(col.id, f"{n:,} images × {per_image:,} {entry.unit.replace('_', ' ')}s", entry.unit,
+                            model, n * per_image))
+            if col.attack == "cw2" and col.table == "1":  # the budget ladder's smaller budgets on the same images
+                for steps, iterations in prof.cw2_ladder:
+                    ladder = entry.cost({**setting, "binary_search_steps": steps, "max_iterations": iterations})
+                    out.append(Work(col.id, f"budget ladder: {n:,} images × {steps} × {iterations:,} iterations",
+                                    entry.unit, model, n * ladder))
             out.append(Work(col.id, "metric suite", "metrics", dataset, n))
         if ("raw" in col.uses and prof.raw.source == "train" or p.get("model") == "resnet20_wide") \
                 and model not in trained_raw and col.table in ("1", "2", "corrected", "measure"):
@@ -84,9 +84,12 @@ def workload(profile: str | Profile = "paper") -> list[Work]:
             training = prof.defence.for_dataset(dataset)
             recipe = RECIPES[training.recipe or DEEPSEC_RECIPE[dataset]]
             epochs, n = training.epochs or recipe.epochs, _train_images(dataset, training.subset, recipe)
-            steps = p.get("steps", 1) if col.defence == "pat" else 1
-            out.append(Work(col.id, f"{col.defence.upper()}: {epochs} epochs × {n:,} images × {steps} crafting "
-                                    "steps", "pgd_step", model, epochs * n * steps))
+            entry = DEFENCES[col.defence]
+            setting = entry.configs[f"deepsec_{dataset}"]
+            setting = replace(setting, **{k: p[k] for k in entry.parameters if p.get(k) is not None})
+            passes = entry.passes(setting)  # crafting steps, then the clean and the adversarial update
+            out.append(Work(col.id, f"{col.defence.upper()}: {epochs} epochs × {n:,} images × {passes - 2} crafting "
+                                    "steps", "pgd_step", model, epochs * n * (passes - 2)))
             out.append(Work(col.id, f"{col.defence.upper()}: {epochs} epochs × {n:,} images × 2 updates",
                             "train_step", model, epochs * n * 2))
         if col.table == "security":

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..attacks._common import check_device
+from ..checks import check_device
 from ..data import DATASETS
 from ..models import DEEPSEC_CHECKPOINTS, MODELS
 from .cache import initial_weights, trained_dir

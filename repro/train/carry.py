@@ -31,6 +31,7 @@ Usage: ``python -m repro.train.carry --from COMMIT results/quick/models results/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -55,7 +56,7 @@ class CarryError(ValueError):
     """A model that cannot be carried (the message names the file and the check that failed)."""
 
 
-def _run(tree: Path, *args: str) -> subprocess.CompletedProcess:
+def run_in_tree(tree: Path, *args: str) -> subprocess.CompletedProcess:
     """Run ``python *args`` with the ``repro`` package of ``tree`` on one CPU thread."""
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "CUDA_VISIBLE_DEVICES": ""}
@@ -64,7 +65,7 @@ def _run(tree: Path, *args: str) -> subprocess.CompletedProcess:
 
 def code_hash_of(tree: Path) -> str:
     """The training code hash of the ``repro`` package in ``tree`` (computed by that tree's own code)."""
-    out = _run(tree, "-c", "from repro.train.config import training_code_hash; print(training_code_hash())")
+    out = run_in_tree(tree, "-c", "from repro.train.config import training_code_hash; print(training_code_hash())")
     if out.returncode != 0:
         raise CarryError(f"{tree}: cannot compute its training code hash: {out.stderr.strip()[-500:]}")
     return out.stdout.strip()
@@ -74,7 +75,7 @@ def _probe_script(tree: Path, command: str, spec: dict, work: Path, name: str, *
     """Run :mod:`repro.train.probe` ``command`` on ``spec`` with the code of ``tree``; its standard output."""
     spec_path = work / f"{name}.json"
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
-    run = _run(tree, str(PROBE_SCRIPT), command, str(spec_path), *out)
+    run = run_in_tree(tree, str(PROBE_SCRIPT), command, str(spec_path), *out)
     if run.returncode != 0:
         raise CarryError(f"the probe's {command!r} failed under {tree}: {run.stderr.strip()[-800:]}")
     return run.stdout
@@ -243,13 +244,25 @@ def carry(folders: list[Path], *, old_tree: Path, new_tree: Path = PACKAGE_DIR.p
     return renamed
 
 
-def _worktree(commit: str, where: Path) -> Path:
+@contextlib.contextmanager
+def checked_out(commit: str):
+    """A temporary git worktree of ``commit``, removed afterwards; yields ``(tree, full commit hash)``.
+
+    Raises:
+        CarryError: ``commit`` cannot be checked out.
+    """
     root = PACKAGE_DIR.parent
-    out = subprocess.run(["git", "worktree", "add", "--detach", str(where), commit], cwd=root, capture_output=True,
-                         text=True)
-    if out.returncode != 0:
-        raise CarryError(f"cannot check out {commit!r}: {out.stderr.strip()}")
-    return where
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(tmp) / "old"
+        out = subprocess.run(["git", "worktree", "add", "--detach", str(where), commit], cwd=root,
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise CarryError(f"cannot check out {commit!r}: {out.stderr.strip()}")
+        try:
+            full = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True)
+            yield where, full.stdout.strip()
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=root, capture_output=True)
 
 
 def uncommitted_training_code(root: Path = PACKAGE_DIR.parent) -> list[str]:
@@ -275,18 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: uncommitted edits to the training code ({', '.join(dirty)}): commit them first, so that the "
               "carried keys belong to a commit", file=sys.stderr)
         return 1
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            old_tree = _worktree(args.commit, Path(tmp) / "old")
-            try:
-                commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=old_tree, capture_output=True,
-                                        text=True).stdout.strip()
-                renamed = carry(args.folders, old_tree=old_tree, checked=commit)
-            finally:
-                subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=root, capture_output=True)
-        except (CarryError, OSError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+    try:
+        with checked_out(args.commit) as (old_tree, commit):
+            renamed = carry(args.folders, old_tree=old_tree, checked=commit)
+    except (CarryError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(json.dumps(renamed, indent=1))
     return 0
 

@@ -129,6 +129,12 @@ RECIPES: dict[str, Recipe] = {
     "pat_finetune_cifar10_lr0.01": Recipe(optimiser="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=5,
                                           batch_size=128, schedule="cosine", warmup_epochs=0.5, augment=True,
                                           keep="last", dataset="cifar10", fine_tune=True),
+    # Ours, for the data-matched reference of the training ablation: PAT from scratch (as DeepSec's PAT, but on a CPU
+    # budget) with the usual SGD recipe for training a CIFAR-10 ResNet from random weights (peak 0.1, one epoch of
+    # warm-up, cosine decay), DeepSec's augmentation, the last epoch kept.
+    "pat_scratch_cifar10": Recipe(optimiser="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, epochs=15,
+                                  batch_size=128, schedule="cosine", warmup_epochs=1.0, augment=True, keep="last",
+                                  dataset="cifar10"),
 }
 # DeepSec's recipe for each dataset (SPEC §2).
 DEEPSEC_RECIPE = {"mnist": "deepsec_mnist", "cifar10": "deepsec_cifar10"}

@@ -4,14 +4,15 @@ training examples and what loss it minimises.
 References: DeepSec ``Defenses/DefenseMethods/NAT.py`` and ``PAT.py`` (Ling et al., S&P 2019); Kurakin, Goodfellow
 and Bengio, ICLR 2017 (NAT); Madry et al., ICLR 2018 (PAT). SPEC §5.
 
-Adding a defence = its parameters dataclass, a ``craft`` and a ``loss`` function and one :data:`DEFENCES` entry; the
-training loop (:mod:`repro.train.loop`) calls them without knowing which defence it trains.
+Adding a defence = its parameters dataclass (each field with its :class:`repro.checks.Rule` in ``RULES``, the one
+home of those checks for the command line and the notebooks alike), a ``craft`` and a ``loss`` function and one
+:data:`DEFENCES` entry (its crafting mode, cost and any per-epoch draw); the training loop (:mod:`repro.train.loop`)
+calls them without knowing which defence it trains.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -19,20 +20,22 @@ from torch import Tensor, nn
 
 from ..attacks.llc import llc
 from ..attacks.pgd import pgd
+from ..checks import Rule, check_params, choice, count, number
 
 
-def _finite(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < math.inf):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+class Checked:
+    """A parameters dataclass whose every field is checked by its rule in ``RULES`` (:meth:`check`)."""
 
+    RULES: ClassVar[dict[str, Rule]] = {}
+    LABEL: ClassVar[str] = ""
 
-def _steps(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    def check(self) -> None:
+        """Raise ValueError naming the first field outside its rule (and what is allowed)."""
+        check_params(asdict(self), self.RULES, owner=self.LABEL or type(self).__name__)
 
 
 @dataclass(frozen=True)
-class NATParams:
+class NATParams(Checked):
     """NAT (DeepSec's version of Kurakin et al.): per-image ε_i = clip(|N(0, σ)|/255, 0, eps_max); the loss is
     (CE(x) + adv_weight·CE(x_adv)) / (1 + adv_weight). ``sigma`` in 0..255 units, ``eps_max`` in [0, 1] units."""
 
@@ -40,13 +43,13 @@ class NATParams:
     eps_max: float
     adv_weight: float = 0.3
 
-    def check(self) -> None:
-        for name in ("sigma", "eps_max", "adv_weight"):
-            _finite(f"NAT {name}", getattr(self, name))
+    RULES: ClassVar = {"sigma": number(strict=True), "eps_max": number(strict=True, high=1.0),
+                       "adv_weight": number()}
+    LABEL: ClassVar = "NAT"
 
 
 @dataclass(frozen=True)
-class PATParams:
+class PATParams(Checked):
     """PAT: PGD with a random start (ε, step in [0, 1] units), crafted in eval() mode. ``loss="mixed"`` is DeepSec's
     0.5·(CE(x) + CE(x_adv)); ``"adversarial"`` is Madry et al.'s CE(x_adv) alone. ``eps_ramp`` (epochs, 0: off, as
     DeepSec): ε and the step grow linearly from 0 to their values over the first ``eps_ramp`` epochs, batch by
@@ -59,13 +62,9 @@ class PATParams:
     loss: str = "mixed"
     eps_ramp: float = 0.0
 
-    def check(self) -> None:
-        _finite("PAT eps", self.eps)
-        _finite("PAT step_size", self.step_size)
-        _steps("PAT steps", self.steps)
-        _finite("PAT eps_ramp", self.eps_ramp)
-        if self.loss not in PAT_LOSSES:
-            raise ValueError(f"unknown PAT loss {self.loss!r}; allowed: {', '.join(map(repr, PAT_LOSSES))}")
+    RULES: ClassVar = {"eps": number(), "step_size": number(strict=True), "steps": count(),
+                       "loss": choice("mixed", "adversarial"), "eps_ramp": number()}
+    LABEL: ClassVar = "PAT"
 
     def scale_at(self, progress: float) -> float:
         """The fraction of ε (and of the step) in use after ``progress`` epochs (fractional): 1 without a ramp."""
@@ -73,20 +72,15 @@ class PATParams:
 
 
 @dataclass(frozen=True)
-class PGDParams:
+class PGDParams(Checked):
     """An L∞ PGD attack with random start, for the robust accuracy recorded in training histories."""
 
     eps: float
     step_size: float
     steps: int
 
-    def check(self) -> None:
-        _finite("history PGD eps", self.eps)
-        _finite("history PGD step_size", self.step_size)
-        _steps("history PGD steps", self.steps)
-
-
-PAT_LOSSES = ("mixed", "adversarial")
+    RULES: ClassVar = {"eps": number(), "step_size": number(strict=True), "steps": count()}
+    LABEL: ClassVar = "history PGD"
 
 
 # ----------------------------------------------------------------------------------------- crafting and losses
@@ -134,17 +128,48 @@ def draw_nat_eps(n: int, params: NATParams, generator: torch.Generator) -> Tenso
     return (torch.randn(n, generator=generator) * params.sigma).abs().div(255.0).clamp(0.0, params.eps_max)
 
 
+CRAFT_MODES = ("eval", "train")
+
+
 @dataclass(frozen=True)
 class Defence:
-    """A registered defence: its parameter type, named settings, crafting step, loss and, if it needs one, its
-    per-epoch draw for every training image (NAT's ε_i)."""
+    """A registered defence: its parameter type (a :class:`Checked` dataclass whose ``RULES`` cover every field),
+    named settings, crafting step and the mode the network is in while it crafts (``"eval"``: BatchNorm on running
+    statistics, on the folded copy, as DeepSec's NAT.py and PAT.py; ``"train"``: batch statistics), loss, cost
+    (``passes(params)``: forward-backward passes per training image and epoch, crafting and update together) and,
+    if it needs one, its per-epoch draw for every training image (NAT's ε_i).
+
+    Raises:
+        ValueError: at registration, a parameter without a rule (or a rule without a parameter), an unknown
+            crafting mode, or a named setting outside the rules.
+    """
 
     name: str
     params_type: type
     configs: dict
     craft: Callable
     loss: Callable
+    passes: Callable
+    craft_mode: str = "eval"
     draw: Callable | None = None
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in fields(self.params_type)]
+        rules = getattr(self.params_type, "RULES", {})
+        if sorted(names) != sorted(rules):
+            raise ValueError(f"defence {self.name!r}: {self.params_type.__name__} needs exactly one rule per "
+                             f"parameter; without a rule: {sorted(set(names) - set(rules))}, rule without a "
+                             f"parameter: {sorted(set(rules) - set(names))}")
+        if self.craft_mode not in CRAFT_MODES:
+            raise ValueError(f"defence {self.name!r}: craft_mode {self.craft_mode!r}; allowed: "
+                             f"{', '.join(map(repr, CRAFT_MODES))}")
+        for setting in self.configs.values():
+            setting.check()
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """The defence's hyper-parameters (the fields of its parameters type)."""
+        return tuple(f.name for f in fields(self.params_type))
 
     def resolve(self, params, *, dataset: str):
         """``params`` as a validated instance: ``None`` → DeepSec's setting for ``dataset``, a name → that
@@ -184,10 +209,13 @@ PAT_CONFIGS: dict[str, PATParams] = {
     "followup_eps8_255": PATParams(eps=8 / 255, step_size=2 / 255, steps=10),
 }
 
+# The registry: one entry per defence. Passes per image and epoch: NAT one LLC step, then the clean and the
+# adversarial batch; PAT ``steps`` PGD steps, then both batches.
 DEFENCES: dict[str, Defence] = {
     "nat": Defence(name="nat", params_type=NATParams, configs=NAT_CONFIGS, craft=craft_nat, loss=loss_nat,
-                   draw=draw_nat_eps),
-    "pat": Defence(name="pat", params_type=PATParams, configs=PAT_CONFIGS, craft=craft_pat, loss=loss_pat),
+                   passes=lambda params: 1 + 2, draw=draw_nat_eps),
+    "pat": Defence(name="pat", params_type=PATParams, configs=PAT_CONFIGS, craft=craft_pat, loss=loss_pat,
+                   passes=lambda params: params.steps + 2),
 }
 
 

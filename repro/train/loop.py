@@ -65,7 +65,8 @@ def train(config: TrainConfig, *, out_dir: str | Path, initial_weights: dict | N
     """Train a raw model, or a defence, with the config's recipe; keep the epoch the recipe's ``keep`` rule picks.
 
     Per batch: standard training minimises CE(model(x), y) in ``train()`` mode; a defence first crafts ``x_adv`` in
-    ``eval()`` mode (BatchNorm on running statistics, dropout off, as DeepSec's NAT.py and PAT.py do) and then
+    its registered mode (NAT and PAT: ``eval()``, BatchNorm on running statistics, dropout off, as DeepSec's NAT.py
+    and PAT.py do) and then
     minimises its loss in ``train()`` mode. After every epoch: clean validation accuracy, PGD accuracy on the first
     ``history_subset`` validation images, the checkpoint rule (DeepSec's: validation accuracy rounded to 4 decimals ≥
     the best so far, so later ties win; or the last epoch) and an atomic checkpoint. The learning rate is set before
@@ -179,18 +180,17 @@ def train(config: TrainConfig, *, out_dir: str | Path, initial_weights: dict | N
 
 def step(net: nn.Module, model: nn.Module, optimiser: torch.optim.Optimizer, x, y, *, defence, params, mean_ce,
          autocast, generator, drawn, progress: float, clocks) -> torch.Tensor:
-    """One training step on the batch ``(x, y)``: a defence crafts ``x_adv`` on the BatchNorm-folded copy of ``net`` in
-    ``eval()`` mode, then ``model`` (``net``, or its DDP wrapper) takes one optimiser step on the loss in ``train()``
+    """One training step on the batch ``(x, y)``: a defence crafts ``x_adv`` in its ``craft_mode`` (``"eval"``: on the
+    BatchNorm-folded copy of ``net`` in ``eval()`` mode; ``"train"``: on ``net`` in ``train()`` mode), then ``model`` (``net``, or its DDP wrapper) takes one optimiser step on the loss in ``train()``
     mode. Returns the loss (a tensor: no host synchronisation anywhere in the step; the loop checked its data once).
     ``drawn``: the batch's share of the defence's per-epoch draw; ``progress``: epochs done (fractional) at this
     batch; ``clocks`` time the two halves."""
     craft_clock, train_clock = clocks
-    with craft_clock():                                     # 1. craft in eval() mode
+    with craft_clock():                                     # 1. craft in the defence's mode (eval() for both here)
         if defence is not None:
-            net.eval()
+            crafting_on = rt.attack_view(net.eval()) if defence.craft_mode == "eval" else net.train()
             with autocast():
-                x_adv = defence.craft(rt.attack_view(net), x, y, params, drawn=drawn, progress=progress,
-                                      generator=generator)
+                x_adv = defence.craft(crafting_on, x, y, params, drawn=drawn, progress=progress, generator=generator)
     with train_clock():                                     # 2. update in train() mode
         model.train()
         with autocast():

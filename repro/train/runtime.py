@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .. import _io
 from ..attacks.pgd import pgd
-from ..attacks._common import check_class_range, check_images
+from ..checks import check_class_range, check_images
 from ..data import FULL_SIZES, NUM_CLASSES, load, official_indices
 from ..models import build
 from ..models.fold import fold_batchnorm, has_batchnorm

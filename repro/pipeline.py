@@ -183,8 +183,10 @@ def execute(col: Column, profile: str, *, results_dir: str, device: str = "auto"
     import papermill
 
     root = results_mod.repo_root()
-    # The defence notebook serves every defence: the column's registry entry is one of its parameters.
-    params = {**col.parameters_for(profile), **({"defence": col.defence} if col.defence else {}), "column": col.id,
+    # The attack and defence notebooks serve every attack and defence: the column's registry entry is one of their
+    # parameters.
+    params = {**col.parameters_for(profile), **({"attack": col.attack} if col.attack else {}),
+              **({"defence": col.defence} if col.defence else {}), "column": col.id,
               "results_dir": STAGING, "device": device, **(overrides or {})}
     staging = results_mod.resolve_path(STAGING) / profile
     partial = staging / f"{col.id}.partial.ipynb"

@@ -13,7 +13,7 @@ from repro.study import attack_cache
 from repro.study import steps as study
 
 from .conftest import needs_deepsec
-from .test_study import _parameters_cell
+from .test_study import _setup_cell
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_a_damaged_entry_is_recomputed_and_replaced(cache, tiny):
 
 @needs_deepsec
 def test_budget_ladder_compares_each_budget_with_the_columns_own_image_by_image(cache, one_thread):
-    ctx = study.setup(attack="cw2", **{**_parameters_cell("cw2.ipynb"), "profile": "smoke", "device": "cpu",
+    ctx = study.setup(attack="cw2", **{**_setup_cell("cw2.ipynb"), "profile": "smoke", "device": "cpu",
                                        "binary_search_steps": 3, "max_iterations": 60, "n_samples": 6,
                                        "initial_const": 1.0, "lr": 0.1})
     ctx.profile = replace(ctx.profile, cw2_ladder=((1, 20), (3, 60)))
@@ -121,7 +121,7 @@ def test_budget_ladder_compares_each_budget_with_the_columns_own_image_by_image(
 
 
 def test_budget_ladder_is_empty_without_a_ladder_or_for_another_attack():
-    ctx = study.setup(attack="pgd", **{**_parameters_cell("pgd.ipynb"), "profile": "smoke", "device": "cpu"})
+    ctx = study.setup(attack="pgd", **{**_setup_cell("pgd.ipynb"), "profile": "smoke", "device": "cpu"})
     assert study.budget_ladder(ctx, None, None, None) == {}
 
 

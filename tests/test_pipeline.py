@@ -12,6 +12,7 @@ import pytest
 from repro import pipeline, results
 from repro.study import plan
 from repro.study import steps as study
+from repro.study.profiles import get_profile
 
 from .conftest import needs_cifar10
 
@@ -81,7 +82,7 @@ def _ctx(column: str, **changes) -> study.Context:
     params = {**col.parameters_for("quick"), "column": column, "results_dir": "runs", "device": "cpu",
               "logit_shift": True, **changes}
     p = study.resolve(attack="pgd", **params)
-    return study.Context(kind="attack", name="pgd", params=p, profile=study.get_profile("quick"), device="cpu",
+    return study.Context(kind="attack", name="pgd", params=p, profile=get_profile("quick"), device="cpu",
                          started=0.0)
 
 

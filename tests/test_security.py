@@ -9,7 +9,7 @@ from torch import nn
 
 from repro import results
 from repro.metrics import robustness
-from repro.study import plan, roster, security
+from repro.study import models, plan, roster, security
 from repro.study import steps as study
 from repro.study.profiles import PROFILES, get_profile
 from repro.train import DEFENCES, config_key
@@ -42,16 +42,16 @@ def test_models_come_from_the_defence_columns_training_cache(profile):
             if spec.role == "defended":
                 p = ctx.params
                 params = DEFENCES[ctx.name].params_type(
-                    **{k: p[k] for k in study.defence_parameters(ctx.name) if k in p})
-                assert config_key(ours) == config_key(study._config_of(ctx, defence_params=params)), spec.id
-            elif study.uses_deepsec_checkpoint(ctx.params["model"], prof):
+                    **{k: p[k] for k in models.defence_parameters(ctx.name) if k in p})
+                assert config_key(ours) == config_key(models.config_of(ctx, defence_params=params)), spec.id
+            elif models.uses_deepsec_checkpoint(ctx.params["model"], prof):
                 assert ours is None, spec.id
             else:
-                assert config_key(ours) == config_key(study._config_of(ctx)), spec.id
+                assert config_key(ours) == config_key(models.config_of(ctx)), spec.id
     # the wide raw model is the one the corrected PGD column attacks
     wide = next(s for s in roster.SECURITY_MODELS["cifar10"] if s.id == "raw_wide")
     pgd_ctx = _column_context(plan.column("pgd_8_255_wide"), profile)
-    assert config_key(roster.model_config(wide, profile)) == config_key(study._config_of(pgd_ctx))
+    assert config_key(roster.model_config(wide, profile)) == config_key(models.config_of(pgd_ctx))
 
 
 def test_every_transfer_source_is_a_raw_model_of_the_same_dataset():

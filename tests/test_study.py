@@ -13,7 +13,7 @@ import torch
 from repro.attacks import ATTACKS
 from repro import results as results_mod
 from repro.results import repo_root
-from repro.study import plan, security, training
+from repro.study import models, plan, security, training
 from repro.study import steps
 from repro.study.profiles import PROFILES, get_profile
 from repro.train import DEFENCES, config_key
@@ -27,7 +27,8 @@ def _resolve(col: plan.Column, **params) -> dict:
     if col.table in ("security", "training"):
         return {"security": security, "training": training}[col.table].resolve(**params)
     what = {"attack": col.attack} if col.attack else {"defence": col.defence} if col.defence else {"findings": True}
-    params.pop("defence", None)  # the defence notebook's own parameter: setup takes it as ``defence=``
+    params.pop("defence", None)  # the notebooks' own parameters: setup takes them as ``defence=``/``attack=``
+    params.pop("attack", None)
     return steps.resolve(**what, **params)
 
 
@@ -43,6 +44,12 @@ def _parameters_cell(notebook: str) -> dict:
     return values
 
 
+def _setup_cell(notebook: str) -> dict:
+    """The parameters cell less what it runs (``attack``/``defence``), which :func:`repro.study.steps.setup` takes
+    as its own keyword."""
+    return {k: v for k, v in _parameters_cell(notebook).items() if k not in ("attack", "defence")}
+
+
 def test_column_ids_are_unique_and_notebooks_exist():
     assert len({c.id for c in plan.PLAN}) == len(plan.PLAN)
     for col in plan.PLAN:
@@ -54,7 +61,7 @@ def test_notebook_declares_every_parameter_the_pipeline_passes(col):
     declared = _parameters_cell(col.notebook)
     for profile in col.profiles:
         passed = set(col.parameters_for(profile)) | {"column", "results_dir", "device"} \
-            | ({"defence"} if col.defence else set())
+            | ({"defence"} if col.defence else set()) | ({"attack"} if col.attack else set())
         assert passed <= set(declared), f"{col.notebook} lacks {sorted(passed - set(declared))}"
 
 
@@ -69,7 +76,7 @@ def test_every_column_resolves_under_every_profile(col, profile):
 
 
 def test_validation_fails_with_clear_messages():
-    base = {**_parameters_cell("pgd.ipynb"), "device": "cpu"}
+    base = {**_setup_cell("pgd.ipynb"), "device": "cpu"}
     with pytest.raises(steps.ParameterError, match="mnist model but dataset is 'cifar10'"):
         steps.resolve(attack="pgd", **{**base, "model": "mnist_convnet"})
     with pytest.raises(steps.ParameterError, match="eps must be a finite number >= 0, got -0.1"):
@@ -85,7 +92,7 @@ def test_validation_fails_with_clear_messages():
 
 
 def test_eps_iter_is_step_size_and_eps_8_is_allowed_with_a_note():
-    base = {**_parameters_cell("pgd.ipynb"), "device": "cpu"}
+    base = {**_setup_cell("pgd.ipynb"), "device": "cpu"}
     p = steps.resolve(attack="pgd", **{**base, "eps": 8, "eps_iter": 0.875, "step_size": None})
     assert p["step_size"] == 0.875 and "eps_iter" not in p
     assert "box" in p["note"]
@@ -93,7 +100,7 @@ def test_eps_iter_is_step_size_and_eps_8_is_allowed_with_a_note():
 
 def test_eps_iter_alone_under_papermill_replaces_the_default_step_size():
     # `papermill notebooks/pgd.ipynb out.ipynb -p eps_iter 0.02`: step_size keeps the notebook's default 0.01
-    base = {**_parameters_cell("pgd.ipynb"), "device": "cpu", "eps_iter": 0.02}
+    base = {**_setup_cell("pgd.ipynb"), "device": "cpu", "eps_iter": 0.02}
     assert base["step_size"] == 0.01
     p = steps.resolve(attack="pgd", injected={"eps_iter"}, **base)
     assert p["step_size"] == 0.02 and "eps_iter" not in p
@@ -111,16 +118,16 @@ def test_eps_iter_alone_under_papermill_replaces_the_default_step_size():
 def test_a_notebook_run_refuses_the_committed_results_or_an_unwritable_folder_before_any_work(folder, message):
     """Before: `-p results_dir results` replaced a committed result; a read-only folder failed only after the whole
     column ran (and the next run deleted the computed result)."""
-    base = {**_parameters_cell("pgd.ipynb"), "device": "cpu", "profile": "quick", "results_dir": folder}
+    base = {**_setup_cell("pgd.ipynb"), "device": "cpu", "profile": "quick", "results_dir": folder}
     with pytest.raises(steps.ParameterError, match=message):
         steps.resolve(attack="pgd", **base)
 
 
 def test_an_ad_hoc_run_lists_the_profiles_departures():
     # a column name outside the plan: the profile's budgets (RIC on a sample, 8-epoch wide ResNet) still apply
-    base = {**_parameters_cell("pgd.ipynb"), "device": "cpu", "column": "mine", "model": "resnet20_wide"}
+    base = {**_setup_cell("pgd.ipynb"), "device": "cpu", "column": "mine", "model": "resnet20_wide"}
     p = steps.resolve(attack="pgd", **base)
-    ctx = steps.Context(kind="attack", name="pgd", params=p, profile=steps.get_profile("quick"),
+    ctx = steps.Context(kind="attack", name="pgd", params=p, profile=get_profile("quick"),
                               device="cpu", started=0.0)
     deps = steps.adhoc_departures(ctx)
     assert steps.adhoc_uses(ctx) == frozenset({"attack", "wide", "train_wide"})
@@ -132,13 +139,13 @@ def test_an_ad_hoc_run_lists_the_profiles_departures():
 
 
 def test_budgets_come_from_the_profile_unless_given():
-    base = {**_parameters_cell("cw2.ipynb"), "device": "cpu"}
+    base = {**_setup_cell("cw2.ipynb"), "device": "cpu"}
     p = steps.resolve(attack="cw2", **{**base, "profile": "quick"})
     quick = get_profile("quick")
     budget = quick.attack_budget("cw2")
     assert (p["n_samples"], p["binary_search_steps"], p["max_iterations"]) == (
         budget.n_candidates, budget.iterations["binary_search_steps"], budget.iterations["max_iterations"])
-    assert steps.resolve(attack="pgd", **{**_parameters_cell("pgd.ipynb"), "device": "cpu"})["n_samples"] == \
+    assert steps.resolve(attack="pgd", **{**_setup_cell("pgd.ipynb"), "device": "cpu"})["n_samples"] == \
         get_profile("quick").attack_budget("pgd").n_candidates
     p = steps.resolve(attack="cw2", **{**base, "profile": "quick", "n_samples": 3, "max_iterations": 7})
     assert (p["n_samples"], p["max_iterations"]) == (3, 7)
@@ -215,12 +222,13 @@ def test_plan_rows_name_registered_attacks_and_defences_and_their_notebooks_run_
         assert (col.attack is None) or col.attack in ATTACKS, col.id
         assert (col.defence is None) or col.defence in DEFENCES, col.id
         nb = (repo_root() / "notebooks" / col.notebook).read_text()
-        # A defence column runs the one defence notebook with its registry entry as the ``defence`` parameter
-        # (passed by the pipeline); the chapters run their own setup.
-        what = f'attack=\\"{col.attack}\\"' if col.attack else "defence=defence" if col.defence \
+        # An attack or defence column runs the attack or defence notebook with its registry entry as the
+        # ``attack``/``defence`` parameter (passed by the pipeline); the chapters run their own setup.
+        what = "attack=attack" if col.attack else "defence=defence" if col.defence \
             else f"{col.table}.setup(" if col.table in ("security", "training") else "findings=True"
         assert what in nb, f"{col.notebook} does not run {what} for column {col.id}"
         assert not col.defence or col.notebook == "defence.ipynb", col.id
+        assert not col.attack or col.notebook in ATTACK_NOTEBOOKS, col.id
         if col.contrasts_with:
             assert col.contrasts_with in plan.COLUMNS
 
@@ -300,7 +308,7 @@ def test_command_line_and_notebook_configure_the_same_training(col_id, profile):
     p = ctx.params
     defence_params = DEFENCES[col.defence].params_type(
         **{k: p[k] for k in steps.defence_parameters(col.defence) if k in p})
-    notebook = steps._config_of(ctx, defence_params=defence_params)
+    notebook = models.config_of(ctx, defence_params=defence_params)
     variant = {("pat", 8.0): "followup_eps8", ("pat", 8 / 255): "deepsec_cifar10"}.get(
         (col.defence, p.get("eps")), "deepsec_mnist")
     argv = ["--dataset", p["dataset"], "--model", p["model"], "--defence", col.defence, "--variant", variant,
@@ -423,7 +431,7 @@ def test_one_defence_notebook_serves_every_defence():
 
 def test_figures_are_titled_by_the_column_or_by_what_ran():
     # Before: the adversarial grid was titled with the result's file name ("pgd_adhoc", "pgd_resnet20").
-    base = {**_parameters_cell("pgd.ipynb"), "device": "cpu"}
+    base = {**_setup_cell("pgd.ipynb"), "device": "cpu"}
     p = steps.resolve(attack="pgd", **{**base, "eps": 8.0})
     ctx = steps.Context(kind="attack", name="pgd", params=p, profile=get_profile(p["profile"]), device="cpu",
                               started=0.0)
@@ -442,3 +450,100 @@ def test_anchors_are_read_from_the_published_folder_and_looked_up_by_id():
     assert all(a.clean is None or 0 < a.clean <= 1 for a in plan.anchors())
     with pytest.raises(ValueError, match="unknown anchor 'madry'"):
         plan.anchor("madry")
+
+
+# ------------------------------------------------------------------------------ one notebook per kind, no copies
+ATTACK_NOTEBOOKS = ("attack.ipynb", "pgd.ipynb", "cw2.ipynb")
+
+
+def _code_cells(notebook: str) -> list[str]:
+    nb = json.loads((repo_root() / "notebooks" / notebook).read_text())
+    return ["".join(c["source"]) for c in nb["cells"]
+            if c["cell_type"] == "code" and "parameters" not in c["metadata"].get("tags", [])]
+
+
+def test_the_attack_notebooks_are_one_notebook_with_other_defaults():
+    """pgd.ipynb and cw2.ipynb (the documented interfaces) are attack.ipynb with PGD's and CW2's defaults: the same
+    code cells and the same parameter names, so a new attack column needs no copied notebook."""
+    reference = _code_cells("attack.ipynb")
+    for notebook in ATTACK_NOTEBOOKS[1:]:
+        assert _code_cells(notebook) == reference, f"{notebook}'s code differs from attack.ipynb's"
+        assert list(_parameters_cell(notebook)) == list(_parameters_cell("attack.ipynb")), notebook
+    assert _parameters_cell("pgd.ipynb")["attack"] == "pgd" and _parameters_cell("cw2.ipynb")["attack"] == "cw2"
+
+
+def test_the_attack_and_defence_notebooks_declare_every_registered_hyper_parameter():
+    """A new attack or defence whose hyper-parameter the shared notebook lacks fails here, naming it (one line to add
+    to the parameters cells, not a notebook to copy)."""
+    from repro.study.context import attack_parameters, defence_parameters
+
+    # Library switches the study never varies: PGD's random start and CW2's early abort (both DeepSec's settings),
+    # and PAT's loss (DeepSec's mixed loss in every table column; Madry's is a named setting, madry_cifar10).
+    unvaried = {"random_start", "abort_early", "loss"}
+    declared = set(_parameters_cell("attack.ipynb")) | unvaried
+    assert not {(a, n) for a in ATTACKS for n in attack_parameters(a) if n not in declared}
+    declared = set(_parameters_cell("defence.ipynb")) | unvaried
+    assert not {(d, n) for d in DEFENCES for n in defence_parameters(d) if n not in declared}
+    assert ("pgd", "eps") in {(a, n) for a in ATTACKS for n in attack_parameters(a)} - (declared - {"eps"})
+
+
+@pytest.fixture
+def throwaway(monkeypatch, tmp_path):
+    """A throwaway attack and a throwaway defence registered with the minimum: a function with a rule per
+    hyper-parameter and a DeepSec-named setting; a parameters type with its rules, a craft, a loss and a cost."""
+    import dataclasses as dc
+
+    from repro.attacks import Attack
+    from repro.attacks import registry as attack_registry
+    from repro.checks import number
+    from repro.train import defences
+
+    def shove(model, x, y, *, eps: float):
+        """Every pixel moved by ε towards grey: an attack with one hyper-parameter."""
+        return (x + eps * torch.sign(0.5 - x)).clamp(0, 1)
+
+    monkeypatch.setitem(attack_registry.ATTACKS, "shove", Attack(
+        "shove", shove, {"deepsec_mnist": {"eps": 0.3}}, {"eps": number()}, cost=lambda p: 0))
+
+    @dc.dataclass(frozen=True)
+    class ShoveParams(defences.Checked):
+        eps: float
+        RULES = {"eps": number()}
+
+    def craft(net, x, y, params, *, drawn, progress, generator):
+        return shove(net, x, y, eps=params.eps)
+
+    monkeypatch.setitem(defences.DEFENCES, "shove", defences.Defence(
+        name="shove", params_type=ShoveParams, configs={"deepsec_mnist": ShoveParams(eps=0.3)}, craft=craft,
+        loss=lambda logits_of, mean_ce, x, x_adv, params: mean_ce(logits_of(x_adv)), passes=lambda params: 2))
+    monkeypatch.setenv("REPRO_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+@needs_deepsec
+def test_a_throwaway_attack_and_defence_run_as_columns(throwaway, one_thread):
+    """Registered with the minimum, both run through the shared notebooks' steps under smoke, end to end, to one
+    result each; their parameters are checked by their rules."""
+    cell = {k: v for k, v in _parameters_cell("attack.ipynb").items() if k != "attack"}
+    common = {"profile": "smoke", "dataset": "mnist", "model": "mnist_convnet", "device": "cpu",
+              "results_dir": str(throwaway / "runs")}
+    ctx = steps.setup(attack="shove", **{**cell, **common, "column": "shove_adhoc"})
+    assert ctx.params["eps"] == 0.3 and "steps" not in ctx.params  # DeepSec's setting; PGD's parameters dropped
+    raw = steps.raw_model(ctx)
+    cands = steps.candidates(ctx, raw)
+    run = steps.attack(ctx, raw, cands)
+    result = steps.finish(ctx, steps.attack_metrics(ctx, raw, cands, run))
+    assert result.kind == "attack" and 0 <= result.metrics["MR"] <= 1
+    with pytest.raises(steps.ParameterError, match="eps must be a finite number >= 0, got -1"):
+        steps.resolve(attack="shove", **{**cell, **common, "column": "shove_adhoc", "eps": -1})
+
+    cell = {k: v for k, v in _parameters_cell("defence.ipynb").items() if k != "defence"}
+    ctx = steps.setup(defence="shove", **{**cell, **common, "column": "shove_defence", "steps": None,
+                                          "step_size": None, "eps_ramp": None, "defence_epochs": 1,
+                                          "defence_subset": 200, "eval_subset": 100, "curve_samples": 20,
+                                          "curve_steps": 2})
+    raw = steps.raw_model(ctx)
+    defended = steps.defend(ctx, raw)
+    result = steps.finish(ctx, steps.defence_metrics(ctx, raw, defended))
+    assert result.kind == "defence" and 0 <= result.metrics["ACC_defended"] <= 1
+    assert ctx.models["defended"]["config"]["defence"] == "shove"

@@ -28,7 +28,7 @@ from repro.attacks.llc import llc
 from repro.attacks.pgd import pgd
 from repro.data import load
 from repro.study.profiles import get_profile
-from repro.study.steps import train_config
+from repro.study.models import train_config
 from repro.train import (NATParams, PATParams, PGDParams, RECIPES, Recipe, TrainConfig, config_key, initial_weights,
                          load_trained, train_cached)
 from repro.train import train as _train

@@ -65,6 +65,11 @@ class Attack:
         sig = inspect.signature(self.fn)
         return tuple(n for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY and n not in PLUMBING)
 
+    def deepsec_setting(self, dataset: str) -> dict:
+        """DeepSec's setting of this attack for ``dataset`` (its ``deepsec_<dataset>`` configuration, else its
+        ``deepsec`` one), a copy; empty if it has neither."""
+        return dict(self.configs.get(f"deepsec_{dataset}", self.configs.get("deepsec", {})))
+
     def check(self, params: dict) -> None:
         """Raise ValueError naming the first parameter that is unknown or outside its rule."""
         check_params(params, self.rules, owner=f"attack {self.name!r}")

@@ -50,7 +50,7 @@ def parameters_table(params: dict):
     import pandas as pd
 
     from ..study.profiles import get_profile
-    from ..study.steps import uses_deepsec_checkpoint
+    from ..study.models import uses_deepsec_checkpoint
 
     skip = {"results_dir", "device"}
     released = params.get("model") is not None and params.get("profile") is not None and \
@@ -322,11 +322,11 @@ def budget_ladder_rows(ladder: dict) -> list[dict]:
 
 
 def budget_ladder_table(ladder: dict):
-    """:func:`budget_ladder_rows` as a DataFrame (for the cw2 notebook)."""
+    """:func:`budget_ladder_rows` as a DataFrame for the attack notebooks; ``None`` (nothing shown) without one."""
     import pandas as pd
 
     names = {"mr": "MR (%) [95 %]", "mean_l2": "mean L2", "paired": "images both fool", "median": "L2 ratio, median",
              "mean": "L2 ratio, mean [95 %]", "seconds": "s per image"}
     rows = [{"budget": r["budget"], **{label: r[key] for key, label in names.items()}}
             for r in budget_ladder_rows(ladder)]
-    return pd.DataFrame(rows).set_index("budget") if rows else pd.DataFrame()
+    return pd.DataFrame(rows).set_index("budget") if rows else None  # nothing shown without a ladder

@@ -18,7 +18,7 @@ from .. import results as results_mod
 from ..study.plan import (COLUMNS, METRIC_LABELS, PRINTED_UNIT, TABLE_METRICS, Column, columns_for, fingerprint,
                           published, published_value, replicates, to_printed_unit)
 from ..study.profiles import get_profile, learning_rate_after
-from ..study.steps import ModelSource
+from ..study.models import ModelSource
 from ..study import verdicts
 from ..study.claims import Status, scorecard
 from ..study.security import threat_model

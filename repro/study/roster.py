@@ -3,7 +3,7 @@ images and budgets those chapters share.
 
 A roster entry (:class:`repro.study.plan.EvaluatedModel`, listed in the plan's :data:`~repro.study.plan.SECURITY_MODELS`
 beside the columns it names) is the raw or defended model of a plan column; its training configuration
-comes from that column's plan row through :func:`repro.study.steps.train_config`, so that the chapters use the very
+comes from that column's plan row through :func:`repro.study.models.train_config`, so that the chapters use the very
 models the defence columns trained (the training cache and the published models). Both chapters import this module;
 neither imports the other.
 """
@@ -15,7 +15,7 @@ from .. import data as data_mod
 from .._io import lookup
 from ..attacks import get_config
 from ..train import DEFENCES, TrainConfig
-from . import steps
+from . import context, models
 from .plan import COLUMNS, SECURITY_MODELS, EvaluatedModel
 from .profiles import Profile, get_profile
 
@@ -50,7 +50,7 @@ def model_config(spec: EvaluatedModel, profile: str | Profile, *, width: int | N
                  device: str = "auto") -> TrainConfig | None:
     """The training configuration of ``spec`` under ``profile``, or ``None`` for DeepSec's released checkpoint.
 
-    Built by :func:`repro.study.steps.train_config`, the function the defence columns use, from the plan row of
+    Built by :func:`repro.study.models.train_config`, the function the defence columns use, from the plan row of
     ``spec.column`` (its parameters under ``profile``, e.g. PAT's steps cut under smoke), so that the model comes from
     the training cache those columns fill. ``width``/``epochs``/... override the profile's budget as the defence
     notebooks' parameters of the same names do (``None``: the profile's); ``defence_params`` replaces some of the
@@ -59,16 +59,16 @@ def model_config(spec: EvaluatedModel, profile: str | Profile, *, width: int | N
     prof = get_profile(profile) if isinstance(profile, str) else profile
     col = COLUMNS[spec.column]
     p = col.parameters_for(prof.name)
-    if spec.role == "raw" and steps.uses_deepsec_checkpoint(p["model"], prof):
+    if spec.role == "raw" and models.uses_deepsec_checkpoint(p["model"], prof):
         return None
     common = dict(dataset=p["dataset"], model=p["model"], profile=prof, width=spec.width or width,
                   logit_shift=p.get("logit_shift", True), seed=p["seed"], device=device, epochs=epochs,
                   train_subset=train_subset)
     if spec.role == "raw":
-        return steps.train_config(**common)
-    names = steps.defence_parameters(col.defence)
+        return models.train_config(**common)
+    names = context.defence_parameters(col.defence)
     params = DEFENCES[col.defence].params_type(**{**{k: p[k] for k in names if k in p}, **(defence_params or {})})
-    return steps.train_config(**common, defence=col.defence, defence_params=params, defence_init=defence_init,
+    return models.train_config(**common, defence=col.defence, defence_params=params, defence_init=defence_init,
                               defence_recipe=defence_recipe, defence_epochs=defence_epochs,
                               defence_subset=defence_subset)
 
@@ -78,23 +78,23 @@ def resolve_model_budgets(p: dict, prof: Profile) -> None:
     the raw and defence training budgets), each ``None`` from ``prof`` as the defence columns do.
 
     Raises:
-        repro.study.steps.ParameterError: a count below 1, or a width on MNIST.
+        repro.study.context.ParameterError: a count below 1, or a width on MNIST.
     """
     if p["dataset"] == "cifar10":
         p["width"] = prof.wide_width if p.get("width") is None else p["width"]
-        steps.check_count(p, "width")
+        context.check_count(p, "width")
     else:
-        steps.require(p.get("width") in (None, 1), f"width applies to the wide ResNet of the cifar10 column only, "
+        context.require(p.get("width") in (None, 1), f"width applies to the wide ResNet of the cifar10 column only, "
                                                     f"got width={p.get('width')!r} with dataset {p['dataset']!r}")
         p["width"] = None
     defence = prof.defence.for_dataset(p["dataset"])
     for name, default in (("epochs", prof.raw.epochs), ("train_subset", prof.raw.subset),
                           ("defence_epochs", defence.epochs), ("defence_subset", defence.subset)):
         p[name] = default if p.get(name) is None else p[name]
-        steps.check_count(p, name, optional=True)
+        context.check_count(p, name, optional=True)
 
 
-def evaluation_images(ctx: steps.Context) -> tuple[Tensor, Tensor]:
+def evaluation_images(ctx: context.Context) -> tuple[Tensor, Tensor]:
     """The first ``n_samples`` test images and their labels: the same for every attack on every model of the
     column. On a partial copy with fewer images, all are used and the result says so."""
     p = ctx.params

@@ -24,7 +24,7 @@ from ..attacks import get_config
 from ..metrics.robustness import (AUTOATTACK_ITERATIONS, AUTOATTACK_NAMES, AUTOATTACK_TARGET_CLASSES,
                                   AUTOATTACK_VERSIONS, MASKING_RULES, autoattack_eval, masking_checks, pgd_worst_case,
                                   predict_correct, random_targets, rate, transfer_vs_white_box, unpack)
-from . import steps
+from . import context, models
 from .plan import CW2_DEEPSEC
 from .profiles import PAPER, Profile, SecurityBudget
 from .roster import (SECURITY_MODELS, THREAT_MODEL, evaluated_models, model_config, resolve_model_budgets,
@@ -81,14 +81,14 @@ def check_budget(budget: SecurityBudget) -> None:
 
 def resolve(*, injected: set | None = None, **params) -> dict:
     """The security notebook's effective parameters: the common ones checked by
-    :func:`repro.study.steps.resolve_common`, every ``None`` budget filled from the profile's ``security`` budget and
+    :func:`repro.study.context.resolve_common`, every ``None`` budget filled from the profile's ``security`` budget and
     the AutoAttack settings recorded. ``transfer_samples`` and ``curve_samples`` are capped at ``n_samples``.
 
     Raises:
-        repro.study.steps.ParameterError: unknown dataset, a count below 1, a width on a model without one.
+        repro.study.context.ParameterError: unknown dataset, a count below 1, a width on a model without one.
     """
-    p, prof = steps.resolve_common(injected=injected, **params)
-    steps.require(p.get("dataset") in SECURITY_MODELS,
+    p, prof = context.resolve_common(injected=injected, **params)
+    context.require(p.get("dataset") in SECURITY_MODELS,
                   f"unknown dataset {p.get('dataset')!r}; allowed: {', '.join(map(repr, SECURITY_MODELS))}")
     budget = prof.security
     check_budget(budget)
@@ -102,12 +102,12 @@ def resolve(*, injected: set | None = None, **params) -> dict:
         p["n_samples"] = data_mod.FULL_SIZES[p["dataset"]]["test"]
     if p["pgd_steps"] is None:
         p["pgd_steps"] = get_config("pgd", THREAT_MODEL[p["dataset"]])["steps"]
-    steps.check_count(p, "n_samples")
+    context.check_count(p, "n_samples")
     for name in ("transfer_samples", "curve_samples"):
-        steps.check_count(p, name, optional=True)
+        context.check_count(p, name, optional=True)
     for name in ("pgd_steps", "pgd_restarts", "binary_search_steps", "max_iterations", "curve_steps",
                  "square_queries"):
-        steps.check_count(p, name)
+        context.check_count(p, name)
     for name in ("transfer_samples", "curve_samples"):
         p[name] = p["n_samples"] if p[name] is None else min(p[name], p["n_samples"])
     resolve_model_budgets(p, prof)
@@ -118,13 +118,13 @@ def resolve(*, injected: set | None = None, **params) -> dict:
     return p
 
 
-def setup(**params) -> steps.Context:
-    """:func:`repro.study.steps.start` for the security notebook, its parameters resolved by :func:`resolve`.
+def setup(**params) -> context.Context:
+    """:func:`repro.study.context.start` for the security notebook, its parameters resolved by :func:`resolve`.
 
     Raises:
-        repro.study.steps.ParameterError: a parameter the notebook does not declare, or a bad value.
+        repro.study.context.ParameterError: a parameter the notebook does not declare, or a bad value.
     """
-    return steps.start("security", "security", resolve, **params)
+    return context.start("security", "security", resolve, **params)
 
 
 def budget_departures(profile: Profile, dataset: str | None = None) -> list[str]:
@@ -173,7 +173,7 @@ def transfer_attacks(dataset: str, *, cw2_search_steps: int, cw2_iterations: int
 
 
 # --------------------------------------------------------------------------------------------- the column's run
-def load_models(ctx: steps.Context) -> dict[str, nn.Module]:
+def load_models(ctx: context.Context) -> dict[str, nn.Module]:
     """Every model of the column's dataset (:data:`SECURITY_MODELS`), in ``eval()`` mode on the context's device:
     DeepSec's released checkpoints where the profile loads them, the others from the training cache (trained now if
     absent) with the defence columns' configurations. Each is recorded in the result under its id."""
@@ -187,17 +187,17 @@ def load_models(ctx: steps.Context) -> dict[str, nn.Module]:
                               device=str(ctx.device))
         if config is None:
             out[spec.id] = models_mod.load_deepsec(p["dataset"], map_location=ctx.device)
-            ctx.models[spec.id] = {"source": steps.ModelSource.DEEPSEC.value,
+            ctx.models[spec.id] = {"source": models.ModelSource.DEEPSEC.value,
                                    "file": models_mod.deepsec_checkpoint(p["dataset"]).name,
                                    "sha256": models_mod.DEEPSEC_CHECKPOINTS[p["dataset"]]["sha256"],
                                    "deepsec_commit": models_mod.DEEPSEC_COMMIT, "logit_shift": True}
         else:
-            out[spec.id] = steps.provide_model(ctx, config, spec.id)
+            out[spec.id] = models.provide_model(ctx, config, spec.id)
         ctx.models[spec.id].update(label=spec.label, column=spec.column, role=spec.role)
     return out
 
 
-def planned_work(ctx: steps.Context) -> str:
+def planned_work(ctx: context.Context) -> str:
     """What the column is about to do, in words: where each model comes from (and which must be trained first)
     and the attack budget."""
     from ..train import config_key
@@ -208,7 +208,7 @@ def planned_work(ctx: steps.Context) -> str:
                               defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"])
         where = ("DeepSec's released checkpoint" if config is None else
                  f"trained model {config_key(config)[:12]} (cached or published; column {spec.column})"
-                 if steps.model_available(config, ctx.profile) else
+                 if models.model_available(config, ctx.profile) else
                  f"NOT in the training cache: trained now with column {spec.column}'s configuration")
         lines.append(f"{spec.label}: {where}")
     aa = p["autoattack"]
@@ -222,14 +222,14 @@ def planned_work(ctx: steps.Context) -> str:
     return "\n".join(lines)
 
 
-def evaluate(ctx: steps.Context, models: dict[str, nn.Module], x: Tensor, y: Tensor) -> dict:
+def evaluate(ctx: context.Context, models: dict[str, nn.Module], x: Tensor, y: Tensor) -> dict:
     """The column's security evaluation, JSON-ready.
 
     Per model (:data:`SECURITY_MODELS`): clean accuracy; PGD at the threat model (worst case over the restarts) and,
     on CIFAR-10, at DeepSec's ε = 0.1 (step in Madry's ratio, ε/4); AutoAttack as the profile says; the robust
     accuracy, the per-image worst case over clean, PGD and AutoAttack at the threat model. Per defended model:
     DeepSec's transfer setting against white-box (:func:`repro.metrics.robustness.transfer_vs_white_box`) and the masking checks
-    (:func:`~repro.metrics.robustness.masking_checks`). Progress (one bar over the stages) when :func:`repro.study.steps.progress_enabled`.
+    (:func:`~repro.metrics.robustness.masking_checks`). Progress (one bar over the stages) when :func:`repro.study.context.progress_enabled`.
     """
     from tqdm import tqdm
 
@@ -245,7 +245,7 @@ def evaluate(ctx: steps.Context, models: dict[str, nn.Module], x: Tensor, y: Ten
            "models": {}, "transfer": {}, "masking": {},
            "masking_rules": dict(MASKING_RULES), "masking_eps": list(MASKING_EPS[dataset])}
     total = 2 * len(specs) + 2 * len(defended)
-    with tqdm(total=total, desc="security evaluation", unit="stage", disable=not steps.progress_enabled()) as bar:
+    with tqdm(total=total, desc="security evaluation", unit="stage", disable=not context.progress_enabled()) as bar:
         for spec in specs:
             model = models[spec.id]
             bar.set_postfix_str(f"{spec.id}: PGD")

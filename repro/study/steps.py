@@ -1,24 +1,20 @@
 """The steps of one table column, as the notebooks call them: set up, get the models, attack or defend, measure,
 save one result.
 
-Notebooks stay thin (STYLE): their parameters cell holds literals; :func:`setup` names the attack (a
-:data:`repro.attacks.ATTACKS` entry) or defence (a :data:`repro.train.DEFENCES` entry) the notebook runs, rejects
-parameters the notebook does not declare, validates the others and fills the budgets the profile decides (``None``
-in the parameters cell); four or five calls below do the work, dispatched through those registries. Every function
-returns values and prints nothing.
+Notebooks stay thin (STYLE): their parameters cell holds literals; :func:`setup` names what the notebook runs (an
+attack of :data:`repro.attacks.ATTACKS`, a defence of :data:`repro.train.DEFENCES`, or the findings), rejects
+parameters the notebook does not declare, validates the others by the kind's resolver (:data:`RESOLVERS`) and fills
+the budgets the profile decides (``None`` in the parameters cell); four or five calls below do the work, dispatched
+through those registries. The run's context and the parameter checks live in :mod:`repro.study.context`, the
+models in :mod:`repro.study.models` (their notebook-facing steps are re-exported here). Every function returns
+values and prints nothing.
 """
 from __future__ import annotations
 
-import enum
-import math
 import os
-import random
-import tempfile
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,248 +24,88 @@ from .. import data as data_mod
 from .. import results as results_mod
 from ..attacks import ATTACKS, labels_field
 from ..models import DEEPSEC_CHECKPOINTS, MODEL_DATASET
-from ..train import DEFENCES, RECIPES, TrainConfig
+from ..train import DEFENCES, RECIPES
+from .context import (Context, ParameterError, attack_parameters, check_count, check_rule, defence_parameters,
+                      progress_enabled, require, resolve_common, start)
+from .models import BF16_DEPARTURE, ModelSource, defend, planned_work, raw_model
 from .plan import COLUMNS, departures as plan_departures, fingerprint
-from .profiles import PROFILES, Profile, departures_of, get_profile, loads_deepsec_checkpoint
+from .profiles import Profile, departures_of
 
-# Accuracy-vs-ε curves: PGD with `curve_steps` steps of ε/4 (Madry's 2/255 for ε = 8/255).
 CURVE_EPS = {"mnist": [0.0, 0.1, 0.2, 0.3, 0.4], "cifar10": [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 0.1]}
-BF16_DEPARTURE = ("bfloat16 autocast on the GPU in the {what} (the papers ran float32): logits and gradients are "
-                  "rounded to 8 significant bits, so results differ from a float32 run within the intervals' noise")
-# The follow-up's name for PGD's step (accepted as an alias of step_size).
-ALIASES = {"eps_iter": "step_size"}
 
 
-class ParameterError(ValueError):
-    """A notebook parameter is unknown, out of range, or inconsistent with another one."""
-
-
-class ModelSource(str, enum.Enum):
-    """Where a model in a result came from."""
-
-    DEEPSEC = "DeepSec's released checkpoint"
-    TRAINED = "trained here"
-
-
-@dataclass
-class Context:
-    """One run in progress: the effective parameters and what the result will record about it."""
-
-    kind: str  # "attack", "defence" or "findings"
-    name: str  # the attack or defence run ("findings" for the findings notebook)
-    params: dict
-    profile: Profile
-    device: torch.device
-    started: float
-    models: dict = field(default_factory=dict)
-    data: dict = field(default_factory=dict)
-    notes: list = field(default_factory=list)
-    departures: list = field(default_factory=list)  # found while running (e.g. fewer candidates than asked)
-    train_seconds: float = 0.0  # training done by this run (not served from the cache)
-    intervals: dict = field(default_factory=dict)  # metric → 95 % interval record, saved beside the metrics
-    extra: dict = field(default_factory=dict)  # other numbers the steps measured (e.g. the null defence)
-
-    @property
-    def column(self) -> str:
-        return self.params["column"]
-
-
-# --------------------------------------------------------------------------------------------------- validation
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ParameterError(message)
-
-
-def _number(p: dict, name: str, *, low: float = 0.0, strict: bool = False, high: float | None = None) -> None:
-    value = p[name]
-    require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-             f"{name} must be a finite number, got {value!r}")
-    require(value > low if strict else value >= low, f"{name} must be {'>' if strict else '>='} {low}, got {value!r}")
-    require(high is None or value <= high, f"{name} must be <= {high}, got {value!r}")
-
-
-def check_count(p: dict, name: str, *, low: int = 1, optional: bool = False) -> None:
-    value = p[name]
-    if value is None and optional:
-        return
-    require(isinstance(value, int) and not isinstance(value, bool) and value >= low,
-             f"{name} must be an integer >= {low}{' or None' if optional else ''}, got {value!r}")
-
-
-def check_rule(rule, name: str, value) -> None:
-    """``rule.check(name, value)`` (a :class:`repro.checks.Rule` from an attack's or a defence's registry entry, the
-    one home of its checks) as a :class:`ParameterError`."""
-    try:
-        rule.check(name, value)
-    except ValueError as err:
-        raise ParameterError(str(err)) from None
-
-
-def _check_output_folder(results_dir: str, profile: str) -> None:
-    """Refuse, before any work, a results folder inside the committed ``results/`` tree (only the pipeline writes
-    there, by moving what a run saved in its staging folder) or one where the result could not be written."""
-    folder = results_mod.resolve_path(results_dir) / profile
-    committed = results_mod.resolve_path(results_mod.COMMITTED_RESULTS)
-    require(folder != committed and committed not in folder.parents,
-             f"results_dir {results_dir!r} is inside the committed results/ tree, which only the pipeline writes "
-             "(python -m repro.pipeline); use another folder, e.g. the default 'runs'")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
-    except OSError as err:
-        raise ParameterError(f"results_dir {results_dir!r}: cannot write to {folder} ({err.strerror or err}); give "
-                             "a writable folder") from err
-
-
-def _resolve_device(device) -> str:
-    require(isinstance(device, str), f"device must be a string ('auto', 'cpu', 'cuda', 'cuda:N'), got {device!r}")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ParameterError(f"device {device!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:N')") from err
-    require(dev.type in ("cpu", "cuda"), f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
-    require(dev.type != "cuda" or torch.cuda.is_available(),
-             f"device {device!r} asked for, but CUDA is not available on this machine; use 'cpu' or 'auto'")
-    return str(dev)
-
-
-def attack_parameters(attack: str) -> tuple[str, ...]:
-    """The hyper-parameters of ``attack`` (from its registry entry)."""
-    return ATTACKS[attack].parameters
-
-
-def defence_parameters(defence: str) -> tuple[str, ...]:
-    """The hyper-parameters of ``defence`` (the fields of its parameters type, from its registry entry)."""
-    return DEFENCES[defence].parameters
-
-
-def injected_parameters() -> set[str] | None:
-    """Names papermill injected into this kernel (its "# Parameters" cell), or ``None`` outside papermill.
-
-    papermill only warns about a parameter the notebook does not declare and runs the defaults; :func:`setup`
-    uses this to refuse it instead.
-    """
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return None
-    shell = get_ipython()
-    history = [] if shell is None else shell.user_ns.get("In", [])
-    injected = [cell for cell in history if isinstance(cell, str) and cell.startswith("# Parameters\n")]
-    if not injected:
-        return None
-    import ast
-
-    tree = ast.parse(injected[-1])
-    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
-
-
-def resolve_common(*, injected: set | None = None, **params) -> tuple[dict, Profile]:
-    """The checks every notebook's parameters pass (profile, column, results folder, seed, device, batch size) and
-    the aliases (``eps_iter`` → ``step_size``), as :func:`resolve` describes them; the chapters (security, training)
-    call it before their own resolvers. Returns the parameters and the profile.
-
-    Raises:
-        ParameterError: a bad common parameter (named, with what is allowed).
-    """
-    p = dict(params)
-    for alias, name in ALIASES.items():
-        if p.get(alias) is not None:
-            # Under papermill, a parameter left at the notebook's default (not injected) gives way to its alias.
-            given = name not in p or injected is None or name in injected
-            require(not given or p.get(name) in (None, p[alias]),
-                     f"{alias} (the follow-up's name) and {name} are the same parameter; got both, "
-                     f"{p[alias]!r} and {p[name]!r}")
-            p[name] = p[alias]
-        p.pop(alias, None)
-    require(p.get("profile") in PROFILES,
-             f"unknown profile {p.get('profile')!r}; allowed: {', '.join(map(repr, PROFILES))}")
-    prof = get_profile(p["profile"])
-    require(isinstance(p.get("column"), str) and p["column"].replace("_", "").replace("-", "").isalnum(),
-             f"column must be a plain name (letters, digits, _ and -), got {p.get('column')!r}")
-    require(isinstance(p.get("results_dir"), str) and p["results_dir"] != "",
-             f"results_dir must be a folder name, got {p.get('results_dir')!r}")
-    _check_output_folder(p["results_dir"], p["profile"])
-    check_count(p, "seed", low=0)
-    p["device"] = _resolve_device(p.get("device", "auto"))
-    if p.get("batch_size") is None:
-        p["batch_size"] = prof.batch_size
-    check_count(p, "batch_size")
-    return p, prof
-
-
-def resolve(*, attack: str | None = None, defence: str | None = None, findings: bool = False,
-            injected: set | None = None, **params) -> dict:
-    """Validate a column notebook's parameters and fill the budgets the profile decides.
-
-    Args:
-        attack / defence / findings: what the notebook runs: an :data:`repro.attacks.ATTACKS` name, a
-            :data:`repro.train.DEFENCES` name, or the findings experiments (the security and training chapters
-            resolve their own parameters: :func:`repro.study.security.setup`, :func:`repro.study.training.setup`).
-        **params: the parameters cell's values. ``None`` for a budget (``n_samples``, ``batch_size``, ``width``,
-            the attack's iteration budget, ``epochs``, ``train_subset``, ``defence_*``, ``eval_subset``,
-            ``curve_samples``) means "the profile's value". PGD's ``eps_iter`` (the follow-up's name) is accepted
-            as ``step_size``; given alone under papermill, it replaces the notebook's default ``step_size``.
-        injected: the parameters papermill injected (:func:`injected_parameters`; ``None``: unknown, every given
-            parameter counts as set by the caller).
-
-    Returns:
-        The effective parameters, JSON-ready (device as a string).
-
-    Raises:
-        ParameterError: an unknown profile, dataset, model, attack or defence, a dataset/model mismatch, a negative
-            ε, a step count below 1, ... — the message names the parameter and what is allowed.
-    """
-    require((attack is not None) + (defence is not None) + bool(findings) == 1,
-             "give exactly one of attack=..., defence=... or findings=True")
-    require(attack is None or attack in ATTACKS,
-             f"unknown attack {attack!r}; allowed: {', '.join(map(repr, ATTACKS))}")
-    require(defence is None or defence in DEFENCES,
-             f"unknown defence {defence!r}; allowed: {', '.join(map(repr, DEFENCES))}")
+def resolve_findings(name: str, *, injected: set | None = None, **params) -> dict:
+    """The findings notebook's parameters: the common ones, then ``n_samples`` (``None``: the profile's)."""
     p, prof = resolve_common(injected=injected, **params)
-    if findings:
-        if p.get("n_samples") is None:
-            p["n_samples"] = prof.findings_samples
-        check_count(p, "n_samples")
-        return p
+    if p.get("n_samples") is None:
+        p["n_samples"] = prof.findings_samples
+    check_count(p, "n_samples")
+    return p
 
+
+def _resolve_model(injected: set | None, params: dict) -> tuple[dict, Profile]:
+    """The common parameters, then those of the column's model (dataset, architecture, width, logit shift, the raw
+    model's training budget)."""
+    p, prof = resolve_common(injected=injected, **params)
     require(p.get("dataset") in data_mod.DATASETS,
-             f"unknown dataset {p.get('dataset')!r}; allowed: {', '.join(map(repr, data_mod.DATASETS))}")
+            f"unknown dataset {p.get('dataset')!r}; allowed: {', '.join(map(repr, data_mod.DATASETS))}")
     require(p.get("model") in MODEL_DATASET,
-             f"unknown model {p.get('model')!r}; allowed: {', '.join(map(repr, MODEL_DATASET))}")
+            f"unknown model {p.get('model')!r}; allowed: {', '.join(map(repr, MODEL_DATASET))}")
     require(MODEL_DATASET[p["model"]] == p["dataset"],
-             f"model {p['model']!r} is a {MODEL_DATASET[p['model']]} model but dataset is {p['dataset']!r}; "
-             f"use dataset={MODEL_DATASET[p['model']]!r} or a {p['dataset']} model "
-             f"({', '.join(repr(m) for m, d in MODEL_DATASET.items() if d == p['dataset'])})")
+            f"model {p['model']!r} is a {MODEL_DATASET[p['model']]} model but dataset is {p['dataset']!r}; "
+            f"use dataset={MODEL_DATASET[p['model']]!r} or a {p['dataset']} model "
+            f"({', '.join(repr(m) for m, d in MODEL_DATASET.items() if d == p['dataset'])})")
     require(isinstance(p.get("logit_shift"), bool), f"logit_shift must be True or False, got {p.get('logit_shift')!r}")
     if p["model"] == "resnet20_wide":
         p["width"] = prof.wide_width if p.get("width") is None else p["width"]
         check_count(p, "width")
     else:
         require(p.get("width") in (None, 1),
-                 f"width applies to model 'resnet20_wide' only, got width={p.get('width')!r} with model {p['model']!r}")
+                f"width applies to model 'resnet20_wide' only, got width={p.get('width')!r} with model {p['model']!r}")
         p["width"] = None
     for name, default in (("epochs", prof.raw.epochs), ("train_subset", prof.raw.subset)):
         p[name] = default if p.get(name) is None else p[name]
         check_count(p, name, optional=True)
+    return p, prof
 
-    if attack is not None:
-        budget = prof.attack_budget(attack)
-        p["n_samples"] = budget.n_candidates if p.get("n_samples") is None else p["n_samples"]
-        check_count(p, "n_samples")
-        for name in attack_parameters(attack):
-            if name in p and p[name] is None and name in budget.iterations:
-                p[name] = budget.iterations[name]
-            if name in p:
-                check_rule(ATTACKS[attack].rules[name], name, p[name])
-        if p.get("eps", 0) >= 1:
-            p["note"] = (f"eps = {p['eps']:g} ≥ 1 on [0, 1] images: only the [0, 1] box constrains the attack "
-                         "(the follow-up's literal \"ε = 8\")")
-        return p
 
+def resolve_attack(attack: str, *, injected: set | None = None, **params) -> dict:
+    """An attack notebook's parameters: the model's, ``n_samples`` and the attack's iteration budget (``None``: the
+    profile's), each hyper-parameter checked by its rule in the attack's registry entry."""
+    require(attack in ATTACKS, f"unknown attack {attack!r}; allowed: {', '.join(map(repr, ATTACKS))}")
+    p, prof = _resolve_model(injected, params)
+    budget = prof.attack_budget(attack)
+    p["n_samples"] = budget.n_candidates if p.get("n_samples") is None else p["n_samples"]
+    check_count(p, "n_samples")
+    # One notebook serves every attack (attack.ipynb; pgd.ipynb and cw2.ipynb are it with other defaults): its
+    # parameters cell lists every attack's hyper-parameters; those of another attack must stay None and are dropped.
+    mine = attack_parameters(attack)
+    for other in ATTACKS:
+        for name in attack_parameters(other):
+            if name not in mine and name in p:
+                require(p[name] is None, f"{name} is a parameter of attack {other!r}, not of {attack!r}; leave it "
+                                         f"None (given {p[name]!r})")
+                p.pop(name)
+    setting = ATTACKS[attack].deepsec_setting(p["dataset"])
+    for name in mine:
+        if name in p and p[name] is None:  # the profile's iteration budget, else DeepSec's setting
+            p[name] = budget.iterations.get(name, setting.get(name))
+        if name in p and p[name] is not None:
+            check_rule(ATTACKS[attack].rules[name], name, p[name])
+        elif name in p:
+            p.pop(name)  # neither: the attack function's own default
+    if p.get("eps", 0) >= 1:
+        p["note"] = (f"eps = {p['eps']:g} ≥ 1 on [0, 1] images: only the [0, 1] box constrains the attack "
+                     "(the follow-up's literal \"ε = 8\")")
+    return p
+
+
+def resolve_defence(defence: str, *, injected: set | None = None, **params) -> dict:
+    """The defence notebook's parameters: the model's, the defence's hyper-parameters (``None``: DeepSec's setting
+    for the dataset; each checked by its rule in the defence's parameters type) and the training and evaluation
+    budgets (``None``: the profile's)."""
+    require(defence in DEFENCES, f"unknown defence {defence!r}; allowed: {', '.join(map(repr, DEFENCES))}")
+    p, prof = _resolve_model(injected, params)
     # One notebook serves every defence: its parameters cell lists each defence's hyper-parameters, ``None`` meaning
     # DeepSec's setting for the dataset; those of another defence must stay ``None`` and are dropped.
     mine = defence_parameters(defence)
@@ -286,11 +122,11 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
                 p[name] = getattr(setting, name)
             check_rule(DEFENCES[defence].params_type.RULES[name], name, p[name])
     require(p.get("defence_init") in (None, "raw", "scratch"),
-             f"defence_init must be 'raw', 'scratch' or None (the profile's), got {p.get('defence_init')!r}")
+            f"defence_init must be 'raw', 'scratch' or None (the profile's), got {p.get('defence_init')!r}")
     budget = prof.defence.for_dataset(p["dataset"])
     require(p.get("defence_recipe") in (None, *RECIPES),
-             f"defence_recipe must be one of {', '.join(map(repr, RECIPES))} or None (the profile's), got "
-             f"{p.get('defence_recipe')!r}")
+            f"defence_recipe must be one of {', '.join(map(repr, RECIPES))} or None (the profile's), got "
+            f"{p.get('defence_recipe')!r}")
     for name, default in (("defence_init", budget.init), ("defence_recipe", budget.recipe),
                           ("defence_epochs", budget.epochs), ("defence_subset", budget.subset),
                           ("eval_subset", prof.defence.eval_subset), ("curve_samples", prof.curve_samples)):
@@ -302,245 +138,56 @@ def resolve(*, attack: str | None = None, defence: str | None = None, findings: 
     return p
 
 
-def start(kind: str, name: str, resolver, *, declared: tuple[str, ...] = (), **params) -> Context:
-    """The setup every notebook runs: check that papermill injected no parameter the notebook lacks (``params`` and
-    ``declared``, the ones the caller consumed itself), validate and resolve the parameters
-    (``resolver(injected=..., **params)`` → the effective parameters), seed every RNG, and start the clock. ``kind``
-    is the result's kind (:data:`repro.results.KINDS`), ``name`` what it runs.
+# Each kind of column notebook's resolver (the security and training chapters resolve their own parameters:
+# repro.study.security.setup, repro.study.training.setup).
+RESOLVERS = {"attack": resolve_attack, "defence": resolve_defence, "findings": resolve_findings}
+
+
+def _kind(attack: str | None, defence: str | None, findings: bool) -> tuple[str, str]:
+    require((attack is not None) + (defence is not None) + bool(findings) == 1,
+            "give exactly one of attack=..., defence=... or findings=True")
+    return ("attack", attack) if attack is not None else ("defence", defence) if defence is not None \
+        else ("findings", "findings")
+
+
+def resolve(*, attack: str | None = None, defence: str | None = None, findings: bool = False,
+            injected: set | None = None, **params) -> dict:
+    """Validate a column notebook's parameters and fill the budgets the profile decides, by the resolver of what it
+    runs (:data:`RESOLVERS`).
+
+    Args:
+        attack / defence / findings: what the notebook runs: an :data:`repro.attacks.ATTACKS` name, a
+            :data:`repro.train.DEFENCES` name, or the findings experiments.
+        **params: the parameters cell's values. ``None`` for a budget (``n_samples``, ``batch_size``, ``width``,
+            the attack's iteration budget, ``epochs``, ``train_subset``, ``defence_*``, ``eval_subset``,
+            ``curve_samples``) means "the profile's value". PGD's ``eps_iter`` (the follow-up's name) is accepted
+            as ``step_size``; given alone under papermill, it replaces the notebook's default ``step_size``.
+        injected: the parameters papermill injected (:func:`~repro.study.context.injected_parameters`; ``None``:
+            unknown, every given parameter counts as set by the caller).
+
+    Returns:
+        The effective parameters, JSON-ready (device as a string).
 
     Raises:
-        ParameterError: a parameter the notebook does not declare (named, with the allowed ones), or a bad value.
+        ParameterError: an unknown profile, dataset, model, attack or defence, a dataset/model mismatch, a negative
+            ε, a step count below 1, ... — the message names the parameter and what is allowed.
     """
-    started = time.time()
-    injected = injected_parameters()
-    if injected is not None:
-        allowed = set(params) | set(declared)
-        unknown = sorted(injected - allowed)
-        require(not unknown, f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; allowed: "
-                              f"{', '.join(map(repr, sorted(allowed)))}")
-    p = resolver(injected=injected, **params)
-    random.seed(p["seed"])
-    np.random.seed(p["seed"] % 2**32)
-    torch.manual_seed(p["seed"])
-    ctx = Context(kind=kind, name=name, params=p, profile=get_profile(p["profile"]),
-                  device=torch.device(p["device"]), started=started)
-    datasets = [p["dataset"]] if "dataset" in p else list(data_mod.DATASETS)
-    ctx.data = {"datasets": {d: _data_record(d) for d in datasets}}
-    return ctx
+    kind, name = _kind(attack, defence, findings)
+    return RESOLVERS[kind](name, injected=injected, **params)
 
 
 def setup(*, attack: str | None = None, defence: str | None = None, findings: bool = False, **params) -> Context:
-    """:func:`start` for a column notebook (an attack, a defence or the findings), its parameters resolved by
-    :func:`resolve`.
+    """:func:`~repro.study.context.start` for a column notebook (an attack, a defence or the findings), its
+    parameters resolved by :func:`resolve`.
 
     Raises:
         ParameterError: a parameter the notebook does not declare (named, with the allowed ones), or a bad value.
     """
-    kind = "attack" if attack else "defence" if defence else "findings"
-    # The defence notebook serves every defence: its ``defence`` parameter names the one it runs.
-    return start(kind, attack or defence or kind,
-                 lambda **p: resolve(attack=attack, defence=defence, findings=findings, **p),
-                 declared=("defence",) if defence else (), **params)
-
-
-def _data_record(dataset: str) -> dict:
-    prov = data_mod.provenance(dataset)
-    return {k: v for k, v in prov.items() if k != "root"}
-
-
-def progress_enabled() -> bool:
-    """tqdm bars in long cells: on, except under CI (``CI`` set) or with ``REPRO_PROGRESS=0``."""
-    return not os.environ.get("CI") and os.environ.get("REPRO_PROGRESS", "1") != "0"
-
-
-# ------------------------------------------------------------------------------------------------------- models
-def train_config(*, dataset: str, model: str, profile: str | Profile, width: int | None = None,
-                 logit_shift: bool = True, defence: str | None = None, defence_params=None, seed: int = 100,
-                 device: str = "auto", epochs: int | None = None, train_subset: int | None = None,
-                 defence_init: str | None = None, defence_recipe: str | None = None,
-                 defence_epochs: int | None = None, defence_subset: int | None = None) -> TrainConfig:
-    """The :class:`repro.train.TrainConfig` a profile prescribes for a raw model (``defence=None``) or a defence:
-    the one function that turns a profile into a training configuration, used by the notebooks and by
-    ``python -m repro.train`` alike (so both train, and cache, the same model).
-
-    Raw models take DeepSec's recipe with the profile's raw budget (``epochs``/``train_subset`` override it).
-    Defences take the profile's defence budget for the dataset (``defence_*`` override it: initialisation, recipe,
-    epochs, training images); when they start from the raw model
-    (``defence_init="raw"``), that is DeepSec's released checkpoint if the profile loads those and DeepSec released
-    this architecture, else the raw model this function configures.
-    """
-    prof = get_profile(profile) if isinstance(profile, str) else profile
-    kwargs = {} if logit_shift else {"logit_shift": False}
-    on_cuda = torch.cuda.is_available() if device == "auto" else torch.device(device).type == "cuda"
-    fast = prof.cuda_bf16 and on_cuda  # bfloat16 autocast, channels-last, torch.compile: GPU speed options
-    if model == "resnet20_wide":
-        kwargs["width"] = prof.wide_width if width is None else width
-    raw = TrainConfig(dataset=dataset, model=model, model_kwargs=kwargs,
-                      epochs=prof.raw.epochs if epochs is None else epochs,
-                      subset=prof.raw.subset if train_subset is None else train_subset, seed=seed,
-                      history_subset=prof.history_subset, device=device, bf16=fast, channels_last=fast,
-                      compile=fast)
-    if defence is None:
-        return raw
-    budget = prof.defence.for_dataset(dataset)
-    init_rule = budget.init if defence_init is None else defence_init
-    if init_rule == "scratch":
-        init = "scratch"
-    elif uses_deepsec_checkpoint(model, prof):
-        init = "deepsec"
-    else:
-        init = raw
-    return replace(raw, defence=defence, defence_params=defence_params, init=init,
-                   recipe=budget.recipe if defence_recipe is None else defence_recipe,
-                   epochs=budget.epochs if defence_epochs is None else defence_epochs,
-                   subset=budget.subset if defence_subset is None else defence_subset)
-
-
-def uses_deepsec_checkpoint(model: str, profile: Profile) -> bool:
-    """Whether the profile's raw ``model`` is DeepSec's released checkpoint (else it is trained here)."""
-    return loads_deepsec_checkpoint(model, profile)
-
-
-def _config_of(ctx: Context, *, defence_params=None) -> TrainConfig:
-    p = ctx.params
-    extra = {} if defence_params is None else dict(
-        defence=ctx.name, defence_params=defence_params, defence_init=p["defence_init"],
-        defence_recipe=p["defence_recipe"], defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"])
-    return train_config(dataset=p["dataset"], model=p["model"], profile=ctx.profile, width=p["width"],
-                        logit_shift=p["logit_shift"], seed=p["seed"], device=str(ctx.device), epochs=p["epochs"],
-                        train_subset=p["train_subset"], **extra)
-
-
-def published_models(profile: Profile) -> "os.PathLike":
-    """The folder of the trained models behind the committed results of ``profile`` (``results/<profile>/models/``):
-    every notebook run loads a model from there (checksum verified) before it would train one."""
-    return results_mod.models_dir(results_mod.COMMITTED_RESULTS, profile.name)
-
-
-def model_available(config: TrainConfig, profile: Profile) -> bool:
-    """Whether ``config``'s model is in the training cache or published with ``profile``'s results (no training)."""
-    from ..train import is_cached
-
-    return is_cached(config, published=published_models(profile))
-
-
-def provide_model(ctx: Context, config: TrainConfig, role: str):
-    """Train ``config`` (or load it from the cache or the profile's published models); record it in the result
-    under ``role``: its key, the sha256 of its ``model.pt``, the commit and code hash that trained it."""
-    from ..train import train_cached
-
-    if config.bf16:
-        departure = BF16_DEPARTURE.format(what=f"{role} model's training")
-        ctx.departures += [departure] if departure not in ctx.departures else []
-
-    available = model_available(config, ctx.profile)
-    with warnings.catch_warnings():
-        if getattr(config.defence_params, "eps", 0) >= 1:
-            warnings.simplefilter("ignore", UserWarning)  # the literal "ε = 8": recorded in the parameters' note
-        trained = train_cached(config, progress=progress_enabled() and not available,
-                               published=published_models(ctx.profile))
-    if not trained.from_cache:
-        ctx.train_seconds += trained.train_time_s
-    trained_by = trained.provenance or {}
-    published = Path(trained.checkpoint).parent == Path(published_models(ctx.profile))
-    ctx.models[role] = {"source": ModelSource.TRAINED.value, "logit_shift": ctx.params.get("logit_shift", True),
-                        "config": results_mod.json_ready(_effective(trained.config)), "key": trained.key,
-                        "sha256": _io.sha256_file(Path(trained.checkpoint)),
-                        "trained_commit": trained_by.get("git", {}).get("commit"),
-                        "trained_dirty": trained_by.get("git", {}).get("dirty"), "code": trained_by.get("code"),
-                        # re-keyed to later training code after probes trained identically (repro.train.carry)
-                        "carried": trained_by.get("carried", []),
-                        "loaded_from": "published" if published else "cache" if trained.from_cache else "trained",
-                        "history": results_mod.json_ready(trained.history), "best_epoch": trained.best_epoch,
-                        "best_val_acc": trained.best_val_acc, "from_cache": trained.from_cache,
-                        "train_time_s": trained.train_time_s}
-    if published:
-        ctx.notes.append(f"{role} model loaded from the published {Path(trained.checkpoint).name} (sha256 checked), "
-                         "not retrained")
-    return trained.model.to(ctx.device).eval()
-
-
-def _effective(config: TrainConfig) -> dict:
-    from ..train import effective_config
-
-    return effective_config(config)
-
-
-def raw_model(ctx: Context) -> torch.nn.Module:
-    """The column's raw (undefended) model in ``eval()`` mode on the context's device; records where it came from:
-    DeepSec's released checkpoint when the profile loads those and DeepSec released the architecture, otherwise
-    trained here with DeepSec's recipe (cached)."""
-    from .. import models
-
-    p = ctx.params
-    if uses_deepsec_checkpoint(p["model"], ctx.profile):
-        model = models.load_deepsec(p["dataset"], logit_shift=p["logit_shift"], map_location=ctx.device)
-        ctx.models["raw"] = {"source": ModelSource.DEEPSEC.value,
-                             "file": models.deepsec_checkpoint(p["dataset"]).name,
-                             "sha256": DEEPSEC_CHECKPOINTS[p["dataset"]]["sha256"],
-                             "deepsec_commit": models.DEEPSEC_COMMIT, "logit_shift": p["logit_shift"]}
-        return model
-    return provide_model(ctx, _config_of(ctx), "raw")
-
-
-def defend(ctx: Context, raw: torch.nn.Module) -> torch.nn.Module:
-    """Train the column's defence (a :data:`repro.train.DEFENCES` entry) and return it in ``eval()`` mode.
-
-    Fine-tuned from the raw model or trained from scratch as ``defence_init`` says; cached by configuration (the
-    same defence is trained once); the training history is recorded in the result.
-    """
-    p = ctx.params
-    params = DEFENCES[ctx.name].params_type(**{k: p[k] for k in defence_parameters(ctx.name) if k in p})
-    config = _config_of(ctx, defence_params=params)
-    if config.init == "deepsec" and not ctx.data["datasets"][p["dataset"]].get("official", True):
-        ctx.notes.append("validated on the images of the partial copy that DeepSec's own split (seed 100) held out, "
-                         "which its released raw model never trained on")
-    return provide_model(ctx, config, "defended")
-
-
-def _seconds_per_image_pass(config: TrainConfig, device: torch.device) -> float:
-    """One timed forward-backward pass of a batch of 32 through the untrained architecture, per image."""
-    from ..models import build
-
-    shape = (32, 1, 28, 28) if config.dataset == "mnist" else (32, 3, 32, 32)
-    model = build(config.model, **config.model_kwargs).to(device).train()
-    x = torch.rand(shape, device=device)
-    y = torch.zeros(shape[0], dtype=torch.long, device=device)
-    torch.nn.functional.cross_entropy(model(x), y).backward()  # warm-up
-    started = time.perf_counter()
-    torch.nn.functional.cross_entropy(model(x), y).backward()
-    return (time.perf_counter() - started) / shape[0]
-
-
-def planned_work(ctx: Context) -> str:
-    """What the column is about to do that costs time, in words: each model it trains that is not in the training
-    cache, with an estimate from one timed batch on this machine; and the attack budget. Returned (the notebook
-    shows it) before the work starts, so that a long cell is never a surprise."""
-    p, lines = ctx.params, []
-    configs = []
-    if not uses_deepsec_checkpoint(p.get("model", ""), ctx.profile) and ctx.kind != "findings":
-        configs.append(("raw model", _config_of(ctx)))
-    if ctx.kind == "defence":
-        params = DEFENCES[ctx.name].params_type(**{k: p[k] for k in defence_parameters(ctx.name) if k in p})
-        configs.append((f"{ctx.name.upper()} defence", _config_of(ctx, defence_params=params)))
-    for role, config in configs:
-        if model_available(config, ctx.profile):
-            lines.append(f"{role}: {config.model} {config.model_kwargs or ''} from the training cache or the "
-                         "published models")
-            continue
-        passes = DEFENCES[config.defence].passes(config.defence_params) if config.defence else 1
-        images = config.effective_recipe.training_images(config.subset or ctx.data["datasets"][config.dataset]["train"])
-        estimate = config.effective_epochs * images * passes * _seconds_per_image_pass(config, ctx.device)
-        lines.append(f"{role}: training {config.model} {config.model_kwargs or ''} for {config.effective_epochs} "
-                     f"epoch(s) on {images:,} images ({passes} forward-backward passes per image), not in the "
-                     f"training cache: about {estimate / 60:.0f} min on {ctx.device} (estimated from one timed "
-                     "batch; checkpoints every epoch, an interrupted run resumes)")
-    if ctx.kind == "attack":
-        entry = ATTACKS[ctx.name]
-        cost = entry.cost({k: p[k] for k in entry.parameters if k in p})
-        lines.append(f"attack: {ctx.name} on up to {p['n_samples']:,} candidates, {cost:,} "
-                     f"{entry.unit.replace('_', ' ')}s per image")
-    return "\n".join(lines) or "nothing expensive"
+    kind, name = _kind(attack, defence, findings)
+    # The attack and defence notebooks serve every attack and defence: their ``attack``/``defence`` parameter names
+    # the one they run.
+    return start(kind, name, lambda **p: RESOLVERS[kind](name, **p),
+                 declared=(kind,) if kind in ("attack", "defence") else (), **params)
 
 
 # ------------------------------------------------------------------------------------------------------ attacks
@@ -594,6 +241,13 @@ def _cw2_outcomes(model: torch.nn.Module, cands: data_mod.Candidates, x_adv: tor
     """Per candidate: whether ``x_adv`` is classified as its target, and the absolute L2 distance to the clean image."""
     pred = data_mod.predict_logits(model, x_adv, batch_size=batch_size, device=device).argmax(1)
     return pred == cands.target, (x_adv - cands.x).flatten(1).norm(dim=1)
+
+
+def attack_labels(ctx: Context, cands: data_mod.Candidates) -> torch.Tensor | None:
+    """The labels a targeted attack aimed at (DeepSec's random targets or the least-likely classes), ``None`` for an
+    untargeted one (its labels are the true classes)."""
+    field_name = labels_field(ctx.name)
+    return None if field_name == "y" else getattr(cands, field_name)
 
 
 def budget_ladder(ctx: Context, model: torch.nn.Module, cands: data_mod.Candidates, run) -> dict:
@@ -855,3 +509,9 @@ def result_file(ctx: Context) -> str:
         return str(path.relative_to(results_mod.repo_root()))
     except ValueError:
         return os.fspath(path)
+
+
+# What the notebooks call, from this module and the two it builds on.
+__all__ = ["ParameterError", "Context", "RESOLVERS", "resolve", "setup", "planned_work", "raw_model", "defend",
+           "candidates", "attack", "attack_labels", "budget_ladder", "attack_metrics", "outcome_by_class", "defence_metrics",
+           "accuracy_vs_eps", "deepsec_candidates", "finish", "result_file", "run_title"]

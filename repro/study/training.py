@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .. import data as data_mod
 from ..metrics import robustness
 from ..train import TrainConfig, config_key
-from . import roster, steps
+from . import context, models, roster
 from .plan import columns_for
 from .profiles import Profile, get_profile
 
@@ -54,7 +54,7 @@ def trained_models(dataset: str, profile: str | Profile) -> list[TrainedModel]:
     return out
 
 
-def model_config(model: TrainedModel, ctx: steps.Context) -> TrainConfig | None:
+def model_config(model: TrainedModel, ctx: context.Context) -> TrainConfig | None:
     """The training configuration of ``model`` (``None``: DeepSec's released checkpoint), with the notebook's budget
     overrides; an ablation arm replaces the initialisation, recipe, epochs and images of its column's defence, and
     the defence parameters it names."""
@@ -72,43 +72,43 @@ def model_config(model: TrainedModel, ctx: steps.Context) -> TrainConfig | None:
 
 def resolve(*, injected: set | None = None, **params) -> dict:
     """The training notebook's effective parameters: the common ones checked by
-    :func:`repro.study.steps.resolve_common`, then ``n_samples`` (``None``: the profile's, else the whole official
+    :func:`repro.study.context.resolve_common`, then ``n_samples`` (``None``: the profile's, else the whole official
     test split; a partial copy then uses all it has), ``pgd_steps`` (``None``: the profile's, else the threat
     model's), the raw and defence budgets (``None``: the profile's, as the defence columns).
 
     Raises:
-        repro.study.steps.ParameterError: unknown dataset, a count below 1, a width on a model without one.
+        repro.study.context.ParameterError: unknown dataset, a count below 1, a width on a model without one.
     """
-    p, prof = steps.resolve_common(injected=injected, **params)
-    steps.require(p.get("dataset") in roster.SECURITY_MODELS,
+    p, prof = context.resolve_common(injected=injected, **params)
+    context.require(p.get("dataset") in roster.SECURITY_MODELS,
                   f"unknown dataset {p.get('dataset')!r}; allowed: {', '.join(map(repr, roster.SECURITY_MODELS))}")
     if p.get("n_samples") is None:
         p["n_samples"] = prof.training_images.get(p["dataset"]) or data_mod.FULL_SIZES[p["dataset"]]["test"]
     if p.get("pgd_steps") is None:
         p["pgd_steps"] = prof.training_pgd_steps or roster.threat_model(p["dataset"])["steps"]
-    steps.check_count(p, "n_samples")
-    steps.check_count(p, "pgd_steps")
+    context.check_count(p, "n_samples")
+    context.check_count(p, "pgd_steps")
     roster.resolve_model_budgets(p, prof)
     return p
 
 
-def setup(**params) -> steps.Context:
-    """:func:`repro.study.steps.start` for the training notebook, its parameters resolved by :func:`resolve`.
+def setup(**params) -> context.Context:
+    """:func:`repro.study.context.start` for the training notebook, its parameters resolved by :func:`resolve`.
 
     Raises:
-        repro.study.steps.ParameterError: a parameter the notebook does not declare, or a bad value.
+        repro.study.context.ParameterError: a parameter the notebook does not declare, or a bad value.
     """
-    return steps.start("training", "training", resolve, **params)
+    return context.start("training", "training", resolve, **params)
 
 
-def planned_work(ctx: steps.Context) -> str:
+def planned_work(ctx: context.Context) -> str:
     """Where each model comes from (cache key, or trained now) and the evaluation, in words."""
     p, lines = ctx.params, []
     for model in trained_models(p["dataset"], ctx.profile):
         config = model_config(model, ctx)
         where = ("DeepSec's released checkpoint" if config is None else
                  f"trained model {config_key(config)[:12]} (cached or published)"
-                 if steps.model_available(config, ctx.profile) else
+                 if models.model_available(config, ctx.profile) else
                  "NOT in the training cache: trained now")
         lines.append(f"{model.spec.label}: {where}")
     threat = roster.threat_model(p["dataset"])
@@ -117,7 +117,7 @@ def planned_work(ctx: steps.Context) -> str:
     return "\n".join(lines)
 
 
-def evaluate(ctx: steps.Context, x: Tensor, y: Tensor) -> dict:
+def evaluate(ctx: context.Context, x: Tensor, y: Tensor) -> dict:
     """Load (or train) every model of the column and measure it, JSON-ready: per model id its label, column, role,
     ablation arm, training record (recipe, epochs, images, init, history, kept epoch and rule, wall time; ``None``
     for DeepSec's checkpoint), and ``clean`` and ``pgd`` rate records (:func:`repro.study.robustness.rate`)."""
@@ -133,7 +133,7 @@ def evaluate(ctx: steps.Context, x: Tensor, y: Tensor) -> dict:
             record = None
             out["deepsec_split"] = _split_accuracy(net, p["dataset"], model.spec, ctx)
         else:
-            net = steps.provide_model(ctx, config, mid)
+            net = models.provide_model(ctx, config, mid)
             trained = ctx.models[mid]
             recipe = trained["config"]["recipe"]
             record = {"init": trained["config"]["init"], "recipe": recipe["name"], "optimiser": recipe["optimiser"],
@@ -141,7 +141,7 @@ def evaluate(ctx: steps.Context, x: Tensor, y: Tensor) -> dict:
                       "epochs": trained["config"]["epochs"], "batch_size": trained["config"]["batch_size"],
                       "train_images": _images(trained["history"]), "kept_epoch": trained["best_epoch"],
                       "train_time_s": trained["train_time_s"], "history": trained["history"],
-                      "start": starting_point(config, published=steps.published_models(ctx.profile))}
+                      "start": starting_point(config, published=models.published_models(ctx.profile))}
         clean = robustness.predict_correct(net, x, y, batch_size=p["batch_size"], device=ctx.device)
         pgd = robustness.pgd_worst_case(net, x, y, eps=threat["eps"], step_size=threat["step_size"],
                                       steps=p["pgd_steps"], restarts=1, batch_size=p["batch_size"],
@@ -184,7 +184,7 @@ def starting_point(config: TrainConfig, *, published) -> dict | None:
 SPLIT_CONTRAST_IMAGES = 10_000
 
 
-def _split_accuracy(net: nn.Module, dataset: str, spec: roster.EvaluatedModel, ctx: steps.Context) -> dict:
+def _split_accuracy(net: nn.Module, dataset: str, spec: roster.EvaluatedModel, ctx: context.Context) -> dict:
     """DeepSec's released model on the training images available here, split as the training loop splits them
     (DeepSec's own seeded hold-out): the held-out part should score like the test split, the rest (which DeepSec
     trained on) near 100 %, evidence that validation here uses images the checkpoint never saw."""

@@ -260,7 +260,7 @@ def finite(value):
 
 
 def _uses_released_checkpoint(col: Column, profile: Profile) -> bool:
-    from .steps import uses_deepsec_checkpoint
+    from .models import uses_deepsec_checkpoint
 
     model = col.parameters_for(profile.name).get("model")
     return "raw" in col.uses and model is not None and uses_deepsec_checkpoint(model, profile)

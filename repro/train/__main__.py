@@ -109,7 +109,7 @@ def _check_out_dir(parser: argparse.ArgumentParser, folder: str) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` for parsed arguments: the profile's (:func:`repro.study.steps.train_config`), then
     each given flag overrides."""
-    from ..study.steps import train_config
+    from ..study.models import train_config
 
     defence = None if args.defence == "none" else args.defence
     model = args.model or DEEPSEC_CHECKPOINTS[args.dataset]["model"]  # DeepSec's architecture for the dataset

@@ -144,9 +144,17 @@ def check_nonnegative(value, *, name: str) -> float:
 
 def check_steps(steps, *, name: str = "steps") -> int:
     """Return ``steps`` as an int; raise ValueError unless it is an integer ≥ 1."""
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {steps!r}")
+    check_integer(name, steps)
     return int(steps)
+
+
+def check_integer(name: str, value, *, low: int = 1, optional: bool = False) -> None:
+    """Raise ValueError naming ``name`` and ``value`` unless it is an integer ≥ ``low`` (or ``None`` if
+    ``optional``): the one home of this check for the library, the study and their configurations."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}{' or None' if optional else ''}, got {value!r}")
 
 
 # The layers whose output depends on the module's mode: batch statistics instead of running ones (and buffers
@@ -207,7 +215,8 @@ class Rule:
             ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and \
                 (value > self.low if self.strict else value >= self.low) and (self.high is None or value <= self.high)
         elif self.kind == "count":
-            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= self.low
+            check_integer(name, value, low=int(self.low))
+            ok = True
         elif self.kind == "flag":
             ok = isinstance(value, bool)
         else:

@@ -23,11 +23,10 @@ from repro.metrics import (
 from .conftest import needs_cifar10, needs_mnist
 
 CLASSES = 3
-SMALL = {
-    "fgsm": dict(eps=0.1), "llc": dict(eps=0.1), "bim": dict(eps=0.1, step_size=0.05, steps=2),
-    "illc": dict(eps=0.1, step_size=0.05, steps=2), "pgd": dict(eps=0.1, step_size=0.05, steps=2),
-    "cw2": dict(binary_search_steps=1, max_iterations=2),
-}
+# Every registered attack at tiny budgets (its DeepSec setting, ε, step and iterations capped; CW2 at 1 × 2).
+SMALL = {name: {k: {"eps": 0.1, "step_size": 0.05, "steps": 2}.get(k, v)
+                for k, v in ATTACKS[name].default_setting("cifar10").items()} for name in ATTACKS} | {
+    "cw2": dict(binary_search_steps=1, max_iterations=2)}
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 
 

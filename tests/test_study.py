@@ -344,10 +344,10 @@ def test_findings_tables_print_every_success_rate_with_its_interval():
     interval for every rate."""
     import re
 
-    from repro.study import findings
+    from repro.report import findings as findings_report
 
     evidence = json.loads((repo_root() / "results" / "smoke" / "findings.json").read_text())["extra"]
-    tables = findings.evidence_tables(evidence)
+    tables = findings_report.evidence_tables(evidence)
     with_interval = re.compile(r"^\d+\.\d % \[\d+\.\d, \d+\.\d\]$")
     assert all(with_interval.match(cell) for cell in tables["eps8"][1][1:3]), tables["eps8"][1]
     rates = [row for row in tables["shift"][1:] if ": MR" in row[0]]
@@ -485,6 +485,25 @@ def test_the_attack_and_defence_notebooks_declare_every_registered_hyper_paramet
     declared = set(_parameters_cell("defence.ipynb")) | unvaried
     assert not {(d, n) for d in DEFENCES for n in defence_parameters(d) if n not in declared}
     assert ("pgd", "eps") in {(a, n) for a in ATTACKS for n in attack_parameters(a)} - (declared - {"eps"})
+
+
+def _setup_keywords(notebook: str) -> dict[str, str]:
+    """keyword → the name passed, for the ``study.setup(...)`` call of ``notebook``'s code cells."""
+    out = {}
+    for source in _code_cells(notebook):
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "setup":
+                out.update({k.arg: getattr(k.value, "id", None) for k in node.keywords})
+    return out
+
+
+@pytest.mark.parametrize("notebook", [*ATTACK_NOTEBOOKS, "defence.ipynb"])
+def test_every_declared_parameter_reaches_the_setup_call(notebook):
+    """Found by adding MI-FGSM in a scratch branch: a new name declared in the parameters cell but not passed to
+    ``study.setup`` is refused when the pipeline injects it ("unknown notebook parameter"), with every test green."""
+    passed = _setup_keywords(notebook)
+    assert {name: name for name in _parameters_cell(notebook)} == passed, notebook
+    assert _setup_keywords("pgd.ipynb")["eps"] == "eps"
 
 
 @pytest.fixture

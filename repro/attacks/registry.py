@@ -44,6 +44,7 @@ class Attack:
     cost: Callable[[dict], float]
     labels: str = "y"
     unit: str = "pgd_step"
+    defaults: dict[str, str] | None = None  # dataset → configuration name (None: DeepSec's, see default_setting)
 
     def __post_init__(self) -> None:
         missing = sorted(set(self.parameters) - set(self.rules))
@@ -58,6 +59,9 @@ class Attack:
             raise ValueError(f"attack {self.name!r}: unit {self.unit!r}; allowed: {', '.join(map(repr, COST_UNITS))}")
         for name, setting in self.configs.items():
             check_params(setting, self.rules, owner=f"{self.name} configuration {name!r}")
+        unknown = sorted(set((self.defaults or {}).values()) - set(self.configs))
+        if unknown:
+            raise ValueError(f"attack {self.name!r}: defaults name unknown configurations {unknown}")
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -65,10 +69,12 @@ class Attack:
         sig = inspect.signature(self.fn)
         return tuple(n for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY and n not in PLUMBING)
 
-    def deepsec_setting(self, dataset: str) -> dict:
-        """DeepSec's setting of this attack for ``dataset`` (its ``deepsec_<dataset>`` configuration, else its
-        ``deepsec`` one), a copy; empty if it has neither."""
-        return dict(self.configs.get(f"deepsec_{dataset}", self.configs.get("deepsec", {})))
+    def default_setting(self, dataset: str) -> dict:
+        """The setting a notebook parameter left ``None`` takes on ``dataset``, a copy: the configuration
+        ``defaults`` names for it, else DeepSec's (``deepsec_<dataset>``, else ``deepsec``); empty if there is none."""
+        name = (self.defaults or {}).get(dataset) or next(
+            (n for n in (f"deepsec_{dataset}", "deepsec") if n in self.configs), None)
+        return dict(self.configs.get(name, {}))
 
     def check(self, params: dict) -> None:
         """Raise ValueError naming the first parameter that is unknown or outside its rule."""

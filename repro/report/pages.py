@@ -550,7 +550,7 @@ def _findings_interval(key: str, result: results_mod.Result) -> str:
 
 
 def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, found: dict) -> None:
-    from ..study import findings
+    from . import findings as findings_report
 
     subs.update({key: NOT_COMPUTED for key in FINDINGS_SUBS})  # every number the chapter quotes has a value
 
@@ -560,7 +560,7 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
             for col in columns_running(profile, attack="pgd", model="resnet20_wide")
             if col.id in found and found[col.id].extra.get("by_class")}
     if wide:
-        table = findings.class_table({f"{title}: adversarial class": w["adversarial_class_counts"]
+        table = findings_report.class_table({f"{title}: adversarial class": w["adversarial_class_counts"]
                                       for title, w in wide.items()},
                                      per_true={f"{title}: MR of true class": (w["successes_per_true_class"],
                                                                               w["n_per_true_class"])
@@ -601,23 +601,23 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
         for name in names:
             (gen / f"findings_{name}.md").write_text("*Not computed under this profile.*\n", encoding="utf-8")
         return
-    tables = findings.evidence_tables(result.extra)
+    tables = findings_report.evidence_tables(result.extra)
     for name in names:
         (gen / f"findings_{name}.md").write_text(markdown.table(tables[name][0], tables[name][1:]), encoding="utf-8")
     ev = result.extra
     subs.update({
         "f_eps8_n": str(ev["eps8"]["n"]),
         "f_eps8_saturated": f"{100 * ev['eps8']['eps8']['saturated']:.0f} %",
-        "f_eps8_ass_code": findings.fixed(ev['eps8']['eps8']['ASS_code']),
-        "f_eps8_ass_255": findings.fixed(ev['eps8']['eps8']['ASS_255']),
-        "f_eps8_255_ass_code": findings.fixed(ev['eps8']['eps8_255']['ASS_code']),
-        "f_eps8_255_ass_255": findings.fixed(ev['eps8']['eps8_255']['ASS_255']),
+        "f_eps8_ass_code": findings_report.fixed(ev['eps8']['eps8']['ASS_code']),
+        "f_eps8_ass_255": findings_report.fixed(ev['eps8']['eps8']['ASS_255']),
+        "f_eps8_255_ass_code": findings_report.fixed(ev['eps8']['eps8_255']['ASS_code']),
+        "f_eps8_255_ass_255": findings_report.fixed(ev['eps8']['eps8_255']['ASS_255']),
         "f_def_n_mnist": str(ev["definitions"]["mnist"]["n"]),
         "f_def_n_cifar": str(ev["definitions"]["cifar10"]["n"]),
         "f_shift_n": str(ev["logit_shift"]["n"]),
         "f_pat_crr_csr": f"{ev['pat_arithmetic']['crr_minus_csr']:.2f} %",
         "f_pat_implied": f"{ev['pat_arithmetic']['implied_defended']:.2f} %",
-        "f_eps8_cosine": findings.fixed(ev["eps8"]["eps8"]["centred_cosine"]),
+        "f_eps8_cosine": findings_report.fixed(ev["eps8"]["eps8"]["centred_cosine"]),
         "f_eps8_top2": _top_two(ev["eps8"]["eps8"]["adversarial_class_counts"]),
         "f_noise_top": _top_two(ev["eps8"].get("binary_noise_class_counts", [])),
         "f_def_flat_mnist": f"{ev['definitions']['mnist']['images_with_flat_perturbed_element']} of "
@@ -635,13 +635,14 @@ def _shift_subs(shift: dict) -> dict[str, str]:
     ``logit_shift`` evidence (:func:`repro.study.findings.logit_shift_evidence`) and the study's judgement of it
     (:func:`repro.study.findings.shift_explained`)."""
     from ..study import findings
+    from . import findings as findings_report
 
     f32 = shift["float32"]
     cos, fgsm = f32["cosine_to_float64"], f32["successes"]["fgsm"]
     judged = findings.shift_explained(shift)
 
     def c(key, group):
-        return findings.fixed(cos[key][group], 2)
+        return findings_report.fixed(cos[key][group], 2)
 
     if judged["explained"]:
         verdict = (f"This explains the difference: the shift adds {judged['gap_rounded']} FGSM successes on the "

@@ -18,6 +18,7 @@ import torch
 from .. import data as data_mod
 from .. import results as results_mod
 from ..attacks import ATTACKS
+from ..checks import check_integer
 from ..train import DEFENCES
 from .profiles import PROFILES, Profile, get_profile
 
@@ -55,11 +56,11 @@ def require(condition: bool, message: str) -> None:
         raise ParameterError(message)
 
 def check_count(p: dict, name: str, *, low: int = 1, optional: bool = False) -> None:
-    value = p[name]
-    if value is None and optional:
-        return
-    require(isinstance(value, int) and not isinstance(value, bool) and value >= low,
-             f"{name} must be an integer >= {low}{' or None' if optional else ''}, got {value!r}")
+    """:func:`repro.checks.check_integer` on ``p[name]``, as a :class:`ParameterError`."""
+    try:
+        check_integer(name, p[name], low=low, optional=optional)
+    except ValueError as err:
+        raise ParameterError(str(err)) from None
 
 
 def check_rule(rule, name: str, value) -> None:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .. import data as data_mod
 from ..attacks import get_config
+from ..checks import check_integer
 from ..metrics.robustness import (AUTOATTACK_ITERATIONS, AUTOATTACK_NAMES, AUTOATTACK_TARGET_CLASSES,
                                   AUTOATTACK_VERSIONS, MASKING_RULES, autoattack_eval, masking_checks, pgd_worst_case,
                                   predict_correct, random_targets, rate, transfer_vs_white_box, unpack)
@@ -50,14 +51,10 @@ BUDGET_PARAMETERS = {
 def check_budget(budget: SecurityBudget) -> None:
     """Raise ValueError naming the field unless ``budget`` is usable (counts ≥ 1, a known AutoAttack version, ...)."""
     for name in ("pgd_restarts", "masking_eps_steps", "square_queries"):
-        value = getattr(budget, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"SecurityBudget.{name} must be an integer >= 1, got {value!r}")
+        check_integer(f"SecurityBudget.{name}", getattr(budget, name))
     for name in ("n_images", "pgd_steps", "autoattack_target_classes", "autoattack_iterations", "transfer_n",
                  "masking_n"):
-        value = getattr(budget, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"SecurityBudget.{name} must be an integer >= 1 or None, got {value!r}")
+        check_integer(f"SecurityBudget.{name}", getattr(budget, name), optional=True)
     for dataset in SECURITY_MODELS:
         cw2 = budget.transfer_cw2.get(dataset) if isinstance(budget.transfer_cw2, dict) else None
         if not (isinstance(cw2, tuple) and len(cw2) == 2 and all(isinstance(v, int) and v >= 1 for v in cw2)):

@@ -86,7 +86,7 @@ def resolve_attack(attack: str, *, injected: set | None = None, **params) -> dic
                 require(p[name] is None, f"{name} is a parameter of attack {other!r}, not of {attack!r}; leave it "
                                          f"None (given {p[name]!r})")
                 p.pop(name)
-    setting = ATTACKS[attack].deepsec_setting(p["dataset"])
+    setting = ATTACKS[attack].default_setting(p["dataset"])
     for name in mine:
         if name in p and p[name] is None:  # the profile's iteration budget, else DeepSec's setting
             p[name] = budget.iterations.get(name, setting.get(name))
@@ -115,7 +115,7 @@ def resolve_defence(defence: str, *, injected: set | None = None, **params) -> d
                 require(p[name] is None, f"{name} is a parameter of defence {other!r}, not of {defence!r}; leave it "
                                          f"None (given {p[name]!r})")
                 p.pop(name)
-    setting = DEFENCES[defence].configs[f"deepsec_{p['dataset']}"]
+    setting = DEFENCES[defence].default_setting(p["dataset"])
     for name in mine:
         if name in p:
             if p[name] is None:

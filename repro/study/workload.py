@@ -85,7 +85,7 @@ def workload(profile: str | Profile = "paper") -> list[Work]:
             recipe = RECIPES[training.recipe or DEEPSEC_RECIPE[dataset]]
             epochs, n = training.epochs or recipe.epochs, _train_images(dataset, training.subset, recipe)
             entry = DEFENCES[col.defence]
-            setting = entry.configs[f"deepsec_{dataset}"]
+            setting = entry.default_setting(dataset)
             setting = replace(setting, **{k: p[k] for k in entry.parameters if p.get(k) is not None})
             passes = entry.passes(setting)  # crafting steps, then the clean and the adversarial update
             out.append(Work(col.id, f"{col.defence.upper()}: {epochs} epochs × {n:,} images × {passes - 2} crafting "

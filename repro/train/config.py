@@ -19,6 +19,7 @@ import torch
 
 from .. import _io
 from .._source import code_hash
+from ..checks import check_integer
 from ..data import DATASETS, data_root, digest, load
 from ..models import DEEPSEC_CHECKPOINTS, MODELS, dataset_of
 from .defences import DEFENCES, PGDParams
@@ -49,10 +50,7 @@ def _choice(name: str, value, allowed) -> None:
 
 
 def _positive_int(name: str, value, *, minimum: int = 1, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}{' or None' if optional else ''}, got {value!r}")
+    check_integer(name, value, low=minimum, optional=optional)
 
 
 SCHEDULES = ("step", "cosine")

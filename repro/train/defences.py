@@ -152,6 +152,7 @@ class Defence:
     passes: Callable
     craft_mode: str = "eval"
     draw: Callable | None = None
+    defaults: dict[str, str] | None = None  # dataset → configuration name (None: DeepSec's, "deepsec_<dataset>")
 
     def __post_init__(self) -> None:
         names = [f.name for f in fields(self.params_type)]
@@ -165,6 +166,22 @@ class Defence:
                              f"{', '.join(map(repr, CRAFT_MODES))}")
         for setting in self.configs.values():
             setting.check()
+        unknown = sorted(set((self.defaults or {}).values()) - set(self.configs))
+        if unknown:
+            raise ValueError(f"defence {self.name!r}: defaults name unknown configurations {unknown}")
+
+    def default_setting(self, dataset: str):
+        """The setting a parameter left ``None`` takes on ``dataset``: the configuration ``defaults`` names for it,
+        else DeepSec's (``deepsec_<dataset>``).
+
+        Raises:
+            ValueError: no such setting (the message lists the configurations).
+        """
+        name = (self.defaults or {}).get(dataset, f"deepsec_{dataset}")
+        if name not in self.configs:
+            raise ValueError(f"defence {self.name!r} has no setting for {dataset!r} ({name!r}); its configurations: "
+                             f"{', '.join(map(repr, self.configs))}")
+        return self.configs[name]
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -178,7 +195,8 @@ class Defence:
         Raises:
             ValueError: unknown name, or parameters of the wrong type or out of range.
         """
-        params = f"deepsec_{dataset}" if params is None else params
+        if params is None:
+            params = self.default_setting(dataset)
         if isinstance(params, str):
             if params not in self.configs:
                 raise ValueError(f"unknown {self.name.upper()} configuration {params!r}; allowed: "

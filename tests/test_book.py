@@ -426,10 +426,13 @@ def test_what_we_found_is_generated_from_the_data_and_changes_with_it():
     context = dict(profile="quick", tables={"1": table, "2": {**table, "unmeasured_only": 0}}, eps8=eps8,
                    claims={"confirmed": ["nat_increases_accuracy"], "refuted": ["eps8_is_madry"], "inconclusive": [],
                            "not tested here": []},
-                   cells={"total": 20, "consistent": 12, "inconsistent": 2, "not_comparable": 6}, robust=robust)
+                   cells={"total": 20, "consistent": 12, "inconsistent": 2, "not_comparable": 6}, robust=robust,
+                   widths={"tested": [1, 2], "paper": 10})
     text = render("glance_found.md.j2", **context)
-    lines = [line for line in text.splitlines() if line[:2] in {f"{i}." for i in range(1, 6)}]
-    assert len(lines) == 5
+    lines = [line for line in text.splitlines() if line[:2] in {f"{i}." for i in range(1, 7)}]
+    assert len(lines) == 6
+    assert "widths ×1, ×2" in lines[5] and "×10 is the `paper` profile's run" in lines[5]
+    assert "width ×1 (" in render("glance_found.md.j2", **{**context, "widths": {"tested": [1], "paper": 10}})
     assert "12 are ✓ consistent" in text and "1 confirmed, 1 refuted, 0 inconclusive, 0 not tested here." in text
     assert "×31 Madry's 8/255" in lines[0]
     assert "6 of its 10" in lines[1] and "in 3 cells: defence training epochs 5" in lines[1]

@@ -914,7 +914,9 @@ def glance(profile: str, found: dict) -> str:
                                for key in ("total", "consistent", "inconsistent", "not_comparable")},
                         eps8=next((d for d in decisions if d.claim == "eps8_is_madry"), None),
                         claims={s.value: [d.claim for d in decisions if d.status == s] for s in Status},
-                        robust=_pat_robustness(profile, found))
+                        robust=_pat_robustness(profile, found),
+                        widths={"tested": sorted({get_profile(profile).wide_width, *get_profile(profile).width_ladder}),
+                                "paper": get_profile("paper").wide_width})
     return render("glance.md.j2", summary=found_text, profile=profile,
                   claims=render("claims.md.j2", decisions=decisions),
                   columns=columns, partial=partial, stale=stale_columns(profile, found),

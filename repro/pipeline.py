@@ -25,10 +25,11 @@ import sys
 import time
 from pathlib import Path
 
+from . import _io
 from . import results as results_mod
 from ._io import write_text_atomic
 from .study.plan import Column, columns_for, fingerprint
-from .train.cache import published_path
+from .train.cache import published_path, read_index
 
 NOTEBOOKS = "notebooks"
 STAGING = results_mod.PIPELINE_STAGING  # where notebooks write their results while the pipeline runs them
@@ -115,13 +116,20 @@ def publish_models(result: results_mod.Result, profile: str, results_dir: str | 
 
 
 def prune_models(profile: str, results_dir: str | os.PathLike, log=print) -> None:
-    """Delete the published models of ``<results_dir>/<profile>/models/`` that no result there names."""
+    """Delete the published models of ``<results_dir>/<profile>/models/`` that no result there names, directly or
+    through a carry: a model carried to today's training code (:mod:`repro.train.carry`) keeps the key a result
+    still names in its ``carried`` records until that result is recomputed, and is kept. (Before: the first column
+    a pipeline finished after a carry deleted every carried model, and the next columns retrained them.)"""
     from .train import prune
 
     keep = set()
     for result in results_mod.load_profile(results_dir, profile).values():
         keep |= set(trained_models(result))
-    for path in prune(results_mod.models_dir(results_dir, profile), keep=keep):
+    folder = results_mod.models_dir(results_dir, profile)
+    for key, path in read_index(folder).items():
+        if key not in keep and any(rec.get("from_key") in keep for rec in _io.load(path).get("carried", [])):
+            keep.add(key)
+    for path in prune(folder, keep=keep):
         log(f"[{profile}] deleted the superseded published model {path.name}")
 
 

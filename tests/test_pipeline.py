@@ -163,3 +163,27 @@ def test_the_book_refuses_a_result_without_its_own_executed_notebook(tmp_path, c
     err = capsys.readouterr().err
     assert code == 1 and message.format(nb=nb, res=res) in err, err
     assert not (tmp_path / "out" / "_build" / "html").exists()
+
+
+def test_pruning_keeps_a_model_carried_from_a_key_a_result_still_names(tmp_path, monkeypatch):
+    """After python -m repro.train.carry, the results still name the old keys until they are recomputed: the first
+    column a pipeline finished used to delete every carried model (the next columns then retrained them)."""
+    from repro import _io
+    from repro.train.cache import published_path, read_index
+
+    folder = results.models_dir(tmp_path, "quick")
+    folder.mkdir(parents=True)
+
+    def model(key: str, carried_from: str | None) -> None:
+        staged = tmp_path / "staged.pt"
+        _io.save_atomic({"key": key, "carried": [{"from_key": carried_from}] if carried_from else []}, staged)
+        staged.replace(published_path(folder, key, _io.sha256_file(staged)))
+
+    old, carried, unrelated, named = "a" * 64, "b" * 64, "c" * 64, "d" * 64
+    model(carried, old)
+    model(unrelated, "e" * 64)  # carried from a key no result names
+    model(named, None)
+    monkeypatch.setattr(results, "load_profile", lambda results_dir, profile: {"col": object()})
+    monkeypatch.setattr(pipeline, "trained_models", lambda result: {old: "x", named: "y"})
+    pipeline.prune_models("quick", tmp_path, log=lambda *a: None)
+    assert set(read_index(folder)) == {carried, named}

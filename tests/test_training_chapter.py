@@ -115,7 +115,8 @@ def test_the_chapter_states_the_studys_pat_targets_and_judges_each_model_against
     """Before: the page judged against 75 % / 30 % although the study's target on the exact training images is
     65 % / 25 % (75 / 35 with the JPEG-decoded images), and typed RobustBench's anchor by hand."""
     from repro.report import pages
-    from repro.report.training import TARGET, TARGET_WITH_JPEG, training_page
+    from repro.report.training import training_page
+    from repro.study.ablation import TARGET, TARGET_WITH_JPEG
     from repro.study.plan import anchor
 
     page = training_page(pages.load_found("smoke"), "smoke", tmp_path)
@@ -180,3 +181,16 @@ def test_each_ablation_arm_is_compared_with_its_base_model_on_the_same_images():
     evaluation["models"]["lonely_arm0"] = rec("1", arm="b")
     with pytest.raises(ValueError, match="its base model 'lonely' is not in the evaluation"):
         paired_arms(evaluation)
+
+
+def test_the_target_is_judged_on_the_intervals_in_the_study():
+    """The target's rule lives in the study (repro.study.ablation), the chapter only words it."""
+    from repro.study.ablation import target_verdict
+
+    def rec(low, high):
+        return {"rate": (low + high) / 2, "low": low, "high": high}
+
+    assert target_verdict(rec(0.66, 0.70), rec(0.26, 0.30)) == "meets"
+    assert target_verdict(rec(0.66, 0.70), rec(0.20, 0.24)) == "misses"  # PGD's upper bound below 25 %
+    assert target_verdict(rec(0.60, 0.70), rec(0.26, 0.30)) == "within reach"
+    assert target_verdict(rec(0.76, 0.80), rec(0.36, 0.40), target={"clean": 0.75, "pgd": 0.35}) == "meets"

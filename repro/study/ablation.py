@@ -12,6 +12,22 @@ from ..metrics.uncertainty import mcnemar_exact
 
 SIGNIFICANCE = 0.05  # two-sided level at which the chapter calls a paired difference resolved
 ARM_SUFFIX = "_arm"
+# The study's target for the adversarially trained CIFAR-10 ResNet-20 (PAT ε = 8/255), on the exact test images,
+# trained on the exact training images alone (for scale, RobustBench's ResNet-20 entry, trained on all 50,000 images:
+# repro/study/published/anchors.csv); with the JPEG-decoded rest of the training set added, TARGET_WITH_JPEG.
+TARGET = {"clean": 0.65, "pgd": 0.25}
+TARGET_WITH_JPEG = {"clean": 0.75, "pgd": 0.35}
+
+
+def target_verdict(clean: dict, pgd: dict, *, target: dict = TARGET) -> str:
+    """Whether a model's clean and PGD rates (``{"rate", "low", "high"}`` records) meet ``target``, judged on their
+    95 % intervals: ``"meets"`` (both lower bounds reach it), ``"misses"`` (an upper bound stays below it) or
+    ``"within reach"`` (the intervals straddle it)."""
+    if clean["low"] >= target["clean"] and pgd["low"] >= target["pgd"]:
+        return "meets"
+    if clean["high"] < target["clean"] or pgd["high"] < target["pgd"]:
+        return "misses"
+    return "within reach"
 
 
 def paired_arms(evaluation: dict) -> list[dict]:

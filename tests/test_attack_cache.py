@@ -140,8 +140,8 @@ def test_a_carried_code_pair_lets_todays_run_find_the_old_codes_entry(cache, tin
     carried, reuse = _run(model, x, y)
     assert reuse.reused and reuse.carried_from == today and not recomputed
     assert torch.equal(carried.x_adv, first.x_adv) and "a probe found to compute the same" in reuse.note
-    again, reuse2 = _run(model, x, y)  # now under its own key
-    assert reuse2.reused and reuse2.carried_from == "" and not recomputed
+    again, reuse2 = _run(model, x, y)  # now under its own key, and still saying where it came from
+    assert reuse2.reused and reuse2.carried_from == today and not recomputed and reuse2.note == reuse.note
     (cache / attack_cache.CARRIED).unlink()
     _run(model, x, y, seed=2)
     assert recomputed == [1]

@@ -104,9 +104,10 @@ def run_key(attack: str, model: torch.nn.Module, x: torch.Tensor, labels: torch.
     }))
 
 
-def _read(path: Path, x: torch.Tensor) -> tuple[AttackRun, str] | None:
-    """The run stored at ``path`` and when it was computed, or ``None`` if it is missing, unreadable or does not
-    match ``x``'s shape (an entry that cannot be trusted is recomputed)."""
+def _read(path: Path, x: torch.Tensor) -> tuple[AttackRun, str, str] | None:
+    """The run stored at ``path``, when it was computed and the code hash it was carried from (``""``: computed by
+    today's code), or ``None`` if it is missing, unreadable or does not match ``x``'s shape (an entry that cannot be
+    trusted is recomputed)."""
     if not path.is_file():
         return None
     try:
@@ -114,7 +115,9 @@ def _read(path: Path, x: torch.Tensor) -> tuple[AttackRun, str] | None:
         run = AttackRun(**stored["run"])
     except Exception:  # noqa: BLE001 - an unreadable cache entry is recomputed, never trusted
         return None
-    return (run, stored["computed"]) if run.x_adv.shape == x.shape and run.x_adv.dtype == x.dtype else None
+    if run.x_adv.shape != x.shape or run.x_adv.dtype != x.dtype:
+        return None
+    return run, stored["computed"], stored.get("carried_from", "")
 
 
 def carried_codes(folder: Path | None = None) -> dict[str, list[str]]:
@@ -143,14 +146,15 @@ def run_cached(attack: str, model: torch.nn.Module, x: torch.Tensor, labels: tor
     folder = cache_dir() / FOLDER
     path = folder / f"{key}.pt"
     found = _read(path, x)
-    if found:
-        return found[0], Reuse(key=key, reused=True, computed=found[1])
+    if found:  # a carried entry keeps saying so (it was computed by the older code)
+        return found[0], Reuse(key=key, reused=True, computed=found[1], carried_from=found[2])
     for old_code in carried_codes(folder).get(code, []):
         found = _read(folder / f"{run_key(attack, model, x, labels, code=old_code, **fields)}.pt", x)
         if found:
-            run, computed = found
-            _io.save_atomic({"run": asdict(run), "computed": computed, "carried_from": old_code}, path)
-            return run, Reuse(key=key, reused=True, computed=computed, carried_from=old_code)
+            run, computed, earlier = found
+            origin = earlier or old_code  # carried twice: the code that computed it
+            _io.save_atomic({"run": asdict(run), "computed": computed, "carried_from": origin}, path)
+            return run, Reuse(key=key, reused=True, computed=computed, carried_from=origin)
     run = run_attack(attack, model, x, labels, params=params, batch_size=batch_size, device=device,
                      progress=progress, seed=seed, autocast_bf16=autocast_bf16, compile_model=compile_model)
     computed = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -239,21 +239,19 @@ def carry(*, old_tree: Path, new_tree: Path = _source.PACKAGE_DIR.parent, checke
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from ..train.carry import CarryError as CheckoutError, checked_out
+    from ..train.carry import CarryError as CheckoutError, checked_out, run_cli
 
     parser = argparse.ArgumentParser(prog="python -m repro.study.attack_cache",
                                      description="Carry the attack cache across an attack-code edit, where a probe "
                                                  "shows the edit computes the same adversarial images.")
     parser.add_argument("--from", dest="commit", required=True, help="the commit whose attack code filled the cache")
     args = parser.parse_args(argv)
-    try:
+
+    def action():
         with checked_out(args.commit) as (old_tree, commit):
-            record = carry(old_tree=old_tree, checked=commit)
-    except (CarryError, CheckoutError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps(record, indent=1))
-    return 0
+            return carry(old_tree=old_tree, checked=commit)
+
+    return run_cli(action, errors=(CarryError, CheckoutError, OSError))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,19 @@ def _resolve_model(injected: set | None, params: dict) -> tuple[dict, Profile]:
     return p, prof
 
 
+def _drop_others(p: dict, kind: str, name: str, parameters: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """A notebook that serves every registered attack (or defence) lists all their hyper-parameters: those of
+    another ``kind`` than ``name`` must stay ``None`` and are dropped from ``p``. Returns ``name``'s own."""
+    mine = parameters[name]
+    for other, names in parameters.items():
+        for param in names:
+            if param not in mine and param in p:
+                require(p[param] is None, f"{param} is a parameter of {kind} {other!r}, not of {name!r}; leave it "
+                                          f"None (given {p[param]!r})")
+                p.pop(param)
+    return mine
+
+
 def resolve_attack(attack: str, *, injected: set | None = None, **params) -> dict:
     """An attack notebook's parameters: the model's, ``n_samples`` and the attack's iteration budget (``None``: the
     profile's), each hyper-parameter checked by its rule in the attack's registry entry."""
@@ -77,15 +90,8 @@ def resolve_attack(attack: str, *, injected: set | None = None, **params) -> dic
     budget = prof.attack_budget(attack)
     p["n_samples"] = budget.n_candidates if p.get("n_samples") is None else p["n_samples"]
     check_count(p, "n_samples")
-    # One notebook serves every attack (attack.ipynb; pgd.ipynb and cw2.ipynb are it with other defaults): its
-    # parameters cell lists every attack's hyper-parameters; those of another attack must stay None and are dropped.
-    mine = attack_parameters(attack)
-    for other in ATTACKS:
-        for name in attack_parameters(other):
-            if name not in mine and name in p:
-                require(p[name] is None, f"{name} is a parameter of attack {other!r}, not of {attack!r}; leave it "
-                                         f"None (given {p[name]!r})")
-                p.pop(name)
+    # One notebook serves every attack (attack.ipynb; pgd.ipynb and cw2.ipynb are it with other defaults).
+    mine = _drop_others(p, "attack", attack, {a: attack_parameters(a) for a in ATTACKS})
     setting = ATTACKS[attack].default_setting(p["dataset"])
     for name in mine:
         if name in p and p[name] is None:  # the profile's iteration budget, else DeepSec's setting
@@ -106,15 +112,8 @@ def resolve_defence(defence: str, *, injected: set | None = None, **params) -> d
     budgets (``None``: the profile's)."""
     require(defence in DEFENCES, f"unknown defence {defence!r}; allowed: {', '.join(map(repr, DEFENCES))}")
     p, prof = _resolve_model(injected, params)
-    # One notebook serves every defence: its parameters cell lists each defence's hyper-parameters, ``None`` meaning
-    # DeepSec's setting for the dataset; those of another defence must stay ``None`` and are dropped.
-    mine = defence_parameters(defence)
-    for other in DEFENCES:
-        for name in defence_parameters(other):
-            if name not in mine and name in p:
-                require(p[name] is None, f"{name} is a parameter of defence {other!r}, not of {defence!r}; leave it "
-                                         f"None (given {p[name]!r})")
-                p.pop(name)
+    # One notebook serves every defence (defence.ipynb).
+    mine = _drop_others(p, "defence", defence, {d: defence_parameters(d) for d in DEFENCES})
     setting = DEFENCES[defence].default_setting(p["dataset"])
     for name in mine:
         if name in p:

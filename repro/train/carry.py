@@ -288,13 +288,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: uncommitted edits to the training code ({', '.join(dirty)}): commit them first, so that the "
               "carried keys belong to a commit", file=sys.stderr)
         return 1
-    try:
+    def action():
         with checked_out(args.commit) as (old_tree, commit):
-            renamed = carry(args.folders, old_tree=old_tree, checked=commit)
-    except (CarryError, OSError) as err:
+            return carry(args.folders, old_tree=old_tree, checked=commit)
+
+    return run_cli(action, errors=(CarryError, OSError))
+
+
+def run_cli(action, *, errors: tuple) -> int:
+    """The tail of this package's maintenance commands: print ``action()``'s JSON-ready result and return 0, or
+    print ``error: ...`` to standard error and return 1 on one of ``errors``."""
+    try:
+        out = action()
+    except errors as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(json.dumps(renamed, indent=1))
+    print(json.dumps(out, indent=1))
     return 0
 
 

@@ -147,15 +147,15 @@ def rekey_folder(folder: str | Path, renamed: dict[str, str] | None = None, *, c
 
 
 def main(argv: list[str] | None = None) -> int:
-    renamed: dict[str, str] = {}
-    try:
+    from .carry import run_cli
+
+    def action():
+        renamed: dict[str, str] = {}
         for folder in (sys.argv[1:] if argv is None else argv):
             rekey_folder(folder, renamed)
-    except (RekeyError, OSError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps(renamed, indent=1))
-    return 0
+        return renamed
+
+    return run_cli(action, errors=(RekeyError, OSError, KeyError))
 
 
 if __name__ == "__main__":

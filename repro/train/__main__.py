@@ -3,7 +3,7 @@
     python -m repro.train --dataset cifar10 --defence pat --profile quick
     torchrun --nproc_per_node=2 -m repro.train --dataset mnist --defence nat --profile paper
 
-The configuration comes from :func:`repro.study.steps.train_config`, the same function the notebooks use, so the
+The configuration comes from :func:`repro.study.models.train_config`, the same function the notebooks use, so the
 command line trains (and caches) exactly the model the book reports. An entry point, not library code: it may import
 the study.
 """
@@ -107,7 +107,7 @@ def _check_out_dir(parser: argparse.ArgumentParser, folder: str) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` for parsed arguments: the profile's (:func:`repro.study.steps.train_config`), then
+    """The :class:`TrainConfig` for parsed arguments: the profile's (:func:`repro.study.models.train_config`), then
     each given flag overrides."""
     from ..study.models import train_config
 

@@ -31,8 +31,14 @@ TINY = {
 
 
 def _tiny(col: plan.Column) -> dict:
+    from repro.attacks import ATTACKS
+    from repro.study.context import attack_parameters
+
     params = col.parameters_for("paper")
-    overrides = {k: v for k, v in TINY.items() if k in _declared(col.notebook)}
+    # The attack notebook declares every attack's hyper-parameters: another attack's must stay None.
+    others = {n for a in ATTACKS if a != col.attack for n in attack_parameters(a)} - \
+        set(attack_parameters(col.attack) if col.attack else ())
+    overrides = {k: v for k, v in TINY.items() if k in _declared(col.notebook) and not (col.attack and k in others)}
     if "steps" in params:
         overrides["steps"] = 1
     if params.get("model") == "resnet20_wide" or params.get("dataset") == "cifar10" and col.table in ("security",

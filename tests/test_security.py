@@ -15,7 +15,7 @@ from repro.study.profiles import PROFILES, get_profile
 from repro.train import DEFENCES, config_key
 
 from .test_robustness import CLASSES
-from .test_study import _parameters_cell
+from .test_study import _parameters_cell, _setup_cell
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.
 # ------------------------------------------------------------------------------------------ models and budgets
 def _column_context(col: plan.Column, profile: str) -> study.Context:
     what = {"attack": col.attack} if col.attack else {"defence": col.defence}
-    params = {**_parameters_cell(col.notebook), **col.parameters_for(profile), "column": col.id, "device": "cpu"}
+    params = {**_setup_cell(col.notebook), **col.parameters_for(profile), "column": col.id, "device": "cpu"}
     params.pop("defence", None)  # the defence notebook's own parameter: setup takes it as ``defence=``
     return study.Context(kind="attack" if col.attack else "defence", name=col.attack or col.defence,
                          params=study.resolve(**what, **params), profile=get_profile(profile), device="cpu",

@@ -18,6 +18,8 @@ from .templates import render
 from .figures import DATASET_LABELS
 from .security import eps_text, with_interval
 
+# Characters of a legend label that still fit two legend columns across the training figure.
+LEGEND_LABEL_FITS_TWO_COLUMNS = 55
 # How the chapter words repro.study.ablation.target_verdict.
 TARGET_WORDS = {"meets": "meets it", "misses": "misses it", "within reach": "is within its intervals' reach of it"}
 
@@ -114,9 +116,14 @@ def curves_figure(evaluation: dict, *, title: str = "", pgd: str = "PGD"):
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
+    # Two legend columns only while the labels fit them: a wider legend widens the saved figure, which the page then
+    # shrinks below the book's smallest readable text (tests/test_layout.py).
+    ncol = 2 if max((len(label) for label, _ in trained), default=0) <= LEGEND_LABEL_FITS_TWO_COLUMNS else 1
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(title or "Training curves", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(trained) + 1) // 2), 1, 1))
+    rows = (len(trained) + ncol - 1) // ncol
+    fig.set_figheight(3.6 + 0.16 * rows)
+    fig.tight_layout(rect=(0, 0.04 + 0.16 * rows / fig.get_figheight(), 1, 1))
     return fig
 
 

@@ -190,7 +190,11 @@ def test_the_target_is_judged_on_the_intervals_in_the_study():
     def rec(low, high):
         return {"rate": (low + high) / 2, "low": low, "high": high}
 
-    assert target_verdict(rec(0.66, 0.70), rec(0.26, 0.30)) == "meets"
-    assert target_verdict(rec(0.66, 0.70), rec(0.20, 0.24)) == "misses"  # PGD's upper bound below 25 %
-    assert target_verdict(rec(0.60, 0.70), rec(0.26, 0.30)) == "within reach"
-    assert target_verdict(rec(0.76, 0.80), rec(0.36, 0.40), target={"clean": 0.75, "pgd": 0.35}) == "meets"
+    assert target_verdict(rec(0.66, 0.70), rec(0.26, 0.30)) == {"clean": "meets", "pgd": "meets", "overall": "meets"}
+    # PGD's upper bound below 25 %: missed, whatever clean does
+    assert target_verdict(rec(0.66, 0.70), rec(0.20, 0.24)) == {"clean": "meets", "pgd": "misses",
+                                                                "overall": "misses"}
+    assert target_verdict(rec(0.60, 0.70), rec(0.26, 0.30))["overall"] == "within reach"
+    assert target_verdict(rec(0.50, 0.57), rec(0.23, 0.29)) == {"clean": "misses", "pgd": "within reach",
+                                                                "overall": "misses"}
+    assert target_verdict(rec(0.76, 0.80), rec(0.36, 0.40), target={"clean": 0.75, "pgd": 0.35})["overall"] == "meets"

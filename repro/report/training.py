@@ -135,8 +135,9 @@ def _target_lines(evaluation: dict) -> list[str]:
         if rec["role"] != "defended" or rec["training"] is None:
             continue
         clean, pgd = rec["clean"], rec["pgd"]
-        verdict = TARGET_WORDS[target_verdict(clean, pgd)]
-        lines.append(f"{rec['label']}: clean {with_interval(clean)}, PGD {with_interval(pgd)}: {verdict}.")
+        verdict = target_verdict(clean, pgd)
+        lines.append(f"{rec['label']}: clean {with_interval(clean)} ({verdict['clean']}), PGD {with_interval(pgd)} "
+                     f"({verdict['pgd']}): {TARGET_WORDS[verdict['overall']]}.")
     return lines
 
 

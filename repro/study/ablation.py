@@ -19,15 +19,18 @@ TARGET = {"clean": 0.65, "pgd": 0.25}
 TARGET_WITH_JPEG = {"clean": 0.75, "pgd": 0.35}
 
 
-def target_verdict(clean: dict, pgd: dict, *, target: dict = TARGET) -> str:
+def target_verdict(clean: dict, pgd: dict, *, target: dict = TARGET) -> dict[str, str]:
     """Whether a model's clean and PGD rates (``{"rate", "low", "high"}`` records) meet ``target``, judged on their
-    95 % intervals: ``"meets"`` (both lower bounds reach it), ``"misses"`` (an upper bound stays below it) or
-    ``"within reach"`` (the intervals straddle it)."""
-    if clean["low"] >= target["clean"] and pgd["low"] >= target["pgd"]:
-        return "meets"
-    if clean["high"] < target["clean"] or pgd["high"] < target["pgd"]:
-        return "misses"
-    return "within reach"
+    95 % intervals, per axis (``"clean"``, ``"pgd"``) and ``"overall"``: ``"meets"`` (the lower bound reaches it;
+    overall: both do), ``"misses"`` (the upper bound stays below it; overall: either does) or ``"within reach"`` (the
+    interval straddles it)."""
+    def axis(rec: dict, level: float) -> str:
+        return "meets" if rec["low"] >= level else "misses" if rec["high"] < level else "within reach"
+
+    out = {"clean": axis(clean, target["clean"]), "pgd": axis(pgd, target["pgd"])}
+    both = set(out.values())
+    out["overall"] = "misses" if "misses" in both else "meets" if both == {"meets"} else "within reach"
+    return out
 
 
 def paired_arms(evaluation: dict) -> list[dict]:

@@ -20,21 +20,29 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
+def interval_text(low_high) -> str:
+    """``" [low, high]"`` in percent, one decimal (``""`` without an interval): the findings' one interval format."""
+    return "" if not low_high else f" [{100 * low_high[0]:.1f}, {100 * low_high[1]:.1f}]"
+
+
+def rate_interval(value, n):
+    """The exact 95 % interval of a success rate ``value`` over ``n`` images (k = rate · n, rounded); ``None``
+    without a rate or images."""
+    from ..metrics.uncertainty import clopper_pearson
+
+    return None if value is None or not n else clopper_pearson(round(value * n), n)
+
+
 def _share(value, interval) -> str:
     """A mean share over images with its 95 % interval (``interval`` ``None``: the share alone)."""
     if value is None or interval is None or (isinstance(value, float) and not math.isfinite(value)):
         return _pct(value)
-    return f"{100 * value:.1f} % [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+    return _pct(value) + interval_text(interval)
 
 
 def _rate(value, n) -> str:
-    """A success rate over ``n`` images with its exact 95 % interval (k = rate · n, rounded)."""
-    from ..metrics.uncertainty import clopper_pearson
-
-    if value is None or not n:
-        return _pct(value)
-    low, high = clopper_pearson(round(value * n), n)
-    return f"{100 * value:.1f} % [{100 * low:.1f}, {100 * high:.1f}]"
+    """A success rate over ``n`` images with its exact 95 % interval."""
+    return _pct(value) + interval_text(rate_interval(value, n))
 
 
 def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:

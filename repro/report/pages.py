@@ -536,17 +536,14 @@ def _findings_label(key: str):
 def _findings_interval(key: str, result: results_mod.Result) -> str:
     """" [low, high]" of a findings headline rate of one seed's result, in percent: an exact interval for a success
     rate over the candidates, the images' bootstrap interval for the share of saturated pixels; "" otherwise."""
-    from ..metrics.uncertainty import clopper_pearson
+    from .findings import interval_text, rate_interval
 
     ev, value = result.extra, result.metrics[key]
     if key == "eps8_saturated":
-        low_high = ev["eps8"]["eps8"].get("saturated_interval")
-    elif key.endswith("_MR") or "_MR_" in key:
-        n = ev["eps8"]["n"] if key.startswith("eps8") else ev["logit_shift"]["n"]
-        low_high = clopper_pearson(round(value * n), n)
-    else:
-        return ""
-    return "" if not low_high else f" [{100 * low_high[0]:.1f}, {100 * low_high[1]:.1f}]"
+        return interval_text(ev["eps8"]["eps8"].get("saturated_interval"))
+    if key.endswith("_MR") or "_MR_" in key:
+        return interval_text(rate_interval(value, ev["eps8"]["n"] if key.startswith("eps8") else ev["logit_shift"]["n"]))
+    return ""
 
 
 def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, found: dict) -> None:

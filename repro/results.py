@@ -37,7 +37,7 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return p if p.is_absolute() else repo_root() / p
 
 
-# The kinds of run a result can record (repro.study.steps.Context.kind).
+# The kinds of run a result can record (repro.study.context.Context.kind).
 KINDS = ("attack", "defence", "findings", "security", "training")
 
 

@@ -27,6 +27,9 @@ HAVE_DEEPSEC = _have("deepsec-raw-models/MNIST_raw.pt", "deepsec-raw-models/CIFA
 needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason="no MNIST under the data root (set REPRO_DATA): real-data test skipped")
 needs_cifar10 = pytest.mark.skipif(not HAVE_CIFAR10,
                                    reason="no CIFAR-10 under the data root (set REPRO_DATA): real-data test skipped")
+HAVE_CIFAR10_JPEG = HAVE_CIFAR10 and _have("cifar-10-jpeg/cifar10_jpeg_q75.tar.gz")
+needs_cifar10_jpeg = pytest.mark.skipif(not HAVE_CIFAR10_JPEG, reason="no CIFAR-10 and its JPEG copy under the data root "
+                                        "(set REPRO_DATA): real-data test skipped")
 needs_deepsec = pytest.mark.skipif(not (HAVE_DEEPSEC and HAVE_MNIST and HAVE_CIFAR10),
                                    reason="the data root (REPRO_DATA) lacks DeepSec's checkpoints or the datasets: test skipped")
 

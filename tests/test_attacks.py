@@ -379,6 +379,19 @@ def test_pgd_and_fgsm_equal_torchattacks():
     assert not model.training
 
 
+def test_fgsm_without_value_checks_computes_the_same_and_skips_them():
+    """``validate=False`` (a training loop that checked its data once) changes nothing of the result; it skips the
+    value checks only: an image outside [0, 1] is then the caller's responsibility, not refused."""
+    model = tiny_convnet().eval()
+    x, y = batch()
+    assert torch.equal(fgsm(model, x, y, eps=EPS, validate=False), fgsm(model, x, y, eps=EPS))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        fgsm(model, x + 1.5, y, eps=EPS)
+    fgsm(model, x + 1.5, y, eps=EPS, validate=False)
+    with pytest.raises(ValueError, match="int64"):  # shapes and dtypes are always checked
+        fgsm(model, x, y.int(), eps=EPS, validate=False)
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 def probability_model() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, CLASSES), nn.Softmax(dim=1)).eval()

@@ -471,3 +471,24 @@ def test_the_findings_seed_table_prints_each_seeds_rates_with_their_intervals():
     assert book._findings_interval("eps8_MR", result) == " [98.8, 100.0]"
     assert book._findings_interval("eps8_saturated", result) == " [68.7, 69.0]"
     assert book._findings_interval("eps8_ALD_Linf", result) == ""  # a distance, not a rate
+
+
+def test_every_phrase_is_used_and_an_unknown_one_is_an_error():
+    """phrases.md.j2 holds no dead prose: each macro is called by the report's code (by name) or by a template."""
+    import re
+
+    from repro.report import templates
+
+    module = templates._environment().get_template(templates.PHRASES).module
+    text = (templates.TEMPLATE_DIR / templates.PHRASES).read_text(encoding="utf-8")
+    macros = re.findall(r"\{% macro (\w+)\(", text)
+    assert macros and all(hasattr(module, m) for m in macros)
+    code = "".join(f.read_text(encoding="utf-8") for f in (results.repo_root() / "repro" / "report").glob("*.py"))
+    calls = "".join(t.read_text(encoding="utf-8") for t in templates.TEMPLATE_DIR.glob("*.j2"))
+    calls = re.sub(r"\{% macro \w+\(", "", calls)  # a definition is not a use
+    unused = [m for m in macros if f'"{m}"' not in code and f"'{m}'" not in code and f"{m}(" not in calls]
+    assert not unused, unused
+    with pytest.raises(KeyError, match="no phrase 'nope'"):
+        templates.phrase("nope")
+    with pytest.raises(Exception, match="'departure' was not provided"):
+        templates.phrase("effect_measured", low="+1", high="+2")

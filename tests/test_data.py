@@ -10,7 +10,7 @@ import torch
 from repro import data
 from repro.data import DataNotFoundError, candidates, load, provenance
 
-from .conftest import needs_cifar10, needs_deepsec, needs_mnist
+from .conftest import needs_cifar10, needs_cifar10_jpeg, needs_deepsec, needs_mnist
 
 
 @needs_mnist
@@ -127,3 +127,67 @@ def test_candidates_reject_more_than_correct(deepsec_cifar10):
     fewer = candidates(deepsec_cifar10, "cifar10", n=5000, allow_fewer=True)
     assert len(fewer.y) == fewer.n_correct < 5000 and fewer.index.tolist() == sorted(fewer.index.tolist())
     assert (deepsec_cifar10(fewer.x).argmax(1) == fewer.y).all()
+
+
+# ------------------------------------------------------------------------------------------ the lossy JPEG copy
+@needs_cifar10_jpeg
+def test_jpeg_copy_maps_every_file_to_its_official_image():
+    """Every JPEG file lands on its official index: the labels agree with the exact copy's, and each exact image is
+    within JPEG distance of its mapped copy (PSNR ≥ 20 dB; the README measured a 23.1 dB minimum), while the image
+    one index away is not (a shifted mapping would give far less)."""
+    x, y, index = data.load_jpeg("cifar10", split="train")
+    assert x.shape == (50_000, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert np.array_equal(index, np.arange(50_000)) and 0.0 <= x.min() and x.max() <= 1.0
+    assert torch.bincount(y).tolist() == [5000] * 10
+    exact, y_exact = load("cifar10", split="train")
+    at = torch.from_numpy(data.official_indices("cifar10", split="train"))
+    assert torch.equal(y[at], y_exact)
+
+    def psnr(a, b):
+        return (10 * torch.log10(1 / ((a - b) ** 2).flatten(1).mean(1))).numpy()
+
+    assert psnr(exact, x[at]).min() > 20
+    assert np.median(psnr(exact[:-1], x[at[1:]])) < 15
+
+
+def _jpeg_tar(path, files: dict) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, payload in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+
+
+def test_jpeg_archive_with_other_content_is_refused(tmp_path):
+    folder = tmp_path / data.JPEG_FOLDER
+    folder.mkdir()
+    _jpeg_tar(folder / data.JPEG_ARCHIVE, {"train/cat/0000.jpg": b"not the pinned bytes"})
+    with pytest.raises(data.DataCorruptedError, match=r"cifar10_jpeg_q75.tar.gz: its 1 JPEG files have content digest"):
+        data.load_jpeg("cifar10", split="train", root=tmp_path, download=False)
+    (folder / data.JPEG_ARCHIVE).write_bytes(b"\x1f\x8b truncated")
+    with pytest.raises(data.DataCorruptedError, match="not a readable tar archive"):
+        data.load_jpeg("cifar10", split="train", root=tmp_path, download=False)
+
+
+def test_jpeg_download_is_checked_and_a_bad_one_is_not_kept(tmp_path, monkeypatch):
+    source = tmp_path / "github.tar.gz"  # GitHub's archives put the files under a top folder
+    _jpeg_tar(source, {"CIFAR-10-images-6d04f75/train/cat/0000.jpg": b"wrong bytes"})
+    monkeypatch.setattr(data, "JPEG_URL", source.as_uri())
+    root = tmp_path / "root"
+    with pytest.raises(data.DataCorruptedError, match="content digest"):
+        data.load_jpeg("cifar10", split="train", root=root)
+    assert not (root / data.JPEG_FOLDER / data.JPEG_ARCHIVE).exists()
+    assert list((root / data.JPEG_FOLDER).iterdir()) == []  # no temporary file left either
+    with pytest.raises(DataNotFoundError, match=r"cifar-10-jpeg/cifar10_jpeg_q75.tar.gz"):
+        data.load_jpeg("cifar10", split="train", root=root, download=False)
+    monkeypatch.setattr(data, "JPEG_URL", (tmp_path / "nowhere.tar.gz").as_uri())
+    with pytest.raises(DataNotFoundError, match="download failed"):
+        data.load_jpeg("cifar10", split="train", root=root)
+
+
+def test_jpeg_copy_is_cifar10_only():
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'; allowed: 'cifar10'"):
+        data.load_jpeg("mnist", split="train")

@@ -239,6 +239,64 @@ def test_the_column_id_check_can_fail():
     assert _column_ids_in('x = "cw2"  # an attack name, not a column\n') == set()
 
 
+# ------------------------------------------------------------------------------------ the report's prose in templates
+# A string of this many words or more is a sentence (a table label of the report has fewer).
+SENTENCE_WORDS = 8
+
+
+def _sentences_in(source: str) -> list[tuple[int, str]]:
+    """(line, text) of every string constant or f-string of ``source`` with :data:`SENTENCE_WORDS` words or more,
+    docstrings and error messages (anything inside a ``raise``) left out; an f-string's fields count as one word."""
+    import ast
+    import re
+
+    tree = ast.parse(source)
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant):
+            skip.add(id(body[0].value))
+        if isinstance(node, ast.Raise):
+            skip |= {id(sub) for sub in ast.walk(node)}
+        if isinstance(node, ast.JoinedStr):
+            skip |= {id(v) for v in node.values}
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.JoinedStr):
+            text = "".join(v.value if isinstance(v, ast.Constant) else " X " for v in node.values)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = node.value
+        else:
+            continue
+        if len(re.findall(r"[A-Za-z]{2,}", text)) >= SENTENCE_WORDS:
+            out.append((node.lineno, text))
+    return out
+
+
+def test_the_reports_sentences_live_in_templates():
+    """The report's prose is in repro/report/templates (whole sections as templates, clauses as the macros of
+    phrases.md.j2); its Python builds view rows of numbers and labels. ``layout.py`` is a checker, not the book: its
+    diagnostics stay."""
+    found = {}
+    for f in _files("repro/report"):
+        if f.name != "layout.py":
+            sentences = _sentences_in(f.read_text(encoding="utf-8"))
+            if sentences:
+                found[str(f.relative_to(ROOT))] = sentences
+    assert not found, found
+
+
+def test_the_sentence_check_can_fail():
+    planted = 'x = f"{n} images were attacked by PGD with {k} restarts each"\n'
+    assert [line for line, _ in _sentences_in(planted)] == [1]
+    assert _sentences_in('y = "a short table label"\n') == []
+    assert _sentences_in('raise ValueError("an error message may say as much as a user needs to fix it")\n') == []
+    assert _sentences_in('def f():\n    """A docstring is a sentence of the code, not of the book."""\n') == []
+
+
 # ------------------------------------------------------------------------------------------------ no import circle
 def _module_imports(source: str, module: str) -> set[str]:
     """The repro modules ``source`` (the module ``module``) imports, at top level or inside a function:

@@ -26,7 +26,8 @@ from repro.train import augment, defences
 from repro.train.__main__ import config_from_args, parse_args
 from repro.attacks.llc import llc
 from repro.attacks.pgd import pgd
-from repro.data import load
+from repro.data import load, load_jpeg
+from repro.train.config import effective_config
 from repro.study.profiles import get_profile
 from repro.study.models import train_config
 from repro.train import (NATParams, PATParams, PGDParams, RECIPES, Recipe, TrainConfig, config_key, initial_weights,
@@ -44,7 +45,7 @@ def config_for(dataset, *, defence=None, variant=None, profile="quick", wide=Fal
     model = ("resnet20_wide" if wide else "resnet20") if dataset == "cifar10" else "mnist_convnet"
     return train_config(dataset=dataset, model=model, profile=profile, defence=defence, defence_params=variant)
 
-from .conftest import needs_cifar10, needs_deepsec, needs_mnist
+from .conftest import needs_cifar10, needs_cifar10_jpeg, needs_deepsec, needs_mnist
 
 
 def tiny_mlp(*, hidden: int = 64, dropout: float = 0.0) -> nn.Module:
@@ -162,6 +163,39 @@ def test_partial_cifar10_validation_is_what_deepsec_held_out(deepsec_cifar10):
         val = (deepsec_cifar10(data.x_val).argmax(1) == data.y_val).float().mean().item()
         train = (deepsec_cifar10(data.x_train[:800]).argmax(1) == data.y_train[:800]).float().mean().item()
     assert 0.85 < val < 0.95 and train > 0.98, (val, train)
+
+
+@needs_cifar10_jpeg
+def test_jpeg_fill_trains_on_the_missing_images_and_validates_on_exact_ones_only():
+    """``jpeg_fill``: the training part gains the JPEG copies of the official training images the exact copy lacks
+    (DeepSec's hold-out excluded), the validation part is unchanged, and the key changes."""
+    exact_cfg = TrainConfig(dataset="cifar10", model="resnet20", device="cpu")
+    fill_cfg = dataclasses.replace(exact_cfg, jpeg_fill=True)
+    exact, fill = (runtime.split_data(c, torch.device("cpu")) for c in (exact_cfg, fill_cfg))
+    assert torch.equal(fill.x_val, exact.x_val) and torch.equal(fill.y_val, exact.y_val)
+    assert len(fill.x_train) == 45_000  # every official image outside DeepSec's 5,000 held out
+    assert len(exact.x_train) < 45_000
+    # The exact training images are all there, exact: each one's row is found unchanged in the filled set.
+    filled_rows = {tuple(r) for r in fill.x_train.flatten(1)[:, :64].tolist()}
+    assert all(tuple(r) in filled_rows for r in exact.x_train.flatten(1)[:200, :64].tolist())
+    x_jpeg, _, _ = load_jpeg("cifar10", split="train")
+    order = np.arange(50_000)
+    np.random.RandomState(100).shuffle(order)
+    held_out_jpeg = {tuple(r) for r in x_jpeg[order[:5000]].flatten(1)[:, :64].tolist()}
+    assert not held_out_jpeg & filled_rows
+    assert config_key(fill_cfg) != config_key(exact_cfg)
+    assert "jpeg_fill" not in effective_config(exact_cfg)  # the keys of every configuration without it stay
+
+
+def test_jpeg_fill_is_refused_for_mnist():
+    with pytest.raises(ValueError, match="jpeg_fill=True needs dataset 'cifar10'"):
+        TrainConfig(dataset="mnist", model="mnist_convnet", jpeg_fill=True)
+    with pytest.raises(ValueError, match="jpeg_fill=True needs dataset 'cifar10'"):
+        config_from_args(parse_args(["--dataset", "mnist", "--jpeg-fill"]))
+    assert config_from_args(parse_args(["--dataset", "cifar10", "--defence", "pat", "--profile", "quick",
+                                        "--jpeg-fill"])).jpeg_fill is True
+    with pytest.raises(ValueError, match="jpeg_fill must be True or False, got 1"):
+        TrainConfig(dataset="cifar10", model="resnet20", jpeg_fill=1)
 
 
 def test_translate_flip_on_tensors():

@@ -15,7 +15,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
-from ..checks import Rule, check_params, choice, count, number
+from ..checks import FLAG, Rule, check_params, choice, count, number
 from .bim import BIM_CONFIGS, bim
 from .cw import CW2_CONFIGS, cw2
 from .fgsm import FGSM_CONFIGS, fgsm
@@ -88,11 +88,11 @@ ENTRIES = (
     Attack("bim", bim, BIM_CONFIGS, {"eps": _EPS, "step_size": _STEP, "steps": count()}, cost=lambda p: p["steps"]),
     Attack("illc", illc, ILLC_CONFIGS, {"eps": _EPS, "step_size": _STEP, "steps": count()},
            cost=lambda p: p["steps"], labels="least_likely"),
-    Attack("pgd", pgd, PGD_CONFIGS, {"eps": _EPS, "step_size": _STEP, "steps": count(), "random_start": Rule("flag")},
+    Attack("pgd", pgd, PGD_CONFIGS, {"eps": _EPS, "step_size": _STEP, "steps": count(), "random_start": FLAG},
            cost=lambda p: p["steps"]),
     Attack("cw2", cw2, CW2_CONFIGS,
            {"confidence": number(), "initial_const": number(strict=True), "lr": number(strict=True),
-            "binary_search_steps": count(), "max_iterations": count(), "abort_early": Rule("flag"),
+            "binary_search_steps": count(), "max_iterations": count(), "abort_early": FLAG,
             "search": choice("deepsec", "carlini")},
            cost=lambda p: p["binary_search_steps"] * p["max_iterations"], labels="target", unit="cw2_iteration"),
 )

@@ -112,7 +112,7 @@ def run_attack(
             on ``device``.
         x: float32 images ``(N, C, H, W)`` (channels first), N ≥ 1, in [0, 1], any device.
         labels: ``(N,)`` int64: true labels for untargeted attacks, target or least-likely classes for targeted ones
-            (see :data:`repro.attacks.TARGETED`).
+            (the ``labels`` field of the attack's :class:`repro.attacks.registry.Attack` entry).
         params: the attack's keyword hyper-parameters (e.g. ``repro.attacks.get_config("pgd", "deepsec_mnist")``).
         batch_size: images per attack call, ≥ 1.
         device: where to attack, one this machine has (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...); default the

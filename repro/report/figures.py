@@ -11,6 +11,7 @@ import torch
 
 from ..study.plan import METRIC_LABELS, PRINTED_UNIT, to_printed_unit
 from ..study.profiles import DATASET_NAMES
+from .templates import phrase
 
 # How the book names the datasets (their one home is the study's profiles).
 DATASET_LABELS = DATASET_NAMES
@@ -55,8 +56,7 @@ def parameters_table(params: dict):
     skip = {"results_dir", "device"}
     released = params.get("model") is not None and params.get("profile") is not None and \
         uses_deepsec_checkpoint(params["model"], get_profile(params["profile"]))
-    rows = [(k, repr(v) + ("  (unused: the raw model is DeepSec's released checkpoint)"
-                           if released and k in RAW_TRAINING_PARAMETERS else ""))
+    rows = [(k, repr(v) + ("  " + phrase("unused_raw_parameter") if released and k in RAW_TRAINING_PARAMETERS else ""))
             for k, v in params.items() if k not in skip]
     return pd.DataFrame(rows, columns=["parameter", "value"]).set_index("parameter")
 

@@ -7,6 +7,7 @@ import math
 from .. import data as data_mod
 from ..study import findings
 from ..study.plan import published_value
+from .templates import phrase
 
 
 def fixed(value, digits=3) -> str:
@@ -121,8 +122,7 @@ def shift_table(shift: dict) -> list[list[str]]:
     """The logit-shift experiment as a table: each attack's MR with and without the shift on all candidates, then
     split by whether the true-class probability rounds to 1 in float32, and the gradients' cosine to float64."""
     f32 = shift["float32"]
-    groups = (("rounded", f"the {f32['rounded']} whose true-class probability is exactly 1 in float32"),
-              ("other", f"the other {f32['other']}"))
+    groups = tuple((group, phrase("shift_group", group=group, n=f32[group])) for group in ("rounded", "other"))
     rows = [["(DeepSec's MNIST parameters)", "with the shift (DeepSec's code)", "without the shift"]]
     for attack, label in (("fgsm", "FGSM ε = 0.3"), ("pgd", "PGD ε = 0.3, step 0.05, 15 steps")):
         rows.append([f"{label}: MR", _rate(shift[attack]["shift"], shift.get("n")),
@@ -133,7 +133,7 @@ def shift_table(shift: dict) -> list[list[str]]:
                          *(_rate(f32["successes"][attack][key][group] / n if n else None, n)
                            for key in ("shift", "no_shift"))])
     for group, words in groups:
-        rows.append([f"median cosine of the float32 input gradient to a float64 one, {words}",
+        rows.append([phrase("shift_cosine_row", words=words),
                      *(fixed(f32["cosine_to_float64"][key][group], 2) for key in ("shift", "no_shift"))])
     return rows
 

@@ -27,7 +27,7 @@ from ..train.config import DEEPSEC_RECIPE, RECIPES
 from ..study.lookup import column_running, columns_running
 from . import markdown
 from .security import eps_text
-from .templates import render
+from .templates import phrase, render
 from ..study.verdicts import ALLOWANCES, Verdict, verdict, verdict_counts
 
 NOT_COMPUTED = "–"
@@ -51,29 +51,26 @@ def _signed(metric: str, value: float) -> str:
 
 def effect_text(effect: verdicts.Effect, allowance: float | None = None) -> str:
     """One departure's effect on one metric, in words with its numbers (printed units)."""
-    m = effect.metric
+    m, d = effect.metric, effect.detail
     if effect.kind == "published pair":
-        d = effect.detail
-        text = (f"{effect.departure}: the follow-up, running DeepSec's code on the released checkpoint, printed "
-                f"{_fmt(m, d['followup'])} where DeepSec's paper printed {_fmt(m, d['deepsec'])} (a shift of "
-                f"{_signed(m, effect.low)}")
-        return text + (f", beyond the allowance ±{_fmt(m, allowance)})" if allowance is not None
-                       and abs(effect.low) > allowance else ")")
+        beyond = allowance is not None and abs(effect.low) > allowance
+        return phrase("effect_published_pair", departure=effect.departure, followup=_fmt(m, d["followup"]),
+                      deepsec=_fmt(m, d["deepsec"]), shift=_signed(m, effect.low),
+                      beyond=_fmt(m, allowance) if beyond else None)
     if effect.kind == "measurement column":
-        d = effect.detail
-        return (f"{effect.departure}: measured by the same attack on {d['model']} ({_fmt(m, d['theirs'])} against "
-                f"our {_fmt(m, d['ours'])}), an effect in [{_signed(m, effect.low)}, {_signed(m, effect.high)}]")
+        return phrase("effect_measurement_column", departure=effect.departure, model=d["model"],
+                      theirs=_fmt(m, d["theirs"]), ours=_fmt(m, d["ours"]), low=_signed(m, effect.low),
+                      high=_signed(m, effect.high))
     if effect.measured:
-        return f"{effect.departure}: measured effect [{_signed(m, effect.low)}, {_signed(m, effect.high)}]"
+        return phrase("effect_measured", departure=effect.departure, low=_signed(m, effect.low),
+                      high=_signed(m, effect.high))
     if effect.departure == verdicts.RELEASED_CHECKPOINT:
-        d = effect.detail.get("raw_accuracy")
-        if d and not d["matches_followup"]:
-            return (f"{effect.departure} (effect not measured: the follow-up's raw accuracy "
-                    f"{_fmt('ACC_raw', d['followup'])} is not consistent with the released checkpoint's, ours "
-                    f"{_fmt('ACC_raw', d['ours'])} [{_fmt('ACC_raw', d['low'])}, {_fmt('ACC_raw', d['high'])}])")
-        return f"{effect.departure} (effect not measured: the paper's model is not available)"
-    return f"{effect.departure} (effect not measured: {effect.why})" if effect.why else \
-        f"{effect.departure} (effect not measured)"
+        raw = d.get("raw_accuracy")
+        if raw and not raw["matches_followup"]:
+            return phrase("effect_released_checkpoint", departure=effect.departure,
+                          **{k: _fmt("ACC_raw", raw[k]) for k in ("followup", "ours", "low", "high")})
+        return phrase("effect_no_model", departure=effect.departure)
+    return phrase("effect_unmeasured", departure=effect.departure, why=effect.why)
 
 
 def _why_short(rows: list[dict], key: str) -> list[str]:
@@ -87,9 +84,8 @@ def _why_short(rows: list[dict], key: str) -> list[str]:
             elif e.departure not in unmeasured:
                 unmeasured.append(e.departure)
                 why[e.departure] = e.why
-    return ([f"{d} (effect not measured: {why[d]})" if why.get(d) else f"{d} (effect not measured)"
-             for d in unmeasured] +
-            [f"{d} (moves {', '.join(ms)} beyond the allowance)" for d, ms in beyond.items()])
+    return ([phrase("effect_unmeasured", departure=d, why=why.get(d)) for d in unmeasured] +
+            [phrase("moves_beyond", departure=d, metrics=ms) for d, ms in beyond.items()])
 
 
 def _why(rows: list[dict], key: str) -> list[str]:
@@ -106,7 +102,7 @@ def _why(rows: list[dict], key: str) -> list[str]:
 
 def _counts_text(counts: dict) -> str:
     if not any(counts.values()):
-        return "nothing published"
+        return phrase("nothing_published")
     return ", ".join(f"{n} {v.value}" for v, n in counts.items())
 
 
@@ -142,7 +138,7 @@ def _label(metric: str) -> str:
 def _column_section(col: Column, result: results_mod.Result | None, profile: str, fresh: bool,
                     figures_dir: Path, found: dict | None = None) -> str:
     if result is None:
-        return f"({col.id})=\n## {col.title}\n\n*Not computed under the {profile} profile.*\n"
+        return phrase("not_computed_column", anchor=col.id, title=col.title, profile=profile) + "\n"
     prov = result.provenance
     device = prov.get("device", {})
     git = prov.get("git", {})
@@ -204,9 +200,9 @@ def carried_notes(provenance: dict) -> list[str]:
     out = []
     for role, rec in sorted(provenance.get("models", {}).items()):
         for step in rec.get("carried") or []:
-            out.append(f"{role} model trained by training code {step['from_code'][:10]} and carried to "
-                       f"{step['to_code'][:10]} without retraining: a {step['probe']['epochs']}-epoch probe of its "
-                       f"configuration on {step['probe']['images']} images trained bit for bit alike under both")
+            out.append(phrase("carried_note", role=role, from_code=step["from_code"][:10],
+                              to_code=step["to_code"][:10], epochs=step["probe"]["epochs"],
+                              images=step["probe"]["images"]))
     return out
 
 
@@ -232,17 +228,11 @@ def null_defence_text(rows: list[dict]) -> str:
         judged = [r for r in rows if r["metric"] != "ACC_raw" and r[f"null_verdict_{key}"] is not None]
         if not judged:
             continue
-        telling = [METRIC_LABELS[r["metric"]] for r in judged if r[f"null_verdict_{key}"] == Verdict.INCONSISTENT]
-        same = [METRIC_LABELS[r["metric"]] for r in judged if r[f"null_verdict_{key}"] == Verdict.CONSISTENT]
-        verb = "tells" if len(telling) == 1 else "tell"
-        text = f"of {label} values, " + (f"{', '.join(telling)} {verb} the published defence from no defence"
-                                         if telling else "none tells the published defence from no defence")
-        if same:
-            text += f"; {', '.join(same)} {'is' if len(same) == 1 else 'are'} consistent with an untouched model too"
-        parts.append(text)
-    if not parts:
-        return "**Null defence** (the raw model as its own defence, on the same images): nothing published to judge."
-    return "**Null defence** (the raw model as its own defence, on the same images): " + "; ".join(parts) + "."
+        parts.append(phrase(
+            "null_defence_reference", reference=label,
+            telling=[METRIC_LABELS[r["metric"]] for r in judged if r[f"null_verdict_{key}"] == Verdict.INCONSISTENT],
+            same=[METRIC_LABELS[r["metric"]] for r in judged if r[f"null_verdict_{key}"] == Verdict.CONSISTENT]))
+    return phrase("null_defence", parts=parts)
 
 
 def seed_spread(col: Column, found: dict, profile: str) -> dict:
@@ -265,8 +255,7 @@ def _training_note(result: results_mod.Result) -> str:
     seconds, cached = training_seconds(result)
     if not seconds:
         return ""
-    return f" plus {seconds:.0f} s of training" + (" (served from the training cache in this run)" if cached else
-                                                   " (included)")
+    return " " + phrase("training_note", seconds=f"{seconds:.0f}", cached=cached)
 
 
 # Plan columns per overview table: 1 + 2 × 3 table columns fit the book's content column at 1,400 px (the layout
@@ -305,13 +294,10 @@ def _table_page(table: str, cols, found, fresh, profile, figures_dir) -> str:
     rows = {col.id: comparison_rows(col, found.get(col.id), profile, found) for col in cols if col.id in found}
     if any(r["followup"] is not None or r["deepsec"] is not None for rs in rows.values() for r in rs):
         fig = figures.distance_dots(rows, {m: ALLOWANCES[m].width for m in metrics}, labels=METRIC_LABELS,
-                                    title=f"Table {table}: ours against the published values",
+                                    title=phrase("distance_title", table=table),
                                     column_labels={c.id: c.title for c in cols})
         figures.save(fig, figures_dir / f"table{table}_distance.png")
-        parts.append(f"```{{figure}} figures/table{table}_distance.png\n:name: fig-table{table}-distance\n"
-                     ":width: 100%\n\n(ours − published) / allowance, per metric and column, with our 95 % "
-                     "interval as whiskers: inside the shaded band [−1, 1] at the whisker means consistent. Hollow "
-                     "markers: not comparable. Metrics the paper did not print are left out, not drawn as 0.\n```\n")
+        parts.append(phrase("distance_figure", table=table) + "\n")
     if table == "1":
         parts.append(_budget_ladder_section(profile, found))
     for col in cols:
@@ -386,14 +372,6 @@ def _corrected_page(profile, found, fresh, figures_dir) -> str:
     return text.rstrip("\n") + "\n"
 
 
-# What each kind of measurement column varies, in the reader's words (Column.varies → text).
-VARIES_TEXT = {"train_wide": "the same architecture (ResNet-20 is the ×1 wide ResNet) trained by DeepSec to "
-                             "convergence on all training images, i.e. our training-length and training-data "
-                             "departures",
-               "wide": "the same recipe, budget and data at twice the width, i.e. our width departure on its first "
-                       "rung (the follow-up's ×10 is not run under this profile)"}
-
-
 def _measured_section(profile: str, found: dict) -> str:
     """The measurement columns' section: :func:`repro.study.verdicts.measurement_rows`, formatted and rendered."""
     blocks = []
@@ -403,7 +381,7 @@ def _measured_section(profile: str, found: dict) -> str:
                  "diff": _fmt(r["metric"], None if None in (r["ours"], r["theirs"]) else r["ours"] - r["theirs"]),
                  "low": _fmt(r["metric"], r["low"]), "high": _fmt(r["metric"], r["high"]),
                  "allowance": _fmt(r["metric"], r["allowance"]), "within": r["within"]} for r in b["rows"]]
-        blocks.append({**b, "rows": rows, "what": VARIES_TEXT.get(b["varies"], b["varies"]),
+        blocks.append({**b, "rows": rows, "what": phrase("varies", kind=b["varies"]),
                        "measures_title": COLUMNS[b["measures"]].title})
     return render("measured.md.j2", blocks=blocks)
 
@@ -436,33 +414,27 @@ def _methods_subs(profile: str, found: dict) -> dict[str, str]:
     for col in columns_running(profile, defence="nat", replicates=True):
         model = found[col.id].provenance.get("models", {}).get("defended", {}) if col.id in found else {}
         times += [h["epoch_time_s"] for h in model.get("history") or [] if h.get("epoch_time_s")]
-    nat = ("no NAT model was trained under this profile" if not times else
-           f"{min(times):.0f}–{max(times):.0f} s an epoch here, over {len(times)} epochs measured")
+    nat = phrase("nat_epoch_time", n=len(times), low=f"{min(times, default=0):.0f}", high=f"{max(times, default=0):.0f}")
     final = learning_rate_after(RECIPES[DEEPSEC_RECIPE["cifar10"]])
     arms = [a.label for a in prof.defence.ablation if a.dataset == "cifar10"]
     nat_cols = columns_running(profile, defence="nat", replicates=True)
     epochs, full = prof.defence.for_dataset("mnist").epochs, RECIPES[DEEPSEC_RECIPE["mnist"]].epochs
     seeds = sorted(c.parameters["seed"] for c in nat_cols)
-    budget = (f"all {full} of its epochs" if epochs in (None, full) else f"{epochs} of its {full} epochs")
     return {"m_nat_epoch_time": nat, "m_deepsec_cifar_final_lr": f"{final:.1g}",
-            "m_ablation_arms": "; ".join(arms) if arms else "none under this profile",
-            "m_nat_budget": budget,
-            "m_nat_seeds": ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))}
+            "m_ablation_arms": phrase("ablation_arms", arms=arms), "m_nat_budget": phrase("nat_budget", epochs=epochs,
+                                                                                         full=full),
+            "m_nat_seeds": phrase("seeds", seeds=seeds)}
 
 
 def _verdict_subs(profile: str, found: dict) -> dict[str, str]:
     """Substitutions of the Methods chapter's verdict section, generated from the results."""
     ev = verdicts.raw_accuracy_evidence("cifar10", get_profile(profile), found)
     if ev is None:
-        return {"v_released_cifar10": "no result of this profile measures the released checkpoint's accuracy, so "
-                                      "the estimate below is not used"}
+        return {"v_released_cifar10": phrase("released_cifar10_unmeasured")}
     vs_paper = verdict(low=ev["low"], high=ev["high"], published=ev["deepsec"], metric="ACC_raw")
-    word = {True: "consistent", False: "not consistent"}
-    return {"v_released_cifar10": (
-        f"its {_fmt('ACC_raw', ev['followup'])} % is {word[ev['matches_followup']]} with our "
-        f"{_fmt('ACC_raw', ev['ours'])} % [{_fmt('ACC_raw', ev['low'])}, {_fmt('ACC_raw', ev['high'])}] for the "
-        f"released checkpoint, which is {word[vs_paper == Verdict.CONSISTENT]} with the paper's "
-        f"{_fmt('ACC_raw', ev['deepsec'])} %")}
+    return {"v_released_cifar10": phrase(
+        "released_cifar10", matches_followup=ev["matches_followup"], matches_paper=vs_paper == Verdict.CONSISTENT,
+        **{k: _fmt("ACC_raw", ev[k]) for k in ("followup", "ours", "low", "high", "deepsec")})}
 
 
 def _allowance_evidence(profile: str, found: dict) -> str:
@@ -508,29 +480,18 @@ FINDINGS_SUBS = ("f_eps8_n", "f_eps8_saturated", "f_eps8_ass_code", "f_eps8_ass_
                  "f_shift_mechanism")
 
 
-# The findings column's headline numbers (repro.study.findings), as the seed table names them: key → label, and
-# whether the number is a rate (shown in %).
-FINDINGS_LABELS = {
-    "eps8_MR": ('MR, literal "ε = 8"', True), "eps8_ALD_Linf": ('mean L∞ distance, literal "ε = 8"', False),
-    "eps8_ASS_code": ('ASS as DeepSec computes it (data range 2), literal "ε = 8"', False),
-    "eps8_ASS_255": ('ASS with the correct data range 255, literal "ε = 8"', False),
-    "eps8_saturated": ('share of pixels driven to 0 or 1, literal "ε = 8"', True),
-    "eps8_255_ASS_code": ("ASS as DeepSec computes it (data range 2), ε = 8/255", False),
-    "eps8_255_ASS_255": ("ASS with the correct data range 255, ε = 8/255", False),
-    "fgsm_MR_shift": ("FGSM MR on DeepSec's MNIST model, with the logit max-shift", True),
-    "fgsm_MR_no_shift": ("FGSM MR on DeepSec's MNIST model, without the shift", True),
-    "pgd_MR_shift": ("PGD MR on DeepSec's MNIST model, with the logit max-shift", True),
-    "pgd_MR_no_shift": ("PGD MR on DeepSec's MNIST model, without the shift", True),
-}
+# The findings column's headline numbers (repro.study.findings) that are rates (shown in %); every headline number
+# is named by the phrase "findings_label".
+FINDINGS_RATES = ("eps8_MR", "eps8_saturated", "fgsm_MR_shift", "fgsm_MR_no_shift", "pgd_MR_shift", "pgd_MR_no_shift")
 
 
 def _findings_label(key: str):
     """(label, formatter) of a findings headline number; an unknown key is an error, never a code name shown."""
-    if key not in FINDINGS_LABELS:
+    label = phrase("findings_label", key=key)
+    if not label:
         raise KeyError(f"the findings result has a headline number {key!r} that the report cannot name; add it to "
-                       "repro.report.pages.FINDINGS_LABELS")
-    label, is_rate = FINDINGS_LABELS[key]
-    return label, ((lambda v: f"{100 * v:.1f} %") if is_rate else (lambda v: f"{v:.4f}"))
+                       "the phrase findings_label in repro/report/templates/phrases.md.j2")
+    return label, ((lambda v: f"{100 * v:.1f} %") if key in FINDINGS_RATES else (lambda v: f"{v:.4f}"))
 
 
 def _findings_interval(key: str, result: results_mod.Result) -> str:
@@ -564,8 +525,7 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
                                                for title, w in wide.items()})
         (gen / "findings_eps8_wide_classes.md").write_text(markdown.table(table[0], table[1:]), encoding="utf-8")
     else:
-        (gen / "findings_eps8_wide_classes.md").write_text("*Not computed under this profile.*\n",
-                                                           encoding="utf-8")
+        (gen / "findings_eps8_wide_classes.md").write_text(phrase("not_computed") + "\n", encoding="utf-8")
     main = column_running(profile, table="findings")
     seeds = [] if main is None else [found[c.id] for c in (main, *replicates(main.id, profile)) if c.id in found]
     if len(seeds) > 1:
@@ -580,7 +540,7 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
         text = markdown.table(["headline number", *(f"seed {r.parameters.get('seed')}" for r in seeds), "mean ± std"],
                          rows)
     else:
-        text = "*Only one seed was run under this profile.*\n"
+        text = phrase("one_seed_only") + "\n"
     (gen / "findings_seeds.md").write_text(text, encoding="utf-8")
     cw2_col = column_running(profile, **_CW2)
     cw2 = None if cw2_col is None else found.get(cw2_col.id)
@@ -596,7 +556,7 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
     names = ("eps8", "eps8_classes", "norms", "definitions", "shift", "pat")
     if result is None:
         for name in names:
-            (gen / f"findings_{name}.md").write_text("*Not computed under this profile.*\n", encoding="utf-8")
+            (gen / f"findings_{name}.md").write_text(phrase("not_computed") + "\n", encoding="utf-8")
         return
     tables = findings_report.evidence_tables(result.extra)
     for name in names:
@@ -617,12 +577,12 @@ def _findings_pages(gen: Path, result: results_mod.Result | None, subs: dict, fo
         "f_eps8_cosine": findings_report.fixed(ev["eps8"]["eps8"]["centred_cosine"]),
         "f_eps8_top2": _top_two(ev["eps8"]["eps8"]["adversarial_class_counts"]),
         "f_noise_top": _top_two(ev["eps8"].get("binary_noise_class_counts", [])),
-        "f_def_flat_mnist": f"{ev['definitions']['mnist']['images_with_flat_perturbed_element']} of "
-                            f"{ev['definitions']['mnist']['n_successful']}",
-        "f_def_flat_cifar": f"{ev['definitions']['cifar10']['images_with_flat_perturbed_element']} of "
-                            f"{ev['definitions']['cifar10']['n_successful']}",
-        "f_def_flat_clean_mnist": f"{ev['definitions']['mnist']['clean_images_with_flat_neighbourhood']} of "
-                                  f"{ev['definitions']['mnist']['n']}",
+        "f_def_flat_mnist": phrase("k_of_n", k=ev["definitions"]["mnist"]["images_with_flat_perturbed_element"],
+                                   n=ev["definitions"]["mnist"]["n_successful"]),
+        "f_def_flat_cifar": phrase("k_of_n", k=ev["definitions"]["cifar10"]["images_with_flat_perturbed_element"],
+                                   n=ev["definitions"]["cifar10"]["n_successful"]),
+        "f_def_flat_clean_mnist": phrase("k_of_n", k=ev["definitions"]["mnist"]["clean_images_with_flat_neighbourhood"],
+                                         n=ev["definitions"]["mnist"]["n"]),
         **_shift_subs(ev["logit_shift"]),
     })
 
@@ -638,32 +598,16 @@ def _shift_subs(shift: dict) -> dict[str, str]:
     cos, fgsm = f32["cosine_to_float64"], f32["successes"]["fgsm"]
     judged = findings.shift_explained(shift)
 
-    def c(key, group):
-        return findings_report.fixed(cos[key][group], 2)
-
-    if judged["explained"]:
-        verdict = (f"This explains the difference: the shift adds {judged['gap_rounded']} FGSM successes on the "
-                   "candidates whose true-class probability rounds to 1, where only the shifted model's gradient "
-                   f"points where the exact one does, and {judged['gap'] - judged['gap_rounded']:+d} on the others. "
-                   "The shifted variant (DeepSec's code) gives the attack's true strength; the unshifted one "
-                   "understates it")
-    elif judged["gap"] <= 0:
-        verdict = "Here FGSM is not stronger with the shift, so there is no difference to explain"
-    else:
-        verdict = (f"This does not explain the difference here: the shift adds {judged['gap_rounded']} FGSM "
-                   f"successes on those candidates and {judged['gap'] - judged['gap_rounded']:+d} on the others, "
-                   "or the gradients there do not differ as the explanation needs; what does is open in this study")
+    cosines = {f"{key}_{group}": findings_report.fixed(cos[key][group], 2)
+               for key in ("shift", "no_shift") for group in ("rounded", "other")}
     return {
-        "f_shift_lead": ("The reason is float32 rounding." if judged["explained"]
-                         else "One candidate explanation is float32 rounding."),
-        "f_shift_rounded": f"{f32['rounded']} of the {shift['n']}",
-        "f_shift_cosine": (f"on those candidates the median cosine between the float32 input gradient and the float64 "
-                           f"one is {c('no_shift', 'rounded')} without the shift and {c('shift', 'rounded')} with it "
-                           f"(on the other {f32['other']}: {c('no_shift', 'other')} and {c('shift', 'other')})"),
-        "f_shift_split": (f"FGSM succeeds on {fgsm['shift']['rounded']} of the {f32['rounded']} with the shift and on "
-                          f"{fgsm['no_shift']['rounded']} without it; on the other {f32['other']}, on "
-                          f"{fgsm['shift']['other']} and {fgsm['no_shift']['other']}"),
-        "f_shift_mechanism": verdict,
+        "f_shift_lead": phrase("shift_lead", explained=judged["explained"]),
+        "f_shift_rounded": phrase("shift_rounded", rounded=f32["rounded"], n=shift["n"]),
+        "f_shift_cosine": phrase("shift_cosine", c=cosines, other=f32["other"]),
+        "f_shift_split": phrase("shift_split", fgsm=fgsm, rounded=f32["rounded"], other=f32["other"]),
+        "f_shift_mechanism": phrase("shift_mechanism", explained=judged["explained"], gap=judged["gap"],
+                                    gap_rounded=judged["gap_rounded"],
+                                    gap_other=f"{judged['gap'] - judged['gap_rounded']:+d}"),
     }
 
 
@@ -673,9 +617,9 @@ def _top_two(counts: list[int]) -> str:
 
     if not counts:
         return "–"
-    total = sum(counts)
     top = sorted(range(len(counts)), key=lambda c: -counts[c])[:2]
-    return " and ".join(f"{counts[c]} in class {c} ({CLASS_NAMES['cifar10'][c]})" for c in top) + f" (of {total})"
+    return phrase("top_two", total=sum(counts),
+                  classes=[{"count": counts[c], "index": c, "name": CLASS_NAMES["cifar10"][c]} for c in top])
 
 
 def _appendix_pages(gen: Path, profile: str, cols, found) -> None:
@@ -705,9 +649,8 @@ def _appendix_pages(gen: Path, profile: str, cols, found) -> None:
     cached_total = sum(t for t, cached in trained.values() if cached)
     total = notebook_total + cached_total
     text = markdown.table(["column", "notebook", "device", "notebook wall time (s)", "training (s)", "commit"], rows)
-    text += (f"\nTotal: {total:.0f} s ({total / 60:.1f} min) for the {profile} profile: {notebook_total:.0f} s of "
-             f"notebook wall time plus {cached_total:.0f} s of training served from the cache (each trained model "
-             "counted once).\n")
+    text += "\n" + phrase("runs_total", total=f"{total:.0f}", minutes=f"{total / 60:.1f}", profile=profile,
+                         notebooks=f"{notebook_total:.0f}", cached=f"{cached_total:.0f}") + "\n"
     if versions:
         text += "\n" + markdown.table(["software", "version"], [[k, f"`{v}`"] for k, v in versions.items()
                                                          if k != "executable"])
@@ -743,9 +686,7 @@ def gpu_estimate(found: dict) -> str:
     folder = results_mod.repo_root() / "benchmarks" / "results"
     path = next((folder / name for name in GPU_CHECK_FILES if (folder / name).is_file()), None)
     if path is None:
-        return ("*No device check has been run: `python benchmarks/gpu.py` measures the throughput of each unit of "
-                "work on the device present and writes `benchmarks/results/gpu_<device>.json`, from which this "
-                "section is built.*\n")
+        return render("appendix_gpu.md.j2", check=None, file=None, columns="", throughput="")
     check = json.loads(path.read_text(encoding="utf-8"))
     by_column: dict[str, float] = {}
     for row in check["estimate"]:
@@ -755,27 +696,14 @@ def gpu_estimate(found: dict) -> str:
     units = sorted({u for t in check["throughput"].values() for u in t})
     throughput = [[f"`{model}`", *(f"{t[u]:,.0f}" if u in t else NOT_COMPUTED for u in units)]
                   for model, t in check["throughput"].items()]
-    text = (f"Measured by `python benchmarks/gpu.py` on **{check['device']}** (torch {check['torch']}"
-            + (", bfloat16 autocast and channels-last, as the paper profile runs on CUDA" if check.get(
-                "bf16_channels_last") else "") + f"; file `benchmarks/results/{path.name}`). ")
-    if check["device_type"] != "cuda":
-        text += ("No GPU was available to this project's sessions, so this is the CPU's measurement: run the same "
-                 "command on a GPU to replace it (the file `gpu_cuda.json` then takes precedence). For scale, the "
-                 "follow-up reports about 7,000 minutes for one PAT run on the ×10 wide ResNet on a GTX 1080. ")
-    text += ("Each column's work is counted from the profile, the plan and the recipes "
-             "(`repro.study.workload`): attack steps, CW2 iterations, training updates (a PAT epoch costs its "
-             "crafting steps plus two updates per image), the metric suite, and the security evaluation's PGD "
-             "restarts and APGD iterations on every image (an upper bound).\n\n")
-    text += markdown.table(["column", f"estimated hours ({check['profile']} profile)"], rows)
-    text += "\nThroughput, units per second (one unit = one image through one step):\n\n"
-    text += markdown.table(["model", *units], throughput)
-    return text
+    return render("appendix_gpu.md.j2", check=check, file=path.name,
+                  columns=markdown.table(["column", f"estimated hours ({check['profile']} profile)"], rows),
+                  throughput=markdown.table(["model", *units], throughput))
 
 
 OPTIMALITY_FILES = ("optimality_cuda.json", "optimality_cpu.json")  # benchmarks/results/, benchmarks/optimality.py
-# Which of the benchmark's attacks is the configuration each table column runs, and the family it is judged in.
-OURS_IN_TABLES = {"ours CW2 (DeepSec search)": "the CW2 columns (`cw2` configuration `deepsec`)",
-                  "ours PGD": "the PGD columns (random start, last iterate; the columns use a fixed ε)"}
+# Which of the benchmark's attacks is the configuration a table column runs (the columns: phrase "optimality_used_by").
+OURS_IN_TABLES = ("ours CW2 (DeepSec search)", "ours PGD")
 REFERENCE_MARK = "(reference)"
 # The issue's bar: ours within this many optimality points of the best implementation of the same attack.
 OPTIMALITY_SLACK = 0.02
@@ -788,21 +716,11 @@ def optimality_section(figures_dir: Path) -> str:
     folder = results_mod.repo_root() / "benchmarks" / "results"
     path = next((folder / name for name in OPTIMALITY_FILES if (folder / name).is_file()), None)
     if path is None:
-        return ("*The optimality benchmark has not been run: `python benchmarks/optimality.py` writes "
-                "`benchmarks/results/optimality_<device>.json`, from which this section is built.*\n")
+        return render("appendix_optimality.md.j2", check=None, file=None, settings=[], slack=None, verdicts="")
     from . import figures
 
     check = json.loads(path.read_text(encoding="utf-8"))
-    text = (f"Measured by `python benchmarks/optimality.py` on **{check['device']}** ({check['threads']} thread(s), "
-            f"torch {check['torch']}; file `benchmarks/results/{path.name}`), on DeepSec's released raw models. "
-            "L2 attacks are targeted at one random wrong class per image (DeepSec's CW2 setting) and get the same "
-            "number of search steps × iterations; L∞ attacks are untargeted PGD turned into minimal attacks by a "
-            "per-image bisection over ε, with the same PGD steps per probe. Optimality is AttackBench's: "
-            "1 − (A − A*)/(d_max − A*), A the area under an attack's robust-accuracy curve on [0, d_max], A* that "
-            "of the per-image best of all attacks, d_max the largest best distance (1 = best on every image, 0 = "
-            "nothing found). *Passes* are images through the model per image, counted (forward / backward); "
-            "*(reference)* marks minimal-norm attacks of another kind that only sharpen the best curve.\n\n")
-    verdicts = []
+    settings, verdicts = [], []
     for key, setting in check["settings"].items():
         rows = []
         for name, a in setting["attacks"].items():
@@ -815,13 +733,14 @@ def optimality_section(figures_dir: Path) -> str:
         unit = "× 255" if setting["norm"] == "linf" else ""
         how = (f"{setting['search']} search steps × {setting['iterations']} iterations" if setting["targeted"] else
                f"{setting['probes']} probes over ε ≤ {255 * setting['eps_max']:.0f}/255 × {setting['steps']} steps")
-        text += (f"**{setting['dataset']}, {setting['norm'].upper()}** ({setting['n']} clean-correct test images; "
-                 f"{how} = {setting['budget']} passes per image; d_max {setting['d_max']:.4f}):\n\n")
-        text += markdown.table(["attack", "optimality", "success", f"median distance {unit}".strip(),
-                           "passes per image", "wall time (s)", "ms per forward"], rows) + "\n"
+        settings.append({"dataset": setting["dataset"], "norm": setting["norm"].upper(), "n": setting["n"],
+                         "how": how, "budget": setting["budget"], "d_max": f"{setting['d_max']:.4f}",
+                         "table": markdown.table(["attack", "optimality", "success", f"median distance {unit}".strip(),
+                                                  "passes per image", "wall time (s)", "ms per forward"], rows)})
         library = {n: a["optimality"] for n, a in setting["attacks"].items()
                    if not n.startswith("ours") and REFERENCE_MARK not in n}
-        for ours, where in OURS_IN_TABLES.items():
+        for ours in OURS_IN_TABLES:
+            where = phrase("optimality_used_by", attack=ours)
             if ours not in setting["attacks"] or not library:
                 continue
             best_name = max(library, key=library.get)
@@ -831,16 +750,13 @@ def optimality_section(figures_dir: Path) -> str:
                              f"{100 * gap:+.1f}", "yes" if gap >= -OPTIMALITY_SLACK else "**no**"])
     fig = figures.optimality_curves(check["settings"])
     figures.save(fig, figures_dir / "optimality.png")
-    # From the book's source root (where _config.yml is): the section is included by book/appendix.md, and an
-    # include does not rebase a relative figure path to the included file's folder.
-    text += ("```{figure} /book/generated/figures/optimality.png\n:name: fig-optimality\n:width: 100%\n\n"
-             "Robust accuracy against perturbation size for each attack (optimality in brackets) and the per-image "
-             "best of all (dashed).\n```\n\n")
-    text += ("How far the configuration each table column runs is from the best library implementation of the same "
-             f"attack (within {100 * OPTIMALITY_SLACK:.0f} points counts as as strong):\n\n")
-    text += markdown.table(["model, norm", "ours", "used by", "optimality", "best library implementation",
-                       "difference (points)", "as strong"], verdicts)
-    return text
+    # The figure's path is from the book's source root (where _config.yml is): the section is included by
+    # book/appendix.md, and an include does not rebase a relative figure path to the included file's folder.
+    return render("appendix_optimality.md.j2", check=check, file=path.name, settings=settings,
+                  slack=f"{100 * OPTIMALITY_SLACK:.0f}",
+                  verdicts=markdown.table(["model, norm", "ours", "used by", "optimality",
+                                           "best library implementation", "difference (points)", "as strong"],
+                                          verdicts))
 
 
 KEY_METRIC = {"attack": "MR", "defence": "ACC_defended"}
@@ -855,9 +771,7 @@ def stale_columns(profile: str, found: dict) -> list[str]:
 
 
 def _stale_warning(ids: list[str]) -> str:
-    return ("```{warning}\nPending: the results of " + ", ".join(f"`{c}`" for c in ids) + " were computed with "
-            "other code or parameters than the current plan (their fingerprints differ) and are shown as they are "
-            "until `python -m repro.pipeline` recomputes them.\n```\n\n") if ids else ""
+    return phrase("stale_warning", ids=ids) + "\n\n" if ids else ""
 
 
 def glance(profile: str, found: dict) -> str:
@@ -873,16 +787,16 @@ def glance(profile: str, found: dict) -> str:
         for k, label in (("followup", "the follow-up"), ("deepsec", "DeepSec")):
             bad = [METRIC_LABELS[x["metric"]] for x in comp if x[f"verdict_{k}"] == Verdict.INCONSISTENT]
             if bad:
-                why.append(f"inconsistent with {label}: {', '.join(bad)}")
+                why.append(phrase("inconsistent_with", reference=label, metrics=bad))
         # a reason shared by both references is said once
         reasons = {k: _why_short(comp, k) for k in ("followup", "deepsec")}
         both = [r for r in reasons["followup"] if r in reasons["deepsec"]]
         if both:
-            why.append("not comparable with either reference: " + "; ".join(both))
+            why.append(phrase("not_comparable_either", reasons=both))
         for k, label in (("followup", "the follow-up"), ("deepsec", "DeepSec")):
             only = [r for r in reasons[k] if r not in both]
             if only:
-                why.append(f"not comparable with {label}{' also' if both else ''}: " + "; ".join(only))
+                why.append(phrase("not_comparable_with", reference=label, also=bool(both), reasons=only))
         rows.append([col.title, _counts_short(verdict_counts(comp, "followup")),
                      _counts_short(verdict_counts(comp, "deepsec")),
                      f"{_label(key)} {_fmt_interval(key, r)}", _fmt(key, r["followup"]), _fmt(key, r["deepsec"]),
@@ -1007,10 +921,7 @@ def readme_with_glance(readme: str, profile: str, found: dict) -> str:
 
 def _notebooks_page(profile: str, cols) -> str:
     rows = [[f"[{col.title}](columns/{col.id}.ipynb)", f"`{col.id}`", f"`notebooks/{col.notebook}`"] for col in cols]
-    return ("# Executed notebooks\n\nEvery column of the tables, as papermill executed it under the "
-            f"**{profile}** profile. Each wrote one result file, `results/{profile}/<column>.json`, from which the "
-            "tables are generated; the notebook beside it is the execution shown here.\n\n"
-            + markdown.table(["column", "id", "notebook"], rows))
+    return render("notebooks.md.j2", profile=profile, table=markdown.table(["column", "id", "notebook"], rows))
 
 
 def _copy_titled(src: Path, dest: Path, col: Column) -> None:
@@ -1022,7 +933,7 @@ def _copy_titled(src: Path, dest: Path, col: Column) -> None:
     for cell in nb.cells:
         if cell.cell_type == "markdown" and cell.source.startswith("# "):
             first, _, rest = cell.source.partition("\n")
-            cell.source = f"# {col.title}\n\n*Column `{col.id}`, notebook `notebooks/{col.notebook}`.*\n{rest}"
+            cell.source = f"# {col.title}\n\n{phrase('executed_column_note', id=col.id, notebook=col.notebook)}\n{rest}"
             break
     nbformat.write(nb, dest)
 
@@ -1073,10 +984,7 @@ def generate(profile: str, *, results_dir: str = "results", stage: Path) -> list
 
     prof = get_profile(profile)
     subs = {"profile": profile, "profile_description": prof.description,
-            "profile_warning": ("Numbers from this profile are **not meaningful**: it exists to exercise every code "
-                                "path in seconds." if profile == "smoke" else
-                                "Every column lists where this run departs from the published setting."
-                                if profile != "paper" else "This is the papers' own setting.")}
+            "profile_warning": phrase("profile_warning", profile=profile)}
     subs.update(_published_subs())
     subs.update(_verdict_subs(profile, found))
     subs.update(_methods_subs(profile, found))

@@ -17,7 +17,7 @@ from ..metrics import robustness
 from ..study import security as sec
 from . import markdown
 from .figures import DATASET_LABELS
-from .templates import render
+from .templates import phrase, render
 from ..study.lookup import column_running
 from ..study.plan import COLUMNS, anchor, anchors, published_value
 from ..study.profiles import get_profile
@@ -109,18 +109,11 @@ def _masking_rows(evaluation: dict) -> list[list[str]]:
         by_steps = ", ".join(f"{r['steps']}: {pct(r['rate'])}" for r in check["steps"])
         large = check["eps"][-1]
         verdict = check["verdict"]
-        why = "; ".join(MASKING_SHORT.get(key, key) for key in verdict["reasons"]) or "–"
+        why = "; ".join(phrase("masking_reason", key=key) for key in verdict["reasons"]) or "–"
         rows.append([evaluation["models"][mid]["label"], with_interval(check["white_box"]),
                      with_interval(check["square"]), by_steps, f"{pct(large['rate'])} at ε = {eps_text(large['eps'])}",
                      verdict["verdict"], why, str(check["white_box"]["n"])])
     return rows
-
-
-# Each masking rule (repro.metrics.robustness.MASKING_RULES) in a few words, for the landing page's table.
-MASKING_SHORT = {"square_beats_pgd": "the gradient-free Square attack beats PGD",
-                 "large_eps_not_zero": "accuracy does not fall to 0 at a large ε",
-                 "steps_hurt": "more PGD steps leave a higher accuracy",
-                 "single_step_gap": "one PGD step leaves far more than many"}
 
 
 def masking_summary(check: dict | None) -> str:
@@ -132,12 +125,13 @@ def masking_summary(check: dict | None) -> str:
         return verdict["verdict"]
     reasons = []
     for key in verdict["reasons"]:
-        text = MASKING_SHORT.get(key, key)
+        text = phrase("masking_reason", key=key)
         if key in ("single_step_gap", "steps_hurt"):
             steps = sorted(check["steps"], key=lambda r: r["steps"])
-            text += f" ({steps[0]['steps']} step: {pct(steps[0]['rate'])}, {steps[-1]['steps']}: {pct(steps[-1]['rate'])})"
+            text = phrase("masking_steps", reason=text, first_steps=steps[0]["steps"], first_rate=pct(steps[0]["rate"]),
+                          last_steps=steps[-1]["steps"], last_rate=pct(steps[-1]["rate"]))
         reasons.append(text)
-    return f"{verdict['verdict']}: " + "; ".join(reasons)
+    return phrase("masking_summary", verdict=verdict["verdict"], reasons=reasons)
 
 
 MASKING_HEADER = ["model", "white-box PGD", "Square (gradient-free)", "accuracy by PGD steps",
@@ -189,8 +183,7 @@ def transfer_figure(evaluations: dict | list, *, title: str = ""):
         ax.set_ylabel("accuracy (%)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colour) for _, _, colour, _ in series]
     fig.legend(handles, [text for _, text, _, _ in series], loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fig.suptitle(title or "DeepSec's transfer setting versus white-box attacks: the defended model's accuracy",
-                 fontsize=10)
+    fig.suptitle(title or phrase("transfer_figure_title"), fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
@@ -277,7 +270,7 @@ def _masking_section(evaluations: dict[str, dict], figures_dir: Path) -> list[st
         shown.append({"name": name, "index": i, "title": COLUMNS[cid].title, "eps_steps": first["eps_steps"],
                       "square": f"{first['square']['square_queries']:,}"})
     text = render("security_masking.md.j2", step_factor=f"{robustness.MASKING_STEP_FACTOR:g}",
-                  rules=[(MASKING_SHORT.get(k, k), t) for k, t in robustness.MASKING_RULES.items()],
+                  rules=[(phrase("masking_reason", key=k), t) for k, t in robustness.MASKING_RULES.items()],
                   table=markdown.table(MASKING_HEADER, rows), figures=shown)
     return [text.rstrip("\n") + "\n"]
 
@@ -285,15 +278,9 @@ def _masking_section(evaluations: dict[str, dict], figures_dir: Path) -> list[st
 def _anchor_section() -> list[str]:
     # The numbers in a table, the prose about each in a list below it: eight columns of prose overflow the page.
     rows = [[a.model, pct(a.clean, 2), pct(a.pgd, 2), pct(a.autoattack, 2)] for a in anchors()]
-    def length(text: str) -> str:
-        return "for a length not reported" if text in ("", "unknown") else text
-
-    notes = [f"- **{a.model}**: {a.attack_setting}; trained on {a.training_data or 'data not reported'}, "
-             f"{length(a.training_length)}. Source: {a.source}." for a in anchors()]
-    return ["## Anchors\n",
-            "Published numbers to read ours against (CIFAR-10, L∞, ε = 8/255), with what each model was trained on "
-            "and for how long, where that is known:\n",
-            markdown.table(["model", "clean", "PGD", "AutoAttack"], rows), "\n".join(notes) + "\n"]
+    return [render("security_anchors.md.j2", table=markdown.table(["model", "clean", "PGD", "AutoAttack"], rows),
+                   anchors=[{"model": a.model, "setting": a.attack_setting, "data": a.training_data,
+                             "length": a.training_length, "source": a.source} for a in anchors()])]
 
 
 def _followup_section(evaluations: dict[str, dict]) -> list[str]:
@@ -302,8 +289,8 @@ def _followup_section(evaluations: dict[str, dict]) -> list[str]:
     published = None if literal is None else published_value("2", literal.compare_with, "follow-up", "ACC_defended")
     madry = anchor("madry_wrn")
     ours = [] if cifar is None else [
-        f"{rec['label']}: clean {with_interval(rec['clean'])}, robust {with_interval(rec['robust'])} "
-        f"(n = {rec['robust']['n']})"
+        phrase("pat_model_rates", label=rec["label"], clean=with_interval(rec["clean"]),
+               robust=with_interval(rec["robust"]), n=rec["robust"]["n"])
         for rec in cifar["models"].values() if rec["role"] == "defended" and COLUMNS[rec["column"]].defence == "pat"]
     return [render("security_followup.md.j2", published=pct(None if published is None else published.value, 2),
                    cited={"standard": pct(anchor("followup_cites_madry_standard").pgd),
@@ -325,40 +312,25 @@ def security_page(found: dict, profile: str, figures_dir) -> str:
     """
     figures_dir = Path(figures_dir)
     evaluations = _security(found)
-    parts = ["# Security evaluation: each model attacked itself\n"]
     if not evaluations:
-        return parts[0] + f"\n*Not computed under the {profile} profile.*\n"
+        return phrase("not_computed_chapter", chapter="security", profile=profile) + "\n"
     first = next(iter(found[cid] for cid in evaluations))
-    p = first.parameters
-    parts.append(
-        "DeepSec evaluates a defence on adversarial examples crafted on the *undefended* model, averages over "
-        "attacks, and attacks CIFAR-10 at ε = 0.1, about three times Madry et al.'s 8/255; Carlini's critique of "
-        "DeepSec asks instead for attacks run against the defended model itself and for the worst case per image. "
-        "This chapter does that for every model the study trains or loads: each is attacked at its threat model "
-        + "(" + "; ".join(f"{DATASET_LABELS.get(ev['dataset'], ev['dataset'])}: ε = {eps_text(ev['threat_model']['eps'])}, "
-                          f"PGD step {eps_text(ev['threat_model']['step_size'])}" for ev in evaluations.values())
-        + f") by PGD from {p['pgd_restarts']} random starts and by AutoAttack, on the same first test images for "
-        "every attack on a model; an image counts as robust only if the model classifies it correctly under every "
-        "attack. Every rate carries its exact (Clopper–Pearson) 95 % interval and its n; the per-image outcomes "
-        "are stored in the results, so every interval and worst case can be recomputed.\n")
-    parts.append(f"```{{note}}\nProfile **{profile}**: {get_profile(profile).description}.\n```\n")
-    parts.append("## Robust accuracy\n")
+    parts = [render("security_intro.md.j2", profile=profile, description=get_profile(profile).description,
+                    restarts=first.parameters["pgd_restarts"],
+                    evaluations=[{"dataset": DATASET_LABELS.get(ev["dataset"], ev["dataset"]),
+                                  "eps": eps_text(ev["threat_model"]["eps"]),
+                                  "step": eps_text(ev["threat_model"]["step_size"])} for ev in evaluations.values()])]
     for cid, ev in evaluations.items():
         result = found[cid]
         q = result.parameters
-        parts.append(f"### {COLUMNS[cid].title}\n")
-        parts.append(f"[Executed notebook](columns/{cid}.ipynb); {ev['n']:,} test images, PGD "
-                     f"{q['pgd_steps']} steps × {q['pgd_restarts']} restarts, AutoAttack "
-                     f"{q['autoattack']['version']}, seed {q['seed']}; computed in "
-                     f"{result.provenance.get('wall_time_s', float('nan')):.0f} s on "
-                     f"{result.provenance.get('device', {}).get('name', '?')}.\n")
-        parts.append(markdown.table(_robust_header(ev), _robust_rows(ev)))
-        if ev.get("deepsec_eps"):
-            parts.append(f"PGD at DeepSec's ε = {eps_text(ev['deepsec_eps'])} uses a step of ε/4 (Madry et al.'s "
-                         "ratio); it is not part of the robust accuracy, which is at the threat model's ε.\n")
-        parts.append("**Departures:**\n")
-        parts.extend(f"- {d}" for d in (result.departures or ["none"]))
-        parts.append("")
+        parts.append(render(
+            "security_model.md.j2", title=COLUMNS[cid].title, id=cid, n=f"{ev['n']:,}", steps=q["pgd_steps"],
+            restarts=q["pgd_restarts"], version=q["autoattack"]["version"], seed=q["seed"],
+            seconds=f"{result.provenance.get('wall_time_s', float('nan')):.0f}",
+            device=result.provenance.get("device", {}).get("name", "?"),
+            table=markdown.table(_robust_header(ev), _robust_rows(ev)),
+            deepsec_eps=eps_text(ev["deepsec_eps"]) if ev.get("deepsec_eps") else None,
+            departures=result.departures or ["none"]))
     parts += _autoattack_section(evaluations, found)
     parts += _transfer_section(evaluations, figures_dir)
     parts += _masking_section(evaluations, figures_dir)

@@ -1,5 +1,8 @@
 """Render the report's Markdown templates (``repro/report/templates/*.md.j2``, Jinja2): prose lives there, numbers
-come in as data. Undefined names are errors, never empty text."""
+come in as data. Undefined names are errors, never empty text.
+
+Whole sections are templates of their own (:func:`render`); the clauses and sentences that the report assembles from
+data (an effect's wording, a note, a verdict's reason) are the macros of ``phrases.md.j2`` (:func:`phrase`)."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -35,3 +38,20 @@ def render(name: str, **context) -> str:
         jinja2.TemplateNotFound: no such template; jinja2.UndefinedError: the template uses a name not given.
     """
     return _environment().get_template(name).render(**context)
+
+
+PHRASES = "phrases.md.j2"
+
+
+def phrase(name: str, **context) -> str:
+    """The macro ``name`` of :data:`PHRASES` (one clause or sentence of the report's prose) rendered with
+    ``context``, without surrounding whitespace.
+
+    Raises:
+        KeyError: no such macro; jinja2.UndefinedError: the macro uses a name not given.
+    """
+    module = _environment().get_template(PHRASES).module
+    macro = getattr(module, name, None)
+    if macro is None:
+        raise KeyError(f"no phrase {name!r} in {TEMPLATE_DIR / PHRASES}")
+    return str(macro(**context)).strip()

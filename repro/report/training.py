@@ -8,20 +8,20 @@ import matplotlib.pyplot as plt
 
 from ..data import FULL_SIZES
 from ..models import DEEPSEC_CHECKPOINTS
-from ..study.ablation import SIGNIFICANCE as ABLATION_SIGNIFICANCE, TARGET, TARGET_WITH_JPEG, target_verdict
+from ..study.ablation import (SIGNIFICANCE as ABLATION_SIGNIFICANCE, TARGET, TARGET_WITH_JPEG, target_for,
+                              target_verdict)
 from ..study.plan import COLUMNS
 from ..study.profiles import get_profile
 from ..study.verdicts import recipe_words
 from ..train.config import DEEPSEC_RECIPE, RECIPES
 from . import figures, markdown
-from .templates import render
+from .templates import phrase, render
 from .figures import DATASET_LABELS
 from .security import eps_text, with_interval
 
 # Characters of a legend label that still fit two legend columns across the training figure.
 LEGEND_LABEL_FITS_TWO_COLUMNS = 55
 # How the chapter words repro.study.ablation.target_verdict.
-TARGET_WORDS = {"meets": "meets it", "misses": "misses it", "within reach": "is within its intervals' reach of it"}
 
 
 def _training(found: dict) -> dict[str, dict]:
@@ -32,25 +32,19 @@ def _training(found: dict) -> dict[str, dict]:
 
 def _init(record: dict) -> str:
     init = record["init"]
-    if init == "scratch":
-        return "scratch"
-    if isinstance(init, dict) and "deepsec_sha256" in init:
-        return "DeepSec's raw checkpoint"
-    return "raw model trained here" if isinstance(init, dict) and "trained" in init else str(init)
-
-
-# How the table names the rule that picked a model's epoch (repro.train.config.KEEP_RULES).
-KEEP_WORDS = {"best_val": "best clean validation", "last": "last"}
+    kind = ("scratch" if init == "scratch" else "deepsec" if isinstance(init, dict) and "deepsec_sha256" in init
+            else "trained" if isinstance(init, dict) and "trained" in init else None)
+    return phrase("init_words", kind=kind, other=str(init))
 
 
 def _rows(evaluation: dict, *, wall_time: bool = True) -> list[list[str]]:
     rows = []
     for rec in evaluation["models"].values():
         t = rec["training"]
-        how = ["DeepSec's released checkpoint", "–", "–", "–", "–"] if t is None else [
+        how = [phrase("released_checkpoint"), "–", "–", "–", "–"] if t is None else [
             _init(t), recipe_words(t["recipe"], {k: t[k] for k in ("optimiser", "lr", "schedule")}),
-            f"{t['epochs']} × {t['train_images']:,}",
-            f"{t['kept_epoch']} ({KEEP_WORDS.get(t['keep'], t['keep'])})", f"{t['train_time_s'] / 60:.1f}"]
+            phrase("epochs_images", epochs=t["epochs"], images=f"{t['train_images']:,}", jpeg=t.get("jpeg_fill")),
+            f"{t['kept_epoch']} ({phrase('keep_rule', keep=t['keep'])})", f"{t['train_time_s'] / 60:.1f}"]
         row = [rec["label"], *how, with_interval(rec["clean"]), with_interval(rec["pgd"])]
         rows.append(row if wall_time else row[:5] + row[6:])
     return rows
@@ -80,8 +74,8 @@ def _header(evaluation: dict) -> list[str]:
 
 def wall_times(evaluation: dict) -> str:
     """One line per model trained here: its training wall time in minutes (as its training recorded it)."""
-    return "\n".join(f"{rec['label']}: trained in {rec['training']['train_time_s'] / 60:.1f} min"
-                     for rec in evaluation["models"].values() if rec["training"]) or "no model trained here"
+    return "\n".join(phrase("trained_in", label=rec["label"], minutes=f"{rec['training']['train_time_s'] / 60:.1f}")
+                     for rec in evaluation["models"].values() if rec["training"]) or phrase("nothing_trained")
 
 
 def validation_attack(result) -> str:
@@ -90,9 +84,9 @@ def validation_attack(result) -> str:
     settings = {(c["eps"], c["step_size"], c["steps"]) for m in result.provenance.get("models", {}).values()
                 for c in [(m.get("config") or {}).get("history_pgd")] if isinstance(c, dict)}
     if len(settings) != 1:
-        return "each model's validation PGD"
+        return phrase("validation_pgd", eps=None, steps=None, step=None)
     eps, step, steps = settings.pop()
-    return f"PGD, ε = {eps_text(eps)}, {steps} steps of {eps_text(step)}"
+    return phrase("validation_pgd", eps=eps_text(eps), steps=steps, step=eps_text(step))
 
 
 def curves_figure(evaluation: dict, *, title: str = "", pgd: str = "PGD"):
@@ -135,9 +129,10 @@ def _target_lines(evaluation: dict) -> list[str]:
         if rec["role"] != "defended" or rec["training"] is None:
             continue
         clean, pgd = rec["clean"], rec["pgd"]
-        verdict = target_verdict(clean, pgd)
-        lines.append(f"{rec['label']}: clean {with_interval(clean)} ({verdict['clean']}), PGD {with_interval(pgd)} "
-                     f"({verdict['pgd']}): {TARGET_WORDS[verdict['overall']]}.")
+        verdict = target_verdict(clean, pgd, target=target_for(rec["training"]))
+        lines.append(phrase("target_line", label=rec["label"], clean=with_interval(clean), clean_verdict=verdict["clean"],
+                            pgd=with_interval(pgd), pgd_verdict=verdict["pgd"], overall=verdict["overall"],
+                            jpeg=bool(rec["training"].get("jpeg_fill"))))
     return lines
 
 
@@ -153,11 +148,10 @@ def _scratch_cost(evaluation: dict) -> str:
         if rec["role"] == "defended" and t and t["history"] and not rec["arm"] and col.defence == "pat" \
                 and col.parameters.get("model") == DEEPSEC_CHECKPOINTS[dataset]["model"]:
             per_epoch = t["train_time_s"] / len(t["history"])
-            return (f"DeepSec's own schedule from scratch is not an arm of the ablation: at the {per_epoch:.0f} s "
-                    f"per epoch measured for {rec['label']} on {t['train_images']:,} images, DeepSec's "
-                    f"{recipe.epochs} epochs would take {recipe.epochs * per_epoch / 3600:.1f} hours on this machine "
-                    f"(on {full:,} images, {recipe.epochs * per_epoch * full / t['train_images'] / 3600:.0f} "
-                    "hours).")
+            return phrase("scratch_cost", per_epoch=f"{per_epoch:.0f}", label=rec["label"],
+                          images=f"{t['train_images']:,}", epochs=recipe.epochs,
+                          hours=f"{recipe.epochs * per_epoch / 3600:.1f}", full=f"{full:,}",
+                          full_hours=f"{recipe.epochs * per_epoch * full / t['train_images'] / 3600:.0f}")
     return ""
 
 
@@ -186,15 +180,14 @@ def training_page(found: dict, profile: str, figures_dir) -> str:
     figures_dir = Path(figures_dir)
     evaluations = _training(found)
     if not evaluations:
-        return ("# Training: how each model was trained, and what it withstands\n\n"
-                f"*Not computed under the {profile} profile.*\n")
+        return phrase("not_computed_chapter", chapter="training", profile=profile) + "\n"
     resnet20 = anchor("robustbench_jang_resnet20")
     sections = []
     for cid, ev in evaluations.items():
         threat, dataset = ev["threat_model"], ev["dataset"]
         split = ev.get("deepsec_split")
         name = f"training_curves_{cid}.png"
-        fig = curves_figure(ev, title=f"{DATASET_LABELS.get(dataset, dataset)}: validation accuracy per epoch",
+        fig = curves_figure(ev, title=phrase("curves_title", dataset=DATASET_LABELS.get(dataset, dataset)),
                             pgd=validation_attack(found[cid]))
         figures.save(fig, figures_dir / name)
         sections.append({
@@ -208,6 +201,7 @@ def training_page(found: dict, profile: str, figures_dir) -> str:
                 "jpeg_clean": f"{100 * TARGET_WITH_JPEG['clean']:.0f} %",
                 "jpeg_pgd": f"{100 * TARGET_WITH_JPEG['pgd']:.0f} %",
                 "anchor_clean": f"{100 * resnet20.clean:.2f} %", "anchor_pgd": f"{100 * resnet20.pgd:.2f} %",
+                "jpeg": any((rec["training"] or {}).get("jpeg_fill") for rec in ev["models"].values()),
                 "lines": _target_lines(ev)},
             "split": None if not split else {
                 "model": split["model"], "held_out": with_interval(split["held_out"]),

@@ -19,6 +19,12 @@ TARGET = {"clean": 0.65, "pgd": 0.25}
 TARGET_WITH_JPEG = {"clean": 0.75, "pgd": 0.35}
 
 
+def target_for(training: dict) -> dict:
+    """The target a model's training record (``extra["training"]["models"][id]["training"]``) is judged against:
+    :data:`TARGET_WITH_JPEG` when it trained on the JPEG copies too, else :data:`TARGET`."""
+    return TARGET_WITH_JPEG if training.get("jpeg_fill") else TARGET
+
+
 def target_verdict(clean: dict, pgd: dict, *, target: dict = TARGET) -> dict[str, str]:
     """Whether a model's clean and PGD rates (``{"rate", "low", "high"}`` records) meet ``target``, judged on their
     95 % intervals, per axis (``"clean"``, ``"pgd"``) and ``"overall"``: ``"meets"`` (the lower bound reaches it;

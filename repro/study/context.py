@@ -32,7 +32,7 @@ class ParameterError(ValueError):
 class Context:
     """One run in progress: the effective parameters and what the result will record about it."""
 
-    kind: str  # "attack", "defence" or "findings"
+    kind: str  # one of repro.results.KINDS
     name: str  # the attack or defence run ("findings" for the findings notebook)
     params: dict
     profile: Profile

@@ -35,14 +35,15 @@ def train_config(*, dataset: str, model: str, profile: str | Profile, width: int
                  logit_shift: bool = True, defence: str | None = None, defence_params=None, seed: int = 100,
                  device: str = "auto", epochs: int | None = None, train_subset: int | None = None,
                  defence_init: str | None = None, defence_recipe: str | None = None,
-                 defence_epochs: int | None = None, defence_subset: int | None = None) -> TrainConfig:
+                 defence_epochs: int | None = None, defence_subset: int | None = None,
+                 defence_jpeg_fill: bool | None = None) -> TrainConfig:
     """The :class:`repro.train.TrainConfig` a profile prescribes for a raw model (``defence=None``) or a defence:
     the one function that turns a profile into a training configuration, used by the notebooks and by
     ``python -m repro.train`` alike (so both train, and cache, the same model).
 
     Raw models take DeepSec's recipe with the profile's raw budget (``epochs``/``train_subset`` override it).
     Defences take the profile's defence budget for the dataset (``defence_*`` override it: initialisation, recipe,
-    epochs, training images); when they start from the raw model
+    epochs, training images, JPEG fill); when they start from the raw model
     (``defence_init="raw"``), that is DeepSec's released checkpoint if the profile loads those and DeepSec released
     this architecture, else the raw model this function configures.
     """
@@ -70,7 +71,8 @@ def train_config(*, dataset: str, model: str, profile: str | Profile, width: int
     return replace(raw, defence=defence, defence_params=defence_params, init=init,
                    recipe=budget.recipe if defence_recipe is None else defence_recipe,
                    epochs=budget.epochs if defence_epochs is None else defence_epochs,
-                   subset=budget.subset if defence_subset is None else defence_subset)
+                   subset=budget.subset if defence_subset is None else defence_subset,
+                   jpeg_fill=budget.jpeg_fill if defence_jpeg_fill is None else defence_jpeg_fill)
 
 
 def uses_deepsec_checkpoint(model: str, profile: Profile) -> bool:

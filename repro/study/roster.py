@@ -46,8 +46,8 @@ def evaluated_models(dataset: str, profile: str | Profile) -> tuple[EvaluatedMod
 def model_config(spec: EvaluatedModel, profile: str | Profile, *, width: int | None = None,
                  epochs: int | None = None, train_subset: int | None = None, defence_init: str | None = None,
                  defence_recipe: str | None = None, defence_epochs: int | None = None,
-                 defence_subset: int | None = None, defence_params: dict | None = None,
-                 device: str = "auto") -> TrainConfig | None:
+                 defence_subset: int | None = None, defence_jpeg_fill: bool | None = None,
+                 defence_params: dict | None = None, device: str = "auto") -> TrainConfig | None:
     """The training configuration of ``spec`` under ``profile``, or ``None`` for DeepSec's released checkpoint.
 
     Built by :func:`repro.study.models.train_config`, the function the defence columns use, from the plan row of
@@ -70,7 +70,7 @@ def model_config(spec: EvaluatedModel, profile: str | Profile, *, width: int | N
     params = DEFENCES[col.defence].params_type(**{**{k: p[k] for k in names if k in p}, **(defence_params or {})})
     return models.train_config(**common, defence=col.defence, defence_params=params, defence_init=defence_init,
                               defence_recipe=defence_recipe, defence_epochs=defence_epochs,
-                              defence_subset=defence_subset)
+                              defence_subset=defence_subset, defence_jpeg_fill=defence_jpeg_fill)
 
 
 def resolve_model_budgets(p: dict, prof: Profile) -> None:

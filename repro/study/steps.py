@@ -22,7 +22,7 @@ import torch
 from .. import _io
 from .. import data as data_mod
 from .. import results as results_mod
-from ..attacks import ATTACKS, labels_field
+from ..attacks import ATTACKS, labels_field, lookup
 from ..models import DEEPSEC_CHECKPOINTS, MODEL_DATASET
 from ..train import DEFENCES, RECIPES
 from .context import (Context, ParameterError, attack_parameters, check_count, check_rule, defence_parameters,
@@ -85,19 +85,22 @@ def _drop_others(p: dict, kind: str, name: str, parameters: dict[str, tuple[str,
 def resolve_attack(attack: str, *, injected: set | None = None, **params) -> dict:
     """An attack notebook's parameters: the model's, ``n_samples`` and the attack's iteration budget (``None``: the
     profile's), each hyper-parameter checked by its rule in the attack's registry entry."""
-    require(attack in ATTACKS, f"unknown attack {attack!r}; allowed: {', '.join(map(repr, ATTACKS))}")
+    try:
+        entry = lookup(attack)
+    except ValueError as err:
+        raise ParameterError(str(err)) from None
     p, prof = _resolve_model(injected, params)
     budget = prof.attack_budget(attack)
     p["n_samples"] = budget.n_candidates if p.get("n_samples") is None else p["n_samples"]
     check_count(p, "n_samples")
     # One notebook serves every attack (attack.ipynb; pgd.ipynb and cw2.ipynb are it with other defaults).
     mine = _drop_others(p, "attack", attack, {a: attack_parameters(a) for a in ATTACKS})
-    setting = ATTACKS[attack].default_setting(p["dataset"])
+    setting = entry.default_setting(p["dataset"])
     for name in mine:
         if name in p and p[name] is None:  # the profile's iteration budget, else DeepSec's setting
             p[name] = budget.iterations.get(name, setting.get(name))
         if name in p and p[name] is not None:
-            check_rule(ATTACKS[attack].rules[name], name, p[name])
+            check_rule(entry.rules[name], name, p[name])
         elif name in p:
             p.pop(name)  # neither: the attack function's own default
     if p.get("eps", 0) >= 1:

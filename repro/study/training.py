@@ -20,7 +20,7 @@ from ..metrics import robustness
 from ..train import TrainConfig, config_key
 from . import context, models, roster
 from .plan import columns_for
-from .profiles import Profile, get_profile
+from .profiles import DEPARTURE_TEXT, Profile, get_profile
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def trained_models(dataset: str, profile: str | Profile) -> list[TrainedModel]:
 
 def model_config(model: TrainedModel, ctx: context.Context) -> TrainConfig | None:
     """The training configuration of ``model`` (``None``: DeepSec's released checkpoint), with the notebook's budget
-    overrides; an ablation arm replaces the initialisation, recipe, epochs and images of its column's defence, and
+    overrides; an ablation arm replaces the initialisation, recipe, epochs, images and JPEG fill of its column's defence, and
     the defence parameters it names."""
     p = ctx.params
     kwargs = dict(width=p["width"], epochs=p["epochs"], train_subset=p["train_subset"], device=str(ctx.device))
@@ -67,7 +67,7 @@ def model_config(model: TrainedModel, ctx: context.Context) -> TrainConfig | Non
     training = arm.training
     return roster.model_config(model.spec, ctx.profile, defence_init=training.init, defence_recipe=training.recipe,
                                defence_epochs=training.epochs, defence_subset=training.subset,
-                               defence_params=arm.defence_params, **kwargs)
+                               defence_jpeg_fill=training.jpeg_fill, defence_params=arm.defence_params, **kwargs)
 
 
 def resolve(*, injected: set | None = None, **params) -> dict:
@@ -134,6 +134,8 @@ def evaluate(ctx: context.Context, x: Tensor, y: Tensor) -> dict:
             out["deepsec_split"] = _split_accuracy(net, p["dataset"], model.spec, ctx)
         else:
             net = models.provide_model(ctx, config, mid)
+            if config.jpeg_fill:
+                ctx.departures.append(f"{model.spec.label}: {DEPARTURE_TEXT['defence', 'jpeg_fill']}")
             trained = ctx.models[mid]
             recipe = trained["config"]["recipe"]
             record = {"init": trained["config"]["init"], "recipe": recipe["name"], "optimiser": recipe["optimiser"],
@@ -141,6 +143,7 @@ def evaluate(ctx: context.Context, x: Tensor, y: Tensor) -> dict:
                       "epochs": trained["config"]["epochs"], "batch_size": trained["config"]["batch_size"],
                       "train_images": _images(trained["history"]), "kept_epoch": trained["best_epoch"],
                       "train_time_s": trained["train_time_s"], "history": trained["history"],
+                      "jpeg_fill": config.jpeg_fill,
                       "start": starting_point(config, published=models.published_models(ctx.profile))}
         clean = robustness.predict_correct(net, x, y, batch_size=p["batch_size"], device=ctx.device)
         pgd = robustness.pgd_worst_case(net, x, y, eps=threat["eps"], step_size=threat["step_size"],

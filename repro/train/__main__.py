@@ -72,6 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--disable-dropout", action="store_true")
+    parser.add_argument("--jpeg-fill", action="store_true",
+                        help="CIFAR-10: also train on the lossy JPEG copies of the training images the exact copy "
+                             "lacks (never validated on; a departure)")
     parser.add_argument("--out-dir", default=None, help="default: the cache folder of the configuration")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     parser.add_argument("--no-progress", action="store_true")
@@ -120,6 +123,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                         defence_recipe=args.recipe,
                         **{k: v for k, v in {**subset, **epochs}.items() if v is not None})
     overrides = {"bf16": args.bf16, "channels_last": args.channels_last, "disable_dropout": args.disable_dropout}
+    if args.jpeg_fill:
+        overrides["jpeg_fill"] = True
     for name in ("batch_size", "history_subset"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)

@@ -20,7 +20,7 @@ import torch
 from .. import _io
 from .._source import code_hash
 from ..checks import check_integer
-from ..data import DATASETS, data_root, digest, load
+from ..data import DATASETS, data_root, digest, jpeg_digest, load
 from ..models import DEEPSEC_CHECKPOINTS, MODELS, dataset_of
 from .defences import DEFENCES, PGDParams
 
@@ -156,6 +156,8 @@ class TrainConfig:
         recipe: a :data:`RECIPES` name; ``None`` picks DeepSec's recipe for the dataset.
         epochs, batch_size: ``None`` takes the recipe's (SPEC §2).
         subset: use the first ``subset`` training images (official order) before the 90/10 split; ``None``: all.
+        jpeg_fill: CIFAR-10 only: also train on the lossy JPEG copies of the official training images the exact copy
+            lacks (:func:`repro.data.load_jpeg`; never for validation). A departure wherever used; in the key.
         seed: seeds the split, model initialisation, data order, augmentation, NAT's ε and PGD's start (DeepSec: 100).
         init: where the weights start: ``"scratch"``, ``"deepsec"`` (DeepSec's released raw checkpoint), another
             :class:`TrainConfig` (the model it trains) or the path of a state dict. Part of the cache key; the
@@ -180,6 +182,7 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int | None = None
     subset: int | None = None
+    jpeg_fill: bool = False
     seed: int = 100
     init: "str | TrainConfig" = "scratch"
     history_subset: int = 1000
@@ -230,13 +233,15 @@ class TrainConfig:
                 or (isinstance(self.init, (str, Path)) and Path(self.init).is_file())):
             raise ValueError(f"unknown init {self.init!r}; allowed: 'scratch', 'deepsec', a TrainConfig, or the path "
                              "of an existing checkpoint file")
+        if self.jpeg_fill is True and self.dataset != "cifar10":
+            raise ValueError(f"jpeg_fill=True needs dataset 'cifar10' (the only JPEG copy), not {self.dataset!r}")
         if self.init == "deepsec" and self.dataset not in DEEPSEC_CHECKPOINTS:
             raise ValueError(f"no DeepSec checkpoint for dataset {self.dataset!r}")
         try:
             torch.device("cuda" if self.device == "auto" else self.device)
         except RuntimeError as err:
             raise ValueError(f"unknown device {self.device!r}; allowed: 'auto', 'cpu', 'cuda', 'cuda:N'") from err
-        for name in ("disable_dropout", "bf16", "channels_last", "compile"):
+        for name in ("jpeg_fill", "disable_dropout", "bf16", "channels_last", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -273,12 +278,15 @@ def effective_config(config: TrainConfig) -> dict:
     else:
         init_id = {"file_sha256": _io.sha256_file(Path(init))}
     n_available = _train_size(config.dataset, str(data_root()))
+    # Only present when used, so that the keys of every configuration without it stay what they were.
+    jpeg = {"jpeg_fill": jpeg_digest(config.dataset, split="train")} if config.jpeg_fill else {}
     return {
         "format": FORMAT_VERSION,
         "code": training_code_hash(),
         "dataset": config.dataset,
         "train_data": digest(config.dataset, split="train"),
         "train_images": min(n_available, config.subset or n_available),
+        **jpeg,
         "model": config.model,
         "model_kwargs": dict(config.model_kwargs),
         "defence": config.defence,

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .. import _io
 from ..attacks.pgd import pgd
 from ..checks import check_class_range, check_images
-from ..data import FULL_SIZES, NUM_CLASSES, load, official_indices
+from ..data import FULL_SIZES, NUM_CLASSES, load, load_jpeg, official_indices
 from ..models import build
 from ..models.fold import fold_batchnorm, has_batchnorm
 from .config import Recipe, TrainConfig
@@ -81,17 +81,27 @@ def split_data(config: TrainConfig, device: torch.device) -> Split:
     released checkpoint are images that checkpoint never trained on (a split of the available images alone would
     validate on images DeepSec trained on). Validation images come in DeepSec's shuffled order, so the first
     ``history_subset`` of them are the same whatever the subset.
+
+    With ``config.jpeg_fill`` the training part also holds the JPEG copy (:func:`repro.data.load_jpeg`) of every
+    official training image the exact copy lacks (within ``subset``); validation stays on exact images only, and
+    the held-out images' JPEG copies are not used at all.
     """
     x, y = load(config.dataset, split="train", n=config.subset)
     available = official_indices(config.dataset, split="train", n=config.subset)
+    n_exact = len(available)
     n_official = FULL_SIZES[config.dataset]["train"]
+    if config.jpeg_fill:
+        x_jpeg, y_jpeg, index_jpeg = load_jpeg(config.dataset, split="train")
+        fill = ~np.isin(index_jpeg, available) & (index_jpeg < (config.subset or n_official))
+        x, y = torch.cat([x, x_jpeg[fill]]), torch.cat([y, y_jpeg[fill]])
+        available = np.concatenate([available, index_jpeg[fill]])
     order = np.arange(n_official)
     np.random.RandomState(config.seed).shuffle(order)
     n_val = int(np.floor(config.effective_recipe.val_fraction * n_official))
     position = np.full(n_official, -1)
     position[available] = np.arange(len(available))
     val, tr = position[order[:n_val]], position[order[n_val:]]
-    val, tr = torch.from_numpy(val[val >= 0]), torch.from_numpy(tr[tr >= 0])
+    val, tr = torch.from_numpy(val[(val >= 0) & (val < n_exact)]), torch.from_numpy(tr[tr >= 0])
     return Split(x[tr].to(device), y[tr].to(device), x[val].to(device), y[val].to(device))
 
 

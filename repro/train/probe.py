@@ -43,7 +43,9 @@ def probe_config(spec: dict, *, probe: bool = True):
                        epochs=c["epochs"], batch_size=c["batch_size"], subset=subset, seed=c["seed"], init=init,
                        history_subset=history, history_pgd=PGDParams(**c["history_pgd"]),
                        disable_dropout=c["disable_dropout"], device="cpu", bf16=c["bf16"],
-                       channels_last=c["channels_last"], jpeg_fill="jpeg_fill" in c)
+                       channels_last=c["channels_last"],
+                       # only when used: a probe under an older tree, whose TrainConfig lacks the field, still runs
+                       **({"jpeg_fill": True} if "jpeg_fill" in c else {}))
 
 
 def main(argv: list[str]) -> int:

@@ -11,6 +11,7 @@ import torch
 
 from ..study.plan import METRIC_LABELS, PRINTED_UNIT, to_printed_unit
 from ..study.profiles import DATASET_NAMES
+from .markdown import NOT_COMPUTED
 from .templates import phrase
 
 # How the book names the datasets (their one home is the study's profiles).
@@ -22,7 +23,7 @@ AMPLIFY_TARGET = 0.5
 def _fmt(metric: str, value) -> str:
     printed = to_printed_unit(metric, value)
     if printed is None:
-        return "–"
+        return NOT_COMPUTED
     if PRINTED_UNIT.get(metric) == "%":
         return f"{printed:.2f} %"
     if abs(printed) >= 100:
@@ -306,16 +307,16 @@ def budget_ladder_rows(ladder: dict) -> list[dict]:
     for arm in ladder.get("arms", []):
         ok, ratio = arm["success"], arm.get("l2_ratio")
         own = (arm["binary_search_steps"], arm["max_iterations"]) == tuple(ladder["reference"].values())
-        compare = ("–" if ratio is None or own else "above 1" if ratio["low"] > 1 else "below 1" if ratio["high"] < 1
+        compare = (NOT_COMPUTED if ratio is None or own else "above 1" if ratio["low"] > 1 else "below 1" if ratio["high"] < 1
                    else "contains 1")
         rows.append({
             "budget": f"{arm['binary_search_steps']} × {arm['max_iterations']:,}", "own": own,
             "mr": f"{100 * ok['rate']:.1f} [{100 * ok['low']:.1f}, {100 * ok['high']:.1f}]", "n": ok["n"],
-            "mean_l2": "–" if arm["mean_l2"] is None else f"{arm['mean_l2']:.3f}",
+            "mean_l2": NOT_COMPUTED if arm["mean_l2"] is None else f"{arm['mean_l2']:.3f}",
             "paired": arm["n_paired"],
-            "median": "–" if ratio is None else f"{ratio['median']:.3f}",
-            "mean": "–" if ratio is None else f"{ratio['mean']:.3f} [{ratio['low']:.3f}, {ratio['high']:.3f}]",
-            "max": "–" if ratio is None else f"{ratio['max']:.2f}",
+            "median": NOT_COMPUTED if ratio is None else f"{ratio['median']:.3f}",
+            "mean": NOT_COMPUTED if ratio is None else f"{ratio['mean']:.3f} [{ratio['low']:.3f}, {ratio['high']:.3f}]",
+            "max": NOT_COMPUTED if ratio is None else f"{ratio['max']:.2f}",
             "seconds": f"{arm['seconds_per_example']:.2f}", "compare": compare,
         })
     return rows

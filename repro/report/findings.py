@@ -7,18 +7,8 @@ import math
 from .. import data as data_mod
 from ..study import findings
 from ..study.plan import published_value
+from .markdown import NOT_COMPUTED, fixed, pct
 from .templates import phrase
-
-
-def fixed(value, digits=3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "∞" if value == math.inf else "–"
-    text = f"{value:.{digits}f}"
-    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.000"
-
-
-def _pct(value) -> str:
-    return "–" if value is None else f"{100 * value:.1f} %"
 
 
 def interval_text(low_high) -> str:
@@ -37,13 +27,13 @@ def rate_interval(value, n):
 def _share(value, interval) -> str:
     """A mean share over images with its 95 % interval (``interval`` ``None``: the share alone)."""
     if value is None or interval is None or (isinstance(value, float) and not math.isfinite(value)):
-        return _pct(value)
-    return _pct(value) + interval_text(interval)
+        return pct(value)
+    return pct(value) + interval_text(interval)
 
 
 def _rate(value, n) -> str:
     """A success rate over ``n`` images with its exact 95 % interval."""
-    return _pct(value) + interval_text(rate_interval(value, n))
+    return pct(value) + interval_text(rate_interval(value, n))
 
 
 def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
@@ -54,14 +44,14 @@ def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
     eps8_column = findings.printed_column(attack="pgd", literal_eps=True, table="1")
     published = {m: published_value("1", eps8_column, "follow-up", m) for m in
                  ("MR", "ALD_Linf", "ALD_L2", "PSD", "ASS")}
-    rows = (("MR", "MR", _pct), ("L∞ (ALD)", "ALD_Linf", fixed), ("L2 (ALD)", "ALD_L2", fixed), ("PSD", "PSD", fixed),
+    rows = (("MR", "MR", pct), ("L∞ (ALD)", "ALD_Linf", fixed), ("L2 (ALD)", "ALD_L2", fixed), ("PSD", "PSD", fixed),
             ("ASS, data range 2 (DeepSec's code)", "ASS_code", fixed), ("ASS, data range 255 (correct)", "ASS_255", fixed),
-            ("pixel values at exactly 0 or 1", "saturated", _pct),
+            ("pixel values at exactly 0 or 1", "saturated", pct),
             ("centred cosine between clean and adversarial image", "centred_cosine", fixed))
     for label, key, fmt in rows:
         pub_key = "ASS" if key == "ASS_code" else key
         pub = published.get(pub_key)
-        pub_text = "–" if pub is None or key in ("ASS_255", "centred_cosine") else (f"{pub.printed:g} %" if pub.unit == "%" else
+        pub_text = NOT_COMPUTED if pub is None or key in ("ASS_255", "centred_cosine") else (f"{pub.printed:g} %" if pub.unit == "%" else
                                                                 f"{pub.printed:.3f}")
         if key == "MR":  # a rate over the candidates: with its interval
             cells = [_rate(eps8[arm]["MR"], sum(eps8[arm].get("n_per_true_class", []))) for arm in ("eps8", "eps8_255")]
@@ -73,7 +63,7 @@ def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
     clean = eps8["eps8"]["saturated_clean"]
     tables["eps8"].append(["(clean images: values at 0 or 1)", _share(clean, eps8["eps8"].get("saturated_clean_interval")),
                            _share(eps8["eps8_255"]["saturated_clean"], eps8["eps8_255"].get("saturated_clean_interval")),
-                           "–"])
+                           NOT_COMPUTED])
 
     tables["eps8_classes"] = class_table(
         {"ε = 8: adversarial class": eps8["eps8"]["adversarial_class_counts"],
@@ -87,7 +77,7 @@ def evidence_tables(evidence: dict) -> dict[str, list[list[str]]]:
     pub_l1 = published_value("1", deepsec_pgd, "follow-up", "ALD_L2")
     pub_l2 = published_value("1", deepsec_pgd, "follow-up", "ALD_Linf")
     tables["norms"] = [["norm of the perturbation", "ours (mean over successful AEs)", "follow-up's row"],
-                       ["L1", fixed(cifar["norms"]["L1"], 1), "–"],
+                       ["L1", fixed(cifar["norms"]["L1"], 1), NOT_COMPUTED],
                        ["L2", fixed(cifar["norms"]["L2"]), f"\"L1\": {pub_l1.printed:.3f}"],
                        ["L∞", fixed(cifar["norms"]["Linf"]), f"\"L2\": {pub_l2.printed:.3f}"]]
 
@@ -146,9 +136,9 @@ def class_table(counts: dict[str, list[int]], *, per_true: dict | None = None,
     header = ["class", *counts, *(per_true or {})]
     rows = [header]
     for c, name in enumerate(names):
-        row = [f"{c} {name}"] + [str(v[c]) if c < len(v) else "–" for v in counts.values()]
+        row = [f"{c} {name}"] + [str(v[c]) if c < len(v) else NOT_COMPUTED for v in counts.values()]
         for successes, totals in (per_true or {}).values():
-            row.append(f"{successes[c]}/{totals[c]}" if totals[c] else "–")
+            row.append(f"{successes[c]}/{totals[c]}" if totals[c] else NOT_COMPUTED)
         rows.append(row)
     return rows
 

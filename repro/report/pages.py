@@ -26,11 +26,11 @@ from .security import masking_summary
 from ..train.config import DEEPSEC_RECIPE, RECIPES
 from ..study.lookup import column_running, columns_running
 from . import markdown
-from .security import eps_text
+from .markdown import NOT_COMPUTED
+from .markdown import eps_text
 from .templates import phrase, render
 from ..study.verdicts import ALLOWANCES, Verdict, verdict, verdict_counts
 
-NOT_COMPUTED = "–"
 
 
 # ------------------------------------------------------------------------------------------------- comparison
@@ -446,12 +446,12 @@ def _allowance_evidence(profile: str, found: dict) -> str:
     for r in verdicts.allowance_evidence(profile, found):
         m = r["metric"]
         seeds = "; ".join(f"{e['column']}: {_fmt(m, e['range'])} (±{_fmt(m, e['allowance'])}) {mark(e)}"
-                          for e in r["seed_spread"]) or "–"
+                          for e in r["seed_spread"]) or NOT_COMPUTED
         def paren(v):  # "−(−5.72)", not "− -5.72"
             return f"({_fmt(m, v)})" if v < 0 else _fmt(m, v)
 
         retrain = "; ".join(f"{e['column']}: {_fmt(m, e['followup'])} − {paren(e['deepsec'])} = "
-                            f"{_fmt(m, e['shift'])} (±{_fmt(m, e['allowance'])}) {mark(e)}" for e in r["retrain"]) or "–"
+                            f"{_fmt(m, e['shift'])} (±{_fmt(m, e['allowance'])}) {mark(e)}" for e in r["retrain"]) or NOT_COMPUTED
         rows.append({"metric": _label(m), "seeds": seeds, "retrain": retrain})
         if not r["covers_seeds"]:
             uncovered.append(_label(m))
@@ -616,7 +616,7 @@ def _top_two(counts: list[int]) -> str:
     from ..data import CLASS_NAMES
 
     if not counts:
-        return "–"
+        return NOT_COMPUTED
     top = sorted(range(len(counts)), key=lambda c: -counts[c])[:2]
     return phrase("top_two", total=sum(counts),
                   classes=[{"count": counts[c], "index": c, "name": CLASS_NAMES["cifar10"][c]} for c in top])
@@ -800,7 +800,7 @@ def glance(profile: str, found: dict) -> str:
         rows.append([col.title, _counts_short(verdict_counts(comp, "followup")),
                      _counts_short(verdict_counts(comp, "deepsec")),
                      f"{_label(key)} {_fmt_interval(key, r)}", _fmt(key, r["followup"]), _fmt(key, r["deepsec"]),
-                     "; ".join(why) or "–"])
+                     "; ".join(why) or NOT_COMPUTED])
     columns = markdown.table(["column", "vs follow-up (✓ / ✗ / n/c)", "vs DeepSec (✓ / ✗ / n/c)",
                               "our key number [95 % CI]", "follow-up", "DeepSec", "why"], rows)
 
@@ -896,7 +896,7 @@ def eps8_picture(profile: str, found: dict, notebooks: Path, figures_dir: Path) 
 
 def _counts_short(counts: dict) -> str:
     if not any(counts.values()):
-        return "–"
+        return NOT_COMPUTED
     return " / ".join(str(counts[v]) for v in (Verdict.CONSISTENT, Verdict.INCONSISTENT, Verdict.NOT_COMPARABLE))
 
 

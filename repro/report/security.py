@@ -16,35 +16,16 @@ import numpy as np
 from ..metrics import robustness
 from ..study import security as sec
 from . import markdown
+from .markdown import NOT_COMPUTED, eps_text, pct, with_interval
 from .figures import DATASET_LABELS
 from .templates import phrase, render
 from ..study.lookup import column_running
 from ..study.plan import COLUMNS, anchor, anchors, published_value
 from ..study.profiles import get_profile
 
-NOT_COMPUTED = "–"
 ACCURACIES = (("clean", "clean"), ("pgd", "PGD"), ("pgd_deepsec_eps", "PGD at DeepSec's ε"),
               ("autoattack", "AutoAttack"), ("robust", "robust (worst case)"))
 TRANSFER_LABELS = {"fgsm": "FGSM", "pgd": "PGD", "cw2": "CW2"}
-
-
-# ------------------------------------------------------------------------------------------------- formatting
-def pct(value: float | None, digits: int = 1) -> str:
-    """A fraction as a percentage with ``digits`` decimals ("45.8 %"); "–" for ``None``."""
-    return NOT_COMPUTED if value is None else f"{100 * value:.{digits}f} %"
-
-
-def with_interval(record: dict | None) -> str:
-    """A rate record as "45.8 % [41.2, 50.3]" (the 95 % Clopper–Pearson interval, in percent)."""
-    if record is None:
-        return NOT_COMPUTED
-    return f"{pct(record['rate'])} [{100 * record['low']:.1f}, {100 * record['high']:.1f}]"
-
-
-def eps_text(value: float) -> str:
-    """ε as the reader knows it: k/255 when it is one, else a decimal."""
-    k = value * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and value < 1 else f"{value:g}"
 
 
 def _security(found: dict) -> dict[str, dict]:
@@ -88,7 +69,7 @@ def _paired(rec: dict) -> str:
 
     a, b = rec["transfer"].get("correct"), rec["white_box"].get("correct")
     if not isinstance(a, str) or not isinstance(b, str):
-        return "–"
+        return NOT_COMPUTED
     t = mcnemar_exact(a, b)
     return f"{t['only_a']} / {t['only_b']}, p = {t['p']:.3f}"
 
@@ -109,7 +90,7 @@ def _masking_rows(evaluation: dict) -> list[list[str]]:
         by_steps = ", ".join(f"{r['steps']}: {pct(r['rate'])}" for r in check["steps"])
         large = check["eps"][-1]
         verdict = check["verdict"]
-        why = "; ".join(phrase("masking_reason", key=key) for key in verdict["reasons"]) or "–"
+        why = "; ".join(phrase("masking_reason", key=key) for key in verdict["reasons"]) or NOT_COMPUTED
         rows.append([evaluation["models"][mid]["label"], with_interval(check["white_box"]),
                      with_interval(check["square"]), by_steps, f"{pct(large['rate'])} at ε = {eps_text(large['eps'])}",
                      verdict["verdict"], why, str(check["white_box"]["n"])])
@@ -117,9 +98,9 @@ def _masking_rows(evaluation: dict) -> list[list[str]]:
 
 
 def masking_summary(check: dict | None) -> str:
-    """A model's masking verdict in words, with the step accuracies behind a single-step gap ("–" unchecked)."""
+    """A model's masking verdict in words, with the step accuracies behind a single-step gap (NOT_COMPUTED unchecked)."""
     if not check:
-        return "–"
+        return NOT_COMPUTED
     verdict = check["verdict"]
     if not verdict["suspected"]:
         return verdict["verdict"]

@@ -10,17 +10,9 @@ from pathlib import Path
 
 import jinja2
 
+from .markdown import num, pct
+
 TEMPLATE_DIR = Path(__file__).with_name("templates")
-
-
-def pct(value: float | None, digits: int = 2) -> str:
-    """A fraction in percent, e.g. 0.0028 → "0.28 %"; ``None`` → "–"."""
-    return "–" if value is None else f"{100 * value:.{digits}f} %"
-
-
-def num(value: float | None, digits: int = 3) -> str:
-    """A plain number with ``digits`` decimals; ``None`` → "–"."""
-    return "–" if value is None else f"{value:.{digits}f}"
 
 
 @lru_cache(maxsize=None)

@@ -17,7 +17,7 @@ from ..train.config import DEEPSEC_RECIPE, RECIPES
 from . import figures, markdown
 from .templates import phrase, render
 from .figures import DATASET_LABELS
-from .security import eps_text, with_interval
+from .markdown import NOT_COMPUTED, eps_text, with_interval
 
 # Characters of a legend label that still fit two legend columns across the training figure.
 LEGEND_LABEL_FITS_TWO_COLUMNS = 55
@@ -41,7 +41,7 @@ def _rows(evaluation: dict, *, wall_time: bool = True) -> list[list[str]]:
     rows = []
     for rec in evaluation["models"].values():
         t = rec["training"]
-        how = [phrase("released_checkpoint"), "–", "–", "–", "–"] if t is None else [
+        how = [phrase("released_checkpoint"), NOT_COMPUTED, NOT_COMPUTED, NOT_COMPUTED, NOT_COMPUTED] if t is None else [
             _init(t), recipe_words(t["recipe"], {k: t[k] for k in ("optimiser", "lr", "schedule")}),
             phrase("epochs_images", epochs=t["epochs"], images=f"{t['train_images']:,}", jpeg=t.get("jpeg_fill")),
             f"{t['kept_epoch']} ({phrase('keep_rule', keep=t['keep'])})", f"{t['train_time_s'] / 60:.1f}"]

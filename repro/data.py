@@ -292,9 +292,9 @@ def _ensure_jpeg(root: Path, download: bool) -> Path:
         f.write(payload)
     try:
         _jpeg_members(archive)
-    except DataCorruptedError:
+    except DataCorruptedError as err:
         archive.unlink()
-        raise
+        raise DataCorruptedError(f"the download from {JPEG_URL} was refused and removed: {err}") from None
     return archive
 
 
@@ -311,9 +311,12 @@ def _load_jpeg_cached(split: str, root: str, download: bool, state: tuple) -> tu
     for c, name in enumerate(CLASS_NAMES["cifar10"]):
         positions = np.flatnonzero(labels == c)  # the k-th image of class c is official image positions[k]
         paths = sorted(p for p in files if p.startswith(f"{split}/{name}/"))
-        if [p.rsplit("/", 1)[1] for p in paths] != [f"{k:04d}.jpg" for k in range(len(positions))]:
-            raise DataCorruptedError(f"{root}/{JPEG_FOLDER}: {split}/{name} holds {len(paths)} files, not the "
-                                     f"{len(positions)} files 0000.jpg.. that the official labels give that class")
+        expected = [f"{split}/{name}/{k:04d}.jpg" for k in range(len(positions))]
+        if paths != expected:
+            first = next((f"{a} where {b} was expected" for a, b in zip(paths, expected) if a != b),
+                         f"{len(paths)} files where the official labels give that class {len(expected)}")
+            raise DataCorruptedError(f"{root}/{JPEG_FOLDER}: {split}/{name} does not hold the files 0000.jpg.. of "
+                                     f"its class in order: {first}")
         for k, path in zip(positions, paths):
             pixels[k] = np.asarray(Image.open(io.BytesIO(files[path])).convert("RGB"))
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().to(torch.float32).div_(255.0)
@@ -344,18 +347,30 @@ def load_jpeg(dataset: str, *, split: str, root: str | Path | None = None,
     _check_choice("dataset", dataset, ("cifar10",))
     _check_choice("split", split, SPLITS)
     root = (Path(root) if root is not None else data_root()).expanduser().resolve()
-    archive = root / JPEG_FOLDER / JPEG_ARCHIVE
+    return _load_jpeg_cached(split, str(root), download, _jpeg_state(split, root))
+
+
+def _jpeg_state(split: str, root: Path) -> tuple:
+    """What :func:`load_jpeg` reads, as (name, mtime, size): the batches, the archive and the labels file."""
     state = _files_state("cifar10", split, root)
-    with contextlib.suppress(OSError):
-        state += ((archive.name, archive.stat().st_mtime_ns, archive.stat().st_size),)
-    return _load_jpeg_cached(split, str(root), download, state)
+    for path in (root / JPEG_FOLDER / JPEG_ARCHIVE, root / CIFAR10_FOLDER / CIFAR10_LABELS_FILE):
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            state += ((path.name, st.st_mtime_ns, st.st_size),)
+    return state
 
 
 def jpeg_digest(dataset: str, *, split: str, root: str | Path | None = None) -> str:
     """sha256 of the tensors :func:`load_jpeg` returns (as :func:`digest` for the exact copy): the training key of a
-    run that uses them holds it, so another decoder's pixels give another key."""
-    x, y, index = load_jpeg(dataset, split=split, root=root)
-    return _tensor_digest(x, y, index)
+    run that uses them holds it, so another decoder's pixels give another key. Computed once per state of the files."""
+    load_jpeg(dataset, split=split, root=root)  # checks the arguments and loads (or reuses) the split
+    root = (Path(root) if root is not None else data_root()).expanduser().resolve()
+    return _jpeg_digest_cached(split, str(root), _jpeg_state(split, root))
+
+
+@lru_cache(maxsize=2)
+def _jpeg_digest_cached(split: str, root: str, state: tuple) -> str:
+    return _tensor_digest(*_load_jpeg_cached(split, root, True, state))
 
 
 # ------------------------------------------------------------------------------------------------------ public API

@@ -196,6 +196,9 @@ def test_jpeg_fill_is_refused_for_mnist():
                                         "--jpeg-fill"])).jpeg_fill is True
     with pytest.raises(ValueError, match="jpeg_fill must be True or False, got 1"):
         TrainConfig(dataset="cifar10", model="resnet20", jpeg_fill=1)
+    # subset counts exact rows: with the fill it would name no well-defined set of images (nor a key of its own)
+    with pytest.raises(ValueError, match="subset must be None, got subset=5000"):
+        TrainConfig(dataset="cifar10", model="resnet20", jpeg_fill=True, subset=5000)
 
 
 def test_translate_flip_on_tensors():

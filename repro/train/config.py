@@ -157,7 +157,8 @@ class TrainConfig:
         epochs, batch_size: ``None`` takes the recipe's (SPEC §2).
         subset: use the first ``subset`` training images (official order) before the 90/10 split; ``None``: all.
         jpeg_fill: CIFAR-10 only: also train on the lossy JPEG copies of the official training images the exact copy
-            lacks (:func:`repro.data.load_jpeg`; never for validation). A departure wherever used; in the key.
+            lacks (:func:`repro.data.load_jpeg`; never for validation), without a ``subset``. A departure wherever
+            used; in the key.
         seed: seeds the split, model initialisation, data order, augmentation, NAT's ε and PGD's start (DeepSec: 100).
         init: where the weights start: ``"scratch"``, ``"deepsec"`` (DeepSec's released raw checkpoint), another
             :class:`TrainConfig` (the model it trains) or the path of a state dict. Part of the cache key; the
@@ -235,6 +236,11 @@ class TrainConfig:
                              "of an existing checkpoint file")
         if self.jpeg_fill is True and self.dataset != "cifar10":
             raise ValueError(f"jpeg_fill=True needs dataset 'cifar10' (the only JPEG copy), not {self.dataset!r}")
+        if self.jpeg_fill is True and self.subset is not None:
+            # subset counts exact rows, which on a partial copy are not the first official indices: with the JPEG
+            # fill it would name no well-defined set of images, and the key could not tell two such sets apart.
+            raise ValueError(f"jpeg_fill=True trains on every official training image, so subset must be None, got "
+                             f"subset={self.subset!r}")
         if self.init == "deepsec" and self.dataset not in DEEPSEC_CHECKPOINTS:
             raise ValueError(f"no DeepSec checkpoint for dataset {self.dataset!r}")
         try:

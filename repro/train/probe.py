@@ -44,8 +44,10 @@ def probe_config(spec: dict, *, probe: bool = True):
                        history_subset=history, history_pgd=PGDParams(**c["history_pgd"]),
                        disable_dropout=c["disable_dropout"], device="cpu", bf16=c["bf16"],
                        channels_last=c["channels_last"],
-                       # only when used: a probe under an older tree, whose TrainConfig lacks the field, still runs
-                       **({"jpeg_fill": True} if "jpeg_fill" in c else {}))
+                       # Only for the whole run (subset None), and only when used: a probe under an older tree, whose
+                       # TrainConfig lacks the field, still runs. A probe trains on the first official images, which
+                       # the exact copy holds, so the fill would add nothing there.
+                       **({"jpeg_fill": True, "subset": None} if "jpeg_fill" in c and not probe else {}))
 
 
 def main(argv: list[str]) -> int:

@@ -480,18 +480,21 @@ FINDINGS_SUBS = ("f_eps8_n", "f_eps8_saturated", "f_eps8_ass_code", "f_eps8_ass_
                  "f_shift_mechanism")
 
 
-# The findings column's headline numbers (repro.study.findings) that are rates (shown in %); every headline number
-# is named by the phrase "findings_label".
-FINDINGS_RATES = ("eps8_MR", "eps8_saturated", "fgsm_MR_shift", "fgsm_MR_no_shift", "pgd_MR_shift", "pgd_MR_no_shift")
+# The findings column's headline numbers (repro.study.findings): whether each is a rate (shown in %). A key missing
+# here is an error; each is named by the phrase "findings_label".
+FINDINGS_IS_RATE = {"eps8_MR": True, "eps8_ALD_Linf": False, "eps8_ASS_code": False, "eps8_ASS_255": False,
+                    "eps8_saturated": True, "eps8_255_ASS_code": False, "eps8_255_ASS_255": False,
+                    "fgsm_MR_shift": True, "fgsm_MR_no_shift": True, "pgd_MR_shift": True, "pgd_MR_no_shift": True}
 
 
 def _findings_label(key: str):
     """(label, formatter) of a findings headline number; an unknown key is an error, never a code name shown."""
-    label = phrase("findings_label", key=key)
+    label = phrase("findings_label", key=key) if key in FINDINGS_IS_RATE else ""
     if not label:
         raise KeyError(f"the findings result has a headline number {key!r} that the report cannot name; add it to "
-                       "the phrase findings_label in repro/report/templates/phrases.md.j2")
-    return label, ((lambda v: f"{100 * v:.1f} %") if key in FINDINGS_RATES else (lambda v: f"{v:.4f}"))
+                       "repro.report.pages.FINDINGS_IS_RATE and to the phrase findings_label in "
+                       "repro/report/templates/phrases.md.j2")
+    return label, ((lambda v: f"{100 * v:.1f} %") if FINDINGS_IS_RATE[key] else (lambda v: f"{v:.4f}"))
 
 
 def _findings_interval(key: str, result: results_mod.Result) -> str:

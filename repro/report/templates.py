@@ -37,13 +37,13 @@ PHRASES = "phrases.md.j2"
 
 def phrase(name: str, **context) -> str:
     """The macro ``name`` of :data:`PHRASES` (one clause or sentence of the report's prose) rendered with
-    ``context``, without surrounding whitespace.
+    ``context`` (each macro trims its own surrounding whitespace; its arguments' are kept).
 
     Raises:
         KeyError: no such macro; jinja2.UndefinedError: the macro uses a name not given.
     """
     module = _environment().get_template(PHRASES).module
     macro = getattr(module, name, None)
-    if macro is None:
+    if not isinstance(macro, jinja2.runtime.Macro):
         raise KeyError(f"no phrase {name!r} in {TEMPLATE_DIR / PHRASES}")
-    return str(macro(**context)).strip()
+    return str(macro(**context))

@@ -21,7 +21,6 @@ from .markdown import NOT_COMPUTED, eps_text, with_interval
 
 # Characters of a legend label that still fit two legend columns across the training figure.
 LEGEND_LABEL_FITS_TWO_COLUMNS = 55
-# How the chapter words repro.study.ablation.target_verdict.
 
 
 def _training(found: dict) -> dict[str, dict]:

@@ -134,7 +134,7 @@ def test_transfer_scores_examples_crafted_on_the_source_model():
 # ----------------------------------------------------------------------------------------- gradient masking
 @pytest.mark.parametrize("case, expected", [
     (dict(white_box=0.40, square=0.30, steps_accuracy={1: 0.6, 100: 0.4}, large_eps_accuracy=0.0),
-     ["square_beats_pgd"]),
+     ["square_beats_gradient"]),
     (dict(white_box=0.40, square=0.41, steps_accuracy={1: 0.6, 100: 0.4}, large_eps_accuracy=0.2),
      ["large_eps_not_zero"]),
     (dict(white_box=0.40, square=0.45, steps_accuracy={1: 0.4, 5: 0.5, 100: 0.43}, large_eps_accuracy=0.0),

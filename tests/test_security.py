@@ -173,3 +173,21 @@ def test_the_landing_pages_masking_summary_names_the_rule_and_its_numbers():
     # every rule has its few words (an unknown key would be shown as itself)
     assert all(phrase("masking_reason", key=k) != k for k in robustness.MASKING_RULES)
     assert phrase("masking_reason", key="new_rule") == "new_rule"
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick"])
+def test_square_is_judged_against_the_gradient_attacks_worst_case(profile):
+    """Before: Square was compared with PGD alone, so on the quick ResNet-20 PAT model one image that APGD and Square
+    break and PGD misses read as "masking suspected" (AutoAttack's own check compares Square with its gradient
+    attacks). The masking check's white-box outcomes are the robust (worst-case) record's, image by image."""
+    from repro.report import pages
+
+    found = pages.load_found(profile)
+    checked = 0
+    for result in found.values():
+        sec = result.extra.get("security")
+        for mid, chk in (sec or {}).get("masking", {}).items():
+            n = chk["white_box"]["n"]
+            assert chk["white_box"]["correct"] == sec["models"][mid]["robust"]["correct"][:n], mid
+            checked += 1
+    assert checked, f"no masking check in the committed {profile} results"

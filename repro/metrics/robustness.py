@@ -42,8 +42,9 @@ STEPS_MARGIN = 0.02
 # al.'s CIFAR-10 model: FGSM 56.1 %, PGD-20 45.8 %; MNIST: 95.6 % and 93.2 %); a gap above this counts.
 SINGLE_STEP_GAP = 0.25
 MASKING_RULES = {
-    "square_beats_pgd": f"the gradient-free Square attack leaves a lower accuracy than white-box PGD (by more than "
-                        f"{100 * SQUARE_MARGIN:g} pp, AutoAttack's own threshold)",
+    "square_beats_gradient": f"the gradient-free Square attack leaves a lower accuracy than the white-box gradient "
+                             f"attacks (their per-image worst case; by more than {100 * SQUARE_MARGIN:g} pp, "
+                             f"AutoAttack's own check against its gradient attacks)",
     "large_eps_not_zero": f"accuracy at the largest ε stays above {100 * LARGE_EPS_LIMIT:g} %",
     "steps_hurt": f"PGD with the most steps leaves a higher accuracy than with one step (by more than "
                   f"{100 * STEPS_MARGIN:g} pp): the iterative attack is weaker than a single step",
@@ -270,7 +271,8 @@ def masking_verdict(*, white_box: float, square: float, steps_accuracy: dict[int
     """The gradient-masking verdict, by the rule :data:`MASKING_RULES` (any one reason suffices).
 
     Args:
-        white_box: accuracy under white-box PGD at the threat model (worst case over restarts).
+        white_box: accuracy under the white-box gradient attacks at the threat model, their per-image worst case
+            (PGD with restarts and, where it ran, AutoAttack's APGD).
         square: accuracy under the gradient-free Square attack on the same images.
         steps_accuracy: PGD steps → accuracy at the threat model's ε.
         large_eps_accuracy: accuracy under PGD at the largest ε of the check.
@@ -280,7 +282,7 @@ def masking_verdict(*, white_box: float, square: float, steps_accuracy: dict[int
     """
     reasons = []
     if square < white_box - SQUARE_MARGIN:
-        reasons.append("square_beats_pgd")
+        reasons.append("square_beats_gradient")
     if large_eps_accuracy > LARGE_EPS_LIMIT:
         reasons.append("large_eps_not_zero")
     fewest, most = min(steps_accuracy), max(steps_accuracy)
@@ -301,7 +303,8 @@ def masking_checks(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, white_
         model: the model under test, on ``device`` (caller's mode: ``eval()``).
         x, y: the images and labels.
         eps: the threat model's ε.
-        white_box: per-image outcomes of white-box PGD at ``eps`` on these images (True: still correct).
+        white_box: per-image outcomes of the white-box gradient attacks at ``eps`` on these images, their worst case
+            (True: correct under every one), against which the gradient-free Square attack is judged.
         steps_list: PGD step counts for accuracy versus steps (step 2.5·ε/steps, one random start).
         eps_list: ε values for accuracy versus ε (``eps_steps`` steps of 2.5·ε/eps_steps); the last is the large ε.
         square_queries: queries of AutoAttack's Square attack (gradient-free) at ``eps``.

@@ -115,7 +115,7 @@ def masking_summary(check: dict | None) -> str:
     return phrase("masking_summary", verdict=verdict["verdict"], reasons=reasons)
 
 
-MASKING_HEADER = ["model", "white-box PGD", "Square (gradient-free)", "accuracy by PGD steps",
+MASKING_HEADER = ["model", "white-box gradient attacks (worst case)", "Square (gradient-free)", "accuracy by PGD steps",
                   "accuracy at the largest ε", "verdict", "reasons", "n"]
 
 

@@ -282,7 +282,9 @@ def evaluate(ctx: context.Context, models: dict[str, nn.Module], x: Tensor, y: T
             bar.update()
         for spec in defended:
             bar.set_postfix_str(f"{spec.id}: masking checks")
-            white = unpack(out["models"][spec.id]["pgd"]["correct"])[:n_m]
+            # Square is judged against the gradient attacks' per-image worst case (PGD and AutoAttack's APGD), as
+            # AutoAttack's own check does: an image APGD breaks and PGD misses is no sign of masking.
+            white = unpack(out["models"][spec.id]["robust"]["correct"])[:n_m]
             out["masking"][spec.id] = masking_checks(
                 models[spec.id], x[:n_m], y[:n_m], eps=threat["eps"], white_box=white, steps_list=p["masking_steps"],
                 eps_list=MASKING_EPS[dataset], eps_steps=p["curve_steps"], square_queries=p["square_queries"],

@@ -16,6 +16,22 @@ from repro.data import data_root
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_configure(config):
+    """Run the suite on a training and attack cache of its own (``$REPRO_CACHE``, inherited by the papermill kernels),
+    as CI does on a new machine. Before: the tests trained the smoke models into the user's cache, from whatever
+    uncommitted tree they ran in, and a later ``make book`` loaded those entries (same key) instead of the published
+    models and recorded them as trained by a dirty tree. ``REPRO_TEST_CACHE`` names a folder to keep between runs."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = os.environ.get("REPRO_TEST_CACHE")
+    if not folder:
+        folder = tempfile.mkdtemp(prefix="repro-test-cache-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["REPRO_CACHE"] = folder
+
+
 def _have(*relative: str) -> bool:
     return all((data_root() / r).exists() for r in relative)
 

@@ -295,3 +295,14 @@ def test_the_subset_rule_the_training_key_relies_on_is_the_first_n_images_of_the
     assert torch.equal(xs, x[:1000]) and torch.equal(ys, y[:1000])
     assert (official_indices(dataset, split="train", n=1000) == index[:1000]).all()
     assert FULL_SIZES == {"mnist": {"train": 60_000, "test": 10_000}, "cifar10": {"train": 50_000, "test": 10_000}}
+
+
+def test_the_suite_never_writes_the_users_cache():
+    """The suite's cache is its own folder (tests/conftest.py), never ~/.cache/repro or a REPRO_CACHE the user set."""
+    import os
+    from pathlib import Path
+
+    from repro.models import cache_dir
+
+    assert "repro-test-cache-" in cache_dir().name or os.environ.get("REPRO_TEST_CACHE") == str(cache_dir())
+    assert cache_dir() != Path.home() / ".cache" / "repro"

@@ -15,7 +15,7 @@ from repro.train import TrainConfig, publish, read_index, train_cached
 from repro.train import carry as carry_mod
 from repro.train import config as train_config
 
-from .conftest import needs_mnist
+from .conftest import needs_cifar10_jpeg, needs_mnist
 
 LOOP = "repro/train/loop.py"
 
@@ -97,3 +97,25 @@ def test_a_carry_refuses_uncommitted_training_code(monkeypatch, capsys):
     monkeypatch.setattr(carry_mod, "uncommitted_training_code", lambda root=None: ["repro/train/loop.py"])
     assert carry_mod.main(["--from", "HEAD", "results/smoke/models"]) == 1
     assert "uncommitted edits to the training code (repro/train/loop.py)" in capsys.readouterr().err
+
+
+@needs_cifar10_jpeg
+def test_the_probe_rebuilds_a_jpeg_filled_models_configuration_and_key():
+    """Before: the probe passed ``subset`` twice for a JPEG-filled configuration (a TypeError), so the next carry of
+    the JPEG ablation arm would have failed. The published model's configuration comes back with its own key; its
+    probe trains without the fill (the first official images are exact)."""
+    from pathlib import Path
+
+    from repro import results
+    from repro.train import config_key
+    from repro.train.probe import probe_config
+
+    folder = results.repo_root() / "results" / "quick" / "models"
+    filled = [p for p in sorted(Path(folder).glob("*.pt")) if "jpeg_fill" in _io.load(p)["config"]]
+    assert filled, "the quick results publish the JPEG data arm's model"
+    saved = _io.load(filled[0])
+    config = probe_config({"config": saved["config"]}, probe=False)
+    assert config.jpeg_fill is True and config.subset is None and config_key(config) == saved["key"]
+    probe = probe_config({"config": saved["config"], "init_file": str(filled[0]), "subset": 64,
+                          "history_subset": 8})
+    assert probe.jpeg_fill is False and probe.subset == 64

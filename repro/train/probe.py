@@ -37,17 +37,19 @@ def probe_config(spec: dict, *, probe: bool = True):
         init = ("scratch" if c["init"] == "scratch" else "deepsec" if "deepsec_sha256" in c["init"]
                 else probe_config(spec["init_config"], probe=False))
         subset, history = c["train_images"], c["history_subset"]  # the same effective configuration as "all"
+    # A JPEG-filled run is the whole training set (TrainConfig refuses a subset with it); a probe trains on the first
+    # official images, which the exact copy holds, so it runs without the fill. Passed only when used, so that a probe
+    # under an older tree, whose TrainConfig lacks the field, still runs.
+    fill = "jpeg_fill" in c and not probe
+    if fill:
+        subset = None
     defence_params = DEFENCES[c["defence"]].params_type(**c["defence_params"]) if c["defence"] else None
     return TrainConfig(dataset=c["dataset"], model=c["model"], model_kwargs=dict(c["model_kwargs"]),
                        defence=c["defence"], defence_params=defence_params, recipe=c["recipe"]["name"],
                        epochs=c["epochs"], batch_size=c["batch_size"], subset=subset, seed=c["seed"], init=init,
                        history_subset=history, history_pgd=PGDParams(**c["history_pgd"]),
                        disable_dropout=c["disable_dropout"], device="cpu", bf16=c["bf16"],
-                       channels_last=c["channels_last"],
-                       # Only for the whole run (subset None), and only when used: a probe under an older tree, whose
-                       # TrainConfig lacks the field, still runs. A probe trains on the first official images, which
-                       # the exact copy holds, so the fill would add nothing there.
-                       **({"jpeg_fill": True, "subset": None} if "jpeg_fill" in c and not probe else {}))
+                       channels_last=c["channels_last"], **({"jpeg_fill": True} if fill else {}))
 
 
 def main(argv: list[str]) -> int:

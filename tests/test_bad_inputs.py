@@ -308,6 +308,9 @@ def test_run_attack_on_missing_cuda_says_so():
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "mnist", "--variant", "madry"], "--variant only applies to a defence; add --defence"),
     (["--dataset", "mnist", "--init", "raw", "--recipe", "x"], "--init, --recipe only apply to a defence"),
+    (["--dataset", "cifar10", "--eps-ramp", "1"], "--eps-ramp only applies to a defence"),
+    (["--dataset", "cifar10", "--defence", "pat", "--eps-ramp", "-1"], "argument --eps-ramp: -1 is not a finite"),
+    (["--dataset", "cifar10", "--defence", "pat", "--eps-ramp", "nan"], "argument --eps-ramp: nan is not a finite"),
     (["--dataset", "cifar10", "--width", "0"], "argument --width: 0 is below the minimum 1"),
     (["--dataset", "mnist", "--epochs", "0"], "argument --epochs: 0 is below the minimum 1"),
     (["--dataset", "mnist", "--seed", str(2 ** 70)], "does not fit a 64-bit generator seed"),

@@ -211,6 +211,10 @@ def test_methods_numbers_come_from_the_recipes_and_the_results():
     assert (subs["m_nat_budget"], subs["m_nat_seeds"]) == ("all 20 of its epochs", "seed 100")
     assert book._methods_subs("smoke", {})["m_nat_budget"] == "1 of its 20 epochs"
     assert book._methods_subs("paper", {})["m_nat_seeds"] == "seeds 100, 101, 102"
+    # the PAT recipe's budget is the profile's, not typed into the page
+    assert subs["m_pat_recipe"] == ("1 epoch on the exact training images plus the JPEG copies of the rest, "
+                                    "ε ramped from 0 over the first 0.4 epochs")
+    assert book._methods_subs("smoke", {})["m_pat_recipe"] == "1 epoch on the first 256 training images, no ε ramp"
 
 
 def test_a_column_on_deepsecs_checkpoint_does_not_list_a_raw_training_budget():

@@ -91,6 +91,33 @@ def test_validation_fails_with_clear_messages():
         steps.resolve(attack="pgd", **{**base, "model": "vgg16"})
 
 
+def test_the_jpeg_copies_follow_the_profile_and_a_subset_needs_them_turned_off():
+    """quick's PAT trains on the JPEG copies too; a defence_subset counts exact images, so asking for one alone was a
+    TrainConfig error deep in the run with no notebook parameter to get past it."""
+    col = plan.column("pat_resnet20")
+    base = {**_parameters_cell(col.notebook), **col.parameters_for("quick"), "column": col.id, "device": "cpu"}
+    assert _resolve(col, **base)["defence_jpeg_fill"] is True
+    assert _resolve(col, **{**base, "profile": "smoke"})["defence_jpeg_fill"] is False
+    with pytest.raises(steps.ParameterError, match="defence_subset=1000 counts exact training images .* pass "
+                                                   "defence_jpeg_fill=False as well"):
+        _resolve(col, **{**base, "defence_subset": 1000})
+    p = _resolve(col, **{**base, "defence_subset": 1000, "defence_jpeg_fill": False})
+    ctx = steps.Context(kind="defence", name="pat", params=p, profile=get_profile("quick"), device="cpu", started=0.0)
+    params = DEFENCES["pat"].params_type(**{k: p[k] for k in steps.defence_parameters("pat") if k in p})
+    config = models.config_of(ctx, defence_params=params)
+    assert (config.jpeg_fill, config.subset) == (False, 1000)
+    with pytest.raises(steps.ParameterError, match="defence_jpeg_fill must be True, False or None"):
+        _resolve(col, **{**base, "defence_jpeg_fill": "yes"})
+    nat = plan.column("nat_mnist")
+    nat_base = {**_parameters_cell(nat.notebook), **nat.parameters_for("quick"), "column": nat.id, "device": "cpu"}
+    with pytest.raises(steps.ParameterError, match="defence_jpeg_fill=True needs dataset 'cifar10'"):
+        _resolve(nat, **{**nat_base, "defence_jpeg_fill": True})
+    for chapter in ("security", "training"):  # the chapters resolve it by the same rule
+        cell = {**_parameters_cell(f"{chapter}.ipynb"), "device": "cpu", "profile": "quick"}
+        with pytest.raises(steps.ParameterError, match="pass defence_jpeg_fill=False"):
+            {"security": security, "training": training}[chapter].resolve(**{**cell, "defence_subset": 500})
+
+
 def test_eps_iter_is_step_size_and_eps_8_is_allowed_with_a_note():
     base = {**_setup_cell("pgd.ipynb"), "device": "cpu"}
     p = steps.resolve(attack="pgd", **{**base, "eps": 8, "eps_iter": 0.875, "step_size": None})
@@ -317,6 +344,45 @@ def test_command_line_and_notebook_configure_the_same_training(col_id, profile):
     assert config_key(cli) == config_key(notebook)
     assert config_key(cli.init) == config_key(notebook.init) if not isinstance(cli.init, str) else \
         cli.init == notebook.init
+
+
+def test_the_profiles_defence_parameters_reach_every_path_and_an_arm_or_an_explicit_value_keeps_its_own():
+    """quick's PAT training ramps ε over 0.4 epochs (DefenceTraining.defence_params): the notebook, the command line
+    and the chapters' roster all train with it; an explicit eps_ramp in the notebook, an ablation arm that names
+    none, and the paper profile do not. Before, the ramp was an arm's alone and the profile could not set it."""
+    from repro.study import roster
+    from repro.train.__main__ import config_from_args, parse_args
+
+    col = plan.column("pat_resnet20")
+
+    def notebook(profile: str, **given):
+        params = {**_parameters_cell(col.notebook), **col.parameters_for(profile), "column": col.id, "device": "cpu",
+                  **given}
+        return _resolve(col, **params)["eps_ramp"]
+
+    assert notebook("quick") == 0.4 and notebook("quick", eps_ramp=0.0) == 0.0 and notebook("paper") == 0.0
+    spec = next(s for s in roster.SECURITY_MODELS["cifar10"] if s.id == "pat_resnet20")
+    assert roster.model_config(spec, "quick", device="cpu").defence_params.eps_ramp == 0.4
+    assert roster.model_config(spec, "paper", device="cpu").defence_params.eps_ramp == 0.0
+    cli = config_from_args(parse_args(["--dataset", "cifar10", "--defence", "pat", "--variant", "deepsec_cifar10",
+                                       "--profile", "quick", "--device", "cpu"]))
+    assert cli.defence_params.eps_ramp == 0.4 and cli.jpeg_fill and cli.epochs == 1
+    previous = [a for a in get_profile("quick").defence.ablation if not a.training.defence_params]
+    assert previous, "quick keeps arms that name no defence parameters"
+    for arm in previous:
+        config = roster.model_config(spec, "quick", defence_recipe=arm.training.recipe,
+                                     defence_epochs=arm.training.epochs, defence_jpeg_fill=arm.training.jpeg_fill,
+                                     defence_params=arm.training.defence_params, device="cpu")
+        assert config.defence_params.eps_ramp == 0.0, arm.label
+    # the command line reaches the previous recipe's arm (and its published model's key) by its flags
+    (before,) = [a for a in previous if a.training.recipe == "pat_finetune_cifar10"]
+    argv = ["--dataset", "cifar10", "--defence", "pat", "--profile", "quick", "--device", "cpu", "--epochs", "5",
+            "--no-jpeg-fill", "--eps-ramp", "0"]
+    arm_config = roster.model_config(spec, "quick", defence_epochs=5, defence_jpeg_fill=False, defence_params={},
+                                     device="cpu")
+    assert config_key(config_from_args(parse_args(argv))) == config_key(arm_config)
+    (text,) = [d for d in plan.departures(col, "quick") if "eps_ramp" in d]
+    assert "eps_ramp = 0.4" in text and not [d for d in plan.departures(col, "paper") if "eps_ramp" in d]
 
 
 # Fingerprints: tests/test_hermetic.py.

@@ -192,8 +192,12 @@ def test_jpeg_fill_is_refused_for_mnist():
         TrainConfig(dataset="mnist", model="mnist_convnet", jpeg_fill=True)
     with pytest.raises(ValueError, match="jpeg_fill=True needs dataset 'cifar10'"):
         config_from_args(parse_args(["--dataset", "mnist", "--jpeg-fill"]))
-    assert config_from_args(parse_args(["--dataset", "cifar10", "--defence", "pat", "--profile", "quick",
+    assert config_from_args(parse_args(["--dataset", "cifar10", "--defence", "pat", "--profile", "paper",
                                         "--jpeg-fill"])).jpeg_fill is True
+    quick = ["--dataset", "cifar10", "--defence", "pat", "--profile", "quick", "--subset", "500"]
+    with pytest.raises(ValueError, match="--subset 500 counts exact training images.* add --no-jpeg-fill"):
+        config_from_args(parse_args(quick))
+    assert config_from_args(parse_args([*quick, "--no-jpeg-fill"])).subset == 500
     with pytest.raises(ValueError, match="jpeg_fill must be True or False, got 1"):
         TrainConfig(dataset="cifar10", model="resnet20", jpeg_fill=1)
     # subset counts exact rows: with the fill it would name no well-defined set of images (nor a key of its own)
@@ -405,7 +409,9 @@ def test_profiles_map_to_configs():
     width = get_profile("quick").wide_width
     assert wide.model == "resnet20_wide" and wide.model_kwargs == {"width": width}
     assert isinstance(wide.init, TrainConfig) and wide.init.defence is None
-    assert wide.defence_params == PATParams(eps=8.0, step_size=2.0, steps=10)
+    # the literal setting, with the ε ramp quick's PAT training sets (DefenceTraining.defence_params)
+    assert wide.defence_params == PATParams(eps=8.0, step_size=2.0, steps=10, eps_ramp=0.4)
+    assert quick_pat.defence_params.eps_ramp == 0.4 and quick_pat.jpeg_fill and quick_pat.epochs == 1
 
 
 # ------------------------------------------------------------------------------------------------ sync-free hot path

@@ -11,7 +11,7 @@ from repro import results
 from repro.metrics import ATTACK_KEYS, DEFENCE_KEYS
 from repro.report import pages
 from repro.study import plan
-from repro.study.profiles import get_profile
+from repro.study.profiles import budget_differences, get_profile
 from repro.study import verdicts
 from repro.study.verdicts import ALLOWANCES, Effect, Verdict, judge, noncomparable, verdict
 
@@ -249,6 +249,25 @@ def test_every_unmeasured_departure_says_what_measuring_it_would_take():
     assert unmeasured and all(e.why for e in unmeasured), [e.departure for e in unmeasured if not e.why]
     partial = [e for e in unmeasured if e.departure.startswith("trained on ")]
     assert partial and all(e.why == verdicts.UNMEASURED_WHY[verdicts.PARTIAL_DATA] for e in partial)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick"])
+def test_every_budget_departure_counts_against_a_verdict_or_only_changes_how_many_images_are_measured(profile):
+    """Before: quick's PAT recipe took the JPEG copies and an ε ramp (budget departures listed under the columns),
+    but AFFECTS knew neither, so no verdict counted them; the "trained on 8,068 of 50,000" departure stayed for a
+    defence that had seen every training image."""
+    prof = get_profile(profile)
+    for col in plan.columns_for(profile):
+        changed = budget_differences(prof, uses=col.uses, attack=col.attack, dataset=col.parameters.get("dataset"))
+        unknown = {(part, name) for part, name, _, _ in changed} - set(verdicts.AFFECTS) - verdicts.MEASUREMENT_ONLY
+        assert not unknown, f"{col.id}: departures no verdict counts: {sorted(unknown)}"
+    if profile == "quick":
+        partial = {"cifar10": {"official": False, "train": 8068, "full_train": 50000}}
+        labels = lambda cid: {w for ws in verdicts.budget_departures(plan.COLUMNS[cid], prof,  # noqa: E731
+                                                                     datasets=partial).values() for w in ws}
+        assert not [w for w in labels("pat_resnet20") if w.startswith("trained on")]
+        assert "defence parameters eps_ramp = 0.4 instead of DeepSec's" in labels("pat_resnet20")
+        assert any(w.startswith("trained on 8,068") for w in labels("pat_8_255_wide"))  # its raw model's data
 
 
 def test_the_table_summary_adds_up_to_the_cell_totals():

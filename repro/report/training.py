@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 
 from ..data import FULL_SIZES
 from ..models import DEEPSEC_CHECKPOINTS
-from ..study.ablation import (SIGNIFICANCE as ABLATION_SIGNIFICANCE, TARGET, TARGET_WITH_JPEG, target_for,
-                              target_verdict)
+from ..study.ablation import (ARM_SUFFIX, SIGNIFICANCE as ABLATION_SIGNIFICANCE, TARGET, TARGET_WITH_JPEG,
+                              target_for, target_verdict)
 from ..study.plan import COLUMNS
 from ..study.profiles import get_profile
 from ..study.verdicts import recipe_words
@@ -171,6 +171,18 @@ def _paired_rows(evaluation: dict) -> list[dict]:
     return rows
 
 
+def _base_recipe(ev: dict, result) -> str | None:
+    """How the model the ablation arms vary (the profile's own) was trained, in words, from its training record and
+    configuration; ``None`` without arms."""
+    bases = sorted({mid.rsplit(ARM_SUFFIX, 1)[0] for mid, rec in ev["models"].items() if rec.get("arm")})
+    if not bases:
+        return None
+    record = ev["models"][bases[0]]["training"] or {}
+    params = result.provenance.get("models", {}).get(bases[0], {}).get("config", {}).get("defence_params") or {}
+    return phrase("pat_recipe", epochs=record.get("epochs"), subset=None, jpeg=record.get("jpeg_fill", False),
+                  ramp=params.get("eps_ramp"))
+
+
 def training_page(found: dict, profile: str, figures_dir) -> str:
     """The training chapter in Markdown (MyST) from the training columns' results; a short "not computed" page when
     there is none."""
@@ -193,7 +205,7 @@ def training_page(found: dict, profile: str, figures_dir) -> str:
             "id": cid, "title": COLUMNS[cid].title, "figure": name, "table": markdown.table(_header(ev), _rows(ev)),
             "n": f"{next(iter(ev['models'].values()))['clean']['n']:,}",
             "threat": {"eps": eps_text(threat["eps"]), "step": eps_text(threat["step_size"]), "steps": threat["steps"]},
-            "ablation": any(rec["arm"] for rec in ev["models"].values()),
+            "ablation": any(rec["arm"] for rec in ev["models"].values()), "recipe": _base_recipe(ev, found[cid]),
             "paired": _paired_rows(ev), "alpha": ABLATION_SIGNIFICANCE,
             "target": None if dataset != "cifar10" else {
                 "clean": f"{100 * TARGET['clean']:.0f} %", "pgd": f"{100 * TARGET['pgd']:.0f} %",

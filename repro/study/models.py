@@ -43,7 +43,9 @@ def train_config(*, dataset: str, model: str, profile: str | Profile, width: int
 
     Raw models take DeepSec's recipe with the profile's raw budget (``epochs``/``train_subset`` override it).
     Defences take the profile's defence budget for the dataset (``defence_*`` override it: initialisation, recipe,
-    epochs, training images, JPEG fill); when they start from the raw model
+    epochs, training images, JPEG fill); ``defence_params`` given as a named setting (or ``None``: DeepSec's) gets
+    the defence parameters the budget sets on top, while a parameters object (a notebook's, resolved with the same
+    rule) is taken as it is; when they start from the raw model
     (``defence_init="raw"``), that is DeepSec's released checkpoint if the profile loads those and DeepSec released
     this architecture, else the raw model this function configures.
     """
@@ -61,6 +63,10 @@ def train_config(*, dataset: str, model: str, profile: str | Profile, width: int
     if defence is None:
         return raw
     budget = prof.defence.for_dataset(dataset)
+    if defence_params is None or isinstance(defence_params, str):
+        entry = DEFENCES[defence]
+        defence_params = replace(entry.resolve(defence_params, dataset=dataset),
+                                 **{k: v for k, v in budget.defence_params.items() if k in entry.parameters})
     init_rule = budget.init if defence_init is None else defence_init
     if init_rule == "scratch":
         init = "scratch"
@@ -84,7 +90,8 @@ def config_of(ctx: Context, *, defence_params=None) -> TrainConfig:
     p = ctx.params
     extra = {} if defence_params is None else dict(
         defence=ctx.name, defence_params=defence_params, defence_init=p["defence_init"],
-        defence_recipe=p["defence_recipe"], defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"])
+        defence_recipe=p["defence_recipe"], defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"],
+        defence_jpeg_fill=p["defence_jpeg_fill"])
     return train_config(dataset=p["dataset"], model=p["model"], profile=ctx.profile, width=p["width"],
                         logit_shift=p["logit_shift"], seed=p["seed"], device=str(ctx.device), epochs=p["epochs"],
                         train_subset=p["train_subset"], **extra)

@@ -97,8 +97,10 @@ CW2_DEEPSEC = _setting(get_config("cw2", "deepsec"), keep=("confidence", "initia
 PGD_DEEPSEC_CIFAR10 = get_config("pgd", "deepsec_cifar10")
 FOLLOWUP_PGD_EPS8 = get_config("pgd", "followup_eps8")
 NAT_DEEPSEC_MNIST = _setting(NAT_CONFIGS["deepsec_mnist"])
-PAT_DEEPSEC_CIFAR10 = _setting(PAT_CONFIGS["deepsec_cifar10"], drop=("loss",))
-FOLLOWUP_PAT_EPS8 = _setting(PAT_CONFIGS["followup_eps8"], drop=("loss",))
+# The papers' PAT settings without the training schedule's ε ramp (both papers: none), which the profile's defence
+# training decides (DefenceTraining.defence_params; None in the notebook: the profile's, else DeepSec's 0).
+PAT_DEEPSEC_CIFAR10 = _setting(PAT_CONFIGS["deepsec_cifar10"], drop=("loss", "eps_ramp"))
+FOLLOWUP_PAT_EPS8 = _setting(PAT_CONFIGS["followup_eps8"], drop=("loss", "eps_ramp"))
 
 
 PLAN: tuple[Column, ...] = (

@@ -54,7 +54,8 @@ def model_config(spec: EvaluatedModel, profile: str | Profile, *, width: int | N
     ``spec.column`` (its parameters under ``profile``, e.g. PAT's steps cut under smoke), so that the model comes from
     the training cache those columns fill. ``width``/``epochs``/... override the profile's budget as the defence
     notebooks' parameters of the same names do (``None``: the profile's); ``defence_params`` replaces some of the
-    column's defence parameters (an ablation arm's).
+    column's defence parameters (``None``: those the profile's defence training sets; an ablation arm passes its
+    own).
     """
     prof = get_profile(profile) if isinstance(profile, str) else profile
     col = COLUMNS[spec.column]
@@ -67,7 +68,9 @@ def model_config(spec: EvaluatedModel, profile: str | Profile, *, width: int | N
     if spec.role == "raw":
         return models.train_config(**common)
     names = context.defence_parameters(col.defence)
-    params = DEFENCES[col.defence].params_type(**{**{k: p[k] for k in names if k in p}, **(defence_params or {})})
+    if defence_params is None:  # the profile's training sets them for whichever defence it trains on the dataset
+        defence_params = {k: v for k, v in prof.defence.for_dataset(p["dataset"]).defence_params.items() if k in names}
+    params = DEFENCES[col.defence].params_type(**{**{k: p[k] for k in names if k in p}, **defence_params})
     return models.train_config(**common, defence=col.defence, defence_params=params, defence_init=defence_init,
                               defence_recipe=defence_recipe, defence_epochs=defence_epochs,
                               defence_subset=defence_subset, defence_jpeg_fill=defence_jpeg_fill)
@@ -92,6 +95,7 @@ def resolve_model_budgets(p: dict, prof: Profile) -> None:
                           ("defence_epochs", defence.epochs), ("defence_subset", defence.subset)):
         p[name] = default if p.get(name) is None else p[name]
         context.check_count(p, name, optional=True)
+    context.resolve_jpeg_fill(p, defence.jpeg_fill)
 
 
 def evaluation_images(ctx: context.Context) -> tuple[Tensor, Tensor]:

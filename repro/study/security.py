@@ -181,7 +181,7 @@ def load_models(ctx: context.Context) -> dict[str, nn.Module]:
     for spec in evaluated_models(p["dataset"], ctx.profile):
         config = model_config(spec, ctx.profile, width=p["width"], epochs=p["epochs"], train_subset=p["train_subset"],
                               defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"],
-                              device=str(ctx.device))
+                              defence_jpeg_fill=p["defence_jpeg_fill"], device=str(ctx.device))
         if config is None:
             out[spec.id] = models_mod.load_deepsec(p["dataset"], map_location=ctx.device)
             ctx.models[spec.id] = {"source": models.ModelSource.DEEPSEC.value,
@@ -202,7 +202,8 @@ def planned_work(ctx: context.Context) -> str:
     p, lines = ctx.params, []
     for spec in evaluated_models(p["dataset"], ctx.profile):
         config = model_config(spec, ctx.profile, width=p["width"], epochs=p["epochs"], train_subset=p["train_subset"],
-                              defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"])
+                              defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"],
+                              defence_jpeg_fill=p["defence_jpeg_fill"])
         where = ("DeepSec's released checkpoint" if config is None else
                  f"trained model {config_key(config)[:12]} (cached or published; column {spec.column})"
                  if models.model_available(config, ctx.profile) else

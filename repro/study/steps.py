@@ -26,7 +26,7 @@ from ..attacks import ATTACKS, labels_field, lookup
 from ..models import DEEPSEC_CHECKPOINTS, MODEL_DATASET
 from ..train import DEFENCES, RECIPES
 from .context import (Context, ParameterError, attack_parameters, check_count, check_rule, defence_parameters,
-                      progress_enabled, require, resolve_common, start)
+                      progress_enabled, require, resolve_common, resolve_jpeg_fill, start)
 from .models import BF16_DEPARTURE, ModelSource, defend, planned_work, raw_model
 from .plan import COLUMNS, departures as plan_departures, fingerprint
 from .profiles import Profile, departures_of
@@ -110,22 +110,22 @@ def resolve_attack(attack: str, *, injected: set | None = None, **params) -> dic
 
 
 def resolve_defence(defence: str, *, injected: set | None = None, **params) -> dict:
-    """The defence notebook's parameters: the model's, the defence's hyper-parameters (``None``: DeepSec's setting
-    for the dataset; each checked by its rule in the defence's parameters type) and the training and evaluation
-    budgets (``None``: the profile's)."""
+    """The defence notebook's parameters: the model's, the defence's hyper-parameters (``None``: the value the
+    profile's defence training sets, else DeepSec's setting for the dataset; each checked by its rule in the
+    defence's parameters type) and the training and evaluation budgets (``None``: the profile's)."""
     require(defence in DEFENCES, f"unknown defence {defence!r}; allowed: {', '.join(map(repr, DEFENCES))}")
     p, prof = _resolve_model(injected, params)
     # One notebook serves every defence (defence.ipynb).
     mine = _drop_others(p, "defence", defence, {d: defence_parameters(d) for d in DEFENCES})
     setting = DEFENCES[defence].default_setting(p["dataset"])
+    budget = prof.defence.for_dataset(p["dataset"])
     for name in mine:
         if name in p:
             if p[name] is None:
-                p[name] = getattr(setting, name)
+                p[name] = budget.defence_params.get(name, getattr(setting, name))
             check_rule(DEFENCES[defence].params_type.RULES[name], name, p[name])
     require(p.get("defence_init") in (None, "raw", "scratch"),
             f"defence_init must be 'raw', 'scratch' or None (the profile's), got {p.get('defence_init')!r}")
-    budget = prof.defence.for_dataset(p["dataset"])
     require(p.get("defence_recipe") in (None, *RECIPES),
             f"defence_recipe must be one of {', '.join(map(repr, RECIPES))} or None (the profile's), got "
             f"{p.get('defence_recipe')!r}")
@@ -135,6 +135,7 @@ def resolve_defence(defence: str, *, injected: set | None = None, **params) -> d
         p[name] = default if p.get(name) is None else p[name]
     for name in ("defence_epochs", "defence_subset", "eval_subset"):
         check_count(p, name, optional=True)
+    resolve_jpeg_fill(p, budget.jpeg_fill)
     check_count(p, "curve_samples")
     check_count(p, "curve_steps")
     return p

@@ -62,12 +62,13 @@ def model_config(model: TrainedModel, ctx: context.Context) -> TrainConfig | Non
     kwargs = dict(width=p["width"], epochs=p["epochs"], train_subset=p["train_subset"], device=str(ctx.device))
     if model.arm_index is None:
         return roster.model_config(model.spec, ctx.profile, defence_epochs=p["defence_epochs"],
-                                     defence_subset=p["defence_subset"], **kwargs)
+                                     defence_subset=p["defence_subset"], defence_jpeg_fill=p["defence_jpeg_fill"],
+                                     **kwargs)
     arm = ctx.profile.defence.ablation[model.arm_index]
     training = arm.training
     return roster.model_config(model.spec, ctx.profile, defence_init=training.init, defence_recipe=training.recipe,
                                defence_epochs=training.epochs, defence_subset=training.subset,
-                               defence_jpeg_fill=training.jpeg_fill, defence_params=arm.defence_params, **kwargs)
+                               defence_jpeg_fill=training.jpeg_fill, defence_params=training.defence_params, **kwargs)
 
 
 def resolve(*, injected: set | None = None, **params) -> dict:

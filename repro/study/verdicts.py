@@ -105,7 +105,13 @@ AFFECTS = {
     ("defence", "epochs"): ("defended", "defence training epochs"),
     ("defence", "subset"): ("defended", "defence training images"),
     ("defence", "recipe"): ("defended", "defence training recipe"),
+    ("defence", "defence_params"): ("defended", "defence parameters"),
+    ("defence", "jpeg_fill"): ("defended", "defence training images"),
 }
+# Budget departures that only change how many images are measured (the interval accounts for them), and the raw
+# model's source (judged by its own rule, RELEASED_CHECKPOINT): every other departure is in AFFECTS (a test checks).
+MEASUREMENT_ONLY = {("attack", "n_candidates"), ("attack", "ric_samples"), ("defence", "eval_subset"),
+                    ("raw", "source")}
 RELEASED_CHECKPOINT = "DeepSec's released checkpoint instead of the paper's model"
 # Why a budget departure's effect has no measurement here: what measuring it would take. The same key as AFFECTS;
 # PARTIAL_DATA for a partial training set (not a budget of the profile).
@@ -120,6 +126,9 @@ UNMEASURED_WHY = {
     ("defence", "epochs"): "it needs DeepSec's PAT from scratch (200 epochs), " + _PAPER_RUN,
     ("defence", "subset"): "it needs the defence trained on all training images, " + _PAPER_RUN,
     ("defence", "recipe"): "it needs DeepSec's PAT from scratch (200 epochs), " + _PAPER_RUN,
+    ("defence", "defence_params"): "it needs DeepSec's PAT from scratch (200 epochs), " + _PAPER_RUN,
+    ("defence", "jpeg_fill"): ("it needs the defence trained on the complete exact training set, which the CIFAR-10 "
+                               "copy here lacks"),
 }
 PARTIAL_DATA = ("data", "partial")
 UNMEASURED_WHY[PARTIAL_DATA] = ("it needs the complete training set, which the exact CIFAR-10 copy here lacks; the "
@@ -207,16 +216,33 @@ def _budget_departure_parts(col: Column, profile: Profile, *,
     for part, name, ours, paper in changed:
         if (part, name) in AFFECTS:
             scope, label = AFFECTS[(part, name)]
-            shown = lambda v: "all" if v is None and name == "subset" else "DeepSec's" if v is None and \
-                name == "recipe" else recipe_words(v) if name == "recipe" else "the recipe's" if v is None \
-                else f"{v:,}" if isinstance(v, int) else str(v)  # noqa: E731
-            add(scope, f"{label} {shown(ours)} instead of {shown(paper)}", part, (part, name))
+            add(scope, _departure_words(name, label, ours, paper), part, (part, name))
     partial = [d for d in (datasets or {}).values() if not d.get("official", True)]
-    if partial and ("train_wide" in col.uses or "defence" in col.uses):
+    # A defence trained on the JPEG copies too has seen every training image (its departure says how): the partial
+    # copy then counts against the model it starts from only where that was trained here (the wide ResNet).
+    filled = "defence" in col.uses and any((p, n) == ("defence", "jpeg_fill") for p, n, _, _ in changed)
+    if partial and ("train_wide" in col.uses or ("defence" in col.uses and not filled)):
         add("all" if "train_wide" in col.uses else "defended",
             f"trained on {partial[0].get('train', 0):,} of {partial[0].get('full_train', 0):,} training images",
             "train_wide" if "train_wide" in col.uses else "defence", PARTIAL_DATA)
     return out
+
+
+def _departure_words(name: str, label: str, ours, paper) -> str:
+    """A budget departure in words: "<label> <ours> instead of <paper's>", each value as the field reads it."""
+    if name == "jpeg_fill":
+        return f"{label}: the exact ones plus lossy JPEG copies of those the copy lacks, instead of all exact"
+
+    def shown(v) -> str:
+        if v is None:
+            return {"subset": "all", "recipe": "DeepSec's"}.get(name, "the recipe's")
+        if name == "recipe":
+            return recipe_words(v)
+        if isinstance(v, dict):
+            return ", ".join(f"{k} = {x:g}" for k, x in sorted(v.items())) if v else "DeepSec's"
+        return f"{v:,}" if isinstance(v, int) else str(v)
+
+    return f"{label} {shown(ours)} instead of {shown(paper)}"
 
 
 def measured_departure(col: Column, part: str, metric: str, profile: Profile, found: dict) -> tuple | None:

@@ -43,8 +43,18 @@ def _count(minimum: int):
     return parse
 
 
+def _nonnegative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number >= 0")
+    return value
+
+
 # Flags that only mean something for a defence: without --defence they would be ignored, so they are refused.
-DEFENCE_ONLY = ("variant", "init", "recipe")
+DEFENCE_ONLY = ("variant", "init", "recipe", "eps_ramp")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,7 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help=f"one of {', '.join(MODELS)} (default: DeepSec's)")
     parser.add_argument("--width", type=_count(1), default=None, help="resnet20_wide's width (default: the profile's)")
     parser.add_argument("--defence", default="none", choices=["none", *DEFENCES])
-    parser.add_argument("--variant", default=None, help="a named setting of the defence (default: DeepSec's)")
+    parser.add_argument("--variant", default=None, help="a named setting of the defence (default: DeepSec's), with "
+                        "the defence parameters the profile sets (quick: PAT's eps_ramp 0.4) on top")
+    parser.add_argument("--eps-ramp", type=_nonnegative, default=None,
+                        help="PAT: epochs over which ε and the step grow linearly from 0 (default: the profile's; "
+                             "DeepSec: 0)")
     parser.add_argument("--profile", default="paper",
                         help="smoke, quick or paper (budgets; flags below override; default: paper, the papers' "
                              "settings: pass --profile quick for the model the quick book reports)")
@@ -72,15 +86,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--disable-dropout", action="store_true")
-    parser.add_argument("--jpeg-fill", action="store_true",
+    parser.add_argument("--jpeg-fill", action=argparse.BooleanOptionalAction, default=None,
                         help="CIFAR-10: also train on the lossy JPEG copies of the training images the exact copy "
-                             "lacks (never validated on; a departure)")
+                             "lacks (never validated on; a departure; default: the profile's, quick: yes)")
     parser.add_argument("--out-dir", default=None, help="default: the cache folder of the configuration")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.defence == "none":
-        given = [f"--{name}" for name in DEFENCE_ONLY if getattr(args, name) is not None]
+        given = [f"--{name.replace('_', '-')}" for name in DEFENCE_ONLY if getattr(args, name) is not None]
         if given:
             verb = "applies" if len(given) == 1 else "apply"
             parser.error(f"{', '.join(given)} only {verb} to a defence; add --defence ({', '.join(DEFENCES)})")
@@ -113,18 +127,28 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` for parsed arguments: the profile's (:func:`repro.study.models.train_config`), then
     each given flag overrides."""
     from ..study.models import train_config
+    from ..study.profiles import get_profile
 
     defence = None if args.defence == "none" else args.defence
     model = args.model or DEEPSEC_CHECKPOINTS[args.dataset]["model"]  # DeepSec's architecture for the dataset
     subset = {"train_subset": args.subset} if defence is None else {"defence_subset": args.subset}
     epochs = {"epochs": args.epochs} if defence is None else {"defence_epochs": args.epochs}
+    fill = {} if defence is None or args.jpeg_fill is None else {"defence_jpeg_fill": args.jpeg_fill}
+    if defence is not None and args.jpeg_fill is None and args.subset is not None \
+            and get_profile(args.profile).defence.for_dataset(args.dataset).jpeg_fill:
+        raise ValueError(f"--subset {args.subset} counts exact training images, and the profile {args.profile} also "
+                         "trains on the JPEG copies: add --no-jpeg-fill")
     base = train_config(dataset=args.dataset, model=model, profile=args.profile, width=args.width, defence=defence,
                         defence_params=args.variant, seed=args.seed, device=args.device, defence_init=args.init,
-                        defence_recipe=args.recipe,
+                        defence_recipe=args.recipe, **fill,
                         **{k: v for k, v in {**subset, **epochs}.items() if v is not None})
     overrides = {"bf16": args.bf16, "channels_last": args.channels_last, "disable_dropout": args.disable_dropout}
-    if args.jpeg_fill:
-        overrides["jpeg_fill"] = True
+    if args.jpeg_fill is not None:
+        overrides["jpeg_fill"] = args.jpeg_fill
+    if args.eps_ramp is not None:
+        if not hasattr(base.defence_params, "eps_ramp"):
+            raise ValueError(f"--eps-ramp applies to PAT only, not to {args.defence}")
+        overrides["defence_params"] = dataclasses.replace(base.defence_params, eps_ramp=args.eps_ramp)
     for name in ("batch_size", "history_subset"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)

@@ -79,6 +79,18 @@ def test_each_decision_follows_the_data_it_reads(found):
     gained = ladder(clean={"rate": 1.0, "k": n, "n": n, "correct": "1" * n},
                     robust={"rate": 1.0, "k": n, "n": n, "correct": "1" * n})
     assert _decide("wider_is_more_robust", gained).status == Status.CONFIRMED
+    # clean accuracy is decided on the training column's paired test (all its test images, more than the security
+    # column's), robustness on the security column's worst case; without the training column, both on the latter
+    d = _decide("wider_is_more_robust", found)
+    trained = found["training_cifar10"].extra["training"]["models"]
+    assert d.numbers["clean"]["n"] == trained["pat_8_255_wide"]["clean"]["n"] > models["pat_8_255_wide"]["clean"]["n"]
+    assert d.numbers["pgd"]["wide"]["rate"] == trained["pat_8_255_wide_x2"]["pgd"]["rate"]
+    assert d.columns == ("security_cifar10", "training_cifar10")
+    alone = {k: r for k, r in gained.items() if k != "training_cifar10"}
+    d = _decide("wider_is_more_robust", alone)
+    assert d.status == Status.CONFIRMED and d.numbers["clean"]["n"] == n and "pgd" not in d.numbers
+    lost_clean = ladder(clean={"rate": 0.0, "k": 0, "n": n, "correct": "0" * n})
+    assert _decide("wider_is_more_robust", lost_clean).status != Status.REFUTED  # the larger sample decides clean
     # without the ladder's models in the result, the claim is not tested
     none = {k: m for k, m in models.items() if not k.endswith("_x2")}
     bare = dict(found, security_cifar10=dataclasses.replace(

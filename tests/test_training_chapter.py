@@ -183,6 +183,27 @@ def test_each_ablation_arm_is_compared_with_its_base_model_on_the_same_images():
         paired_arms(evaluation)
 
 
+def test_each_wider_model_is_compared_with_the_same_role_at_the_profiles_width():
+    """The training chapter's width-ladder table (issue: paired differences between widths with McNemar's exact test
+    on the same images). Hand-computed: the ×2 model alone gets 3 images right, the ×1 model alone 1, p = 5/8."""
+    from repro.study.ablation import paired_widths
+
+    def rec(bits, label):
+        rate = {"rate": bits.count("1") / len(bits), "n": len(bits), "correct": bits}
+        return {"label": label, "arm": None, "clean": rate, "pgd": rate}
+
+    evaluation = {"models": {"pat": rec("1100000000", "x1"), "pat_x2": rec("1011100000", "x2"),
+                             "pat_arm0": rec("1111111111", "an arm"), "lonely_x4": rec("1", "no base")}}
+    (pair,) = paired_widths(evaluation)
+    assert (pair["arm"], pair["base"], pair["base_label"]) == ("x2", "pat", "x1")
+    assert pair["clean"]["only_arm"] == 3 and pair["clean"]["only_base"] == 1
+    assert pair["clean"]["diff"] == pytest.approx(0.2) and pair["clean"]["p"] == pytest.approx(0.625)
+    assert not pair["clean"]["resolved"]
+    evaluation["models"]["pat_x2"] = rec("1", "x2")
+    with pytest.raises(ValueError, match="model 'pat_x2': clean on 1 images, its base 'pat' on 10"):
+        paired_widths(evaluation)
+
+
 def test_the_target_is_judged_on_the_intervals_in_the_study():
     """The target's rule lives in the study (repro.study.ablation), the chapter only words it."""
     from repro.study.ablation import target_verdict

@@ -154,13 +154,15 @@ def _scratch_cost(evaluation: dict) -> str:
     return ""
 
 
-def _paired_rows(evaluation: dict) -> list[dict]:
-    """Each ablation arm against its base model on the same test images (:func:`repro.study.ablation.paired_arms`),
-    formatted: the two accuracies, the difference in points and McNemar's p, clean and under PGD."""
-    from ..study.ablation import paired_arms
+def _paired_rows(evaluation: dict, *, widths: bool = False) -> list[dict]:
+    """Each ablation arm against its base model (``widths``: each wider model of the width ladder against the model
+    of the same role at the profile's width) on the same test images (:func:`repro.study.ablation.paired_arms`,
+    :func:`~repro.study.ablation.paired_widths`), formatted: the two accuracies, the difference in points and
+    McNemar's p, clean and under PGD."""
+    from ..study.ablation import paired_arms, paired_widths
 
     rows = []
-    for pair in paired_arms(evaluation):
+    for pair in (paired_widths if widths else paired_arms)(evaluation):
         cells = {}
         for what in ("clean", "pgd"):
             d = pair[what]
@@ -206,7 +208,7 @@ def training_page(found: dict, profile: str, figures_dir) -> str:
             "n": f"{next(iter(ev['models'].values()))['clean']['n']:,}",
             "threat": {"eps": eps_text(threat["eps"]), "step": eps_text(threat["step_size"]), "steps": threat["steps"]},
             "ablation": any(rec["arm"] for rec in ev["models"].values()), "recipe": _base_recipe(ev, found[cid]),
-            "paired": _paired_rows(ev), "alpha": ABLATION_SIGNIFICANCE,
+            "paired": _paired_rows(ev), "widths": _paired_rows(ev, widths=True), "alpha": ABLATION_SIGNIFICANCE,
             "target": None if dataset != "cifar10" else {
                 "clean": f"{100 * TARGET['clean']:.0f} %", "pgd": f"{100 * TARGET['pgd']:.0f} %",
                 "jpeg_clean": f"{100 * TARGET_WITH_JPEG['clean']:.0f} %",

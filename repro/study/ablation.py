@@ -9,6 +9,7 @@ the test images resolve. Computed from stored results only; no notebook imports 
 from __future__ import annotations
 
 from ..metrics.uncertainty import mcnemar_exact
+from .roster import WIDTH_SUFFIX
 
 SIGNIFICANCE = 0.05  # two-sided level at which the chapter calls a paired difference resolved
 ARM_SUFFIX = "_arm"
@@ -41,7 +42,7 @@ def target_verdict(clean: dict, pgd: dict, *, target: dict = TARGET) -> dict[str
 
 def paired_arms(evaluation: dict) -> list[dict]:
     """Per ablation arm of a training evaluation (``result.extra["training"]``), in its order:
-    ``{"arm", "label", "base", "base_label", "clean", "pgd"}`` where ``clean``/``pgd`` each hold the arm's and the
+    ``{"arm", "model", "label", "base", "base_label", "clean", "pgd"}`` where ``clean``/``pgd`` each hold the arm's and the
     base model's rate (``arm``, ``base``), their difference (``diff``, arm − base), McNemar's ``only_arm``,
     ``only_base``, ``p``, and ``resolved`` (``p`` < :data:`SIGNIFICANCE`).
 
@@ -56,15 +57,33 @@ def paired_arms(evaluation: dict) -> list[dict]:
         base_id = mid.rsplit(ARM_SUFFIX, 1)[0]
         if base_id == mid or base_id not in models:
             raise ValueError(f"ablation arm {mid!r}: its base model {base_id!r} is not in the evaluation")
-        base = models[base_id]
-        row = {"arm": rec["arm"], "label": rec["label"], "base": base_id, "base_label": base["label"]}
-        for what in ("clean", "pgd"):
-            a, b = rec[what], base[what]
-            if a["n"] != b["n"]:
-                raise ValueError(f"ablation arm {mid!r}: {what} on {a['n']} images, its base on {b['n']}")
-            test = mcnemar_exact(a["correct"], b["correct"])
-            row[what] = {"arm": a["rate"], "base": b["rate"], "diff": a["rate"] - b["rate"], "n": a["n"],
-                         "only_arm": test["only_a"], "only_base": test["only_b"], "p": test["p"],
-                         "resolved": test["p"] < SIGNIFICANCE}
-        out.append(row)
+        out.append(_paired(models, mid, base_id, rec["arm"]))
     return out
+
+
+def paired_widths(evaluation: dict) -> list[dict]:
+    """Per wider model of the width ladder (id ``<base>_x<width>``, :func:`repro.study.roster.evaluated_models`),
+    in the evaluation's order, the same record as :func:`paired_arms` against the model of the same role at the
+    profile's width (``<base>``), on the same test images; ``arm`` is the wider model's label. A rung whose base is
+    not in the evaluation is left out (the profile's own width is the ladder's first rung only when it trains it)."""
+    models = evaluation["models"]
+    out = []
+    for mid, rec in models.items():
+        base_id, sep, width = mid.rpartition(WIDTH_SUFFIX)
+        if sep and width.isdigit() and base_id in models:
+            out.append(_paired(models, mid, base_id, rec["label"]))
+    return out
+
+
+def _paired(models: dict, mid: str, base_id: str, arm: str) -> dict:
+    rec, base = models[mid], models[base_id]
+    row = {"arm": arm, "model": mid, "label": rec["label"], "base": base_id, "base_label": base["label"]}
+    for what in ("clean", "pgd"):
+        a, b = rec[what], base[what]
+        if a["n"] != b["n"]:
+            raise ValueError(f"model {mid!r}: {what} on {a['n']} images, its base {base_id!r} on {b['n']}")
+        test = mcnemar_exact(a["correct"], b["correct"])
+        row[what] = {"arm": a["rate"], "base": b["rate"], "diff": a["rate"] - b["rate"], "n": a["n"],
+                     "only_arm": test["only_a"], "only_base": test["only_b"], "p": test["p"],
+                     "resolved": test["p"] < SIGNIFICANCE}
+    return row

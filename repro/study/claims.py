@@ -268,14 +268,41 @@ def _wider(v: View) -> Decision:
     rungs = {}
     for measure in ("clean", "robust"):
         test = mcnemar_exact(narrow[measure]["correct"], wide[measure]["correct"])
-        rungs[measure] = {"narrow": narrow[measure], "wide": wide[measure], **test}
-    better = all(r["wide"]["rate"] > r["narrow"]["rate"] and r["p"] < SIGNIFICANCE for r in rungs.values())
-    worse = any(r["wide"]["rate"] < r["narrow"]["rate"] and r["p"] < SIGNIFICANCE for r in rungs.values())
+        rungs[measure] = {"narrow": narrow[measure], "wide": wide[measure], "n": narrow[measure]["n"], **test}
+    sources = (sec.id,)
+    # The training column measures the same two models on all its test images (clean, and PGD-20 from one start, a
+    # weaker attack than the worst case): clean accuracy is decided on the larger of the two paired samples, the
+    # robustness on the worst case; the PGD-20 comparison is shown beside it.
+    trained = _width_pair(v, rung.id)
+    if trained is not None:
+        tid, pair = trained
+        paired = {what: {"narrow": {"rate": pair[what]["base"]}, "wide": {"rate": pair[what]["arm"]},
+                         "n": pair[what]["n"], "p": pair[what]["p"]} for what in ("clean", "pgd")}
+        if paired["clean"]["n"] > rungs["clean"]["n"]:
+            rungs["clean"] = paired["clean"]
+        rungs["pgd"] = paired["pgd"]
+        sources += (tid,)
+    decisive = [rungs["clean"], rungs["robust"]]
+    better = all(r["wide"]["rate"] > r["narrow"]["rate"] and r["p"] < SIGNIFICANCE for r in decisive)
+    worse = any(r["wide"]["rate"] < r["narrow"]["rate"] and r["p"] < SIGNIFICANCE for r in decisive)
     status, reason = ((Status.CONFIRMED, "wider_better") if better else (Status.REFUTED, "wider_worse") if worse
                       else (Status.INCONCLUSIVE, "wider_within_noise"))
-    numbers = {"narrow_label": narrow["label"], "wide_label": wide["label"], "n": narrow["clean"]["n"],
-               "alpha": SIGNIFICANCE, **rungs}
-    return Decision("wider_is_more_robust", status, reason, numbers, (sec.id,))
+    numbers = {"narrow_label": narrow["label"], "wide_label": wide["label"], "alpha": SIGNIFICANCE, **rungs}
+    return Decision("wider_is_more_robust", status, reason, numbers, sources)
+
+
+def _width_pair(v: View, model_id: str) -> tuple[str, dict] | None:
+    """The CIFAR-10 training column's paired comparison of the ladder model ``model_id`` with its base
+    (:func:`repro.study.ablation.paired_widths`), with the column's id; ``None`` without it."""
+    from .ablation import paired_widths
+
+    col = next((c for c in v.columns if c.table == "training" and c.parameters.get("dataset") == "cifar10"
+                and c.id in v.found), None)
+    if col is None:
+        return None
+    evaluation = v.found[col.id].extra.get("training")
+    pair = next((p for p in paired_widths(evaluation) if p["model"] == model_id), None) if evaluation else None
+    return None if pair is None else (col.id, pair)
 
 
 def scorecard(profile: str, found: dict) -> list[Decision]:

@@ -26,6 +26,9 @@ THREAT_MODEL = {"mnist": "madry_mnist_eval", "cifar10": "madry_cifar10_eval"}  #
 
 
 # ----------------------------------------------------------------------------------------------------- models
+WIDTH_SUFFIX = "_x"  # a width-ladder model's id: the id of its role at the profile's width + "_x<width>"
+
+
 def evaluated_models(dataset: str, profile: str | Profile) -> tuple[EvaluatedModel, ...]:
     """The models the security evaluation of ``dataset`` attacks under ``profile``: :data:`SECURITY_MODELS`, then,
     for each width of the profile's :attr:`~repro.study.profiles.Profile.width_ladder`, the wide ResNet's raw and
@@ -37,8 +40,8 @@ def evaluated_models(dataset: str, profile: str | Profile) -> tuple[EvaluatedMod
     prof = get_profile(profile) if isinstance(profile, str) else profile
     base = lookup(SECURITY_MODELS, dataset, what="dataset")
     rungs = [spec for spec in base if spec.ladder]
-    ladder = tuple(EvaluatedModel(f"{spec.id}_x{w}", f"{spec.label}, width ×{w}", spec.column, spec.role,
-                                  spec.transfer_from and f"{spec.transfer_from}_x{w}", width=w)
+    ladder = tuple(EvaluatedModel(f"{spec.id}{WIDTH_SUFFIX}{w}", f"{spec.label}, width ×{w}", spec.column,
+                                  spec.role, spec.transfer_from and f"{spec.transfer_from}{WIDTH_SUFFIX}{w}", width=w)
                    for w in prof.width_ladder if w != prof.wide_width for spec in rungs)
     return base + ladder
 
@@ -120,5 +123,5 @@ def threat_model(dataset: str) -> dict:
     return {"name": THREAT_MODEL[dataset], **setting}
 
 
-__all__ = ["EvaluatedModel", "SECURITY_MODELS", "THREAT_MODEL", "evaluated_models",
+__all__ = ["EvaluatedModel", "SECURITY_MODELS", "THREAT_MODEL", "WIDTH_SUFFIX", "evaluated_models",
            "evaluation_images", "model_config", "resolve_model_budgets", "threat_model"]

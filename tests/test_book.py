@@ -212,8 +212,8 @@ def test_methods_numbers_come_from_the_recipes_and_the_results():
     assert book._methods_subs("smoke", {})["m_nat_budget"] == "1 of its 20 epochs"
     assert book._methods_subs("paper", {})["m_nat_seeds"] == "seeds 100, 101, 102"
     # the PAT recipe's budget is the profile's, not typed into the page
-    assert subs["m_pat_recipe"] == ("1 epoch on the exact training images plus the JPEG copies of the rest, "
-                                    "ε ramped from 0 over the first 0.4 epochs")
+    assert subs["m_pat_recipe"] == ("1 epoch on all available training images (the exact ones plus the JPEG copies "
+                                    "of those the exact copy lacks), ε ramped from 0 over the first 0.4 epochs")
     assert book._methods_subs("smoke", {})["m_pat_recipe"] == "1 epoch on the first 256 training images, no ε ramp"
 
 

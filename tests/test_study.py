@@ -106,6 +106,9 @@ def test_the_jpeg_copies_follow_the_profile_and_a_subset_needs_them_turned_off()
     params = DEFENCES["pat"].params_type(**{k: p[k] for k in steps.defence_parameters("pat") if k in p})
     config = models.config_of(ctx, defence_params=params)
     assert (config.jpeg_fill, config.subset) == (False, 1000)
+    with pytest.raises(steps.ParameterError, match="defence_jpeg_fill=True cannot be used under the profile 'smoke': "
+                                                   "it trains the defences on the first 256 exact training images"):
+        _resolve(col, **{**base, "profile": "smoke", "defence_jpeg_fill": True})
     with pytest.raises(steps.ParameterError, match="defence_jpeg_fill must be True, False or None"):
         _resolve(col, **{**base, "defence_jpeg_fill": "yes"})
     nat = plan.column("nat_mnist")
@@ -367,13 +370,21 @@ def test_the_profiles_defence_parameters_reach_every_path_and_an_arm_or_an_expli
     cli = config_from_args(parse_args(["--dataset", "cifar10", "--defence", "pat", "--variant", "deepsec_cifar10",
                                        "--profile", "quick", "--device", "cpu"]))
     assert cli.defence_params.eps_ramp == 0.4 and cli.jpeg_fill and cli.epochs == 1
+    # the training column's own path to each arm's configuration (study.training.model_config)
+    cell = {**_parameters_cell("training.ipynb"), "device": "cpu", "profile": "quick", "dataset": "cifar10"}
+    ctx = steps.Context(kind="training", name="training", params=training.resolve(**cell),
+                        profile=get_profile("quick"), device="cpu", started=0.0)
+    arms = [m for m in training.trained_models("cifar10", "quick") if m.arm_index is not None]
     previous = [a for a in get_profile("quick").defence.ablation if not a.training.defence_params]
-    assert previous, "quick keeps arms that name no defence parameters"
-    for arm in previous:
-        config = roster.model_config(spec, "quick", defence_recipe=arm.training.recipe,
-                                     defence_epochs=arm.training.epochs, defence_jpeg_fill=arm.training.jpeg_fill,
-                                     defence_params=arm.training.defence_params, device="cpu")
-        assert config.defence_params.eps_ramp == 0.0, arm.label
+    assert previous and len(arms) == len(get_profile("quick").defence.ablation)
+    for model in arms:
+        arm = get_profile("quick").defence.ablation[model.arm_index]
+        config = training.model_config(model, ctx)
+        want = arm.training.defence_params.get("eps_ramp", 0.0)  # an arm naming none keeps the column's 0
+        assert (config.defence_params.eps_ramp, config.jpeg_fill, config.epochs) == \
+            (want, arm.training.jpeg_fill, arm.training.epochs), arm.label
+    own = next(m for m in training.trained_models("cifar10", "quick") if m.spec.id == "pat_resnet20")
+    assert training.model_config(own, ctx).defence_params.eps_ramp == 0.4
     # the command line reaches the previous recipe's arm (and its published model's key) by its flags
     (before,) = [a for a in previous if a.training.recipe == "pat_finetune_cifar10"]
     argv = ["--dataset", "cifar10", "--defence", "pat", "--profile", "quick", "--device", "cpu", "--epochs", "5",
@@ -382,6 +393,7 @@ def test_the_profiles_defence_parameters_reach_every_path_and_an_arm_or_an_expli
                                      device="cpu")
     assert config_key(config_from_args(parse_args(argv))) == config_key(arm_config)
     (text,) = [d for d in plan.departures(col, "quick") if "eps_ramp" in d]
+    assert "DeepSec" not in text  # the follow-up's columns have the ramp too, and neither paper has one
     assert "eps_ramp = 0.4" in text and not [d for d in plan.departures(col, "paper") if "eps_ramp" in d]
 
 

@@ -127,6 +127,33 @@ def test_the_chapter_states_the_studys_pat_targets_and_judges_each_model_against
     assert page.count("misses it") + page.count("meets it") + page.count("within its intervals' reach") >= 1
 
 
+@pytest.mark.parametrize("profile", ["smoke", "quick"])
+def test_the_chapter_names_the_arms_base_recipe_and_pairs_every_width_rung(profile, tmp_path):
+    """The sentence under the ablation table describes the profile's own model as its result records it, and the
+    width table has one row per ladder model with its McNemar p (the committed results of both profiles)."""
+    from repro.report import pages
+    from repro.report.training import training_page
+    from repro.study.ablation import paired_widths
+
+    found = pages.load_found(profile)
+    page = training_page(found, profile, tmp_path)
+    ev = found["training_cifar10"].extra["training"]
+    own = ev["models"]["pat_resnet20"]["training"]
+    ramp = found["training_cifar10"].provenance["models"]["pat_resnet20"]["config"]["defence_params"]["eps_ramp"]
+    if not get_profile(profile).defence.ablation:
+        assert "(the row without one" not in page
+    else:
+        sentence = page.split("(the row without one: ", 1)[1].split("); everything", 1)[0]
+        assert sentence.startswith(f"{own['epochs']} epoch") and f"{own['train_images']:,} training images" in sentence
+        assert (f"over the first {ramp:g} epochs" in sentence) == bool(ramp)
+        assert ("JPEG" in sentence) == bool(own.get("jpeg_fill"))
+    pairs = paired_widths(ev)
+    assert pairs and len(pairs) == len(get_profile(profile).width_ladder) * 2  # raw and PAT at each wider width
+    for pair in pairs:
+        row = next(line for line in page.splitlines() if line.startswith(f"| {pair['arm']} | {pair['base_label']} |"))
+        assert f"p = {pair['pgd']['p']:.2g}" in row and f"{100 * pair['clean']['arm']:.1f} %" in row
+
+
 @needs_deepsec
 def test_a_fine_tuned_models_curves_start_at_its_starting_weights_measured_as_each_epoch(tmp_path):
     """Before: the curves began at epoch 1, so the PAT fine-tune's collapse in its first epoch (about 90 % clean

@@ -266,7 +266,7 @@ def test_every_budget_departure_counts_against_a_verdict_or_only_changes_how_man
         labels = lambda cid: {w for ws in verdicts.budget_departures(plan.COLUMNS[cid], prof,  # noqa: E731
                                                                      datasets=partial).values() for w in ws}
         assert not [w for w in labels("pat_resnet20") if w.startswith("trained on")]
-        assert "defence parameters eps_ramp = 0.4 instead of DeepSec's" in labels("pat_resnet20")
+        assert "defence parameters eps_ramp = 0.4 instead of the papers' (none)" in labels("pat_resnet20")
         assert any(w.startswith("trained on 8,068") for w in labels("pat_8_255_wide"))  # its raw model's data
 
 

@@ -422,7 +422,8 @@ def _methods_subs(profile: str, found: dict) -> dict[str, str]:
     seeds = sorted(c.parameters["seed"] for c in nat_cols)
     pat = prof.defence.for_dataset("cifar10")
     return {"m_nat_epoch_time": nat, "m_deepsec_cifar_final_lr": f"{final:.1g}",
-            "m_pat_recipe": phrase("pat_recipe", epochs=pat.epochs, subset=pat.subset, jpeg=pat.jpeg_fill,
+            "m_pat_recipe": phrase("pat_recipe", epochs=pat.epochs, jpeg=pat.jpeg_fill,
+                                   images=f"the first {pat.subset:,}" if pat.subset else "all available",
                                    ramp=pat.defence_params.get("eps_ramp")),
             "m_ablation_arms": phrase("ablation_arms", arms=arms), "m_nat_budget": phrase("nat_budget", epochs=epochs,
                                                                                          full=full),

@@ -181,8 +181,9 @@ def _base_recipe(ev: dict, result) -> str | None:
         return None
     record = ev["models"][bases[0]]["training"] or {}
     params = result.provenance.get("models", {}).get(bases[0], {}).get("config", {}).get("defence_params") or {}
-    return phrase("pat_recipe", epochs=record.get("epochs"), subset=None, jpeg=record.get("jpeg_fill", False),
-                  ramp=params.get("eps_ramp"))
+    images = record.get("train_images")
+    return phrase("pat_recipe", epochs=record.get("epochs"), jpeg=record.get("jpeg_fill", False),
+                  images=f"{images:,}" if images else "its", ramp=params.get("eps_ramp"))
 
 
 def training_page(found: dict, profile: str, figures_dir) -> str:

@@ -63,16 +63,21 @@ def check_count(p: dict, name: str, *, low: int = 1, optional: bool = False) -> 
         raise ParameterError(str(err)) from None
 
 
-def resolve_jpeg_fill(p: dict, default: bool) -> None:
+def resolve_jpeg_fill(p: dict, default: bool, *, profile_subset: int | None) -> None:
     """Fill ``p["defence_jpeg_fill"]`` (``None``: ``default``, the profile's) and check it: a bool, CIFAR-10 only, and
-    not together with ``defence_subset`` (which counts exact training images)."""
+    not together with ``defence_subset`` (which counts exact training images; ``profile_subset``: the profile's, so
+    that the message says whose it is)."""
     fill = default if p.get("defence_jpeg_fill") is None else p["defence_jpeg_fill"]
     require(isinstance(fill, bool), f"defence_jpeg_fill must be True, False or None (the profile's), got {fill!r}")
     require(not fill or p["dataset"] == "cifar10",
             f"defence_jpeg_fill=True needs dataset 'cifar10' (the JPEG copies are CIFAR-10's), got {p['dataset']!r}")
-    require(not fill or p.get("defence_subset") is None,
-            f"defence_subset={p.get('defence_subset')!r} counts exact training images and cannot be combined with the "
-            f"JPEG copies (defence_jpeg_fill=True; None takes the profile's): pass defence_jpeg_fill=False as well")
+    subset = p.get("defence_subset")
+    require(not fill or subset is None or subset != profile_subset,
+            f"defence_jpeg_fill=True cannot be used under the profile {p['profile']!r}: it trains the defences on the "
+            f"first {subset} exact training images (its defence_subset); use a profile without one (quick, paper)")
+    require(not fill or subset is None,
+            f"defence_subset={subset!r} counts exact training images and cannot be combined with the JPEG copies "
+            f"(defence_jpeg_fill=True; None takes the profile's): pass defence_jpeg_fill=False as well")
     p["defence_jpeg_fill"] = fill
 
 

@@ -315,8 +315,8 @@ DEPARTURE_TEXT: dict[tuple[str, str], str] = {
     ("defence", "subset"): "defence trained on the first {value} training images (less those in DeepSec's 10 % "
                            "validation hold-out) instead of all",
     ("defence", "eval_subset"): "defence metrics on {value} test images instead of the whole test split",
-    ("defence", "defence_params"): "defence parameters set by the profile instead of DeepSec's: {value} (eps_ramp: "
-                                    "the epochs over which ε and the step grow linearly from 0; DeepSec: 0)",
+    ("defence", "defence_params"): "defence parameters set by the profile where the papers have none: {value} "
+                                    "(eps_ramp: the epochs over which ε and the step grow linearly from 0)",
     ("defence", "jpeg_fill"): "defence also trained on the lossy JPEG copies (quality 75) of the official training "
                               "images the exact copy lacks; validated and evaluated on exact images only",
 }

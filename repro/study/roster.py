@@ -98,7 +98,7 @@ def resolve_model_budgets(p: dict, prof: Profile) -> None:
                           ("defence_epochs", defence.epochs), ("defence_subset", defence.subset)):
         p[name] = default if p.get(name) is None else p[name]
         context.check_count(p, name, optional=True)
-    context.resolve_jpeg_fill(p, defence.jpeg_fill)
+    context.resolve_jpeg_fill(p, defence.jpeg_fill, profile_subset=defence.subset)
 
 
 def evaluation_images(ctx: context.Context) -> tuple[Tensor, Tensor]:

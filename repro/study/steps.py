@@ -135,7 +135,7 @@ def resolve_defence(defence: str, *, injected: set | None = None, **params) -> d
         p[name] = default if p.get(name) is None else p[name]
     for name in ("defence_epochs", "defence_subset", "eval_subset"):
         check_count(p, name, optional=True)
-    resolve_jpeg_fill(p, budget.jpeg_fill)
+    resolve_jpeg_fill(p, budget.jpeg_fill, profile_subset=budget.subset)
     check_count(p, "curve_samples")
     check_count(p, "curve_steps")
     return p

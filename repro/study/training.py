@@ -135,7 +135,7 @@ def evaluate(ctx: context.Context, x: Tensor, y: Tensor) -> dict:
             out["deepsec_split"] = _split_accuracy(net, p["dataset"], model.spec, ctx)
         else:
             net = models.provide_model(ctx, config, mid)
-            if config.jpeg_fill:
+            if config.jpeg_fill and not ctx.profile.defence.for_dataset(p["dataset"]).jpeg_fill:  # an arm's own
                 ctx.departures.append(f"{model.spec.label}: {DEPARTURE_TEXT['defence', 'jpeg_fill']}")
             trained = ctx.models[mid]
             recipe = trained["config"]["recipe"]
@@ -194,7 +194,10 @@ def _split_accuracy(net: nn.Module, dataset: str, spec: roster.EvaluatedModel, c
     trained on) near 100 %, evidence that validation here uses images the checkpoint never saw."""
     from ..train.runtime import split_data
 
-    config = roster.model_config(replace(spec, role="defended"), ctx.profile, device=str(ctx.device))
+    # the defended column's split of the exact images (the JPEG copies, were the profile's defence to use them,
+    # are no images DeepSec's checkpoint trained on as such)
+    config = roster.model_config(replace(spec, role="defended"), ctx.profile, defence_jpeg_fill=False,
+                                 device=str(ctx.device))
     data = split_data(config, ctx.device)
     # The trained-on part is only the contrast: its first SPLIT_CONTRAST_IMAGES (in the split's order) suffice to
     # tell ~100 % from the held-out rate, where predicting all 54,000 MNIST images would not add anything.

@@ -239,7 +239,7 @@ def _departure_words(name: str, label: str, ours, paper) -> str:
         if name == "recipe":
             return recipe_words(v)
         if isinstance(v, dict):
-            return ", ".join(f"{k} = {x:g}" for k, x in sorted(v.items())) if v else "DeepSec's"
+            return ", ".join(f"{k} = {x:g}" for k, x in sorted(v.items())) if v else "the papers' (none)"
         return f"{v:,}" if isinstance(v, int) else str(v)
 
     return f"{label} {shown(ours)} instead of {shown(paper)}"

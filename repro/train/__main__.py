@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--disable-dropout", action="store_true")
     parser.add_argument("--jpeg-fill", action=argparse.BooleanOptionalAction, default=None,
                         help="CIFAR-10: also train on the lossy JPEG copies of the training images the exact copy "
-                             "lacks (never validated on; a departure; default: the profile's, quick: yes)")
+                             "lacks (never validated on; a departure; default: a defence's follows the profile, quick: yes)")
     parser.add_argument("--out-dir", default=None, help="default: the cache folder of the configuration")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     parser.add_argument("--no-progress", action="store_true")

@@ -128,6 +128,19 @@ def test_the_chapter_states_the_studys_pat_targets_and_judges_each_model_against
 
 
 @pytest.mark.parametrize("profile", ["smoke", "quick"])
+def test_the_cost_of_deepsecs_schedule_names_the_full_data_only_when_the_model_saw_less(profile, tmp_path):
+    """Before: "on 45,000 images ... (on 45,000 images, 79 hours)" for a model that already trained on all of them."""
+    from repro.report import pages
+    from repro.report.training import training_page
+
+    found = pages.load_found(profile)
+    own = found["training_cifar10"].extra["training"]["models"]["pat_resnet20"]["training"]
+    (line,) = [s for s in training_page(found, profile, tmp_path).splitlines() if s.startswith("DeepSec's own schedule")]
+    assert f"on {own['train_images']:,} images" in line
+    assert ("(on 45,000 images" in line) == (own["train_images"] != 45_000)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick"])
 def test_the_chapter_names_the_arms_base_recipe_and_pairs_every_width_rung(profile, tmp_path):
     """The sentence under the ablation table describes the profile's own model as its result records it, and the
     width table has one row per ladder model with its McNemar p (the committed results of both profiles)."""

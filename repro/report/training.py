@@ -147,7 +147,7 @@ def _scratch_cost(evaluation: dict) -> str:
         if rec["role"] == "defended" and t and t["history"] and not rec["arm"] and col.defence == "pat" \
                 and col.parameters.get("model") == DEEPSEC_CHECKPOINTS[dataset]["model"]:
             per_epoch = t["train_time_s"] / len(t["history"])
-            return phrase("scratch_cost", per_epoch=f"{per_epoch:.0f}", label=rec["label"],
+            return phrase("scratch_cost", per_epoch=f"{per_epoch:,.0f}", label=rec["label"],
                           images=f"{t['train_images']:,}", epochs=recipe.epochs,
                           hours=f"{recipe.epochs * per_epoch / 3600:.1f}", full=f"{full:,}",
                           full_hours=f"{recipe.epochs * per_epoch * full / t['train_images'] / 3600:.0f}")

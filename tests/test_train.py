@@ -137,6 +137,45 @@ def test_recipe_rejects_unknown_schedule_and_rule():
         Recipe(optimiser="sgd", lr=0.1, epochs=1, batch_size=8, keep="best")
 
 
+def test_recipe_rejects_label_smoothing_outside_zero_to_one():
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=f"0 <= label_smoothing < 1, got label_smoothing={bad!r}"):
+            Recipe(optimiser="sgd", lr=0.1, epochs=1, batch_size=8, label_smoothing=bad)
+
+
+def test_label_smoothed_loss_by_hand():
+    """Two classes, logits (0, 0) and (ln 3, 0), labels 0 and 0, smoothing 0.2: the targets are (0.9, 0.1), so the
+    first image costs ln 2 and the second 0.9·ln(4/3) + 0.1·ln 4; the mean over a global batch of 2 on one rank."""
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+    y = torch.tensor([0, 0])
+    smoothed = defences.mean_cross_entropy(y, 2.0, label_smoothing=0.2)(logits)
+    expected = (math.log(2) + 0.9 * math.log(4 / 3) + 0.1 * math.log(4)) / 2
+    assert smoothed.item() == pytest.approx(expected, rel=1e-6)
+    plain = defences.mean_cross_entropy(y, 2.0)(logits)  # DeepSec's loss: no smoothing by default
+    assert plain.item() == pytest.approx((math.log(2) + math.log(4 / 3)) / 2, rel=1e-6)
+
+
+@needs_mnist
+def test_the_loop_trains_on_the_recipes_label_smoothing(monkeypatch, tmp_path):
+    """The recipe's label smoothing reaches the training loss (and only there): the loop builds every batch's loss
+    with it."""
+    seen = []
+    real = defences.mean_cross_entropy
+
+    def spy(y, per_rank, *, label_smoothing=0.0):
+        seen.append(label_smoothing)
+        return real(y, per_rank, label_smoothing=label_smoothing)
+
+    import repro.train.loop as loop
+    monkeypatch.setattr(loop, "mean_cross_entropy", spy)
+    recipe = dataclasses.replace(RECIPES["deepsec_mnist"], epochs=1, batch_size=16, label_smoothing=0.25)
+    monkeypatch.setitem(RECIPES, "ls_probe", recipe)
+    config = TrainConfig(dataset="mnist", model="mnist_convnet", recipe="ls_probe", epochs=1, subset=64,
+                         device="cpu", history_subset=0)
+    loop.train(config, out_dir=tmp_path, resume=False, progress=False)
+    assert seen and set(seen) == {0.25}
+
+
 @needs_mnist
 def test_split_is_deepsecs_on_official_indices():
     """On a subset, the validation images are exactly the subset's images in DeepSec's full-set hold-out (seed

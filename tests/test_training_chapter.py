@@ -286,3 +286,60 @@ def test_a_model_trained_on_the_jpeg_copies_is_judged_against_the_jpeg_target_an
     rec["training"]["jpeg_fill"] = True
     assert _target_lines(ev)[0].endswith("): misses it (the target with the JPEG copies added).")
     assert "(JPEG copies included)" in _rows(ev)[0][3]
+
+
+def test_the_ablations_frontier_keeps_the_models_no_other_beats_on_both_axes():
+    """Hand-made points (clean, PGD): a (0.70, 0.15), b (0.54, 0.26), c (0.68, 0.17), d (0.63, 0.10) beaten by a and
+    c, e (0.70, 0.15) equal to a (neither beats the other); the raw model and a width rung are not the ablation's."""
+    from repro.study.ablation import ablation_models, frontier, updates
+
+    def rec(clean, pgd, arm=None):
+        return {"label": "m", "arm": arm, "clean": {"rate": clean}, "pgd": {"rate": pgd}}
+
+    evaluation = {"models": {"raw": rec(0.9, 0.0), "pat": rec(0.63, 0.10), "pat_x2": rec(0.99, 0.99),
+                             "pat_arm0": rec(0.70, 0.15, "a"), "pat_arm1": rec(0.54, 0.26, "b"),
+                             "pat_arm2": rec(0.68, 0.17, "c"), "pat_arm3": rec(0.70, 0.15, "e")}}
+    assert ablation_models(evaluation) == ["pat", "pat_arm0", "pat_arm1", "pat_arm2", "pat_arm3"]
+    assert frontier(evaluation) == ["pat_arm1", "pat_arm2", "pat_arm0", "pat_arm3"]
+    evaluation["models"]["pat_arm4"] = rec(0.70, 0.16, "f")  # now beats a and e: equal clean, more robust
+    assert frontier(evaluation) == ["pat_arm1", "pat_arm2", "pat_arm4"]
+    assert frontier({"models": {"raw": rec(0.9, 0.0), "pat": rec(0.5, 0.2)}}) == []
+    # 7,294 images at batch 128: 56 full batches and one of 126, 57 updates an epoch
+    assert updates({"epochs": 15, "train_images": 7294, "batch_size": 128}) == 855
+
+
+def test_early_stopping_on_held_out_pgd_names_the_epoch_it_would_keep():
+    """Later ties win (as the keep rules); single-epoch, raw and curve-less models are left out."""
+    from repro.study.ablation import early_stopping
+
+    def rec(pgd, kept, role="defended"):
+        history = [{"epoch": i + 1, "pgd_acc": v} for i, v in enumerate(pgd)]
+        return {"label": "m", "role": role, "training": {"history": history, "kept_epoch": kept}}
+
+    evaluation = {"models": {"a": rec([0.1, 0.21, 0.2], 3), "b": rec([0.1, 0.2, 0.2], 3), "one": rec([0.3], 1),
+                             "raw": rec([0.0, 0.1], 1, role="raw"), "none": rec([None, 0.1], 2)}}
+    rows = early_stopping(evaluation)
+    assert [(r["model"], r["best"], r["kept"]) for r in rows] == [("a", 2, 3), ("b", 3, 3)]
+    assert rows[0]["best_pgd"] == 0.21 and rows[0]["kept_pgd"] == 0.2
+
+
+def test_the_chapter_words_the_frontier_and_early_stopping_from_the_committed_results():
+    """The quick training chapter's two sentences, checked against the column's own numbers."""
+    from repro.report.training import _early_stopping, _frontier
+    from repro.results import load
+    from repro.study.ablation import early_stopping, frontier
+
+    path = repo_root() / "results" / "quick" / "training_cifar10.json"
+    if not path.exists():
+        pytest.skip(f"no committed quick training result at {path}")
+    result = load(path)
+    ev = result.extra["training"]
+    text = _frontier(ev)
+    for mid in frontier(ev):
+        rec = ev["models"][mid]
+        assert f"{100 * rec['clean']['rate']:.1f} % clean and {100 * rec['pgd']['rate']:.1f} % under PGD" in text
+    rows = early_stopping(ev)
+    words = _early_stopping(ev, result)
+    assert f"for {sum(r['best'] == r['kept'] for r in rows)} of the {len(rows)} defended models" in words
+    for r in rows:
+        assert (f"would keep epoch {r['best']} ({100 * r['best_pgd']:.1f} %)" in words) == (r["best"] != r["kept"])

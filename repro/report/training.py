@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 from ..data import FULL_SIZES
 from ..models import DEEPSEC_CHECKPOINTS
 from ..study.ablation import (ARM_SUFFIX, SIGNIFICANCE as ABLATION_SIGNIFICANCE, TARGET, TARGET_WITH_JPEG,
-                              target_for, target_verdict)
+                              ablation_models, early_stopping, frontier, target_for, target_verdict, updates)
 from ..study.plan import COLUMNS
 from ..study.profiles import get_profile
 from ..study.verdicts import recipe_words
@@ -41,7 +41,8 @@ def _rows(evaluation: dict, *, wall_time: bool = True) -> list[list[str]]:
     for rec in evaluation["models"].values():
         t = rec["training"]
         how = [phrase("released_checkpoint"), NOT_COMPUTED, NOT_COMPUTED, NOT_COMPUTED, NOT_COMPUTED] if t is None else [
-            _init(t), recipe_words(t["recipe"], {k: t[k] for k in ("optimiser", "lr", "schedule")}),
+            _init(t), recipe_words(t["recipe"], {k: t[k] for k in ("optimiser", "lr", "schedule", "label_smoothing")
+                                                 if k in t}),
             phrase("epochs_images", epochs=t["epochs"], images=f"{t['train_images']:,}", jpeg=t.get("jpeg_fill")),
             f"{t['kept_epoch']} ({phrase('keep_rule', keep=t['keep'])})", f"{t['train_time_s'] / 60:.1f}"]
         row = [rec["label"], *how, with_interval(rec["clean"]), with_interval(rec["pgd"])]
@@ -135,6 +136,41 @@ def _target_lines(evaluation: dict) -> list[str]:
     return lines
 
 
+def _frontier(evaluation: dict) -> str:
+    """The ablation's measured frontier (:func:`repro.study.ablation.frontier`) in words: each model on it with its
+    clean and PGD accuracy and its number of updates, and how many of the ablation's models meet their target."""
+    models = evaluation["models"]
+    ids = frontier(evaluation)
+    if not ids:
+        return ""
+    studied = ablation_models(evaluation)
+    base = next(mid for mid in studied if models[mid].get("arm") is None)
+    meets = sum(target_verdict(models[mid]["clean"], models[mid]["pgd"],
+                               target=target_for(models[mid]["training"]))["overall"] == "meets" for mid in studied)
+    points = [{"label": models[mid]["arm"] or None, "clean": f"{100 * models[mid]['clean']['rate']:.1f} %",
+               "pgd": f"{100 * models[mid]['pgd']['rate']:.1f} %", "updates": f"{updates(models[mid]['training']):,}"}
+              for mid in ids]
+    return phrase("frontier", points=points, n=len(studied), meets=meets,
+                  base_updates=f"{updates(models[base]['training']):,}")
+
+
+def _early_stopping(evaluation: dict, result) -> str:
+    """What early stopping on the training curves' held-out PGD accuracy would have kept
+    (:func:`repro.study.ablation.early_stopping`), in words."""
+    rows = early_stopping(evaluation)
+    if not rows:
+        return ""
+    configs = [result.provenance.get("models", {}).get(r["model"], {}).get("config") or {} for r in rows]
+    sizes = {min(c["history_subset"], n - RECIPES[c["recipe"]["name"]].training_images(n))
+             for c in configs if c.get("history_subset") and c.get("recipe", {}).get("name") in RECIPES
+             for n in [c["train_images"]]}
+    arms = {mid: rec.get("arm") for mid, rec in evaluation["models"].items()}
+    other = [{"label": f"the arm “{arms[r['model']]}”" if arms.get(r["model"]) else r["label"], "best": r["best"], "kept": r["kept"], "best_pgd": f"{100 * r['best_pgd']:.1f} %",
+              "kept_pgd": f"{100 * r['kept_pgd']:.1f} %"} for r in rows if r["best"] != r["kept"]]
+    return phrase("early_stopping", n=len(rows), same=len(rows) - len(other), other=other,
+                  attack=validation_attack(result), images=f"{sizes.pop():,}" if len(sizes) == 1 else None)
+
+
 def _scratch_cost(evaluation: dict) -> str:
     """What DeepSec's own schedule for the dataset (its recipe's epochs, from scratch, on the training part of the
     full dataset) would cost here, from the measured epoch time of the first PAT model trained here."""
@@ -216,7 +252,8 @@ def training_page(found: dict, profile: str, figures_dir) -> str:
                 "jpeg_pgd": f"{100 * TARGET_WITH_JPEG['pgd']:.0f} %",
                 "anchor_clean": f"{100 * resnet20.clean:.2f} %", "anchor_pgd": f"{100 * resnet20.pgd:.2f} %",
                 "jpeg": any((rec["training"] or {}).get("jpeg_fill") for rec in ev["models"].values()),
-                "lines": _target_lines(ev)},
+                "lines": _target_lines(ev), "frontier": _frontier(ev),
+                "early_stopping": _early_stopping(ev, found[cid])},
             "split": None if not split else {
                 "model": split["model"], "held_out": with_interval(split["held_out"]),
                 "held_out_n": f"{split['held_out']['n']:,}", "trained_on": with_interval(split["trained_on"]),

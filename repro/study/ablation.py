@@ -8,6 +8,8 @@ the test images resolve. Computed from stored results only; no notebook imports 
 """
 from __future__ import annotations
 
+import math
+
 from ..metrics.uncertainty import mcnemar_exact
 from .roster import WIDTH_SUFFIX
 
@@ -87,3 +89,50 @@ def _paired(models: dict, mid: str, base_id: str, arm: str) -> dict:
                      "only_arm": test["only_a"], "only_base": test["only_b"], "p": test["p"],
                      "resolved": test["p"] < SIGNIFICANCE}
     return row
+
+
+def updates(training: dict) -> int:
+    """Optimiser steps of a model's training (a training record, ``extra["training"]["models"][id]["training"]``):
+    epochs × batches an epoch, the last batch of an epoch counted though smaller."""
+    return training["epochs"] * math.ceil(training["train_images"] / training["batch_size"])
+
+
+def ablation_models(evaluation: dict) -> list[str]:
+    """The ids of the ablation's models, in the evaluation's order: each model an arm varies, and its arms."""
+    models = evaluation["models"]
+    bases = {mid.rsplit(ARM_SUFFIX, 1)[0] for mid, rec in models.items() if rec.get("arm") is not None}
+    return [mid for mid, rec in models.items()
+            if mid in bases or (rec.get("arm") is not None and mid.rsplit(ARM_SUFFIX, 1)[0] in bases)]
+
+
+def frontier(evaluation: dict) -> list[str]:
+    """The ablation's measured frontier: of the model the arms vary and its arms, the ids of those that no other of
+    them matches or beats on both clean and PGD accuracy while beating it on one, most robust first (ties: the more
+    accurate first); ``[]`` without arms."""
+    models = evaluation["models"]
+    ids = ablation_models(evaluation)
+    point = {mid: (models[mid]["clean"]["rate"], models[mid]["pgd"]["rate"]) for mid in ids}
+
+    def beaten(mid: str) -> bool:
+        (c, r) = point[mid]
+        return any(c2 >= c and r2 >= r and (c2, r2) != (c, r) for other, (c2, r2) in point.items() if other != mid)
+
+    return sorted((mid for mid in ids if not beaten(mid)), key=lambda mid: (-point[mid][1], -point[mid][0]))
+
+
+def early_stopping(evaluation: dict) -> list[dict]:
+    """What early stopping on the held-out PGD accuracy of the training curves would have kept, per defended model
+    trained for more than one epoch, in the evaluation's order: ``{"model", "label", "epochs", "kept", "kept_pgd",
+    "best", "best_pgd"}``, ``best`` the epoch of the highest held-out PGD accuracy (later ties win, as the keep rules
+    do) and ``kept`` the epoch the model's own rule kept."""
+    out = []
+    for mid, rec in evaluation["models"].items():
+        t = rec.get("training")
+        if rec.get("role") != "defended" or not t or len(t["history"]) < 2 \
+                or any(h.get("pgd_acc") is None for h in t["history"]):
+            continue
+        by_epoch = {h["epoch"]: h["pgd_acc"] for h in t["history"]}
+        best = max(by_epoch, key=lambda e: (by_epoch[e], e))
+        out.append({"model": mid, "label": rec["label"], "epochs": len(by_epoch), "kept": t["kept_epoch"],
+                    "kept_pgd": by_epoch[t["kept_epoch"]], "best": best, "best_pgd": by_epoch[best]})
+    return out

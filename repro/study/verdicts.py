@@ -137,7 +137,8 @@ UNMEASURED_WHY[PARTIAL_DATA] = ("it needs the complete training set, which the e
 
 def recipe_words(name: str, recorded: dict | None = None) -> str:
     """A training recipe in words, without its identifier: DeepSec's or ours, the optimiser, the peak learning rate,
-    the schedule (a step schedule without decays is a constant rate) and whether it fine-tunes trained weights.
+    the schedule (a step schedule without decays is a constant rate), label smoothing where there is any, and whether
+    it fine-tunes trained weights.
 
     The values are ``recorded``'s (a trained model's stored recipe fields) where given, else today's
     :data:`repro.train.config.RECIPES` entry of that name; a name known to neither is returned as it is."""
@@ -151,8 +152,9 @@ def recipe_words(name: str, recorded: dict | None = None) -> str:
     whose = "DeepSec's" if name in DEEPSEC_RECIPE.values() else "ours"
     optimiser = {"sgd": "SGD", "adam": "Adam"}.get(values["optimiser"], values["optimiser"])
     constant = values["schedule"] == "step" and not values.get("lr_decays", True)
+    smoothing = values.get("label_smoothing") or 0
     return (f"{whose} ({optimiser}, lr {values['lr']:g}, {'constant' if constant else values['schedule']}"
-            f"{', fine-tuning' if values.get('fine_tune') else ''})")
+            f"{f', label smoothing {smoothing:g}' if smoothing else ''}{', fine-tuning' if values.get('fine_tune') else ''})")
 
 
 @dataclass(frozen=True)

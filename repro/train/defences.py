@@ -237,7 +237,9 @@ DEFENCES: dict[str, Defence] = {
 }
 
 
-def mean_cross_entropy(y: Tensor, per_rank: float) -> Callable[[Tensor], Tensor]:
+def mean_cross_entropy(y: Tensor, per_rank: float, *, label_smoothing: float = 0.0) -> Callable[[Tensor], Tensor]:
     """Cross-entropy summed over this rank's share of the batch and divided by global batch / world, so that DDP's
-    gradient average equals the one-process mean over the global batch."""
-    return lambda logits: F.cross_entropy(logits.float(), y, reduction="sum") / per_rank
+    gradient average equals the one-process mean over the global batch; against labels smoothed by
+    ``label_smoothing`` (the target puts 1 − s + s/C on the label and s/C on each other class)."""
+    return lambda logits: (F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=label_smoothing)
+                           / per_rank)

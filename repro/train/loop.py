@@ -146,7 +146,8 @@ def train(config: TrainConfig, *, out_dir: str | Path, initial_weights: dict | N
             x, y = data.x_train[order[share]], data.y_train[order[share]]
             if shifts is not None:
                 x = translate_flip(x, *(t[share] for t in shifts))
-            x, mean_ce = x.contiguous(memory_format=fmt), mean_cross_entropy(y, per_rank)
+            x = x.contiguous(memory_format=fmt)
+            mean_ce = mean_cross_entropy(y, per_rank, label_smoothing=recipe.label_smoothing)
             loss = step(net, model, optimiser, x, y, defence=defence, params=params, mean_ce=mean_ce,
                         autocast=autocast, generator=attack_gen, drawn=None if drawn is None else drawn[share],
                         progress=epoch + batch / steps_per_epoch,

@@ -92,6 +92,18 @@ def test_a_carry_allows_only_the_code_hash_the_renamed_start_and_new_fields():
     assert carry_mod.config_changes(old, gone, renamed={"k1": "k2"}) == ["defence_params.eps (removed)"]
 
 
+def test_a_carry_allows_a_field_todays_recipe_adds_but_no_changed_or_removed_one():
+    """Before: a recipe field added with its default (label smoothing 0) refused every published model."""
+    import dataclasses
+
+    stored = {"name": "pat_finetune_cifar10", **dataclasses.asdict(train_config.RECIPES["pat_finetune_cifar10"])}
+    del stored["label_smoothing"]  # as a model trained before the field existed stored it
+    assert carry_mod.recipe_changes(stored) == []
+    assert carry_mod.recipe_changes({**stored, "lr": 0.1}) == ["recipe.lr (0.1 → 0.05)"]
+    assert carry_mod.recipe_changes({**stored, "gone": 1}) == ["recipe.gone (removed)"]
+    assert carry_mod.recipe_changes({**stored, "name": "nope"}) == ["recipe 'nope' (not a recipe today)"]
+
+
 def test_a_carry_refuses_uncommitted_training_code(monkeypatch, capsys):
     """The carried keys must belong to a commit: an uncommitted edit to the training code is refused up front."""
     monkeypatch.setattr(carry_mod, "uncommitted_training_code", lambda root=None: ["repro/train/loop.py"])

@@ -392,6 +392,15 @@ def test_the_profiles_defence_parameters_reach_every_path_and_an_arm_or_an_expli
     arm_config = roster.model_config(spec, "quick", defence_epochs=5, defence_jpeg_fill=False, defence_params={},
                                      device="cpu")
     assert config_key(config_from_args(parse_args(argv))) == config_key(arm_config)
+    # the arms that change only the recipe (the optimiser, label smoothing) are reached by --recipe alone
+    own_training = get_profile("quick").defence.for_dataset("cifar10")
+    recipe_only = [m for m in arms if dataclasses.replace(get_profile("quick").defence.ablation[m.arm_index].training,
+                                                          recipe=own_training.recipe) == own_training]
+    assert len(recipe_only) == 2
+    for model in recipe_only:
+        recipe = get_profile("quick").defence.ablation[model.arm_index].training.recipe
+        argv = ["--dataset", "cifar10", "--defence", "pat", "--profile", "quick", "--device", "cpu", "--recipe", recipe]
+        assert config_key(config_from_args(parse_args(argv))) == config_key(training.model_config(model, ctx))
     (text,) = [d for d in plan.departures(col, "quick") if "eps_ramp" in d]
     assert "DeepSec" not in text  # the follow-up's columns have the ramp too, and neither paper has one
     assert "eps_ramp = 0.4" in text and not [d for d in plan.departures(col, "paper") if "eps_ramp" in d]

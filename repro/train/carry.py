@@ -10,8 +10,8 @@ This tool re-keys them instead, one by one, when all of this holds (else it refu
   effective configuration;
 * that configuration records the training code hash of the *old* tree (``--from``: a commit, checked out into a
   temporary git worktree), and today's tree has another one;
-* its recipe is today's recipe of that name, and the model it starts from, if trained here, is carried in the same
-  run;
+* its recipe is today's recipe of that name (today's may add fields: the probe trains with their values), and the
+  model it starts from, if trained here, is carried in the same run;
 * the new code gives its configuration the same effective values (:func:`config_changes`: only the code hash, the
   renamed key of the model it starts from, and fields the new code adds may differ), and its new key is the one the
   new code computes;
@@ -98,16 +98,31 @@ def config_changes(old: dict, new: dict, *, renamed: dict[str, str]) -> list[str
     """What differs between a stored effective configuration and the one the new code gives it, beyond what a carry
     allows: the code hash, the key of a model it starts from (``renamed``: old → new) and fields the new code adds
     (whose defaults the probe shows to train as before). Each entry names the field."""
-    def walk(a, b, where: str) -> list[str]:
-        if isinstance(a, dict) and isinstance(b, dict):
-            gone = [f"{where}{k} (removed)" for k in a if k not in b]
-            return gone + [x for k in a if k in b for x in walk(a[k], b[k], f"{where}{k}.")]
-        return [] if a == b else [where.rstrip(".") + f" ({a!r} → {b!r})"]
-
     expected = {**old, "code": new["code"]}
     if isinstance(old["init"], dict) and "trained" in old["init"]:
         expected["init"] = {"trained": renamed.get(old["init"]["trained"], old["init"]["trained"])}
-    return walk(json.loads(json.dumps(expected)), json.loads(json.dumps(new)), "")
+    return _differences(json.loads(json.dumps(expected)), json.loads(json.dumps(new)), "")
+
+
+def recipe_changes(stored: dict) -> list[str]:
+    """What differs between a stored recipe (its fields and ``name``) and today's recipe of that name, beyond fields
+    today's adds (whose values the probe trains with). Each entry names the field."""
+    from .config import RECIPES
+
+    recipe = dict(stored)
+    name = recipe.pop("name")
+    if name not in RECIPES:
+        return [f"recipe {name!r} (not a recipe today)"]
+    return _differences(json.loads(json.dumps(recipe)), json.loads(json.dumps(dataclasses.asdict(RECIPES[name]))),
+                        "recipe.")
+
+
+def _differences(a, b, where: str) -> list[str]:
+    """The fields of ``a`` that ``b`` removes or changes, recursively; fields only ``b`` has are not differences."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        gone = [f"{where}{k} (removed)" for k in a if k not in b]
+        return gone + [x for k in a if k in b for x in _differences(a[k], b[k], f"{where}{k}.")]
+    return [] if a == b else [where.rstrip(".") + f" ({a!r} → {b!r})"]
 
 
 def same_training(a: dict, b: dict) -> str | None:
@@ -162,8 +177,6 @@ def _key_spec(key: str, models: dict) -> dict:
 
 
 def _load_checked(path: Path, key: str, old_code: str) -> dict:
-    from .config import RECIPES
-
     expected = path.name.split(".")[1]
     if _io.sha256_file(path) != expected:
         raise CarryError(f"{path}: its sha256 is not the one its name records")
@@ -174,10 +187,10 @@ def _load_checked(path: Path, key: str, old_code: str) -> dict:
     if config.get("code") != old_code:
         raise CarryError(f"{path}: trained by training code {config.get('code')}, not by the old tree's "
                          f"({old_code}); retrain it")
-    recipe = dict(config["recipe"])
-    name = recipe.pop("name")
-    if name not in RECIPES or json.loads(json.dumps(dataclasses.asdict(RECIPES[name]))) != json.loads(json.dumps(recipe)):
-        raise CarryError(f"{path}: its recipe {name!r} is not today's recipe of that name; retrain it")
+    changed = recipe_changes(config["recipe"])
+    if changed:
+        raise CarryError(f"{path}: its recipe {config['recipe']['name']!r} is not today's recipe of that name "
+                         f"({'; '.join(changed)}); retrain it")
     return model
 
 

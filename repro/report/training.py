@@ -165,7 +165,8 @@ def _early_stopping(evaluation: dict, result) -> str:
              for c in configs if c.get("history_subset") and c.get("recipe", {}).get("name") in RECIPES
              for n in [c["train_images"]]}
     arms = {mid: rec.get("arm") for mid, rec in evaluation["models"].items()}
-    other = [{"label": f"the arm “{arms[r['model']]}”" if arms.get(r["model"]) else r["label"], "best": r["best"], "kept": r["kept"], "best_pgd": f"{100 * r['best_pgd']:.1f} %",
+    other = [{"label": f"the arm “{arms[r['model']]}”" if arms.get(r["model"]) else r["label"], "best": r["best"],
+              "kept": r["kept"], "best_pgd": f"{100 * r['best_pgd']:.1f} %",
               "kept_pgd": f"{100 * r['kept_pgd']:.1f} %"} for r in rows if r["best"] != r["kept"]]
     return phrase("early_stopping", n=len(rows), same=len(rows) - len(other), other=other,
                   attack=validation_attack(result), images=f"{sizes.pop():,}" if len(sizes) == 1 else None)

@@ -107,8 +107,8 @@ def ablation_models(evaluation: dict) -> list[str]:
 
 def frontier(evaluation: dict) -> list[str]:
     """The ablation's measured frontier: of the model the arms vary and its arms, the ids of those that no other of
-    them matches or beats on both clean and PGD accuracy while beating it on one, most robust first (ties: the more
-    accurate first); ``[]`` without arms."""
+    them dominates (at least as accurate both clean and under PGD, and more accurate on one), most robust first
+    (ties: the more accurate first); ``[]`` without arms."""
     models = evaluation["models"]
     ids = ablation_models(evaluation)
     point = {mid: (models[mid]["clean"]["rate"], models[mid]["pgd"]["rate"]) for mid in ids}

@@ -141,7 +141,8 @@ def evaluate(ctx: context.Context, x: Tensor, y: Tensor) -> dict:
             recipe = trained["config"]["recipe"]
             record = {"init": trained["config"]["init"], "recipe": recipe["name"], "optimiser": recipe["optimiser"],
                       "lr": recipe["lr"], "schedule": recipe["schedule"], "keep": recipe["keep"],
-                      "label_smoothing": recipe.get("label_smoothing", 0.0), "epochs": trained["config"]["epochs"], "batch_size": trained["config"]["batch_size"],
+                      "label_smoothing": recipe.get("label_smoothing", 0.0), "epochs": trained["config"]["epochs"],
+                      "batch_size": trained["config"]["batch_size"],
                       "train_images": _images(trained["history"]), "kept_epoch": trained["best_epoch"],
                       "train_time_s": trained["train_time_s"], "history": trained["history"],
                       "jpeg_fill": config.jpeg_fill,

@@ -253,12 +253,7 @@ def test_published_models_match_their_names_and_the_results_that_use_them(profil
 # Planned columns whose committed result is knowingly stale for the current code (or missing), each with the reason
 # it could not be recomputed; `make book` recomputes them. An entry must go as soon as its result is fresh (the test
 # below fails otherwise), and the book marks these columns as pending.
-PENDING: dict[tuple[str, str], str] = {
-    ("quick", "training_cifar10"): "the training ablation's two new arms (DeepSec's Adam; label smoothing 0.1, one "
-                                   "JPEG-filled epoch each) were still training when the session ended (over 60 CPU "
-                                   "minutes each beside the recompute on 2 cores); the committed result has the six "
-                                   "earlier arms",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 @pytest.mark.parametrize("profile", PROFILES)

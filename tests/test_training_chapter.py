@@ -268,7 +268,7 @@ def test_a_model_trained_on_the_jpeg_copies_is_judged_against_the_jpeg_target_an
 
     from repro.report import pages
     from repro.report.training import _rows, _target_lines
-    from repro.study.ablation import TARGET, TARGET_WITH_JPEG, target_for
+    from repro.study.ablation import TARGET, TARGET_WITH_JPEG, target_for, target_verdicts
 
     assert target_for({"jpeg_fill": True}) is TARGET_WITH_JPEG and target_for({"jpeg_fill": False}) is TARGET
     assert target_for({}) is TARGET  # records written before the option existed
@@ -282,16 +282,16 @@ def test_a_model_trained_on_the_jpeg_copies_is_judged_against_the_jpeg_target_an
     rec["clean"] = {"rate": 0.70, "low": 0.68, "high": 0.72, "n": 1017}
     rec["pgd"] = {"rate": 0.30, "low": 0.28, "high": 0.32, "n": 1017}
     rec["training"]["jpeg_fill"] = False
-    assert _target_lines(ev)[0].endswith("): meets it.")
+    assert _target_lines(ev, target_verdicts(ev))[0].endswith("): meets it.")
     rec["training"]["jpeg_fill"] = True
-    assert _target_lines(ev)[0].endswith("): misses it (the target with the JPEG copies added).")
+    assert _target_lines(ev, target_verdicts(ev))[0].endswith("): misses it (the target with the JPEG copies added).")
     assert "(JPEG copies included)" in _rows(ev)[0][3]
 
 
 def test_the_ablations_frontier_keeps_the_models_no_other_beats_on_both_axes():
     """Hand-made points (clean, PGD): a (0.70, 0.15), b (0.54, 0.26), c (0.68, 0.17), d (0.63, 0.10) beaten by a and
     c, e (0.70, 0.15) equal to a (neither beats the other); the raw model and a width rung are not the ablation's."""
-    from repro.study.ablation import ablation_models, frontier, updates
+    from repro.study.ablation import ablation_base, ablation_models, frontier, updates
 
     def rec(clean, pgd, arm=None):
         return {"label": "m", "arm": arm, "clean": {"rate": clean}, "pgd": {"rate": pgd}}
@@ -300,10 +300,15 @@ def test_the_ablations_frontier_keeps_the_models_no_other_beats_on_both_axes():
                              "pat_arm0": rec(0.70, 0.15, "a"), "pat_arm1": rec(0.54, 0.26, "b"),
                              "pat_arm2": rec(0.68, 0.17, "c"), "pat_arm3": rec(0.70, 0.15, "e")}}
     assert ablation_models(evaluation) == ["pat", "pat_arm0", "pat_arm1", "pat_arm2", "pat_arm3"]
+    assert ablation_base(evaluation) == "pat"
     assert frontier(evaluation) == ["pat_arm1", "pat_arm2", "pat_arm0", "pat_arm3"]
     evaluation["models"]["pat_arm4"] = rec(0.70, 0.16, "f")  # now beats a and e: equal clean, more robust
     assert frontier(evaluation) == ["pat_arm1", "pat_arm2", "pat_arm4"]
     assert frontier({"models": {"raw": rec(0.9, 0.0), "pat": rec(0.5, 0.2)}}) == []
+    assert ablation_base({"models": {"raw": rec(0.9, 0.0), "pat": rec(0.5, 0.2)}}) is None
+    with pytest.raises(ValueError, match="vary 2 models"):  # one ablation, of one model
+        ablation_base({"models": {"pat": rec(0.5, 0.2), "pat_arm0": rec(0.6, 0.2, "a"), "nat": rec(0.9, 0.0),
+                                  "nat_arm0": rec(0.8, 0.1, "b")}})
     # 7,294 images at batch 128: 56 full batches and one of 126, 57 updates an epoch
     assert updates({"epochs": 15, "train_images": 7294, "batch_size": 128}) == 855
 
@@ -326,15 +331,19 @@ def test_early_stopping_on_held_out_pgd_names_the_epoch_it_would_keep():
 def test_the_chapter_words_the_frontier_and_early_stopping_from_the_committed_results():
     """The quick training chapter's two sentences, checked against the column's own numbers."""
     from repro.report.training import _early_stopping, _frontier
+    from repro.study.ablation import ablation_models
     from repro.results import load
-    from repro.study.ablation import early_stopping, frontier
+    from repro.study.ablation import early_stopping, frontier, target_verdicts
 
     path = repo_root() / "results" / "quick" / "training_cifar10.json"
     if not path.exists():
         pytest.skip(f"no committed quick training result at {path}")
     result = load(path)
     ev = result.extra["training"]
-    text = _frontier(ev)
+    verdicts = target_verdicts(ev)
+    text = _frontier(ev, verdicts)
+    meets = sum(verdicts[mid]["overall"] == "meets" for mid in ablation_models(ev))
+    assert text.startswith(f"{meets or 'None'} of the {len(ablation_models(ev))} models of the ablation")
     for mid in frontier(ev):
         rec = ev["models"][mid]
         assert f"{100 * rec['clean']['rate']:.1f} % clean and {100 * rec['pgd']['rate']:.1f} % under PGD" in text

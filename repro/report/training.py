@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 
 from ..data import FULL_SIZES
 from ..models import DEEPSEC_CHECKPOINTS
-from ..study.ablation import (ARM_SUFFIX, SIGNIFICANCE as ABLATION_SIGNIFICANCE, TARGET, TARGET_WITH_JPEG,
-                              ablation_models, early_stopping, frontier, target_for, target_verdict, updates)
+from ..study.ablation import (SIGNIFICANCE as ABLATION_SIGNIFICANCE, TARGET, TARGET_WITH_JPEG, ablation_base,
+                              ablation_models, early_stopping, frontier, target_verdicts, updates)
 from ..study.plan import COLUMNS
 from ..study.profiles import get_profile
 from ..study.verdicts import recipe_words
@@ -121,37 +121,33 @@ def curves_figure(evaluation: dict, *, title: str = "", pgd: str = "PGD"):
     return fig
 
 
-def _target_lines(evaluation: dict) -> list[str]:
-    """Whether each adversarially trained CIFAR-10 model meets the study's target
-    (:func:`repro.study.ablation.target_verdict`)."""
+def _target_lines(evaluation: dict, verdicts: dict) -> list[str]:
+    """Whether each adversarially trained CIFAR-10 model meets the study's target, from its ``verdicts``
+    (:func:`repro.study.ablation.target_verdicts`)."""
     lines = []
-    for rec in evaluation["models"].values():
-        if rec["role"] != "defended" or rec["training"] is None:
-            continue
-        clean, pgd = rec["clean"], rec["pgd"]
-        verdict = target_verdict(clean, pgd, target=target_for(rec["training"]))
-        lines.append(phrase("target_line", label=rec["label"], clean=with_interval(clean), clean_verdict=verdict["clean"],
-                            pgd=with_interval(pgd), pgd_verdict=verdict["pgd"], overall=verdict["overall"],
-                            jpeg=bool(rec["training"].get("jpeg_fill"))))
+    for mid, verdict in verdicts.items():
+        rec = evaluation["models"][mid]
+        lines.append(phrase("target_line", label=rec["label"], clean=with_interval(rec["clean"]),
+                            clean_verdict=verdict["clean"], pgd=with_interval(rec["pgd"]), pgd_verdict=verdict["pgd"],
+                            overall=verdict["overall"], jpeg=bool(rec["training"].get("jpeg_fill"))))
     return lines
 
 
-def _frontier(evaluation: dict) -> str:
+def _frontier(evaluation: dict, verdicts: dict) -> str:
     """The ablation's measured frontier (:func:`repro.study.ablation.frontier`) in words: each model on it with its
-    clean and PGD accuracy and its number of updates, and how many of the ablation's models meet their target."""
+    clean and PGD accuracy and its number of updates, and how many of the ablation's models meet their target (from
+    ``verdicts``, :func:`repro.study.ablation.target_verdicts`)."""
     models = evaluation["models"]
     ids = frontier(evaluation)
     if not ids:
         return ""
     studied = ablation_models(evaluation)
-    base = next(mid for mid in studied if models[mid].get("arm") is None)
-    meets = sum(target_verdict(models[mid]["clean"], models[mid]["pgd"],
-                               target=target_for(models[mid]["training"]))["overall"] == "meets" for mid in studied)
+    meets = sum(verdicts[mid]["overall"] == "meets" for mid in studied)
     points = [{"label": models[mid]["arm"] or None, "clean": f"{100 * models[mid]['clean']['rate']:.1f} %",
                "pgd": f"{100 * models[mid]['pgd']['rate']:.1f} %", "updates": f"{updates(models[mid]['training']):,}"}
               for mid in ids]
     return phrase("frontier", points=points, n=len(studied), meets=meets,
-                  base_updates=f"{updates(models[base]['training']):,}")
+                  base_updates=f"{updates(models[ablation_base(evaluation)]['training']):,}")
 
 
 def _early_stopping(evaluation: dict, result) -> str:
@@ -213,11 +209,11 @@ def _paired_rows(evaluation: dict, *, widths: bool = False) -> list[dict]:
 def _base_recipe(ev: dict, result) -> str | None:
     """How the model the ablation arms vary (the profile's own) was trained, in words, from its training record and
     configuration; ``None`` without arms."""
-    bases = sorted({mid.rsplit(ARM_SUFFIX, 1)[0] for mid, rec in ev["models"].items() if rec.get("arm")})
-    if not bases:
+    base = ablation_base(ev)
+    if base is None:
         return None
-    record = ev["models"][bases[0]]["training"] or {}
-    params = result.provenance.get("models", {}).get(bases[0], {}).get("config", {}).get("defence_params") or {}
+    record = ev["models"][base]["training"] or {}
+    params = result.provenance.get("models", {}).get(base, {}).get("config", {}).get("defence_params") or {}
     images = record.get("train_images")
     return phrase("pat_recipe", epochs=record.get("epochs"), jpeg=record.get("jpeg_fill", False),
                   images=f"{images:,}" if images else "its", ramp=params.get("eps_ramp"))
@@ -237,6 +233,7 @@ def training_page(found: dict, profile: str, figures_dir) -> str:
     for cid, ev in evaluations.items():
         threat, dataset = ev["threat_model"], ev["dataset"]
         split = ev.get("deepsec_split")
+        verdicts = target_verdicts(ev)
         name = f"training_curves_{cid}.png"
         fig = curves_figure(ev, title=phrase("curves_title", dataset=DATASET_LABELS.get(dataset, dataset)),
                             pgd=validation_attack(found[cid]))
@@ -253,7 +250,7 @@ def training_page(found: dict, profile: str, figures_dir) -> str:
                 "jpeg_pgd": f"{100 * TARGET_WITH_JPEG['pgd']:.0f} %",
                 "anchor_clean": f"{100 * resnet20.clean:.2f} %", "anchor_pgd": f"{100 * resnet20.pgd:.2f} %",
                 "jpeg": any((rec["training"] or {}).get("jpeg_fill") for rec in ev["models"].values()),
-                "lines": _target_lines(ev), "frontier": _frontier(ev),
+                "lines": _target_lines(ev, verdicts), "frontier": _frontier(ev, verdicts),
                 "early_stopping": _early_stopping(ev, found[cid])},
             "split": None if not split else {
                 "model": split["model"], "held_out": with_interval(split["held_out"]),

@@ -97,12 +97,32 @@ def updates(training: dict) -> int:
     return training["epochs"] * math.ceil(training["train_images"] / training["batch_size"])
 
 
+def ablation_base(evaluation: dict) -> str | None:
+    """The id of the model the ablation's arms vary (the profile's own defended model: each arm's id is its id with
+    ``_arm<i>``); ``None`` without arms.
+
+    Raises:
+        ValueError: arms that vary different models.
+    """
+    bases = {mid.rsplit(ARM_SUFFIX, 1)[0] for mid, rec in evaluation["models"].items() if rec.get("arm") is not None}
+    if len(bases) > 1:
+        raise ValueError(f"ablation arms vary {len(bases)} models ({', '.join(sorted(bases))}); one is allowed")
+    return bases.pop() if bases else None
+
+
 def ablation_models(evaluation: dict) -> list[str]:
-    """The ids of the ablation's models, in the evaluation's order: each model an arm varies, and its arms."""
-    models = evaluation["models"]
-    bases = {mid.rsplit(ARM_SUFFIX, 1)[0] for mid, rec in models.items() if rec.get("arm") is not None}
-    return [mid for mid, rec in models.items()
-            if mid in bases or (rec.get("arm") is not None and mid.rsplit(ARM_SUFFIX, 1)[0] in bases)]
+    """The ids of the ablation's models, in the evaluation's order: the model the arms vary, and its arms."""
+    base = ablation_base(evaluation)
+    return [mid for mid, rec in evaluation["models"].items()
+            if base is not None and (mid == base or (rec.get("arm") is not None
+                                                     and mid.rsplit(ARM_SUFFIX, 1)[0] == base))]
+
+
+def target_verdicts(evaluation: dict) -> dict[str, dict[str, str]]:
+    """:func:`target_verdict` for every defended model trained here, by id in the evaluation's order, each against
+    its own target (:func:`target_for`)."""
+    return {mid: target_verdict(rec["clean"], rec["pgd"], target=target_for(rec["training"]))
+            for mid, rec in evaluation["models"].items() if rec.get("role") == "defended" and rec.get("training")}
 
 
 def frontier(evaluation: dict) -> list[str]:

@@ -253,11 +253,7 @@ def test_published_models_match_their_names_and_the_results_that_use_them(profil
 # Planned columns whose committed result is knowingly stale for the current code (or missing), each with the reason
 # it could not be recomputed; `make book` recomputes them. An entry must go as soon as its result is fresh (the test
 # below fails otherwise), and the book marks these columns as pending.
-PENDING: dict[tuple[str, str], str] = {
-    ("quick", "training_cifar10"): "the training ablation's data-matched reference (PAT from scratch on the exact "
-                                   "images plus the JPEG copies, 2 epochs) is still training (over 45 CPU minutes an "
-                                   "epoch on one core); the committed result has the eight earlier arms",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 @pytest.mark.parametrize("profile", PROFILES)

@@ -176,7 +176,8 @@ def test_a_stale_result_is_marked_pending_on_the_landing_page_and_in_its_chapter
     assert book.stale_columns("smoke", found) == []  # the committed smoke results are up to date
     assert "Pending" not in book.glance("smoke", found)
     found["security_mnist"].fingerprint = "computed by other code"
-    assert "**Pending**: 1 of these results was computed with other code or parameters than the current plan and is shown as it is until" in book.glance("smoke", found)
+    assert ("**Pending**: 1 of these results was computed with other code or parameters than the current plan and "
+            "is shown as it is until") in book.glance("smoke", found)
     found["pgd_resnet20"].fingerprint = "computed by other code"
     assert book.stale_columns("smoke", found) == ["pgd_resnet20", "security_mnist"]
     assert "**Pending**: 2 of these results were computed with other code" in book.glance("smoke", found)

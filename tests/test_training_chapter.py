@@ -284,7 +284,8 @@ def test_a_model_trained_on_the_jpeg_copies_is_judged_against_the_jpeg_target_an
     rec["training"]["jpeg_fill"] = False
     assert _target_lines(ev, target_verdicts(ev))[0].endswith("): meets it.")
     rec["training"]["jpeg_fill"] = True
-    assert _target_lines(ev, target_verdicts(ev))[0].endswith("): misses it (the target with the JPEG copies added).")
+    assert _target_lines(ev, target_verdicts(ev))[0].endswith(
+        "): misses it (the target with the JPEG copies added).")
     assert "(JPEG copies included)" in _rows(ev)[0][3]
 
 
@@ -331,9 +332,8 @@ def test_early_stopping_on_held_out_pgd_names_the_epoch_it_would_keep():
 def test_the_chapter_words_the_frontier_and_early_stopping_from_the_committed_results():
     """The quick training chapter's two sentences, checked against the column's own numbers."""
     from repro.report.training import _early_stopping, _frontier
-    from repro.study.ablation import ablation_models
     from repro.results import load
-    from repro.study.ablation import early_stopping, frontier, target_verdicts
+    from repro.study.ablation import ablation_models, early_stopping, frontier, target_verdicts
 
     path = repo_root() / "results" / "quick" / "training_cifar10.json"
     if not path.exists():

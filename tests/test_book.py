@@ -427,7 +427,8 @@ def test_what_we_found_is_generated_from_the_data_and_changes_with_it():
                            "measured": False, "why": "it needs the paper's run"}]}
     model = {"label": "m", "rate": 0.1, "low": 0.05, "high": 0.2, "n": 200}
     robust = {"lowest": model, "highest": {**model, "label": "w", "rate": 0.4, "low": 0.3, "high": 0.5},
-              "n": "200", "anchor": {"model": "RobustBench's ResNet-20", "autoattack": 0.35}, "below": False}
+              "arm": None, "n": "200", "anchor": {"model": "RobustBench's ResNet-20", "autoattack": 0.35},
+              "below": False}
     eps8 = Decision("eps8_is_madry", Status.REFUTED, "linf_beyond_madry", {"ours": 0.975, "ratio": 31.1})
     context = dict(profile="quick", tables={"1": table, "2": {**table, "unmeasured_only": 0}}, eps8=eps8,
                    claims={"confirmed": ["nat_increases_accuracy"], "refuted": ["eps8_is_madry"], "inconclusive": [],
@@ -447,6 +448,10 @@ def test_what_we_found_is_generated_from_the_data_and_changes_with_it():
     assert "confirmed: NAT increases accuracy; refuted: \"ε = 8\" is Madry et al.'s budget." in lines[3]
     assert lines[4].startswith("5. **How robust the PAT models are**") and "below" not in lines[4]
     assert "weakly robust" in render("glance_found.md.j2", **{**context, "robust": {**robust, "below": True}})
+    assert "ablation" not in lines[4]  # no arm more robust than the study's models: none named
+    arm = {**model, "label": "arm 8", "rate": 0.45, "low": 0.38, "high": 0.52}
+    with_arm = render("glance_found.md.j2", **{**context, "robust": {**robust, "arm": arm}})
+    assert "reaches 45.0 % [38.0 %, 52.0 %] for the training ablation's most robust model (arm 8)" in with_arm
     within = render("glance_found.md.j2", **{**context, "eps8": Decision("eps8_is_madry", Status.UNTESTED,
                                                                          "linf_within_madry", {"ours": 0.03})})
     assert "stays within Madry" in within and "not Madry" not in within

@@ -140,6 +140,44 @@ def test_evaluate_and_the_chapter_on_tiny_models(tmp_path):
             paired_test(*bad)
 
 
+def test_ablation_arms_are_attacked_and_checked_for_masking_but_left_out_of_the_transfer_comparison(tmp_path,
+                                                                                                       monkeypatch):
+    """The profile's ablation arms are defended models of the security evaluation (worst case, masking checks)
+    without a transfer source; the landing page's and the follow-up's model lists keep the study's own models."""
+    from repro.report import security as report
+
+    cell = {**_parameters_cell("security.ipynb"), "device": "cpu", "profile": "smoke", "dataset": "mnist",
+            "column": "security_mnist", "results_dir": str(tmp_path)}
+    ctx = study.Context(kind="security", name="security", params=security.resolve(**cell),
+                        profile=get_profile("smoke"), device=torch.device("cpu"), started=0.0)
+    nat = next(s for s in roster.SECURITY_MODELS["mnist"] if s.role == "defended")
+    arm = roster.TrainedModel(roster.EvaluatedModel("nat_mnist_arm0", "MNIST ConvNet, NAT, ablation arm 0: x",
+                                                    nat.column, "defended"), arm="x", arm_index=0)
+    monkeypatch.setattr(security, "attacked_models",
+                        lambda dataset, profile: tuple(roster.TrainedModel(s) for s in roster.SECURITY_MODELS[dataset])
+                        + (arm,))
+    torch.manual_seed(0)
+    models = {mid: nn.Sequential(nn.Flatten(), nn.Linear(784, CLASSES)).eval()
+              for mid in ("raw_mnist", "nat_mnist", "nat_mnist_arm0")}
+    x = torch.rand(6, 1, 28, 28)
+    y = torch.arange(6) % CLASSES
+    found = security.evaluate(ctx, models, x, y)
+    assert set(found["transfer"]) == {"nat_mnist"} and set(found["masking"]) == {"nat_mnist", "nat_mnist_arm0"}
+    assert found["models"]["nat_mnist_arm0"]["arm"] == "x" and found["models"]["nat_mnist"]["arm"] is None
+    assert set(security.study_models(found)) == {"raw_mnist", "nat_mnist"}
+    assert "nat_mnist_arm0/robust" in security.headline_metrics(found)
+    fig = report.masking_figure(found)
+    labels = fig.axes[1].get_legend_handles_labels()[1]
+    assert labels == ["MNIST ConvNet, NAT", "the training ablation's 1 arm (named in the table)"]
+    result = results.Result(column="security_mnist", kind="security", notebook="security.ipynb", profile="smoke",
+                            parameters=ctx.params, metrics=security.headline_metrics(found), extra={"security": found})
+    page = report.security_page({"security_mnist": result}, "smoke", tmp_path / "figures")
+    assert "The 1 arm of the training ablation" in page
+    assert "| MNIST ConvNet, NAT, ablation arm 0: x |" in page.split("## Gradient-masking checks")[1]
+    transfer = page.split("## Gradient-masking checks")[0].split("DeepSec's transfer")[-1]
+    assert "ablation arm 0" not in transfer
+
+
 def test_the_chapter_claims_autoattacks_square_check_only_where_it_can_fire():
     """Before: "Square beating the gradient attacks raised no warning" was printed for a subset without Square."""
     from repro.report import security as page

@@ -31,6 +31,25 @@ def test_quick_cifar10_models_are_the_security_models_then_the_ablation_arms():
     assert all(m.spec.column == "pat_resnet20" for m in arms)
 
 
+def test_the_security_evaluation_attacks_the_ablation_arms_after_the_studys_models():
+    """Before: the arms were trained and PGD-tested but never attacked with restarts and AutoAttack, and their labels
+    called the from-scratch arms "(DeepSec)"."""
+    prof = get_profile("quick")
+    attacked = roster.attacked_models("cifar10", prof)
+    arms = roster.ablation_models("cifar10", prof)
+    assert [m.spec for m in attacked] == [*roster.evaluated_models("cifar10", prof), *(m.spec for m in arms)]
+    assert [m.arm_index for m in arms] == list(range(len(prof.defence.ablation)))
+    for m in arms:
+        assert m.spec.id == f"pat_resnet20{roster.ARM_SUFFIX}{m.arm_index}" and m.spec.transfer_from is None
+        assert m.spec.label == f"ResNet-20, PAT ε = 8/255, ablation arm {m.arm_index}: {m.arm}"
+    assert roster.ablation_models("mnist", prof) == () and not get_profile("paper").defence.ablation
+    spec = arms[0].spec
+    with pytest.raises(ValueError, match=r"arm must index the quick profile's ablation \(0 to 8\), got 9"):
+        roster.model_config(spec, prof, arm=len(prof.defence.ablation))
+    with pytest.raises(ValueError, match="ablation arm 0 fixes its own training; got defence_epochs"):
+        roster.model_config(spec, prof, arm=0, defence_epochs=3)
+
+
 def test_mnist_models_include_the_nat_seed_replicates_where_the_profile_runs_them():
     # quick trains NAT by DeepSec's full recipe (about an hour a seed on one core): seed 100 only
     assert [m.spec.id for m in training.trained_models("mnist", "quick")] == ["raw_mnist", "nat_mnist"]

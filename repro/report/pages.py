@@ -21,7 +21,7 @@ from ..study.profiles import get_profile, learning_rate_after
 from ..study.models import ModelSource
 from ..study import verdicts
 from ..study.claims import Status, scorecard
-from ..study.security import threat_model
+from ..study.security import study_models, threat_model
 from .security import masking_summary
 from ..train.config import DEEPSEC_RECIPE, RECIPES
 from ..study.lookup import column_running, columns_running
@@ -818,7 +818,7 @@ def glance(profile: str, found: dict) -> str:
                  f"ε = {eps_text(sec['threat_model']['eps'])}", masking_summary(sec.get("masking", {}).get(mid))]
                 for col in columns_for(profile) if col.table == "security" and col.id in found
                 for sec in [found[col.id].extra["security"]]
-                for mid, rec in sec["models"].items() if rec["role"] == "defended"]
+                for mid, rec in study_models(sec).items() if rec["role"] == "defended"]
     data = {}
     for r in found.values():
         data.update(r.provenance.get("data", {}).get("datasets", {}))
@@ -848,21 +848,26 @@ ROBUSTNESS_ANCHOR = "robustbench_jang_resnet20"
 
 def _pat_robustness(profile: str, found: dict) -> dict | None:
     """The lowest and highest white-box worst-case robust accuracy of the CIFAR-10 defended models of the security
-    columns, with their n and whether every upper bound lies below :data:`ROBUSTNESS_ANCHOR`'s AutoAttack accuracy
-    (``None`` without a CIFAR-10 security result)."""
+    columns (the study's models), the highest of the training ablation's arms where it is higher still (``arm``,
+    else ``None``), their n, and whether every upper bound lies below :data:`ROBUSTNESS_ANCHOR`'s AutoAttack
+    accuracy (``None`` without a CIFAR-10 security result)."""
     from ..study.plan import anchor
 
-    models = [{"label": rec["label"], **rec["robust"]}
-              for col in columns_for(profile) if col.table == "security" and col.id in found
-              for sec in [found[col.id].extra["security"]] if sec.get("dataset") == "cifar10"
-              for rec in sec["models"].values() if rec["role"] == "defended"]
+    evaluations = [found[col.id].extra["security"] for col in columns_for(profile)
+                   if col.table == "security" and col.id in found]
+    every = [(mid in study_models(sec), {"label": rec["label"], **rec["robust"]}) for sec in evaluations
+             if sec.get("dataset") == "cifar10" for mid, rec in sec["models"].items() if rec["role"] == "defended"]
+    models = [m for own, m in every if own]
     if not models:
         return None
     ref = anchor(ROBUSTNESS_ANCHOR)
-    ns = sorted({m["n"] for m in models})
-    return {"lowest": min(models, key=lambda m: m["rate"]), "highest": max(models, key=lambda m: m["rate"]),
+    highest = max(models, key=lambda m: m["rate"])
+    arm = max((m for own, m in every if not own), key=lambda m: m["rate"], default=None)
+    ns = sorted({m["n"] for _, m in every})
+    return {"lowest": min(models, key=lambda m: m["rate"]), "highest": highest,
+            "arm": arm if arm is not None and arm["rate"] > highest["rate"] else None,
             "n": " / ".join(f"{n:,}" for n in ns), "anchor": {"model": ref.model, "autoattack": ref.autoattack},
-            "below": all(m["high"] < ref.autoattack for m in models)}
+            "below": all(m["high"] < ref.autoattack for _, m in every)}
 
 
 def notebook_figure(notebook: Path, call: str) -> bytes | None:

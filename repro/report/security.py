@@ -28,7 +28,7 @@ ACCURACIES = (("clean", "clean"), ("pgd", "PGD"), ("pgd_deepsec_eps", "PGD at De
 TRANSFER_LABELS = {"fgsm": "FGSM", "pgd": "PGD", "cw2": "CW2"}
 
 
-def _security(found: dict) -> dict[str, dict]:
+def security_evaluations(found: dict) -> dict[str, dict]:
     """Column id → its ``extra["security"]``, for the security columns that have a result, in plan order."""
     return {cid: r.extra["security"] for cid, r in found.items()
             if cid in COLUMNS and COLUMNS[cid].table == "security" and "security" in r.extra}
@@ -172,11 +172,18 @@ def transfer_figure(evaluations: dict | list, *, title: str = ""):
 def masking_figure(evaluation: dict, *, title: str = ""):
     """Accuracy versus PGD steps and versus ε for every defended model of one column (the masking checks)."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7.8, 3.4))
+    study = sec.study_models(evaluation)
+    arms = 0
     for mid, check in evaluation["masking"].items():
-        label = evaluation["models"][mid]["label"]
-        ax1.plot([r["steps"] for r in check["steps"]], [100 * r["rate"] for r in check["steps"]], marker="o",
-                 label=label)
-        ax2.plot([r["eps"] for r in check["eps"]], [100 * r["rate"] for r in check["eps"]], marker="o", label=label)
+        # The study's models in colour; the ablation's arms as thin grey lines under one legend entry (the masking
+        # table names each).
+        style = (dict(marker="o", label=evaluation["models"][mid]["label"]) if mid in study else
+                 dict(color="0.6", lw=0.8, marker=".", zorder=0,
+                      label=phrase("ablation_arms_legend", n=len(evaluation["masking"]) - sum(
+                          m in study for m in evaluation["masking"])) if not arms else None))
+        arms += mid not in study
+        ax1.plot([r["steps"] for r in check["steps"]], [100 * r["rate"] for r in check["steps"]], **style)
+        ax2.plot([r["eps"] for r in check["eps"]], [100 * r["rate"] for r in check["eps"]], **style)
     steps = [r["steps"] for r in next(iter(evaluation["masking"].values()), {"steps": []})["steps"]]
     for ax, values, labels in ((ax1, steps, [str(v) for v in steps]),
                                (ax2, evaluation["masking_eps"], [eps_text(e) for e in evaluation["masking_eps"]])):
@@ -272,7 +279,8 @@ def _followup_section(evaluations: dict[str, dict]) -> list[str]:
     ours = [] if cifar is None else [
         phrase("pat_model_rates", label=rec["label"], clean=with_interval(rec["clean"]),
                robust=with_interval(rec["robust"]), n=rec["robust"]["n"])
-        for rec in cifar["models"].values() if rec["role"] == "defended" and COLUMNS[rec["column"]].defence == "pat"]
+        for rec in sec.study_models(cifar).values()
+        if rec["role"] == "defended" and COLUMNS[rec["column"]].defence == "pat"]
     return [render("security_followup.md.j2", published=pct(None if published is None else published.value, 2),
                    cited={"standard": pct(anchor("followup_cites_madry_standard").pgd),
                           "wide": pct(anchor("followup_cites_madry_wide").pgd, 0)},
@@ -292,12 +300,13 @@ def security_page(found: dict, profile: str, figures_dir) -> str:
         The page's Markdown; a short "not computed" page when no security column has a result.
     """
     figures_dir = Path(figures_dir)
-    evaluations = _security(found)
+    evaluations = security_evaluations(found)
     if not evaluations:
         return phrase("not_computed_chapter", chapter="security", profile=profile) + "\n"
     first = next(iter(found[cid] for cid in evaluations))
     parts = [render("security_intro.md.j2", profile=profile, description=get_profile(profile).description,
                     restarts=first.parameters["pgd_restarts"],
+                    arms=sum(len(ev["models"]) - len(sec.study_models(ev)) for ev in evaluations.values()),
                     evaluations=[{"dataset": DATASET_LABELS.get(ev["dataset"], ev["dataset"]),
                                   "eps": eps_text(ev["threat_model"]["eps"]),
                                   "step": eps_text(ev["threat_model"]["step_size"])} for ev in evaluations.values()])]

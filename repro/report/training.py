@@ -206,6 +206,31 @@ def _paired_rows(evaluation: dict, *, widths: bool = False) -> list[dict]:
     return rows
 
 
+def _worst_case(evaluation: dict, found: dict) -> dict | None:
+    """The ablation's models (the model the arms vary, then its arms) as the security chapter attacked them, beside
+    this column's single-start PGD: per model its arm (``None``: the profile's recipe), PGD here, the worst case
+    over PGD with restarts and AutoAttack and the masking checks' verdict there (:data:`NOT_COMPUTED` for a model
+    the security result lacks); with that evaluation's restarts and n. ``None`` without arms or without a
+    security result for the dataset."""
+    from .security import masking_summary, security_evaluations
+
+    ids = ablation_models(evaluation)
+    found_sec = [(cid, ev) for cid, ev in security_evaluations(found).items()
+                 if ev["dataset"] == evaluation["dataset"]]
+    if not ids or not found_sec:
+        return None
+    cid, sec = found_sec[0]
+    rows = []
+    for mid in ids:
+        rec, attacked = evaluation["models"][mid], sec["models"].get(mid)
+        rows.append({"arm": rec["arm"], "pgd": with_interval(rec["pgd"]), "pgd_n": f"{rec['pgd']['n']:,}",
+                     "robust": NOT_COMPUTED if attacked is None else with_interval(attacked["robust"]),
+                     "robust_n": NOT_COMPUTED if attacked is None else f"{attacked['robust']['n']:,}",
+                     "masking": masking_summary(sec["masking"].get(mid))})
+    return {"rows": rows, "column": cid, "restarts": found[cid].parameters["pgd_restarts"],
+            "missing": sum(mid not in sec["models"] for mid in ids)}
+
+
 def _base_recipe(ev: dict, result) -> str | None:
     """How the model the ablation arms vary (the profile's own) was trained, in words, from its training record and
     configuration; ``None`` without arms."""
@@ -244,6 +269,7 @@ def training_page(found: dict, profile: str, figures_dir) -> str:
             "threat": {"eps": eps_text(threat["eps"]), "step": eps_text(threat["step_size"]), "steps": threat["steps"]},
             "ablation": any(rec["arm"] for rec in ev["models"].values()), "recipe": _base_recipe(ev, found[cid]),
             "paired": _paired_rows(ev), "widths": _paired_rows(ev, widths=True), "alpha": ABLATION_SIGNIFICANCE,
+            "worst": _worst_case(ev, found),
             "target": None if dataset != "cifar10" else {
                 "clean": f"{100 * TARGET['clean']:.0f} %", "pgd": f"{100 * TARGET['pgd']:.0f} %",
                 "jpeg_clean": f"{100 * TARGET_WITH_JPEG['clean']:.0f} %",

@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 
 from ..metrics.uncertainty import mcnemar_exact
-from .roster import WIDTH_SUFFIX
+from .roster import ARM_SUFFIX, WIDTH_SUFFIX
 
 SIGNIFICANCE = 0.05  # two-sided level at which the chapter calls a paired difference resolved
-ARM_SUFFIX = "_arm"
 # The study's target for the adversarially trained CIFAR-10 ResNet-20 (PAT ε = 8/255), on the exact test images,
 # trained on the exact training images alone (for scale, RobustBench's ResNet-20 entry, trained on all 50,000 images:
 # repro/study/published/anchors.csv); with the JPEG-decoded rest of the training set added, TARGET_WITH_JPEG.

@@ -229,7 +229,8 @@ def _pat_drop(v: View) -> Decision:
     sec = next((c for c in v.columns if c.table == "security" and c.parameters.get("dataset") == "cifar10"
                 and c.id in v.found), None)
     models = {} if sec is None else v.found[sec.id].extra.get("security", {}).get("models", {})
-    ours = next((m for m in models.values() if m.get("column") == col.id and m.get("role") == "defended"), None)
+    ours = next((m for m in models.values() if m.get("column") == col.id and m.get("role") == "defended"
+                 and m.get("arm") is None), None)  # the column's own model, not an ablation arm of it
     if ours is not None:
         numbers["ours"] = {"clean": ours["clean"], "robust": ours["robust"]}
     if r["followup"] is None:
@@ -251,7 +252,7 @@ def _wider(v: View) -> Decision:
                 and c.id in v.found), None)
     if sec is None:
         return _missing("wider_is_more_robust", "the CIFAR-10 security evaluation")
-    from .security import evaluated_models
+    from .roster import evaluated_models
 
     models = v.found[sec.id].extra.get("security", {}).get("models", {})
     specs = evaluated_models("cifar10", v.profile)

@@ -4,10 +4,14 @@ images and budgets those chapters share.
 A roster entry (:class:`repro.study.plan.EvaluatedModel`, listed in the plan's :data:`~repro.study.plan.SECURITY_MODELS`
 beside the columns it names) is the raw or defended model of a plan column; its training configuration
 comes from that column's plan row through :func:`repro.study.models.train_config`, so that the chapters use the very
-models the defence columns trained (the training cache and the published models). Both chapters import this module;
-neither imports the other.
+models the defence columns trained (the training cache and the published models). The profile's training ablation
+(:class:`repro.study.profiles.AblationArm`) adds variants of a dataset's first defended model
+(:func:`ablation_models`): the training chapter compares them with it, the security chapter attacks them as it
+attacks the study's models. Both chapters import this module; neither imports the other.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from torch import Tensor
 
@@ -27,6 +31,18 @@ THREAT_MODEL = {"mnist": "madry_mnist_eval", "cifar10": "madry_cifar10_eval"}  #
 
 # ----------------------------------------------------------------------------------------------------- models
 WIDTH_SUFFIX = "_x"  # a width-ladder model's id: the id of its role at the profile's width + "_x<width>"
+ARM_SUFFIX = "_arm"  # an ablation arm's id: the id of the model it varies + "_arm<index in the profile's ablation>"
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model the chapters train or load: ``spec`` names the plan column and role it comes from; ``arm`` is the
+    label of the profile's ablation arm whose training replaces the column's, ``arm_index`` its index in
+    :attr:`repro.study.profiles.DefenceBudget.ablation` (both ``None``: the column's own configuration)."""
+
+    spec: EvaluatedModel
+    arm: str | None = None
+    arm_index: int | None = None
 
 
 def evaluated_models(dataset: str, profile: str | Profile) -> tuple[EvaluatedModel, ...]:
@@ -46,7 +62,35 @@ def evaluated_models(dataset: str, profile: str | Profile) -> tuple[EvaluatedMod
     return base + ladder
 
 
-def model_config(spec: EvaluatedModel, profile: str | Profile, *, width: int | None = None,
+def ablation_models(dataset: str, profile: str | Profile) -> tuple[TrainedModel, ...]:
+    """The profile's ablation arms on ``dataset``, in the profile's order: each a defended model of the column of
+    the dataset's first defended model (:data:`SECURITY_MODELS`), trained as its arm says. An arm has no transfer
+    source: the security chapter judges it white-box (DeepSec's transfer setting is compared on the study's models).
+
+    Raises:
+        ValueError: an unknown dataset (the message lists the known ones).
+    """
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    first = next(spec for spec in lookup(SECURITY_MODELS, dataset, what="dataset") if spec.role == "defended")
+    # The model's name without the parenthesis after it (where the column's model starts): an arm's own label says
+    # how it is trained, from scratch included.
+    name = first.label.split(" (")[0]
+    return tuple(TrainedModel(EvaluatedModel(f"{first.id}{ARM_SUFFIX}{i}", f"{name}, ablation arm {i}: {arm.label}",
+                                             first.column, "defended"), arm=arm.label, arm_index=i)
+                 for i, arm in enumerate(prof.defence.ablation) if arm.dataset == dataset)
+
+
+def attacked_models(dataset: str, profile: str | Profile) -> tuple[TrainedModel, ...]:
+    """The models the security evaluation of ``dataset`` attacks under ``profile``: :func:`evaluated_models`, then
+    :func:`ablation_models`.
+
+    Raises:
+        ValueError: an unknown dataset (the message lists the known ones).
+    """
+    return tuple(TrainedModel(spec) for spec in evaluated_models(dataset, profile)) + ablation_models(dataset, profile)
+
+
+def model_config(spec: EvaluatedModel, profile: str | Profile, *, arm: int | None = None, width: int | None = None,
                  epochs: int | None = None, train_subset: int | None = None, defence_init: str | None = None,
                  defence_recipe: str | None = None, defence_epochs: int | None = None,
                  defence_subset: int | None = None, defence_jpeg_fill: bool | None = None,
@@ -57,10 +101,29 @@ def model_config(spec: EvaluatedModel, profile: str | Profile, *, width: int | N
     ``spec.column`` (its parameters under ``profile``, e.g. PAT's steps cut under smoke), so that the model comes from
     the training cache those columns fill. ``width``/``epochs``/... override the profile's budget as the defence
     notebooks' parameters of the same names do (``None``: the profile's); ``defence_params`` replaces some of the
-    column's defence parameters (``None``: those the profile's defence training sets; an ablation arm passes its
-    own).
+    column's defence parameters (``None``: those the profile's defence training sets). ``arm``: the index of the
+    profile's ablation arm whose :class:`~repro.study.profiles.DefenceTraining` replaces the defence's
+    initialisation, recipe, epochs, images, JPEG fill and parameters (the ``defence_*`` arguments must then be
+    ``None``).
+
+    Raises:
+        ValueError: ``arm`` not an index of the profile's ablation, or given with a ``defence_*`` argument.
     """
     prof = get_profile(profile) if isinstance(profile, str) else profile
+    if arm is not None:
+        if not (isinstance(arm, int) and 0 <= arm < len(prof.defence.ablation)):
+            raise ValueError(f"arm must index the {prof.name} profile's ablation (0 to "
+                             f"{len(prof.defence.ablation) - 1}), got {arm!r}")
+        given = {name: value for name, value in (("defence_init", defence_init), ("defence_recipe", defence_recipe),
+                                                 ("defence_epochs", defence_epochs),
+                                                 ("defence_subset", defence_subset),
+                                                 ("defence_jpeg_fill", defence_jpeg_fill),
+                                                 ("defence_params", defence_params)) if value is not None}
+        if given:
+            raise ValueError(f"ablation arm {arm} fixes its own training; got {', '.join(sorted(given))} too")
+        t = prof.defence.ablation[arm].training
+        defence_init, defence_recipe, defence_epochs = t.init, t.recipe, t.epochs
+        defence_subset, defence_jpeg_fill, defence_params = t.subset, t.jpeg_fill, t.defence_params
     col = COLUMNS[spec.column]
     p = col.parameters_for(prof.name)
     if spec.role == "raw" and models.uses_deepsec_checkpoint(p["model"], prof):
@@ -123,5 +186,6 @@ def threat_model(dataset: str) -> dict:
     return {"name": THREAT_MODEL[dataset], **setting}
 
 
-__all__ = ["EvaluatedModel", "SECURITY_MODELS", "THREAT_MODEL", "WIDTH_SUFFIX", "evaluated_models",
-           "evaluation_images", "model_config", "resolve_model_budgets", "threat_model"]
+__all__ = ["ARM_SUFFIX", "EvaluatedModel", "SECURITY_MODELS", "THREAT_MODEL", "TrainedModel", "WIDTH_SUFFIX",
+           "ablation_models", "attacked_models", "evaluated_models", "evaluation_images", "model_config",
+           "resolve_model_budgets", "threat_model"]

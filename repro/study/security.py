@@ -28,7 +28,7 @@ from ..metrics.robustness import (AUTOATTACK_ITERATIONS, AUTOATTACK_NAMES, AUTOA
 from . import context, models
 from .plan import CW2_DEEPSEC
 from .profiles import PAPER, Profile, SecurityBudget
-from .roster import (SECURITY_MODELS, THREAT_MODEL, evaluated_models, model_config, resolve_model_budgets,
+from .roster import (SECURITY_MODELS, THREAT_MODEL, attacked_models, model_config, resolve_model_budgets,
                      threat_model)
 
 # ------------------------------------------------------------------------------------------------ threat models
@@ -170,18 +170,28 @@ def transfer_attacks(dataset: str, *, cw2_search_steps: int, cw2_iterations: int
 
 
 # --------------------------------------------------------------------------------------------- the column's run
+def _config(model, ctx: context.Context, *, device: str | None = None):
+    """The training configuration of an attacked model (:func:`repro.study.roster.model_config`) with the notebook's
+    budget overrides; an ablation arm keeps its own defence training."""
+    p = ctx.params
+    defence = {} if model.arm_index is not None else dict(
+        defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"],
+        defence_jpeg_fill=p["defence_jpeg_fill"])
+    return model_config(model.spec, ctx.profile, arm=model.arm_index, width=p["width"], epochs=p["epochs"],
+                        train_subset=p["train_subset"], **defence, **({} if device is None else {"device": device}))
+
+
 def load_models(ctx: context.Context) -> dict[str, nn.Module]:
-    """Every model of the column's dataset (:data:`SECURITY_MODELS`), in ``eval()`` mode on the context's device:
-    DeepSec's released checkpoints where the profile loads them, the others from the training cache (trained now if
-    absent) with the defence columns' configurations. Each is recorded in the result under its id."""
+    """Every model the column attacks (:func:`repro.study.roster.attacked_models`: the study's models of the
+    dataset, then the profile's ablation arms), in ``eval()`` mode on the context's device: DeepSec's released
+    checkpoints where the profile loads them, the others from the training cache or the published models (trained
+    now if absent) with the defence columns' configurations. Each is recorded in the result under its id."""
     from .. import models as models_mod
 
     p = ctx.params
     out = {}
-    for spec in evaluated_models(p["dataset"], ctx.profile):
-        config = model_config(spec, ctx.profile, width=p["width"], epochs=p["epochs"], train_subset=p["train_subset"],
-                              defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"],
-                              defence_jpeg_fill=p["defence_jpeg_fill"], device=str(ctx.device))
+    for model in attacked_models(p["dataset"], ctx.profile):
+        spec, config = model.spec, _config(model, ctx, device=str(ctx.device))
         if config is None:
             out[spec.id] = models_mod.load_deepsec(p["dataset"], map_location=ctx.device)
             ctx.models[spec.id] = {"source": models.ModelSource.DEEPSEC.value,
@@ -190,7 +200,7 @@ def load_models(ctx: context.Context) -> dict[str, nn.Module]:
                                    "deepsec_commit": models_mod.DEEPSEC_COMMIT, "logit_shift": True}
         else:
             out[spec.id] = models.provide_model(ctx, config, spec.id)
-        ctx.models[spec.id].update(label=spec.label, column=spec.column, role=spec.role)
+        ctx.models[spec.id].update(label=spec.label, column=spec.column, role=spec.role, arm=model.arm)
     return out
 
 
@@ -200,10 +210,8 @@ def planned_work(ctx: context.Context) -> str:
     from ..train import config_key
 
     p, lines = ctx.params, []
-    for spec in evaluated_models(p["dataset"], ctx.profile):
-        config = model_config(spec, ctx.profile, width=p["width"], epochs=p["epochs"], train_subset=p["train_subset"],
-                              defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"],
-                              defence_jpeg_fill=p["defence_jpeg_fill"])
+    for model in attacked_models(p["dataset"], ctx.profile):
+        spec, config = model.spec, _config(model, ctx)
         where = ("DeepSec's released checkpoint" if config is None else
                  f"trained model {config_key(config)[:12]} (cached or published; column {spec.column})"
                  if models.model_available(config, ctx.profile) else
@@ -214,7 +222,8 @@ def planned_work(ctx: context.Context) -> str:
                  f"{p['pgd_restarts']} restarts; AutoAttack {aa['version']}"
                  + (f" ({', '.join(aa['attacks'])}, {aa['target_classes'] or 9} target classes)"
                     if aa["version"] == "custom" else ""))
-    lines.append(f"per defence: transfer vs white-box on {p['transfer_samples']:,} images (FGSM, PGD, CW2 "
+    lines.append(f"per defended model: transfer vs white-box (the study's models) on {p['transfer_samples']:,} "
+                 f"images (FGSM, PGD, CW2 "
                  f"{p['binary_search_steps']} × {p['max_iterations']}); masking checks on {p['curve_samples']:,} "
                  f"images (Square {p['square_queries']} queries, PGD steps {p['masking_steps']})")
     return "\n".join(lines)
@@ -223,26 +232,32 @@ def planned_work(ctx: context.Context) -> str:
 def evaluate(ctx: context.Context, models: dict[str, nn.Module], x: Tensor, y: Tensor) -> dict:
     """The column's security evaluation, JSON-ready.
 
-    Per model (:data:`SECURITY_MODELS`): clean accuracy; PGD at the threat model (worst case over the restarts) and,
+    Per model (:func:`repro.study.roster.attacked_models`; an ablation arm's record names its ``arm``): clean
+    accuracy; PGD at the threat model (worst case over the restarts) and,
     on CIFAR-10, at DeepSec's ε = 0.1 (step in Madry's ratio, ε/4); AutoAttack as the profile says; the robust
-    accuracy, the per-image worst case over clean, PGD and AutoAttack at the threat model. Per defended model:
-    DeepSec's transfer setting against white-box (:func:`repro.metrics.robustness.transfer_vs_white_box`) and the masking checks
-    (:func:`~repro.metrics.robustness.masking_checks`). Progress (one bar over the stages) when :func:`repro.study.context.progress_enabled`.
+    accuracy, the per-image worst case over clean, PGD and AutoAttack at the threat model. Per defended model: the
+    masking checks (:func:`~repro.metrics.robustness.masking_checks`) and, where it has a transfer source (the
+    study's models, not the ablation's arms), DeepSec's transfer setting against white-box
+    (:func:`repro.metrics.robustness.transfer_vs_white_box`). Progress (one bar over the stages) when
+    :func:`repro.study.context.progress_enabled`.
     """
     from tqdm import tqdm
 
     p = ctx.params
     dataset, bs, dev, seed = p["dataset"], p["batch_size"], ctx.device, p["seed"]
-    specs = evaluated_models(dataset, ctx.profile)
+    attacked = attacked_models(dataset, ctx.profile)
+    arms = {m.spec.id: m.arm for m in attacked}
+    specs = [m.spec for m in attacked]
     threat = threat_model(dataset)
     deepsec_eps = get_config("pgd", DEEPSEC_SETTING[dataset])["eps"]
     defended = [s for s in specs if s.role == "defended"]
+    transferred = [s for s in defended if s.transfer_from]
     aa = p["autoattack"]
     out = {"dataset": dataset, "n": len(y), "threat_model": threat,
            "deepsec_eps": deepsec_eps if deepsec_eps != threat["eps"] else None,
            "models": {}, "transfer": {}, "masking": {},
            "masking_rules": dict(MASKING_RULES), "masking_eps": list(MASKING_EPS[dataset])}
-    total = 2 * len(specs) + 2 * len(defended)
+    total = 2 * len(specs) + len(transferred) + len(defended)
     with tqdm(total=total, desc="security evaluation", unit="stage", disable=not context.progress_enabled()) as bar:
         for spec in specs:
             model = models[spec.id]
@@ -251,8 +266,8 @@ def evaluate(ctx: context.Context, models: dict[str, nn.Module], x: Tensor, y: T
             pgd_rec = pgd_worst_case(model, x, y, eps=threat["eps"], step_size=threat["step_size"],
                                      steps=p["pgd_steps"], restarts=p["pgd_restarts"], batch_size=bs, device=dev,
                                      seed=seed, correct=clean)
-            rec = {"label": spec.label, "role": spec.role, "column": spec.column, "clean": rate(clean),
-                   "pgd": pgd_rec}
+            rec = {"label": spec.label, "role": spec.role, "column": spec.column, "arm": arms[spec.id],
+                   "clean": rate(clean), "pgd": pgd_rec}
             if out["deepsec_eps"] is not None:
                 rec["pgd_deepsec_eps"] = pgd_worst_case(
                     model, x, y, eps=deepsec_eps, step_size=deepsec_eps * threat["step_size"] / threat["eps"],
@@ -272,7 +287,7 @@ def evaluate(ctx: context.Context, models: dict[str, nn.Module], x: Tensor, y: T
                                    cw2_iterations=p["max_iterations"])
         targets = random_targets(y[:n_t], seed=seed)
         crafted: dict[str, dict] = {}
-        for spec in defended:
+        for spec in transferred:
             bar.set_postfix_str(f"{spec.id}: transfer vs white-box")
             out["transfer"][spec.id] = {
                 "source": spec.transfer_from, "n": n_t,
@@ -310,6 +325,12 @@ def headline_metrics(found: dict) -> dict:
     return {key: value["rate"] for key, value in headline_records(found).items()}
 
 
+def study_models(found: dict) -> dict[str, dict]:
+    """The records of the study's own models (its columns' raw and defended models, the width ladder's), by id:
+    every model of the evaluation but the ablation's arms."""
+    return {mid: rec for mid, rec in found["models"].items() if rec.get("arm") is None}
+
+
 def summary_rows(found: dict) -> list[dict]:
     """One row per model for tables: label, role, and each accuracy's rate record."""
     return [{"id": mid, "label": rec["label"], "role": rec["role"],
@@ -319,5 +340,5 @@ def summary_rows(found: dict) -> list[dict]:
 
 __all__ = [
     "MASKING_EPS", "budget_departures", "evaluate", "headline_metrics", "load_models",
-    "planned_work", "resolve", "setup", "summary_rows", "transfer_attacks",
+    "planned_work", "resolve", "setup", "study_models", "summary_rows", "transfer_attacks",
 ]

@@ -11,7 +11,7 @@ quick profile's PAT recipe is compared with the alternatives it was chosen over.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from torch import Tensor, nn
 
@@ -19,24 +19,15 @@ from .. import data as data_mod
 from ..metrics import robustness
 from ..train import TrainConfig, config_key
 from . import context, models, roster
+from .roster import TrainedModel
 from .plan import columns_for
 from .profiles import DEPARTURE_TEXT, Profile, get_profile
 
 
-@dataclass(frozen=True)
-class TrainedModel:
-    """A model of the training chapter: ``spec`` names the plan column and role it comes from; ``arm`` is the label
-    of the ablation arm that changes its training (``None``: the column's own configuration)."""
-
-    spec: roster.EvaluatedModel
-    arm: str | None = None
-    arm_index: int | None = None
-
-
 def trained_models(dataset: str, profile: str | Profile) -> list[TrainedModel]:
     """The models of ``dataset``'s training column under ``profile``, in table order: the security evaluation's
-    models, each defended model's seed replicates run under the profile, then the ablation arms (variants of the
-    first defended model's training)."""
+    models, each defended model's seed replicates run under the profile, then the ablation arms
+    (:func:`repro.study.roster.ablation_models`, variants of the first defended model's training)."""
     prof = get_profile(profile) if isinstance(profile, str) else profile
     specs = roster.evaluated_models(dataset, prof)
     out = [TrainedModel(spec) for spec in specs]
@@ -46,29 +37,19 @@ def trained_models(dataset: str, profile: str | Profile) -> list[TrainedModel]:
             seed = col.parameters["seed"]
             out.append(TrainedModel(roster.EvaluatedModel(f"{spec.id}_seed{seed}", f"{spec.label}, seed {seed}",
                                                             col.id, "defended")))
-    first = next(spec for spec in specs if spec.role == "defended")
-    for i, arm in enumerate(prof.defence.ablation):
-        if arm.dataset == dataset:
-            out.append(TrainedModel(roster.EvaluatedModel(f"{first.id}_arm{i}", f"{first.label}: {arm.label}",
-                                                            first.column, "defended"), arm=arm.label, arm_index=i))
-    return out
+    return out + list(roster.ablation_models(dataset, prof))
 
 
 def model_config(model: TrainedModel, ctx: context.Context) -> TrainConfig | None:
     """The training configuration of ``model`` (``None``: DeepSec's released checkpoint), with the notebook's budget
-    overrides; an ablation arm replaces the initialisation, recipe, epochs, images and JPEG fill of its column's defence, and
-    the defence parameters it names."""
+    overrides; an ablation arm's own training replaces its column's defence training
+    (:func:`repro.study.roster.model_config`)."""
     p = ctx.params
     kwargs = dict(width=p["width"], epochs=p["epochs"], train_subset=p["train_subset"], device=str(ctx.device))
     if model.arm_index is None:
-        return roster.model_config(model.spec, ctx.profile, defence_epochs=p["defence_epochs"],
-                                     defence_subset=p["defence_subset"], defence_jpeg_fill=p["defence_jpeg_fill"],
-                                     **kwargs)
-    arm = ctx.profile.defence.ablation[model.arm_index]
-    training = arm.training
-    return roster.model_config(model.spec, ctx.profile, defence_init=training.init, defence_recipe=training.recipe,
-                               defence_epochs=training.epochs, defence_subset=training.subset,
-                               defence_jpeg_fill=training.jpeg_fill, defence_params=training.defence_params, **kwargs)
+        kwargs.update(defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"],
+                      defence_jpeg_fill=p["defence_jpeg_fill"])
+    return roster.model_config(model.spec, ctx.profile, arm=model.arm_index, **kwargs)
 
 
 def resolve(*, injected: set | None = None, **params) -> dict:

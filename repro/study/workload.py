@@ -100,7 +100,7 @@ def workload(profile: str | Profile = "paper") -> list[Work]:
             aa_iterations = sec.autoattack_iterations or robustness.AUTOATTACK_ITERATIONS
             per_image = sec.pgd_restarts * steps + (1 + targets) * aa_iterations
             models: dict[str, int] = {}
-            for spec in roster.evaluated_models(dataset, prof):
+            for spec in (m.spec for m in roster.attacked_models(dataset, prof)):
                 arch = COLUMNS[spec.column].parameters_for(prof.name).get("model")
                 name = (f"resnet20_wide_x{spec.width}" if spec.width else wide) if arch == "resnet20_wide" else arch
                 models[name] = models.get(name, 0) + 1

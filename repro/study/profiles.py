@@ -153,7 +153,7 @@ QUICK_ABLATION = (
                 DefenceTraining(init="raw", recipe="pat_finetune_cifar10", epochs=5, subset=None,
                                 defence_params={"eps_ramp": 2.0})),
     # The ramp gave 3 epochs at full ε; robustness needs many more updates (a public fixed-subset trial used about
-    # 8,600, five epochs here give about 285): the same fine-tune for 15 epochs (about 47 min on one core).
+    # 8,600, five epochs here give about 285): the same fine-tune for 15 epochs (77 min on one core, measured).
     AblationArm("15 epochs on the exact images, ε ramped over the first 2", "cifar10",
                 DefenceTraining(init="raw", recipe="pat_finetune_cifar10", epochs=15, subset=None,
                                 defence_params={"eps_ramp": 2.0})),
@@ -163,7 +163,7 @@ QUICK_ABLATION = (
                                 defence_params={"eps_ramp": 2.0})),
     # The data arm: the exact training images plus the lossy JPEG copies of the 37,706 the exact copy lacks (45,000 in
     # all, validation still on exact images only), at about the updates of the 15-epoch fine-tune (3 epochs: 1,055
-    # against 855), the ramp over the same share of the run (0.4 epochs, about 140 updates). About 1 h on one core.
+    # against 855), the ramp over the same share of the run (0.4 epochs, about 140 updates). 56 min on one core.
     AblationArm("3 epochs with the JPEG copies, ε ramped over the first 0.4 (the recipe, 3× longer)", "cifar10",
                 DefenceTraining(init="raw", recipe="pat_finetune_cifar10", epochs=3, subset=None, jpeg_fill=True,
                                 defence_params={"eps_ramp": 0.4})),
@@ -172,8 +172,8 @@ QUICK_ABLATION = (
     AblationArm("5 epochs on the exact images, no ramp (the previous recipe)", "cifar10",
                 DefenceTraining(init="raw", recipe="pat_finetune_cifar10", epochs=5, subset=None)),
     # The optimiser and the loss, each changed alone in the profile's recipe (one JPEG-filled epoch, the ramp over
-    # 0.4): DeepSec's Adam at its learning rate in place of SGD at 0.05, and label smoothing 0.1. About 25 min each
-    # on one core.
+    # 0.4): DeepSec's Adam at its learning rate in place of SGD at 0.05, and label smoothing 0.1. Measured 134 min
+    # each on one core, the two trained side by side beside another job (estimated 25 min alone).
     AblationArm("Adam at lr 0.001 (DeepSec's optimiser) in place of SGD", "cifar10",
                 DefenceTraining(init="raw", recipe="pat_finetune_cifar10_adam", epochs=1, subset=None,
                                 jpeg_fill=True, defence_params={"eps_ramp": 0.4})),
@@ -181,7 +181,8 @@ QUICK_ABLATION = (
                 DefenceTraining(init="raw", recipe="pat_finetune_cifar10_ls0.1", epochs=1, subset=None,
                                 jpeg_fill=True, defence_params={"eps_ramp": 0.4})),
     # The data-matched reference on the profile's data: PAT from random weights with the JPEG copies added, 2 epochs
-    # (704 updates, about the 855 of the exact-image reference above; about 50 min on one core), the profile's ramp.
+    # (704 updates, about the 855 of the exact-image reference above; 60 min on one core, its first epoch beside
+    # another job), the profile's ramp.
     AblationArm("from scratch, 2 epochs with the JPEG copies, ε ramped over the first 0.4", "cifar10",
                 DefenceTraining(init="scratch", recipe="pat_scratch_cifar10", epochs=2, subset=None,
                                 jpeg_fill=True, defence_params={"eps_ramp": 0.4})),

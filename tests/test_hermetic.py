@@ -253,45 +253,7 @@ def test_published_models_match_their_names_and_the_results_that_use_them(profil
 # Planned columns whose committed result is knowingly stale for the current code (or missing), each with the reason
 # it could not be recomputed; `make book` recomputes them. An entry must go as soon as its result is fresh (the test
 # below fails otherwise), and the book marks these columns as pending.
-PENDING: dict[tuple[str, str], str] = {
-    ("quick", "cw2_mnist"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "pgd_resnet20"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "pgd_eps8_wide"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "nat_mnist"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "pat_resnet20"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "pat_eps8_wide"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "pgd_8_255_wide"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "pat_8_255_wide"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "pgd_eps8_resnet20"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "pgd_eps8_wide_x2"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "cw2_mnist_5x500"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "findings"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "security_mnist"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "security_cifar10"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "training_mnist"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "training_cifar10"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "pgd_resnet20_seed101"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "pgd_resnet20_seed102"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "cw2_mnist_5x500_seed101"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "cw2_mnist_5x500_seed102"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "findings_seed101"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("quick", "findings_seed102"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("smoke", "cw2_mnist"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("smoke", "pgd_resnet20"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("smoke", "pgd_eps8_wide"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("smoke", "nat_mnist"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("smoke", "pat_resnet20"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("smoke", "pat_eps8_wide"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("smoke", "pgd_8_255_wide"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("smoke", "pat_8_255_wide"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("smoke", "pgd_eps8_resnet20"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("smoke", "pgd_eps8_wide_x2"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("smoke", "findings"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("smoke", "security_mnist"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("smoke", "security_cifar10"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("smoke", "training_mnist"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-    ("smoke", "training_cifar10"): "recomputing from this commit: the ablation arms joined the security evaluation, profiles.py's measured wall times",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 @pytest.mark.parametrize("profile", PROFILES)

@@ -193,6 +193,12 @@ def test_the_chapter_claims_autoattacks_square_check_only_where_it_can_fire():
     assert "Square beating" not in without and "cannot fire for a model" in without
     with_square = "\n".join(page._autoattack_section(evaluation(["apgd-ce", "square"]), found))
     assert "Square beating the gradient attacks) raised no warning" in with_square and "cannot fire" not in with_square
+    # several models: all without Square are counted, not listed (their labels hold commas); some are listed
+    two = evaluation(["apgd-ce", "apgd-t"])
+    two["c"]["models"]["n"] = {**two["c"]["models"]["m"], "label": "another, model"}
+    assert "cannot fire for any of the 2 models:" in "\n".join(page._autoattack_section(two, found))
+    two["c"]["models"]["n"]["autoattack"] = {**two["c"]["models"]["m"]["autoattack"], "attacks": ["square"]}
+    assert "cannot fire for a model:" in "\n".join(page._autoattack_section(two, found))
 
 
 def test_the_landing_pages_masking_summary_names_the_rule_and_its_numbers():

@@ -371,3 +371,35 @@ def test_the_chapter_words_the_frontier_and_early_stopping_from_the_committed_re
     assert f"for {sum(r['best'] == r['kept'] for r in rows)} of the {len(rows)} defended models" in words
     for r in rows:
         assert (f"would keep epoch {r['best']} ({100 * r['best_pgd']:.1f} %)" in words) == (r["best"] != r["kept"])
+
+
+def test_the_ablations_worst_case_sits_beside_single_start_pgd_on_the_same_images(tmp_path):
+    """Before: the arms had clean and single-start PGD-20 only. The chapter now sets each ablation model's worst
+    case (the security column's) beside its single-start PGD on the same first test images (the training column's
+    per-image outcomes), and refuses to pair outcomes of other images."""
+    import copy
+
+    from repro.metrics.robustness import rate_of
+    from repro.report import pages
+    from repro.report.training import training_page
+    from repro.study.ablation import ablation_models
+
+    found = pages.load_found("quick")
+    ev = found["training_cifar10"].extra["training"]
+    sec = found["security_cifar10"].extra["security"]
+    page = training_page(found, "quick", tmp_path)
+    table = page.split("| ablation arm | PGD, one start | worst case |", 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    ids = ablation_models(ev)
+    assert len(rows) == len(ids) == 1 + len(get_profile("quick").defence.ablation)
+    for mid, row in zip(ids, rows):
+        n, robust = sec["n"], sec["models"][mid]["robust"]
+        single = rate_of(ev["models"][mid]["pgd"]["correct"][:n])
+        assert f"{100 * robust['rate']:.1f} % [{100 * robust['low']:.1f}, {100 * robust['high']:.1f}]" in row
+        assert f"{100 * single['rate']:.1f} % [" in row and robust["rate"] <= single["rate"] + 0.05
+    planted = copy.deepcopy(found)
+    bits = planted["security_cifar10"].extra["security"]["models"][ids[-1]]["clean"]["correct"]
+    planted["security_cifar10"].extra["security"]["models"][ids[-1]]["clean"]["correct"] = \
+        ("0" if bits[0] == "1" else "1") + bits[1:]
+    with pytest.raises(ValueError, match=f"{ids[-1]}: its clean outcomes on the first 200 test images differ"):
+        training_page(planted, "quick", tmp_path)

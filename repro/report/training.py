@@ -207,11 +207,18 @@ def _paired_rows(evaluation: dict, *, widths: bool = False) -> list[dict]:
 
 
 def _worst_case(evaluation: dict, found: dict) -> dict | None:
-    """The ablation's models (the model the arms vary, then its arms) as the security chapter attacked them, beside
-    this column's single-start PGD: per model its arm (``None``: the profile's recipe), PGD here, the worst case
-    over PGD with restarts and AutoAttack and the masking checks' verdict there (:data:`NOT_COMPUTED` for a model
-    the security result lacks); with that evaluation's restarts and n. ``None`` without arms or without a
-    security result for the dataset."""
+    """The ablation's models (the model the arms vary, then its arms) as the security chapter attacked them: per
+    model its arm (``None``: the profile's recipe), this column's single-start PGD on the security column's images
+    (its first n test images: the per-image outcomes' first n), the worst case over PGD with restarts and AutoAttack
+    there, the drop between the two in points, and the masking checks' verdict (:data:`NOT_COMPUTED` for a model the
+    security result lacks); with that column's id, restarts and n. ``None`` without arms or without a security
+    result for the dataset.
+
+    Raises:
+        ValueError: a model whose clean outcomes on those images differ between the two columns (not the same
+            images, or not the same model).
+    """
+    from ..metrics.robustness import rate_of
     from .security import masking_summary, security_evaluations
 
     ids = ablation_models(evaluation)
@@ -223,11 +230,19 @@ def _worst_case(evaluation: dict, found: dict) -> dict | None:
     rows = []
     for mid in ids:
         rec, attacked = evaluation["models"][mid], sec["models"].get(mid)
-        rows.append({"arm": rec["arm"], "pgd": with_interval(rec["pgd"]), "pgd_n": f"{rec['pgd']['n']:,}",
-                     "robust": NOT_COMPUTED if attacked is None else with_interval(attacked["robust"]),
-                     "robust_n": NOT_COMPUTED if attacked is None else f"{attacked['robust']['n']:,}",
+        if attacked is None:
+            rows.append({"arm": rec["arm"], "pgd": NOT_COMPUTED, "robust": NOT_COMPUTED, "drop": NOT_COMPUTED,
+                         "masking": NOT_COMPUTED})
+            continue
+        n = attacked["clean"]["n"]
+        if rec["clean"]["correct"][:n] != attacked["clean"]["correct"]:
+            raise ValueError(f"{mid}: its clean outcomes on the first {n} test images differ between the training "
+                             f"and the security result ({cid}): not the same images or not the same model")
+        pgd = rate_of(rec["pgd"]["correct"][:n])
+        rows.append({"arm": rec["arm"], "pgd": with_interval(pgd), "robust": with_interval(attacked["robust"]),
+                     "drop": f"{100 * (attacked['robust']['rate'] - pgd['rate']):+.1f}",
                      "masking": masking_summary(sec["masking"].get(mid))})
-    return {"rows": rows, "column": cid, "restarts": found[cid].parameters["pgd_restarts"],
+    return {"rows": rows, "column": cid, "restarts": found[cid].parameters["pgd_restarts"], "n": f"{sec['n']:,}",
             "missing": sum(mid not in sec["models"] for mid in ids)}
 
 

@@ -173,6 +173,10 @@ def test_ablation_arms_are_attacked_and_checked_for_masking_but_left_out_of_the_
                             parameters=ctx.params, metrics=security.headline_metrics(found), extra={"security": found})
     page = report.security_page({"security_mnist": result}, "smoke", tmp_path / "figures")
     assert "The 1 arm of the training ablation" in page
+    own, arm_rows = page.split("## Robust accuracy")[1].split("## What AutoAttack ran")[0].split(
+        "The training ablation's arms (the training chapter), attacked the same way:")
+    assert "| MNIST ConvNet, NAT |" in own and "ablation arm 0" not in own
+    assert "| MNIST ConvNet, NAT, ablation arm 0: x |" in arm_rows and "| MNIST ConvNet, NAT |" not in arm_rows
     assert "| MNIST ConvNet, NAT, ablation arm 0: x |" in page.split("## Gradient-masking checks")[1]
     transfer = page.split("## Gradient-masking checks")[0].split("DeepSec's transfer")[-1]
     assert "ablation arm 0" not in transfer

@@ -40,10 +40,13 @@ def _accuracies(evaluation: dict) -> list[str]:
     return [key for key, _ in ACCURACIES if any(key in rec for rec in evaluation["models"].values())]
 
 
-def _robust_rows(evaluation: dict) -> list[list[str]]:
+def _robust_rows(evaluation: dict, *, arms: bool | None = None) -> list[list[str]]:
+    """The robust table's rows: every model (``arms`` ``None``), the study's own models (``False``) or the
+    ablation's arms (``True``)."""
     keys = _accuracies(evaluation)
+    study = sec.study_models(evaluation)
     return [[rec["label"], *(with_interval(rec.get(key)) for key in keys), str(rec["clean"]["n"])]
-            for rec in sec.summary_rows(evaluation)]
+            for rec in sec.summary_rows(evaluation) if arms is None or (rec["id"] not in study) == arms]
 
 
 def _robust_header(evaluation: dict) -> list[str]:
@@ -323,7 +326,8 @@ def security_page(found: dict, profile: str, figures_dir) -> str:
             restarts=q["pgd_restarts"], version=q["autoattack"]["version"], seed=q["seed"],
             seconds=f"{result.provenance.get('wall_time_s', float('nan')):.0f}",
             device=result.provenance.get("device", {}).get("name", "?"),
-            table=markdown.table(_robust_header(ev), _robust_rows(ev)),
+            table=markdown.table(_robust_header(ev), _robust_rows(ev, arms=False)),
+            arms_table=markdown.table(_robust_header(ev), rows) if (rows := _robust_rows(ev, arms=True)) else None,
             deepsec_eps=eps_text(ev["deepsec_eps"]) if ev.get("deepsec_eps") else None,
             departures=result.departures or ["none"]))
     parts += _autoattack_section(evaluations, found)

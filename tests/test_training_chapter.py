@@ -311,7 +311,7 @@ def test_a_model_trained_on_the_jpeg_copies_is_judged_against_the_jpeg_target_an
 def test_the_ablations_frontier_keeps_the_models_no_other_beats_on_both_axes():
     """Hand-made points (clean, PGD): a (0.70, 0.15), b (0.54, 0.26), c (0.68, 0.17), d (0.63, 0.10) beaten by a and
     c, e (0.70, 0.15) equal to a (neither beats the other); the raw model and a width rung are not the ablation's."""
-    from repro.study.ablation import ablation_base, ablation_models, frontier, updates
+    from repro.study.ablation import ablation_base, ablation_ids, frontier, updates
 
     def rec(clean, pgd, arm=None):
         return {"label": "m", "arm": arm, "clean": {"rate": clean}, "pgd": {"rate": pgd}}
@@ -319,7 +319,7 @@ def test_the_ablations_frontier_keeps_the_models_no_other_beats_on_both_axes():
     evaluation = {"models": {"raw": rec(0.9, 0.0), "pat": rec(0.63, 0.10), "pat_x2": rec(0.99, 0.99),
                              "pat_arm0": rec(0.70, 0.15, "a"), "pat_arm1": rec(0.54, 0.26, "b"),
                              "pat_arm2": rec(0.68, 0.17, "c"), "pat_arm3": rec(0.70, 0.15, "e")}}
-    assert ablation_models(evaluation) == ["pat", "pat_arm0", "pat_arm1", "pat_arm2", "pat_arm3"]
+    assert ablation_ids(evaluation) == ["pat", "pat_arm0", "pat_arm1", "pat_arm2", "pat_arm3"]
     assert ablation_base(evaluation) == "pat"
     assert frontier(evaluation) == ["pat_arm1", "pat_arm2", "pat_arm0", "pat_arm3"]
     evaluation["models"]["pat_arm4"] = rec(0.70, 0.16, "f")  # now beats a and e: equal clean, more robust
@@ -352,7 +352,7 @@ def test_the_chapter_words_the_frontier_and_early_stopping_from_the_committed_re
     """The quick training chapter's two sentences, checked against the column's own numbers."""
     from repro.report.training import _early_stopping, _frontier
     from repro.results import load
-    from repro.study.ablation import ablation_models, early_stopping, frontier, target_verdicts
+    from repro.study.ablation import ablation_ids, early_stopping, frontier, target_verdicts
 
     path = repo_root() / "results" / "quick" / "training_cifar10.json"
     if not path.exists():
@@ -361,8 +361,8 @@ def test_the_chapter_words_the_frontier_and_early_stopping_from_the_committed_re
     ev = result.extra["training"]
     verdicts = target_verdicts(ev)
     text = _frontier(ev, verdicts)
-    meets = sum(verdicts[mid]["overall"] == "meets" for mid in ablation_models(ev))
-    assert text.startswith(f"{meets or 'None'} of the {len(ablation_models(ev))} models of the ablation")
+    meets = sum(verdicts[mid]["overall"] == "meets" for mid in ablation_ids(ev))
+    assert text.startswith(f"{meets or 'None'} of the {len(ablation_ids(ev))} models of the ablation")
     for mid in frontier(ev):
         rec = ev["models"][mid]
         assert f"{100 * rec['clean']['rate']:.1f} % clean and {100 * rec['pgd']['rate']:.1f} % under PGD" in text
@@ -382,7 +382,7 @@ def test_the_ablations_worst_case_sits_beside_single_start_pgd_on_the_same_image
     from repro.metrics.robustness import rate_of
     from repro.report import pages
     from repro.report.training import training_page
-    from repro.study.ablation import ablation_models
+    from repro.study.ablation import ablation_ids
 
     found = pages.load_found("quick")
     ev = found["training_cifar10"].extra["training"]
@@ -390,7 +390,7 @@ def test_the_ablations_worst_case_sits_beside_single_start_pgd_on_the_same_image
     page = training_page(found, "quick", tmp_path)
     table = page.split("| ablation arm | PGD, one start | worst case |", 1)[1].split("\n\n", 1)[0]
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    ids = ablation_models(ev)
+    ids = ablation_ids(ev)
     assert len(rows) == len(ids) == 1 + len(get_profile("quick").defence.ablation)
     for mid, row in zip(ids, rows):
         n, robust = sec["n"], sec["models"][mid]["robust"]

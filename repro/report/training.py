@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 from ..data import FULL_SIZES
 from ..models import DEEPSEC_CHECKPOINTS
 from ..study.ablation import (SIGNIFICANCE as ABLATION_SIGNIFICANCE, TARGET, TARGET_WITH_JPEG, ablation_base,
-                              ablation_models, early_stopping, frontier, target_verdicts, updates)
+                              ablation_ids, early_stopping, frontier, target_verdicts, updates)
 from ..study.plan import COLUMNS
 from ..study.profiles import get_profile
 from ..study.verdicts import recipe_words
@@ -141,7 +141,7 @@ def _frontier(evaluation: dict, verdicts: dict) -> str:
     ids = frontier(evaluation)
     if not ids:
         return ""
-    studied = ablation_models(evaluation)
+    studied = ablation_ids(evaluation)
     meets = sum(verdicts[mid]["overall"] == "meets" for mid in studied)
     points = [{"label": models[mid]["arm"] or None, "clean": f"{100 * models[mid]['clean']['rate']:.1f} %",
                "pgd": f"{100 * models[mid]['pgd']['rate']:.1f} %", "updates": f"{updates(models[mid]['training']):,}"}
@@ -221,7 +221,7 @@ def _worst_case(evaluation: dict, found: dict) -> dict | None:
     from ..metrics.robustness import rate_of
     from .security import masking_summary, security_evaluations
 
-    ids = ablation_models(evaluation)
+    ids = ablation_ids(evaluation)
     found_sec = [(cid, ev) for cid, ev in security_evaluations(found).items()
                  if ev["dataset"] == evaluation["dataset"]]
     if not ids or not found_sec:

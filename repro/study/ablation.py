@@ -109,7 +109,7 @@ def ablation_base(evaluation: dict) -> str | None:
     return bases.pop() if bases else None
 
 
-def ablation_models(evaluation: dict) -> list[str]:
+def ablation_ids(evaluation: dict) -> list[str]:
     """The ids of the ablation's models, in the evaluation's order: the model the arms vary, and its arms."""
     base = ablation_base(evaluation)
     return [mid for mid, rec in evaluation["models"].items()
@@ -129,7 +129,7 @@ def frontier(evaluation: dict) -> list[str]:
     them dominates (at least as accurate both clean and under PGD, and more accurate on one), most robust first
     (ties: the more accurate first); ``[]`` without arms."""
     models = evaluation["models"]
-    ids = ablation_models(evaluation)
+    ids = ablation_ids(evaluation)
     point = {mid: (models[mid]["clean"]["rate"], models[mid]["pgd"]["rate"]) for mid in ids}
 
     def beaten(mid: str) -> bool:

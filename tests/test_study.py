@@ -370,7 +370,7 @@ def test_the_profiles_defence_parameters_reach_every_path_and_an_arm_or_an_expli
     cli = config_from_args(parse_args(["--dataset", "cifar10", "--defence", "pat", "--variant", "deepsec_cifar10",
                                        "--profile", "quick", "--device", "cpu"]))
     assert cli.defence_params.eps_ramp == 0.4 and cli.jpeg_fill and cli.epochs == 1
-    # the training column's own path to each arm's configuration (study.training.model_config)
+    # the chapters' own path to each arm's configuration (study.roster.notebook_config)
     cell = {**_parameters_cell("training.ipynb"), "device": "cpu", "profile": "quick", "dataset": "cifar10"}
     ctx = steps.Context(kind="training", name="training", params=training.resolve(**cell),
                         profile=get_profile("quick"), device="cpu", started=0.0)
@@ -379,12 +379,17 @@ def test_the_profiles_defence_parameters_reach_every_path_and_an_arm_or_an_expli
     assert previous and len(arms) == len(get_profile("quick").defence.ablation)
     for model in arms:
         arm = get_profile("quick").defence.ablation[model.arm_index]
-        config = training.model_config(model, ctx)
+        config = roster.notebook_config(model, ctx)
         want = arm.training.defence_params.get("eps_ramp", 0.0)  # an arm naming none keeps the column's 0
         assert (config.defence_params.eps_ramp, config.jpeg_fill, config.epochs) == \
             (want, arm.training.jpeg_fill, arm.training.epochs), arm.label
     own = next(m for m in training.trained_models("cifar10", "quick") if m.spec.id == "pat_resnet20")
-    assert training.model_config(own, ctx).defence_params.eps_ramp == 0.4
+    assert roster.notebook_config(own, ctx).defence_params.eps_ramp == 0.4
+    # a notebook's defence budget reaches the column's own model, never an arm (whose training is its own)
+    longer = dataclasses.replace(ctx, params={**ctx.params, "defence_epochs": 7})
+    assert roster.notebook_config(own, longer).epochs == 7
+    assert [roster.notebook_config(m, longer).epochs for m in arms] == [roster.notebook_config(m, ctx).epochs
+                                                                        for m in arms]
     # the command line reaches the previous recipe's arm (and its published model's key) by its flags
     (before,) = [a for a in previous if a.training.recipe == "pat_finetune_cifar10"]
     argv = ["--dataset", "cifar10", "--defence", "pat", "--profile", "quick", "--device", "cpu", "--epochs", "5",
@@ -400,7 +405,7 @@ def test_the_profiles_defence_parameters_reach_every_path_and_an_arm_or_an_expli
     for model in recipe_only:
         recipe = get_profile("quick").defence.ablation[model.arm_index].training.recipe
         argv = ["--dataset", "cifar10", "--defence", "pat", "--profile", "quick", "--device", "cpu", "--recipe", recipe]
-        assert config_key(config_from_args(parse_args(argv))) == config_key(training.model_config(model, ctx))
+        assert config_key(config_from_args(parse_args(argv))) == config_key(roster.notebook_config(model, ctx))
     (text,) = [d for d in plan.departures(col, "quick") if "eps_ramp" in d]
     assert "DeepSec" not in text  # the follow-up's columns have the ramp too, and neither paper has one
     assert "eps_ramp = 0.4" in text and not [d for d in plan.departures(col, "paper") if "eps_ramp" in d]

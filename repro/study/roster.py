@@ -142,6 +142,19 @@ def model_config(spec: EvaluatedModel, profile: str | Profile, *, arm: int | Non
                               defence_subset=defence_subset, defence_jpeg_fill=defence_jpeg_fill)
 
 
+def notebook_config(model: TrainedModel, ctx: context.Context) -> TrainConfig | None:
+    """:func:`model_config` of ``model`` with the budget overrides of the notebook's parameters (``ctx.params``, as
+    :func:`resolve_model_budgets` filled them): ``width``, ``epochs`` and ``train_subset``, and for the column's own
+    defended models ``defence_epochs``, ``defence_subset`` and ``defence_jpeg_fill`` (an ablation arm keeps its own
+    defence training); on the context's device. The one path from a chapter's model to its configuration."""
+    p = ctx.params
+    defence = {} if model.arm_index is not None else dict(
+        defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"],
+        defence_jpeg_fill=p["defence_jpeg_fill"])
+    return model_config(model.spec, ctx.profile, arm=model.arm_index, width=p["width"], epochs=p["epochs"],
+                        train_subset=p["train_subset"], device=str(ctx.device), **defence)
+
+
 def resolve_model_budgets(p: dict, prof: Profile) -> None:
     """Fill, in ``p``, the budgets of the models a per-dataset column loads (the wide ResNet's width on CIFAR-10,
     the raw and defence training budgets), each ``None`` from ``prof`` as the defence columns do.
@@ -188,4 +201,4 @@ def threat_model(dataset: str) -> dict:
 
 __all__ = ["ARM_SUFFIX", "EvaluatedModel", "SECURITY_MODELS", "THREAT_MODEL", "TrainedModel", "WIDTH_SUFFIX",
            "ablation_models", "attacked_models", "evaluated_models", "evaluation_images", "model_config",
-           "resolve_model_budgets", "threat_model"]
+           "notebook_config", "resolve_model_budgets", "threat_model"]

@@ -13,7 +13,7 @@ and published anchors (:func:`repro.study.plan.anchors`).
 The evaluation itself (rates, worst-case PGD, AutoAttack, transfer, masking checks) is the library's
 (:mod:`repro.metrics.robustness`); this module chooses the models, images and budgets of the study and records the
 column's result. The models come from the training cache the defence columns fill, through the same configuration
-function (:func:`model_config`).
+function (:func:`repro.study.roster.notebook_config`).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from ..metrics.robustness import (AUTOATTACK_ITERATIONS, AUTOATTACK_NAMES, AUTOA
 from . import context, models
 from .plan import CW2_DEEPSEC
 from .profiles import PAPER, Profile, SecurityBudget
-from .roster import (SECURITY_MODELS, THREAT_MODEL, attacked_models, model_config, resolve_model_budgets,
+from .roster import (SECURITY_MODELS, THREAT_MODEL, attacked_models, notebook_config, resolve_model_budgets,
                      threat_model)
 
 # ------------------------------------------------------------------------------------------------ threat models
@@ -170,17 +170,6 @@ def transfer_attacks(dataset: str, *, cw2_search_steps: int, cw2_iterations: int
 
 
 # --------------------------------------------------------------------------------------------- the column's run
-def _config(model, ctx: context.Context, *, device: str | None = None):
-    """The training configuration of an attacked model (:func:`repro.study.roster.model_config`) with the notebook's
-    budget overrides; an ablation arm keeps its own defence training."""
-    p = ctx.params
-    defence = {} if model.arm_index is not None else dict(
-        defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"],
-        defence_jpeg_fill=p["defence_jpeg_fill"])
-    return model_config(model.spec, ctx.profile, arm=model.arm_index, width=p["width"], epochs=p["epochs"],
-                        train_subset=p["train_subset"], **defence, **({} if device is None else {"device": device}))
-
-
 def load_models(ctx: context.Context) -> dict[str, nn.Module]:
     """Every model the column attacks (:func:`repro.study.roster.attacked_models`: the study's models of the
     dataset, then the profile's ablation arms), in ``eval()`` mode on the context's device: DeepSec's released
@@ -191,7 +180,7 @@ def load_models(ctx: context.Context) -> dict[str, nn.Module]:
     p = ctx.params
     out = {}
     for model in attacked_models(p["dataset"], ctx.profile):
-        spec, config = model.spec, _config(model, ctx, device=str(ctx.device))
+        spec, config = model.spec, notebook_config(model, ctx)
         if config is None:
             out[spec.id] = models_mod.load_deepsec(p["dataset"], map_location=ctx.device)
             ctx.models[spec.id] = {"source": models.ModelSource.DEEPSEC.value,
@@ -211,7 +200,7 @@ def planned_work(ctx: context.Context) -> str:
 
     p, lines = ctx.params, []
     for model in attacked_models(p["dataset"], ctx.profile):
-        spec, config = model.spec, _config(model, ctx)
+        spec, config = model.spec, notebook_config(model, ctx)
         where = ("DeepSec's released checkpoint" if config is None else
                  f"trained model {config_key(config)[:12]} (cached or published; column {spec.column})"
                  if models.model_available(config, ctx.profile) else

@@ -40,18 +40,6 @@ def trained_models(dataset: str, profile: str | Profile) -> list[TrainedModel]:
     return out + list(roster.ablation_models(dataset, prof))
 
 
-def model_config(model: TrainedModel, ctx: context.Context) -> TrainConfig | None:
-    """The training configuration of ``model`` (``None``: DeepSec's released checkpoint), with the notebook's budget
-    overrides; an ablation arm's own training replaces its column's defence training
-    (:func:`repro.study.roster.model_config`)."""
-    p = ctx.params
-    kwargs = dict(width=p["width"], epochs=p["epochs"], train_subset=p["train_subset"], device=str(ctx.device))
-    if model.arm_index is None:
-        kwargs.update(defence_epochs=p["defence_epochs"], defence_subset=p["defence_subset"],
-                      defence_jpeg_fill=p["defence_jpeg_fill"])
-    return roster.model_config(model.spec, ctx.profile, arm=model.arm_index, **kwargs)
-
-
 def resolve(*, injected: set | None = None, **params) -> dict:
     """The training notebook's effective parameters: the common ones checked by
     :func:`repro.study.context.resolve_common`, then ``n_samples`` (``None``: the profile's, else the whole official
@@ -87,7 +75,7 @@ def planned_work(ctx: context.Context) -> str:
     """Where each model comes from (cache key, or trained now) and the evaluation, in words."""
     p, lines = ctx.params, []
     for model in trained_models(p["dataset"], ctx.profile):
-        config = model_config(model, ctx)
+        config = roster.notebook_config(model, ctx)
         where = ("DeepSec's released checkpoint" if config is None else
                  f"trained model {config_key(config)[:12]} (cached or published)"
                  if models.model_available(config, ctx.profile) else
@@ -109,7 +97,7 @@ def evaluate(ctx: context.Context, x: Tensor, y: Tensor) -> dict:
     threat = roster.threat_model(p["dataset"])
     out = {"dataset": p["dataset"], "threat_model": {**threat, "steps": p["pgd_steps"], "restarts": 1}, "models": {}}
     for model in trained_models(p["dataset"], ctx.profile):
-        config, mid = model_config(model, ctx), model.spec.id
+        config, mid = roster.notebook_config(model, ctx), model.spec.id
         if config is None:
             net: nn.Module = models_mod.load_deepsec(p["dataset"], map_location=ctx.device).eval()
             record = None
@@ -206,5 +194,5 @@ def headline_metrics(found: dict) -> dict:
     return {key: value["rate"] for key, value in headline_records(found).items()}
 
 
-__all__ = ["TrainedModel", "evaluate", "headline_metrics", "headline_records", "model_config",
+__all__ = ["TrainedModel", "evaluate", "headline_metrics", "headline_records",
            "planned_work", "resolve", "setup", "starting_point", "trained_models"]

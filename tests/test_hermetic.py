@@ -253,16 +253,7 @@ def test_published_models_match_their_names_and_the_results_that_use_them(profil
 # Planned columns whose committed result is knowingly stale for the current code (or missing), each with the reason
 # it could not be recomputed; `make book` recomputes them. An entry must go as soon as its result is fresh (the test
 # below fails otherwise), and the book marks these columns as pending.
-PENDING: dict[tuple[str, str], str] = {
-    ("quick", "security_mnist"): "recomputing from this commit: roster.notebook_config, the one path from a chapter's model to its configuration",
-    ("quick", "security_cifar10"): "recomputing from this commit: roster.notebook_config, the one path from a chapter's model to its configuration",
-    ("quick", "training_mnist"): "recomputing from this commit: roster.notebook_config, the one path from a chapter's model to its configuration",
-    ("quick", "training_cifar10"): "recomputing from this commit: roster.notebook_config, the one path from a chapter's model to its configuration",
-    ("smoke", "security_mnist"): "recomputing from this commit: roster.notebook_config, the one path from a chapter's model to its configuration",
-    ("smoke", "security_cifar10"): "recomputing from this commit: roster.notebook_config, the one path from a chapter's model to its configuration",
-    ("smoke", "training_mnist"): "recomputing from this commit: roster.notebook_config, the one path from a chapter's model to its configuration",
-    ("smoke", "training_cifar10"): "recomputing from this commit: roster.notebook_config, the one path from a chapter's model to its configuration",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 @pytest.mark.parametrize("profile", PROFILES)

@@ -175,16 +175,14 @@ def transfer_figure(evaluations: dict | list, *, title: str = ""):
 def masking_figure(evaluation: dict, *, title: str = ""):
     """Accuracy versus PGD steps and versus ε for every defended model of one column (the masking checks)."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7.8, 3.4))
+    # The study's models in colour; the ablation's arms as thin grey lines under one legend entry (the masking
+    # table names each).
     study = sec.study_models(evaluation)
-    arms = 0
+    arms = [mid for mid in evaluation["masking"] if mid not in study]
     for mid, check in evaluation["masking"].items():
-        # The study's models in colour; the ablation's arms as thin grey lines under one legend entry (the masking
-        # table names each).
         style = (dict(marker="o", label=evaluation["models"][mid]["label"]) if mid in study else
                  dict(color="0.6", lw=0.8, marker=".", zorder=0,
-                      label=phrase("ablation_arms_legend", n=len(evaluation["masking"]) - sum(
-                          m in study for m in evaluation["masking"])) if not arms else None))
-        arms += mid not in study
+                      label=phrase("ablation_arms_legend", n=len(arms)) if mid == arms[0] else None))
         ax1.plot([r["steps"] for r in check["steps"]], [100 * r["rate"] for r in check["steps"]], **style)
         ax2.plot([r["eps"] for r in check["eps"]], [100 * r["rate"] for r in check["eps"]], **style)
     steps = [r["steps"] for r in next(iter(evaluation["masking"].values()), {"steps": []})["steps"]]
